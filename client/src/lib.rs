@@ -1,0 +1,511 @@
+//! Petrel's Rust client SDK.
+//!
+//! Layout:
+//! - [`transport`] — raw byte connections over native QUIC or WebSocket/TLS;
+//! - [`tls`] — certificate trust (SHA-256 pin or CA file);
+//! - this file — [`Client`]: Hello/Welcome, `send` resolving with the SendResult, a
+//!   stream of [`Event`]s, acks, and duplicate suppression (a message whose
+//!   `(subject, seq)` the app has already seen is dropped and counted).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), petrel_client::ClientError> {
+//! use petrel_client::{Client, ConnectOptions, Endpoint, TransportKind, Trust};
+//! let endpoint = Endpoint {
+//!     transport: TransportKind::Quic,
+//!     address: "127.0.0.1:4433".into(),
+//!     trust: Trust::from_hex_sha256(&"00".repeat(32))?,
+//!     server_name: None,
+//!     connect_timeout: std::time::Duration::from_secs(5),
+//! };
+//! let mut client = Client::connect(ConnectOptions::new(endpoint, "JWT", "phone")).await?;
+//! let result = client.send("bob", "msg-1", "hello").await?;
+//! while let Some(event) = client.next_event().await { println!("{event:?}"); }
+//! # Ok(()) }
+//! ```
+
+pub mod tls;
+pub mod transport;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use petrel_proto::{FrameDecoder, encode_frame, pb};
+use prost_free::decode_server;
+use tokio::sync::{mpsc, oneshot};
+
+pub use tls::Trust;
+pub use transport::{CloseInfo, Endpoint, RawReader, RawWriter, Read, TransportKind, connect_raw};
+
+/// Client errors.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// Bad options (hash, URL, transport name).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The transport could not be established.
+    #[error("connect: {0}")]
+    Connect(String),
+    /// The gateway refused the connection or a request with this error.
+    #[error("refused by the gateway: {code}: {message}")]
+    Refused {
+        /// Error code name, e.g. `ERROR_CODE_UNAUTHENTICATED`.
+        code: String,
+        /// Gateway's message.
+        message: String,
+    },
+    /// The connection is gone.
+    #[error("connection closed: {0}")]
+    Closed(String),
+    /// The gateway sent something this client does not understand.
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+/// What `connect` needs.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Transport endpoint.
+    pub endpoint: Endpoint,
+    /// JWT.
+    pub token: String,
+    /// Device id.
+    pub device: String,
+    /// Resume cursors (subject, last seen sequence).
+    pub cursors: Vec<(String, u64)>,
+    /// Maximum frame size accepted from the gateway.
+    pub max_frame_bytes: usize,
+}
+
+impl ConnectOptions {
+    /// Options with defaults for everything but endpoint, token and device.
+    pub fn new(endpoint: Endpoint, token: impl Into<String>, device: impl Into<String>) -> Self {
+        Self {
+            endpoint,
+            token: token.into(),
+            device: device.into(),
+            cursors: Vec::new(),
+            max_frame_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// A delivered message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Stored subject, e.g. `msg.private.bob`.
+    pub subject: String,
+    /// Stream sequence.
+    pub seq: u64,
+    /// Previous sequence on the subject (0 = unknown).
+    pub prev_seq: u64,
+    /// Sender.
+    pub from: String,
+    /// Recipient.
+    pub to: String,
+    /// Sender's device.
+    pub from_device: String,
+    /// Time accepted at the sender's gateway (ms since epoch).
+    pub time_ms: u64,
+    /// Sender's message id.
+    pub client_msg_id: String,
+    /// Content.
+    pub content: Bytes,
+    /// Media type.
+    pub content_type: String,
+}
+
+/// The answer to a send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendResult {
+    /// Durable on the hub.
+    Stored {
+        /// Stored subject.
+        subject: String,
+        /// Sequence.
+        seq: u64,
+        /// Stored message id.
+        msg_id: String,
+        /// The hub already had it.
+        duplicate: bool,
+    },
+    /// Durable at the edge, not yet on the hub.
+    Queued {
+        /// Stored message id.
+        msg_id: String,
+    },
+    /// Refused.
+    Rejected {
+        /// Error code name.
+        code: String,
+        /// Detail.
+        detail: String,
+    },
+}
+
+/// Something that happened on the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A new message (never one the app has seen).
+    Message(Message),
+    /// A non-fatal error frame.
+    Error {
+        /// Code name.
+        code: String,
+        /// Message.
+        message: String,
+    },
+    /// The connection ended.
+    Closed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Session facts from Welcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    /// User.
+    pub user: String,
+    /// Device.
+    pub device: String,
+    /// Connection id.
+    pub connection_id: String,
+    /// Gateway id.
+    pub gateway_id: String,
+    /// Max frame size the gateway accepts.
+    pub max_frame_bytes: u32,
+}
+
+enum Cmd {
+    Send {
+        id: String,
+        frame: Bytes,
+        reply: oneshot::Sender<SendResult>,
+    },
+    Frame(Bytes),
+}
+
+/// Counters kept by the client.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Deliveries that arrived on the wire.
+    pub wire_messages: AtomicU64,
+    /// Deliveries dropped because the app had seen them.
+    pub duplicates_dropped: AtomicU64,
+}
+
+/// A connected client.
+pub struct Client {
+    cmd: mpsc::Sender<Cmd>,
+    events: mpsc::Receiver<Event>,
+    welcome: Welcome,
+    transport: TransportKind,
+    stats: Arc<Stats>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+mod prost_free {
+    //! Tiny decode helper (keeps `prost::Message` out of the public API).
+    use petrel_proto::pb;
+    use prost::Message as _;
+
+    pub fn decode_server(b: bytes::Bytes) -> Result<pb::ServerFrame, String> {
+        pb::ServerFrame::decode(b).map_err(|e| e.to_string())
+    }
+}
+
+fn code_name(code: i32) -> String {
+    pb::ErrorCode::try_from(code)
+        .map(|c| c.as_str_name().to_string())
+        .unwrap_or_else(|_| format!("ERROR_CODE_{code}"))
+}
+
+fn client_frame(kind: pb::client_frame::Kind) -> Bytes {
+    encode_frame(&pb::ClientFrame { kind: Some(kind) })
+}
+
+impl Client {
+    /// Connects, authenticates and waits for Welcome.
+    pub async fn connect(opts: ConnectOptions) -> Result<Self, ClientError> {
+        let (mut reader, mut writer) = connect_raw(&opts.endpoint).await?;
+        let hello = client_frame(pb::client_frame::Kind::Hello(pb::Hello {
+            token: opts.token.clone(),
+            device: opts.device.clone(),
+            cursors: opts
+                .cursors
+                .iter()
+                .map(|(subject, seq)| pb::Cursor {
+                    subject: subject.clone(),
+                    seq: *seq,
+                })
+                .collect(),
+            protocol_version: petrel_proto::PROTOCOL_VERSION,
+        }));
+        writer.write(hello).await?;
+        let mut decoder = FrameDecoder::new(opts.max_frame_bytes);
+        let welcome = loop {
+            match next_frame(&mut reader, &mut decoder).await? {
+                Some(pb::server_frame::Kind::Welcome(w)) => {
+                    break Welcome {
+                        user: w.user,
+                        device: w.device,
+                        connection_id: w.connection_id,
+                        gateway_id: w.gateway_id,
+                        max_frame_bytes: w.max_frame_bytes,
+                    };
+                }
+                Some(pb::server_frame::Kind::Error(e)) => {
+                    return Err(ClientError::Refused {
+                        code: code_name(e.code),
+                        message: e.message,
+                    });
+                }
+                Some(_) => continue,
+                None => return Err(ClientError::Closed("closed before Welcome".into())),
+            }
+        };
+        let (cmd_tx, cmd_rx) = mpsc::channel(256);
+        let (ev_tx, ev_rx) = mpsc::channel(1024);
+        let stats = Arc::new(Stats::default());
+        let seen = opts.cursors.iter().cloned().collect();
+        let driver = tokio::spawn(drive(
+            reader,
+            writer,
+            decoder,
+            cmd_rx,
+            ev_tx,
+            stats.clone(),
+            seen,
+        ));
+        Ok(Self {
+            cmd: cmd_tx,
+            events: ev_rx,
+            welcome,
+            transport: opts.endpoint.transport,
+            stats,
+            driver,
+        })
+    }
+
+    /// What the gateway said in Welcome.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// The transport in use.
+    pub fn transport(&self) -> TransportKind {
+        self.transport
+    }
+
+    /// Wire vs. app counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Sends `content` to user `to` with the client message id `id`; resolves with the
+    /// gateway's SendResult. Retrying with the same id is safe: it is stored once.
+    pub async fn send(
+        &self,
+        to: &str,
+        id: &str,
+        content: impl Into<Bytes>,
+    ) -> Result<SendResult, ClientError> {
+        let rx = self.start_send(to, id, content, "text/plain").await?;
+        rx.await
+            .map_err(|_| ClientError::Closed("connection closed before the SendResult".into()))
+    }
+
+    /// Queues a send and returns the receiver for its result without waiting, so many
+    /// sends can be in flight (pipelining).
+    pub async fn start_send(
+        &self,
+        to: &str,
+        id: &str,
+        content: impl Into<Bytes>,
+        content_type: &str,
+    ) -> Result<oneshot::Receiver<SendResult>, ClientError> {
+        let frame = client_frame(pb::client_frame::Kind::Send(pb::Send {
+            client_msg_id: id.to_string(),
+            to: Some(pb::send::To::User(to.to_string())),
+            content: content.into(),
+            content_type: content_type.to_string(),
+        }));
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Cmd::Send {
+                id: id.to_string(),
+                frame,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| ClientError::Closed("connection closed".into()))?;
+        Ok(rx)
+    }
+
+    /// Acknowledges everything up to `seq` on `subject`.
+    pub async fn ack(&self, subject: &str, seq: u64) -> Result<(), ClientError> {
+        let frame = client_frame(pb::client_frame::Kind::Ack(pb::Ack {
+            cursors: vec![pb::Cursor {
+                subject: subject.to_string(),
+                seq,
+            }],
+        }));
+        self.cmd
+            .send(Cmd::Frame(frame))
+            .await
+            .map_err(|_| ClientError::Closed("connection closed".into()))
+    }
+
+    /// The next event; `None` once the connection is closed and all events were read.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        drop(self.cmd);
+        let _ = self.driver.await;
+    }
+}
+
+async fn next_frame(
+    reader: &mut RawReader,
+    decoder: &mut FrameDecoder,
+) -> Result<Option<pb::server_frame::Kind>, ClientError> {
+    loop {
+        if let Some(frame) = decoder
+            .next_frame()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+        {
+            let f = decode_server(frame).map_err(ClientError::Protocol)?;
+            match f.kind {
+                Some(k) => return Ok(Some(k)),
+                None => continue, // a frame kind newer than this client: skip it
+            }
+        }
+        match reader.read().await? {
+            Read::Data(b) => decoder.push(&b),
+            Read::Closed(info) => {
+                return match info {
+                    Some(i) if i.code != 0 && i.code != 1000 => Err(ClientError::Closed(format!(
+                        "code {}: {}",
+                        i.code, i.reason
+                    ))),
+                    _ => Ok(None),
+                };
+            }
+        }
+    }
+}
+
+async fn drive(
+    mut reader: RawReader,
+    mut writer: RawWriter,
+    mut decoder: FrameDecoder,
+    mut cmds: mpsc::Receiver<Cmd>,
+    events: mpsc::Sender<Event>,
+    stats: Arc<Stats>,
+    mut seen: HashMap<String, u64>,
+) {
+    let mut pending: HashMap<String, Vec<oneshot::Sender<SendResult>>> = HashMap::new();
+    let reason = loop {
+        tokio::select! {
+            cmd = cmds.recv() => match cmd {
+                Some(Cmd::Send { id, frame, reply }) => {
+                    pending.entry(id).or_default().push(reply);
+                    if let Err(e) = writer.write(frame).await { break e.to_string(); }
+                }
+                Some(Cmd::Frame(frame)) => {
+                    if let Err(e) = writer.write(frame).await { break e.to_string(); }
+                }
+                None => {
+                    writer.close().await;
+                    return;
+                }
+            },
+            frame = next_frame(&mut reader, &mut decoder) => match frame {
+                Ok(Some(kind)) => {
+                    if !handle(kind, &mut pending, &events, &stats, &mut seen).await {
+                        break "event receiver dropped".into();
+                    }
+                }
+                Ok(None) => break "closed by the gateway".into(),
+                Err(e) => break e.to_string(),
+            },
+        }
+    };
+    let _ = events.send(Event::Closed { reason }).await;
+}
+
+async fn handle(
+    kind: pb::server_frame::Kind,
+    pending: &mut HashMap<String, Vec<oneshot::Sender<SendResult>>>,
+    events: &mpsc::Sender<Event>,
+    stats: &Stats,
+    seen: &mut HashMap<String, u64>,
+) -> bool {
+    use pb::server_frame::Kind;
+    match kind {
+        Kind::SendResult(r) => {
+            let result = match pb::send_result::Status::try_from(r.status) {
+                Ok(pb::send_result::Status::Stored) => SendResult::Stored {
+                    subject: r.subject,
+                    seq: r.seq,
+                    msg_id: r.msg_id,
+                    duplicate: r.duplicate,
+                },
+                Ok(pb::send_result::Status::Queued) => SendResult::Queued { msg_id: r.msg_id },
+                _ => SendResult::Rejected {
+                    code: code_name(r.reason),
+                    detail: r.detail,
+                },
+            };
+            if let Some(waiters) = pending.get_mut(&r.client_msg_id) {
+                if !waiters.is_empty() {
+                    let _ = waiters.remove(0).send(result);
+                }
+                if waiters.is_empty() {
+                    pending.remove(&r.client_msg_id);
+                }
+            }
+            true
+        }
+        Kind::Deliver(d) => {
+            for m in d.messages {
+                stats.wire_messages.fetch_add(1, Ordering::Relaxed);
+                let last = seen.entry(m.subject.clone()).or_default();
+                if m.seq <= *last {
+                    stats.duplicates_dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                *last = m.seq;
+                let msg = Message {
+                    subject: m.subject,
+                    seq: m.seq,
+                    prev_seq: m.prev_seq,
+                    from: m.from,
+                    to: m.to,
+                    from_device: m.from_device,
+                    time_ms: m.time_ms,
+                    client_msg_id: m.client_msg_id,
+                    content: m.content,
+                    content_type: m.content_type,
+                };
+                if events.send(Event::Message(msg)).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        }
+        Kind::Error(e) => events
+            .send(Event::Error {
+                code: code_name(e.code),
+                message: e.message,
+            })
+            .await
+            .is_ok(),
+        Kind::Welcome(_) | Kind::Pong(_) => true,
+    }
+}

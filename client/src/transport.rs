@@ -1,0 +1,292 @@
+//! Byte-level connections to a gateway: the same length-prefixed frames over a native
+//! QUIC bidirectional stream or over WebSocket binary messages.
+//!
+//! [`connect_raw`] gives a [`RawReader`]/[`RawWriter`] pair that moves bytes without
+//! interpreting them; the [`crate::Client`] builds on it, and tests use it to send
+//! garbage.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt, stream::SplitSink, stream::SplitStream};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage, protocol::CloseFrame};
+
+use crate::ClientError;
+use crate::tls::{Trust, client_config};
+
+/// Which transport to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// Native QUIC (ALPN `petrel/1`), one bidirectional control stream.
+    Quic,
+    /// WebSocket over TLS, binary messages.
+    WebSocket,
+}
+
+impl std::str::FromStr for TransportKind {
+    type Err = ClientError;
+    fn from_str(s: &str) -> Result<Self, ClientError> {
+        match s {
+            "quic" => Ok(Self::Quic),
+            "websocket" | "ws" | "wss" => Ok(Self::WebSocket),
+            other => Err(ClientError::Config(format!(
+                "unknown transport {other:?} (expected quic or websocket)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Quic => "quic",
+            Self::WebSocket => "websocket",
+        })
+    }
+}
+
+/// Where and how to connect, below the protocol level.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Transport.
+    pub transport: TransportKind,
+    /// `host:port` for QUIC, `wss://host:port/path` for WebSocket.
+    pub address: String,
+    /// Certificate trust.
+    pub trust: Trust,
+    /// TLS server name (defaults to the host in `address`).
+    pub server_name: Option<String>,
+    /// Time allowed for the transport and TLS handshakes.
+    pub connect_timeout: Duration,
+}
+
+type WsStream = WebSocketStream<TlsStream<TcpStream>>;
+
+/// How the gateway closed the connection, when it said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseInfo {
+    /// QUIC application code, or WebSocket close code.
+    pub code: u32,
+    /// Reason text.
+    pub reason: String,
+}
+
+/// Reading half of a raw connection.
+pub enum RawReader {
+    /// QUIC stream.
+    Quic(quinn::RecvStream, quinn::Connection),
+    /// WebSocket.
+    Ws(SplitStream<WsStream>),
+}
+
+/// Writing half of a raw connection.
+pub enum RawWriter {
+    /// QUIC stream (the endpoint is kept alive with it).
+    Quic(quinn::SendStream, quinn::Connection, quinn::Endpoint),
+    /// WebSocket.
+    Ws(SplitSink<WsStream, WsMessage>),
+}
+
+/// What a read returned.
+#[derive(Debug)]
+pub enum Read {
+    /// Some bytes of the frame stream.
+    Data(Bytes),
+    /// The gateway closed; with its code when it gave one.
+    Closed(Option<CloseInfo>),
+}
+
+fn host_port(address: &str) -> Result<(String, String), ClientError> {
+    let rest = address
+        .strip_prefix("wss://")
+        .or_else(|| address.strip_prefix("https://"))
+        .unwrap_or(address);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let (host, _) = hostport
+        .rsplit_once(':')
+        .ok_or_else(|| ClientError::Config(format!("{address:?} has no port")))?;
+    Ok((
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        hostport.to_string(),
+    ))
+}
+
+async fn resolve(hostport: &str) -> Result<SocketAddr, ClientError> {
+    tokio::net::lookup_host(hostport)
+        .await
+        .map_err(|e| ClientError::Connect(format!("resolve {hostport}: {e}")))?
+        .next()
+        .ok_or_else(|| ClientError::Connect(format!("{hostport} resolves to no address")))
+}
+
+/// Opens a transport connection to the gateway.
+pub async fn connect_raw(ep: &Endpoint) -> Result<(RawReader, RawWriter), ClientError> {
+    tokio::time::timeout(ep.connect_timeout, connect_inner(ep))
+        .await
+        .map_err(|_| ClientError::Connect(format!("timed out connecting to {}", ep.address)))?
+}
+
+async fn connect_inner(ep: &Endpoint) -> Result<(RawReader, RawWriter), ClientError> {
+    let (host, hostport) = host_port(&ep.address)?;
+    let server_name = ep.server_name.clone().unwrap_or(host);
+    let addr = resolve(&hostport).await?;
+    match ep.transport {
+        TransportKind::Quic => {
+            let tls = client_config(&ep.trust, &[petrel_proto::ALPN_QUIC])?;
+            let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+                .map_err(|e| ClientError::Config(e.to_string()))?;
+            let mut cfg = quinn::ClientConfig::new(Arc::new(quic_tls));
+            let mut transport = quinn::TransportConfig::default();
+            transport.keep_alive_interval(Some(Duration::from_secs(10)));
+            cfg.transport_config(Arc::new(transport));
+            let bind: SocketAddr = if addr.is_ipv6() {
+                "[::]:0"
+                    .parse()
+                    .map_err(|_| ClientError::Config("bind".into()))?
+            } else {
+                "0.0.0.0:0"
+                    .parse()
+                    .map_err(|_| ClientError::Config("bind".into()))?
+            };
+            let mut endpoint =
+                quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
+            endpoint.set_default_client_config(cfg);
+            let conn = endpoint
+                .connect(addr, &server_name)
+                .map_err(|e| ClientError::Connect(e.to_string()))?
+                .await
+                .map_err(|e| ClientError::Connect(format!("QUIC handshake with {addr}: {e}")))?;
+            let (send, recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| ClientError::Connect(format!("open stream: {e}")))?;
+            Ok((
+                RawReader::Quic(recv, conn.clone()),
+                RawWriter::Quic(send, conn, endpoint),
+            ))
+        }
+        TransportKind::WebSocket => {
+            let tls = client_config(&ep.trust, &[b"http/1.1"])?;
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|e| ClientError::Connect(format!("TCP connect {addr}: {e}")))?;
+            let _ = tcp.set_nodelay(true);
+            let name = rustls::pki_types::ServerName::try_from(server_name)
+                .map_err(|e| ClientError::Config(format!("bad server name: {e}")))?;
+            let tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| ClientError::Connect(format!("TLS handshake with {addr}: {e}")))?;
+            let (ws, _resp) = tokio_tungstenite::client_async(ep.address.as_str(), tls)
+                .await
+                .map_err(|e| ClientError::Connect(format!("WebSocket handshake: {e}")))?;
+            let (sink, stream) = ws.split();
+            Ok((RawReader::Ws(stream), RawWriter::Ws(sink)))
+        }
+    }
+}
+
+impl RawWriter {
+    /// Writes bytes (one WebSocket message; a chunk of the QUIC stream).
+    pub async fn write(&mut self, data: Bytes) -> Result<(), ClientError> {
+        match self {
+            Self::Quic(send, _, _) => send
+                .write_all(&data)
+                .await
+                .map_err(|e| ClientError::Closed(e.to_string())),
+            Self::Ws(sink) => sink
+                .send(WsMessage::Binary(data))
+                .await
+                .map_err(|e| ClientError::Closed(e.to_string())),
+        }
+    }
+
+    /// Ends the stream (QUIC: finish; WebSocket: send a close frame).
+    pub async fn finish(&mut self) -> Result<(), ClientError> {
+        match self {
+            Self::Quic(send, _, _) => send
+                .finish()
+                .map_err(|e| ClientError::Closed(e.to_string())),
+            Self::Ws(sink) => sink
+                .send(WsMessage::Close(Some(CloseFrame {
+                    code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+                    reason: "bye".into(),
+                })))
+                .await
+                .map_err(|e| ClientError::Closed(e.to_string())),
+        }
+    }
+
+    /// Closes the connection now.
+    pub async fn close(mut self) {
+        match &mut self {
+            Self::Quic(_, conn, endpoint) => {
+                conn.close(0u32.into(), b"bye");
+                // Let the close frame leave before the endpoint is dropped.
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(200), endpoint.wait_idle()).await;
+            }
+            Self::Ws(_) => {
+                let _ = self.finish().await;
+            }
+        }
+    }
+}
+
+impl RawReader {
+    /// Reads the next bytes of the frame stream.
+    pub async fn read(&mut self) -> Result<Read, ClientError> {
+        match self {
+            Self::Quic(recv, conn) => match recv.read_chunk(64 * 1024, true).await {
+                Ok(Some(chunk)) => Ok(Read::Data(chunk.bytes)),
+                Ok(None) => {
+                    // The gateway finishes the stream, then closes the connection with
+                    // its code: wait briefly for that close to learn the code.
+                    let reason = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+                    Ok(Read::Closed(match reason {
+                        Ok(e) => quic_error(&e),
+                        Err(_) => quic_close(conn),
+                    }))
+                }
+                Err(quinn::ReadError::ConnectionLost(e)) => Ok(Read::Closed(quic_error(&e))),
+                Err(e) => Err(ClientError::Closed(e.to_string())),
+            },
+            Self::Ws(stream) => loop {
+                match stream.next().await {
+                    Some(Ok(WsMessage::Binary(b))) => return Ok(Read::Data(b)),
+                    Some(Ok(WsMessage::Close(frame))) => {
+                        return Ok(Read::Closed(frame.map(|f| CloseInfo {
+                            code: u32::from(u16::from(f.code)),
+                            reason: f.reason.to_string(),
+                        })));
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(ClientError::Closed(e.to_string())),
+                    None => return Ok(Read::Closed(None)),
+                }
+            },
+        }
+    }
+}
+
+fn quic_error(e: &quinn::ConnectionError) -> Option<CloseInfo> {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => Some(CloseInfo {
+            code: u32::try_from(c.error_code.into_inner()).unwrap_or(u32::MAX),
+            reason: String::from_utf8_lossy(&c.reason).into_owned(),
+        }),
+        _ => None,
+    }
+}
+
+fn quic_close(conn: &quinn::Connection) -> Option<CloseInfo> {
+    conn.close_reason().as_ref().and_then(quic_error)
+}

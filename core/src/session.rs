@@ -1,0 +1,467 @@
+//! The transport-independent session state machine.
+//!
+//! A transport feeds it decoded [`Command`]s and publish outcomes; it answers with
+//! [`Action`]s for the transport to carry out (write a reply, publish to the hub,
+//! join live delivery, persist an ack, close). It owns no sockets and reads no clock:
+//! the caller passes [`Now`], so tests drive it with simulated peers and fake time.
+//!
+//! ```text
+//!  AwaitingHello ──Hello ok──▶ Joining ──joined()──▶ Active
+//!        │  └─timeout / bad token / other frame──▶ Closed
+//! ```
+//! While `Joining` (live subscription being set up) Sends are already accepted; the
+//! Welcome is written once live delivery is in place, so a client that sees Welcome
+//! knows it will not miss a message published after it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::auth::{AuthError, Authenticator, Identity};
+use crate::error::ErrorCode;
+use crate::ids::{ClientMsgId, Seq, UserId};
+use crate::subject;
+use crate::wire::{Command, Reply, SendCommand, SendStatus, StoredMessage, WireError};
+
+/// Limits and identity of the gateway, shared by all sessions.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Gateway id (shown in Welcome and stored with messages).
+    pub gateway_id: String,
+    /// Maximum frame size (reported in Welcome; enforced by the decoder).
+    pub max_frame_bytes: usize,
+    /// Maximum content size of one message.
+    pub max_content_bytes: usize,
+    /// Sends a connection may have in flight; the transport stops reading beyond it.
+    pub max_inflight_sends: usize,
+    /// Time allowed between accept and a valid Hello.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            gateway_id: "petrel".into(),
+            max_frame_bytes: petrel_proto::DEFAULT_MAX_FRAME_BYTES,
+            max_content_bytes: 32 * 1024,
+            max_inflight_sends: 64,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The current time, monotonic and wall clock (ms since the Unix epoch).
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// Monotonic time for deadlines.
+    pub mono: Instant,
+    /// Wall clock for timestamps.
+    pub unix_ms: u64,
+}
+
+impl Now {
+    /// Reads the system clocks.
+    pub fn system() -> Self {
+        Self {
+            mono: Instant::now(),
+            unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// One copy of a message to publish (a subject and its dedup id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copy {
+    /// Stored subject, e.g. `msg.private.bob`.
+    pub subject: String,
+    /// `Nats-Msg-Id`.
+    pub msg_id: String,
+}
+
+/// A message to store on the hub. The first copy is the recipient's: its sequence is
+/// the one reported to the sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishRequest {
+    /// Session-local request number, echoed in [`Session::on_published`].
+    pub req: u64,
+    /// Copies, recipient first.
+    pub copies: Vec<Copy>,
+    /// Encoded [`StoredMessage`].
+    pub payload: Bytes,
+}
+
+/// What the hub said about a [`PublishRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishOutcome {
+    /// Every copy is stored; `seq` is the recipient copy's sequence.
+    Stored {
+        /// Sequence of the first copy.
+        seq: Seq,
+        /// The hub already had the first copy.
+        duplicate: bool,
+    },
+    /// At least one copy is not stored.
+    Failed {
+        /// Client-facing code.
+        code: ErrorCode,
+        /// Detail.
+        detail: String,
+    },
+}
+
+/// What the transport must do next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Write this reply.
+    Reply(Reply),
+    /// Publish to the hub; report back with [`Session::on_published`].
+    Publish(PublishRequest),
+    /// Register this connection for live delivery of the user's inbox; report back
+    /// with [`Session::on_joined`].
+    Join(Identity),
+    /// Persist these cursors (cumulative acknowledgements).
+    SaveCursors(Vec<(String, Seq)>),
+    /// Close the connection with this code (after writing any replies before it).
+    Close(ErrorCode, String),
+}
+
+#[derive(Debug)]
+enum State {
+    AwaitingHello { deadline: Instant },
+    Joining(Identity),
+    Active(Identity),
+    Closed,
+}
+
+#[derive(Debug)]
+struct Pending {
+    client_msg_id: ClientMsgId,
+    subject: String,
+    msg_id: String,
+}
+
+/// One client connection's protocol state.
+#[derive(Debug)]
+pub struct Session {
+    id: String,
+    cfg: Arc<SessionConfig>,
+    auth: Arc<Authenticator>,
+    state: State,
+    next_req: u64,
+    inflight: HashMap<u64, Pending>,
+    cursors: HashMap<String, Seq>,
+}
+
+impl Session {
+    /// A new session for connection `id`, accepted at `now`.
+    pub fn new(
+        id: impl Into<String>,
+        cfg: Arc<SessionConfig>,
+        auth: Arc<Authenticator>,
+        now: Now,
+    ) -> Self {
+        let deadline = now.mono + cfg.handshake_timeout;
+        Self {
+            id: id.into(),
+            cfg,
+            auth,
+            state: State::AwaitingHello { deadline },
+            next_req: 0,
+            inflight: HashMap::new(),
+            cursors: HashMap::new(),
+        }
+    }
+
+    /// The connection id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The authenticated identity, once Hello succeeded.
+    pub fn identity(&self) -> Option<&Identity> {
+        match &self.state {
+            State::Joining(i) | State::Active(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// When the transport must call [`Session::on_timeout`] (handshake deadline).
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.state {
+            State::AwaitingHello { deadline } => Some(deadline),
+            _ => None,
+        }
+    }
+
+    /// Whether the transport should read and hand over more frames. False while the
+    /// in-flight send budget is used up (backpressure to the client) or after close.
+    pub fn wants_frames(&self) -> bool {
+        !matches!(self.state, State::Closed) && self.inflight.len() < self.cfg.max_inflight_sends
+    }
+
+    /// Sends waiting for the hub.
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Whether the session has closed.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    fn close(&mut self, out: &mut Vec<Action>, code: ErrorCode, message: String) {
+        out.push(Action::Reply(Reply::Error {
+            code,
+            message: message.clone(),
+            fatal: true,
+        }));
+        out.push(Action::Close(code, message));
+        self.state = State::Closed;
+    }
+
+    /// A frame could not be split or decoded: fatal.
+    pub fn on_bad_frame(&mut self, code: ErrorCode, detail: String) -> Vec<Action> {
+        let mut out = Vec::new();
+        if !self.is_closed() {
+            self.close(&mut out, code, detail);
+        }
+        out
+    }
+
+    /// A decode error from [`crate::wire::decode_command`].
+    pub fn on_wire_error(&mut self, err: WireError) -> Vec<Action> {
+        self.on_bad_frame(err.code(), err.to_string())
+    }
+
+    /// The handshake deadline passed.
+    pub fn on_timeout(&mut self, now: Now) -> Vec<Action> {
+        let mut out = Vec::new();
+        if let State::AwaitingHello { deadline } = self.state
+            && now.mono >= deadline
+        {
+            self.close(
+                &mut out,
+                ErrorCode::HandshakeTimeout,
+                "no Hello within the handshake timeout".into(),
+            );
+        }
+        out
+    }
+
+    /// A decoded client command.
+    pub fn on_command(&mut self, cmd: Command, now: Now) -> Vec<Action> {
+        let mut out = Vec::new();
+        match (&self.state, cmd) {
+            (State::Closed, _) => {}
+            (
+                State::AwaitingHello { .. },
+                Command::Hello {
+                    token,
+                    device,
+                    cursors,
+                },
+            ) => match self.auth.verify(&token, &device) {
+                Ok(identity) => {
+                    let own = subject::private_inbox(&identity.user);
+                    for (subject, seq) in cursors {
+                        if subject == own {
+                            self.cursors.insert(subject, seq);
+                        }
+                    }
+                    self.state = State::Joining(identity.clone());
+                    out.push(Action::Join(identity));
+                }
+                Err(e) => {
+                    let code = match e {
+                        AuthError::Expired => ErrorCode::TokenExpired,
+                        AuthError::BadId(_) => ErrorCode::InvalidId,
+                        _ => ErrorCode::Unauthenticated,
+                    };
+                    self.close(&mut out, code, e.to_string());
+                }
+            },
+            (State::AwaitingHello { .. }, _) => {
+                self.close(
+                    &mut out,
+                    ErrorCode::Protocol,
+                    "the first frame must be Hello".into(),
+                );
+            }
+            (_, Command::Hello { .. }) => {
+                self.close(&mut out, ErrorCode::Protocol, "Hello sent twice".into());
+            }
+            (State::Joining(id) | State::Active(id), Command::Send(send)) => {
+                let sender = id.user.clone();
+                let device = id.device.to_string();
+                self.on_send(&mut out, sender, device, send, now);
+            }
+            (
+                _,
+                Command::BadSend {
+                    client_msg_id,
+                    code,
+                    detail,
+                },
+            ) => {
+                out.push(Action::Reply(Reply::SendResult {
+                    client_msg_id,
+                    status: SendStatus::Rejected { code, detail },
+                }));
+            }
+            (State::Joining(id) | State::Active(id), Command::Ack(cursors)) => {
+                let own = subject::private_inbox(&id.user);
+                let mut save = Vec::new();
+                for (subject, seq) in cursors {
+                    if subject != own {
+                        out.push(Action::Reply(Reply::Error {
+                            code: ErrorCode::Protocol,
+                            message: format!(
+                                "cannot acknowledge {subject:?}: not a subject of this user"
+                            ),
+                            fatal: false,
+                        }));
+                        continue;
+                    }
+                    let cur = self.cursors.entry(subject.clone()).or_default();
+                    // Acks are cumulative: an older ack never moves a cursor back.
+                    if seq > *cur {
+                        *cur = seq;
+                        save.push((subject, seq));
+                    }
+                }
+                if !save.is_empty() {
+                    out.push(Action::SaveCursors(save));
+                }
+            }
+            (_, Command::Ping(nonce)) => out.push(Action::Reply(Reply::Pong {
+                nonce,
+                server_time_ms: now.unix_ms,
+            })),
+        }
+        out
+    }
+
+    fn on_send(
+        &mut self,
+        out: &mut Vec<Action>,
+        sender: UserId,
+        device: String,
+        send: SendCommand,
+        now: Now,
+    ) {
+        let reject = |code, detail: String| {
+            Action::Reply(Reply::SendResult {
+                client_msg_id: send.id.to_string(),
+                status: SendStatus::Rejected { code, detail },
+            })
+        };
+        if send.content.is_empty() {
+            out.push(reject(ErrorCode::InvalidMessage, "empty content".into()));
+            return;
+        }
+        if send.content.len() > self.cfg.max_content_bytes {
+            out.push(reject(
+                ErrorCode::InvalidMessage,
+                format!(
+                    "content of {} bytes exceeds {}",
+                    send.content.len(),
+                    self.cfg.max_content_bytes
+                ),
+            ));
+            return;
+        }
+        let mut copies = vec![Copy {
+            subject: subject::private_inbox(&send.to),
+            msg_id: subject::direct_msg_id(&sender, &send.id),
+        }];
+        if send.to != sender {
+            copies.push(Copy {
+                subject: subject::private_inbox(&sender),
+                msg_id: subject::direct_self_copy_msg_id(&sender, &send.id),
+            });
+        }
+        let payload = StoredMessage {
+            from: sender,
+            to: send.to,
+            from_device: device,
+            client_msg_id: send.id.to_string(),
+            content: send.content,
+            content_type: send.content_type,
+            time_ms: now.unix_ms,
+            gateway_id: self.cfg.gateway_id.clone(),
+        }
+        .encode();
+        let req = self.next_req;
+        self.next_req += 1;
+        self.inflight.insert(
+            req,
+            Pending {
+                client_msg_id: send.id,
+                subject: copies[0].subject.clone(),
+                msg_id: copies[0].msg_id.clone(),
+            },
+        );
+        out.push(Action::Publish(PublishRequest {
+            req,
+            copies,
+            payload,
+        }));
+    }
+
+    /// The hub answered a publish.
+    pub fn on_published(&mut self, req: u64, outcome: PublishOutcome) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(p) = self.inflight.remove(&req) else {
+            return out;
+        };
+        if self.is_closed() {
+            return out;
+        }
+        let status = match outcome {
+            PublishOutcome::Stored { seq, duplicate } => SendStatus::Stored {
+                subject: p.subject,
+                seq,
+                msg_id: p.msg_id,
+                duplicate,
+            },
+            PublishOutcome::Failed { code, detail } => SendStatus::Rejected { code, detail },
+        };
+        out.push(Action::Reply(Reply::SendResult {
+            client_msg_id: p.client_msg_id.to_string(),
+            status,
+        }));
+        out
+    }
+
+    /// Live delivery is in place: write Welcome.
+    pub fn on_joined(&mut self, now: Now) -> Vec<Action> {
+        let mut out = Vec::new();
+        if let State::Joining(id) = &self.state {
+            let id = id.clone();
+            out.push(Action::Reply(Reply::Welcome {
+                user: id.user.to_string(),
+                device: id.device.to_string(),
+                connection_id: self.id.clone(),
+                max_frame_bytes: self.cfg.max_frame_bytes as u32,
+                server_time_ms: now.unix_ms,
+                gateway_id: self.cfg.gateway_id.clone(),
+            }));
+            self.state = State::Active(id);
+        }
+        out
+    }
+
+    /// The gateway must drop the connection (shutdown, slow consumer, ...).
+    pub fn shutdown(&mut self, code: ErrorCode, message: &str) -> Vec<Action> {
+        let mut out = Vec::new();
+        if !self.is_closed() {
+            self.close(&mut out, code, message.to_string());
+        }
+        out
+    }
+}

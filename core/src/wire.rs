@@ -1,0 +1,426 @@
+//! The boundary between generated protobuf types and domain types.
+//!
+//! [`decode_command`] turns a frame's bytes into a validated [`Command`];
+//! [`encode_reply`] and [`encode_deliver`] turn domain replies into frame bytes.
+//! Nothing outside this module needs to touch `petrel_proto::pb`.
+
+use bytes::Bytes;
+use petrel_proto::{encode_frame, pb};
+use prost::Message as _;
+
+use crate::error::ErrorCode;
+use crate::ids::{ClientMsgId, Seq, UserId};
+
+/// A validated client frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Authenticate the connection.
+    Hello {
+        /// The JWT.
+        token: String,
+        /// Device id as sent (validated with the token).
+        device: String,
+        /// Resume cursors as sent (validated by the session).
+        cursors: Vec<(String, Seq)>,
+    },
+    /// Send a direct message.
+    Send(SendCommand),
+    /// A Send that failed validation: answered with a rejected SendResult, not fatal.
+    BadSend {
+        /// The client's message id as sent, echoed back.
+        client_msg_id: String,
+        /// Why it was refused.
+        code: ErrorCode,
+        /// Human-readable detail.
+        detail: String,
+    },
+    /// Cumulative acknowledgements.
+    Ack(Vec<(String, Seq)>),
+    /// Keep-alive.
+    Ping(u64),
+}
+
+/// A validated Send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendCommand {
+    /// Dedup key chosen by the client.
+    pub id: ClientMsgId,
+    /// Recipient.
+    pub to: UserId,
+    /// Opaque content.
+    pub content: Bytes,
+    /// Media type of the content.
+    pub content_type: String,
+}
+
+/// A frame that could not be turned into a command; fatal for the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// Not a valid protobuf ClientFrame.
+    #[error("not a valid protobuf frame: {0}")]
+    BadFrame(String),
+    /// A ClientFrame whose kind this gateway does not know.
+    #[error("unknown frame kind")]
+    UnknownFrame,
+}
+
+impl WireError {
+    /// The client-facing code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::BadFrame(_) => ErrorCode::BadFrame,
+            Self::UnknownFrame => ErrorCode::UnknownFrame,
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+/// Decodes and validates one client frame.
+pub fn decode_command(frame: Bytes) -> Result<Command, WireError> {
+    let frame = pb::ClientFrame::decode(frame).map_err(|e| WireError::BadFrame(e.to_string()))?;
+    use pb::client_frame::Kind;
+    let cursors = |cs: Vec<pb::Cursor>| cs.into_iter().map(|c| (c.subject, Seq(c.seq))).collect();
+    Ok(match frame.kind.ok_or(WireError::UnknownFrame)? {
+        Kind::Hello(h) => Command::Hello {
+            token: h.token,
+            device: h.device,
+            cursors: cursors(h.cursors),
+        },
+        Kind::Send(s) => {
+            // Echoed back verbatim so the client can match the answer; the frame size
+            // limit bounds it.
+            let raw_id = s.client_msg_id.clone();
+            let bad = |code, detail: String| Command::BadSend {
+                client_msg_id: raw_id.clone(),
+                code,
+                detail,
+            };
+            let id = match ClientMsgId::parse(s.client_msg_id) {
+                Ok(id) => id,
+                Err(e) => return Ok(bad(ErrorCode::InvalidId, e.to_string())),
+            };
+            let to = match s.to {
+                Some(pb::send::To::User(u)) => match UserId::parse(u) {
+                    Ok(u) => u,
+                    Err(e) => return Ok(bad(ErrorCode::InvalidId, e.to_string())),
+                },
+                None => return Ok(bad(ErrorCode::InvalidMessage, "no recipient".into())),
+            };
+            Command::Send(SendCommand {
+                id,
+                to,
+                content: s.content,
+                content_type: truncate(&s.content_type, 128),
+            })
+        }
+        Kind::Ack(a) => Command::Ack(cursors(a.cursors)),
+        Kind::Ping(p) => Command::Ping(p.nonce),
+    })
+}
+
+/// Outcome of a Send, as reported to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendStatus {
+    /// Durable on the hub.
+    Stored {
+        /// Stored subject (the recipient's inbox).
+        subject: String,
+        /// Stream sequence.
+        seq: Seq,
+        /// `Nats-Msg-Id` it is stored under.
+        msg_id: String,
+        /// The hub already had it (a retried Send).
+        duplicate: bool,
+    },
+    /// Not stored.
+    Rejected {
+        /// Why.
+        code: ErrorCode,
+        /// Detail.
+        detail: String,
+    },
+}
+
+/// Server replies produced by the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Hello accepted.
+    Welcome {
+        /// User.
+        user: String,
+        /// Device.
+        device: String,
+        /// Connection id.
+        connection_id: String,
+        /// Max frame size.
+        max_frame_bytes: u32,
+        /// Wall clock.
+        server_time_ms: u64,
+        /// Gateway id.
+        gateway_id: String,
+    },
+    /// Result of a Send.
+    SendResult {
+        /// The client's id (as sent).
+        client_msg_id: String,
+        /// Outcome.
+        status: SendStatus,
+    },
+    /// Answer to Ping.
+    Pong {
+        /// Echoed nonce.
+        nonce: u64,
+        /// Wall clock.
+        server_time_ms: u64,
+    },
+    /// An error; `fatal` errors are followed by a close.
+    Error {
+        /// Code.
+        code: ErrorCode,
+        /// Message.
+        message: String,
+        /// Whether the connection closes.
+        fatal: bool,
+    },
+}
+
+/// Encodes a reply as a length-prefixed ServerFrame.
+pub fn encode_reply(reply: &Reply) -> Bytes {
+    use pb::server_frame::Kind;
+    let kind = match reply {
+        Reply::Welcome {
+            user,
+            device,
+            connection_id,
+            max_frame_bytes,
+            server_time_ms,
+            gateway_id,
+        } => Kind::Welcome(pb::Welcome {
+            user: user.clone(),
+            device: device.clone(),
+            connection_id: connection_id.clone(),
+            max_frame_bytes: *max_frame_bytes,
+            server_time_ms: *server_time_ms,
+            gateway_id: gateway_id.clone(),
+        }),
+        Reply::SendResult {
+            client_msg_id,
+            status,
+        } => Kind::SendResult(match status {
+            SendStatus::Stored {
+                subject,
+                seq,
+                msg_id,
+                duplicate,
+            } => pb::SendResult {
+                client_msg_id: client_msg_id.clone(),
+                status: pb::send_result::Status::Stored as i32,
+                subject: subject.clone(),
+                seq: seq.0,
+                msg_id: msg_id.clone(),
+                duplicate: *duplicate,
+                ..Default::default()
+            },
+            SendStatus::Rejected { code, detail } => pb::SendResult {
+                client_msg_id: client_msg_id.clone(),
+                status: pb::send_result::Status::Rejected as i32,
+                reason: code.to_wire() as i32,
+                detail: detail.clone(),
+                ..Default::default()
+            },
+        }),
+        Reply::Pong {
+            nonce,
+            server_time_ms,
+        } => Kind::Pong(pb::Pong {
+            nonce: *nonce,
+            server_time_ms: *server_time_ms,
+        }),
+        Reply::Error {
+            code,
+            message,
+            fatal,
+        } => Kind::Error(pb::Error {
+            code: code.to_wire() as i32,
+            message: message.clone(),
+            fatal: *fatal,
+        }),
+    };
+    encode_frame(&pb::ServerFrame { kind: Some(kind) })
+}
+
+/// A message as stored on the hub (the payload of `msg.private.*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Sender.
+    pub from: UserId,
+    /// Recipient.
+    pub to: UserId,
+    /// Sender's device.
+    pub from_device: String,
+    /// Client's id.
+    pub client_msg_id: String,
+    /// Content.
+    pub content: Bytes,
+    /// Media type.
+    pub content_type: String,
+    /// Accept time at the gateway (ms since epoch).
+    pub time_ms: u64,
+    /// Gateway that accepted it.
+    pub gateway_id: String,
+}
+
+/// Why a stored payload could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    /// Not a StoredMessage.
+    #[error("stored message does not decode: {0}")]
+    Decode(String),
+    /// A field holds an invalid id.
+    #[error("stored message has an invalid id: {0}")]
+    Id(#[from] crate::ids::IdError),
+}
+
+impl StoredMessage {
+    /// Protobuf encoding for the hub.
+    pub fn encode(&self) -> Bytes {
+        pb::StoredMessage {
+            from: self.from.to_string(),
+            to: self.to.to_string(),
+            client_msg_id: self.client_msg_id.clone(),
+            content: self.content.clone(),
+            content_type: self.content_type.clone(),
+            time_ms: self.time_ms,
+            from_device: self.from_device.clone(),
+            gateway_id: self.gateway_id.clone(),
+        }
+        .encode_to_vec()
+        .into()
+    }
+
+    /// Decodes and validates a hub payload.
+    pub fn decode(bytes: Bytes) -> Result<Self, PayloadError> {
+        let m =
+            pb::StoredMessage::decode(bytes).map_err(|e| PayloadError::Decode(e.to_string()))?;
+        Ok(Self {
+            from: UserId::parse(m.from)?,
+            to: UserId::parse(m.to)?,
+            from_device: m.from_device,
+            client_msg_id: m.client_msg_id,
+            content: m.content,
+            content_type: m.content_type,
+            time_ms: m.time_ms,
+            gateway_id: m.gateway_id,
+        })
+    }
+}
+
+/// A message ready to deliver: stored payload plus its place in the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Stored subject, e.g. `msg.private.bob`.
+    pub subject: String,
+    /// Stream sequence.
+    pub seq: Seq,
+    /// Previous sequence on the same subject (0 = unknown / first).
+    pub prev_seq: Seq,
+    /// The message.
+    pub message: StoredMessage,
+}
+
+/// Encodes deliveries as one Deliver frame. Called once per message for all
+/// recipients: fan-out writes the same bytes to every connection.
+pub fn encode_deliver(items: &[Delivery]) -> Bytes {
+    let messages = items
+        .iter()
+        .map(|d| pb::Message {
+            subject: d.subject.clone(),
+            seq: d.seq.0,
+            from: d.message.from.to_string(),
+            to: d.message.to.to_string(),
+            time_ms: d.message.time_ms,
+            client_msg_id: d.message.client_msg_id.clone(),
+            content: d.message.content.clone(),
+            content_type: d.message.content_type.clone(),
+            from_device: d.message.from_device.clone(),
+            prev_seq: d.prev_seq.0,
+        })
+        .collect();
+    encode_frame(&pb::ServerFrame {
+        kind: Some(pb::server_frame::Kind::Deliver(pb::Deliver { messages })),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use petrel_proto::FrameDecoder;
+
+    fn client(kind: pb::client_frame::Kind) -> Bytes {
+        pb::ClientFrame { kind: Some(kind) }.encode_to_vec().into()
+    }
+
+    #[test]
+    fn invalid_ids_in_send_are_soft_rejections() {
+        let f = client(pb::client_frame::Kind::Send(pb::Send {
+            client_msg_id: "m1".into(),
+            to: Some(pb::send::To::User("bob.>".into())),
+            content: Bytes::from_static(b"hi"),
+            content_type: String::new(),
+        }));
+        assert!(matches!(
+            decode_command(f),
+            Ok(Command::BadSend {
+                code: ErrorCode::InvalidId,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn empty_frame_is_unknown_and_garbage_is_bad() {
+        assert_eq!(decode_command(Bytes::new()), Err(WireError::UnknownFrame));
+        assert!(matches!(
+            decode_command(Bytes::from_static(&[0xff, 0xff, 0xff])),
+            Err(WireError::BadFrame(_))
+        ));
+        // Field 15 (unknown to this version) only: decodes as a frame with no kind.
+        assert_eq!(
+            decode_command(Bytes::from_static(&[0x7a, 0x00])),
+            Err(WireError::UnknownFrame)
+        );
+    }
+
+    #[test]
+    fn deliver_encodes_to_a_decodable_frame() {
+        let d = Delivery {
+            subject: "msg.private.bob".into(),
+            seq: Seq(7),
+            prev_seq: Seq(3),
+            message: StoredMessage {
+                from: UserId::parse("alice").unwrap(),
+                to: UserId::parse("bob").unwrap(),
+                from_device: "phone".into(),
+                client_msg_id: "m1".into(),
+                content: Bytes::from_static(b"hello"),
+                content_type: "text/plain".into(),
+                time_ms: 1,
+                gateway_id: "edge".into(),
+            },
+        };
+        let stored = StoredMessage::decode(d.message.encode()).unwrap();
+        assert_eq!(stored, d.message);
+        let mut dec = FrameDecoder::new(1024);
+        dec.push(&encode_deliver(std::slice::from_ref(&d)));
+        let f = pb::ServerFrame::decode(dec.next_frame().unwrap().unwrap()).unwrap();
+        let Some(pb::server_frame::Kind::Deliver(del)) = f.kind else {
+            panic!("not a deliver")
+        };
+        assert_eq!(del.messages[0].seq, 7);
+        assert_eq!(del.messages[0].prev_seq, 3);
+        assert_eq!(del.messages[0].from, "alice");
+    }
+}

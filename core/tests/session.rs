@@ -1,0 +1,269 @@
+//! The session state machine driven by a simulated peer and a fake clock.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use petrel_core::auth::{Authenticator, Claims, mint_hs256};
+use petrel_core::session::{Action, Now, PublishOutcome, Session, SessionConfig};
+use petrel_core::wire::{Command, Reply, SendCommand, SendStatus, StoredMessage};
+use petrel_core::{ClientMsgId, ErrorCode, Seq, UserId};
+
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+struct Clock(Instant, u64);
+impl Clock {
+    fn now(&self) -> Now {
+        Now {
+            mono: self.0,
+            unix_ms: self.1,
+        }
+    }
+    fn advance(&mut self, d: Duration) {
+        self.0 += d;
+        self.1 += d.as_millis() as u64;
+    }
+}
+
+fn token(user: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    mint_hs256(
+        SECRET,
+        &Claims {
+            sub: user.into(),
+            device: None,
+            exp,
+            iat: None,
+        },
+    )
+    .unwrap()
+}
+
+fn session(clock: &Clock) -> Session {
+    let cfg = Arc::new(SessionConfig {
+        max_inflight_sends: 2,
+        ..SessionConfig::default()
+    });
+    let auth = Arc::new(Authenticator::new(Some(SECRET), None).unwrap());
+    Session::new("c1", cfg, auth, clock.now())
+}
+
+fn hello(user: &str) -> Command {
+    Command::Hello {
+        token: token(user),
+        device: "phone".into(),
+        cursors: vec![],
+    }
+}
+
+fn send(id: &str, to: &str) -> Command {
+    Command::Send(SendCommand {
+        id: ClientMsgId::parse(id).unwrap(),
+        to: UserId::parse(to).unwrap(),
+        content: Bytes::from_static(b"hi"),
+        content_type: "text/plain".into(),
+    })
+}
+
+fn closed_with(actions: &[Action]) -> Option<ErrorCode> {
+    actions.iter().find_map(|a| match a {
+        Action::Close(code, _) => Some(*code),
+        _ => None,
+    })
+}
+
+#[test]
+fn hello_joins_then_welcomes() {
+    let clock = Clock(Instant::now(), 1_000);
+    let mut s = session(&clock);
+    let out = s.on_command(hello("alice"), clock.now());
+    assert!(matches!(&out[..], [Action::Join(id)] if id.user.as_str() == "alice"));
+    let out = s.on_joined(clock.now());
+    assert!(matches!(&out[..], [Action::Reply(Reply::Welcome { user, .. })] if user == "alice"));
+    assert_eq!(s.deadline(), None);
+}
+
+#[test]
+fn handshake_timeout_closes() {
+    let mut clock = Clock(Instant::now(), 1_000);
+    let mut s = session(&clock);
+    assert!(
+        s.on_timeout(clock.now()).is_empty(),
+        "fired before the deadline"
+    );
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(
+        closed_with(&s.on_timeout(clock.now())),
+        Some(ErrorCode::HandshakeTimeout)
+    );
+    assert!(s.is_closed());
+}
+
+#[test]
+fn frames_before_hello_and_second_hello_are_protocol_errors() {
+    let clock = Clock(Instant::now(), 1_000);
+    let mut s = session(&clock);
+    assert_eq!(
+        closed_with(&s.on_command(send("m1", "bob"), clock.now())),
+        Some(ErrorCode::Protocol)
+    );
+    let mut s = session(&clock);
+    s.on_command(hello("alice"), clock.now());
+    assert_eq!(
+        closed_with(&s.on_command(hello("alice"), clock.now())),
+        Some(ErrorCode::Protocol)
+    );
+}
+
+#[test]
+fn bad_tokens_are_refused_with_their_codes() {
+    let clock = Clock(Instant::now(), 1_000);
+    let mut s = session(&clock);
+    let out = s.on_command(
+        Command::Hello {
+            token: "x.y.z".into(),
+            device: "d".into(),
+            cursors: vec![],
+        },
+        clock.now(),
+    );
+    assert_eq!(closed_with(&out), Some(ErrorCode::Unauthenticated));
+    let mut s = session(&clock);
+    let out = s.on_command(
+        Command::Hello {
+            token: token("alice"),
+            device: "a.b".into(),
+            cursors: vec![],
+        },
+        clock.now(),
+    );
+    assert_eq!(closed_with(&out), Some(ErrorCode::InvalidId));
+}
+
+#[test]
+fn send_publishes_two_copies_and_reports_the_recipient_sequence() {
+    let clock = Clock(Instant::now(), 42);
+    let mut s = session(&clock);
+    s.on_command(hello("alice"), clock.now());
+    let out = s.on_command(send("m1", "bob"), clock.now());
+    let [Action::Publish(p)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    let subjects: Vec<_> = p.copies.iter().map(|c| c.subject.as_str()).collect();
+    assert_eq!(subjects, ["msg.private.bob", "msg.private.alice"]);
+    assert_ne!(p.copies[0].msg_id, p.copies[1].msg_id);
+    let stored = StoredMessage::decode(p.payload.clone()).unwrap();
+    assert_eq!(
+        (stored.from.as_str(), stored.to.as_str(), stored.time_ms),
+        ("alice", "bob", 42)
+    );
+    let out = s.on_published(
+        p.req,
+        PublishOutcome::Stored {
+            seq: Seq(7),
+            duplicate: false,
+        },
+    );
+    let [
+        Action::Reply(Reply::SendResult {
+            client_msg_id,
+            status: SendStatus::Stored { subject, seq, .. },
+        }),
+    ] = &out[..]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (client_msg_id.as_str(), subject.as_str(), *seq),
+        ("m1", "msg.private.bob", Seq(7))
+    );
+}
+
+#[test]
+fn note_to_self_is_one_copy() {
+    let clock = Clock(Instant::now(), 42);
+    let mut s = session(&clock);
+    s.on_command(hello("alice"), clock.now());
+    let out = s.on_command(send("m1", "alice"), clock.now());
+    assert!(matches!(&out[..], [Action::Publish(p)] if p.copies.len() == 1));
+}
+
+#[test]
+fn inflight_budget_applies_backpressure() {
+    let clock = Clock(Instant::now(), 42);
+    let mut s = session(&clock);
+    s.on_command(hello("alice"), clock.now());
+    assert!(s.wants_frames());
+    let mut reqs = vec![];
+    for id in ["a", "b"] {
+        if let [Action::Publish(p)] = &s.on_command(send(id, "bob"), clock.now())[..] {
+            reqs.push(p.req);
+        }
+    }
+    assert!(!s.wants_frames(), "budget of 2 used up but still reading");
+    s.on_published(
+        reqs[0],
+        PublishOutcome::Failed {
+            code: ErrorCode::Unavailable,
+            detail: "x".into(),
+        },
+    );
+    assert!(s.wants_frames());
+}
+
+#[test]
+fn content_limits_and_acks() {
+    let clock = Clock(Instant::now(), 42);
+    let mut s = session(&clock);
+    s.on_command(hello("alice"), clock.now());
+    let empty = Command::Send(SendCommand {
+        id: ClientMsgId::parse("e").unwrap(),
+        to: UserId::parse("bob").unwrap(),
+        content: Bytes::new(),
+        content_type: String::new(),
+    });
+    let out = s.on_command(empty, clock.now());
+    assert!(matches!(
+        &out[..],
+        [Action::Reply(Reply::SendResult {
+            status: SendStatus::Rejected {
+                code: ErrorCode::InvalidMessage,
+                ..
+            },
+            ..
+        })]
+    ));
+    let out = s.on_command(
+        Command::Ack(vec![("msg.private.alice".into(), Seq(5))]),
+        clock.now(),
+    );
+    assert_eq!(
+        out,
+        vec![Action::SaveCursors(vec![(
+            "msg.private.alice".into(),
+            Seq(5)
+        )])]
+    );
+    // Cumulative: an older ack does not move the cursor back.
+    assert!(
+        s.on_command(
+            Command::Ack(vec![("msg.private.alice".into(), Seq(3))]),
+            clock.now()
+        )
+        .is_empty()
+    );
+    // Someone else's subject is refused without closing.
+    let out = s.on_command(
+        Command::Ack(vec![("msg.private.bob".into(), Seq(3))]),
+        clock.now(),
+    );
+    assert!(matches!(
+        &out[..],
+        [Action::Reply(Reply::Error { fatal: false, .. })]
+    ));
+    assert!(!s.is_closed());
+}

@@ -1,0 +1,322 @@
+//! The `petrel` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use petrel_client::{Client, ConnectOptions, Endpoint, Event, SendResult, TransportKind, Trust};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::dev::{self, Endpoints};
+use crate::{Config, Gateway, provision};
+
+/// Petrel: an edge gateway for real-time messaging (native QUIC, WebSocket) in front
+/// of a NATS leaf node and a JetStream hub.
+#[derive(Debug, Parser)]
+#[command(name = "petrel", version, propagate_version = true)]
+pub struct Cli {
+    /// Command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a local edge: hub and leaf nats-servers, streams, dev certificate and the
+    /// gateway; writes DIR/endpoints.json. Ctrl-C or SIGTERM stops everything.
+    Dev {
+        /// Directory for configs, data, logs and endpoints.json.
+        #[arg(long, default_value = ".petrel/dev")]
+        dir: PathBuf,
+    },
+    /// Print a dev token (HS256, signed with the dev secret of a `petrel dev` directory).
+    Token {
+        /// The `petrel dev` directory.
+        #[arg(long = "dev", value_name = "DIR", default_value = ".petrel/dev")]
+        dev: PathBuf,
+        /// User id ([A-Za-z0-9_-]{1,64}).
+        #[arg(long)]
+        user: String,
+        /// Bind the token to this device id.
+        #[arg(long)]
+        device: Option<String>,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 24 * 3600)]
+        ttl: u64,
+    },
+    /// Connect as a user: send a message or listen for messages.
+    Client(ClientArgs),
+    /// Run the gateway with a config file (see deploy/gateway.example.toml).
+    Gateway {
+        /// TOML config file; PETREL_{SECTION}_{KEY} variables override its keys.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Create or update the hub's JetStream streams (idempotent).
+    Provision {
+        /// NATS URL of the hub (or of a leaf connected to it).
+        #[arg(long)]
+        nats: String,
+        /// JetStream domain of the hub.
+        #[arg(long, default_value = "hub")]
+        domain: String,
+        /// Replicas per stream (3 on a 3-node hub cluster).
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+    },
+}
+
+/// `petrel client` options.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// A `petrel dev` directory: endpoints, certificate hash and dev secret come from it.
+    #[arg(long = "dev", value_name = "DIR", default_value = ".petrel/dev")]
+    pub dev: PathBuf,
+    /// User id.
+    #[arg(long)]
+    pub user: String,
+    /// Device id.
+    #[arg(long, default_value = "cli")]
+    pub device: String,
+    /// Transport: quic or websocket.
+    #[arg(long, default_value = "quic")]
+    pub transport: TransportKind,
+    /// Token to use instead of minting a dev token.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Endpoint instead of the dev one (host:port for quic, wss:// URL for websocket).
+    #[arg(long, requires = "cert_sha256")]
+    pub endpoint: Option<String>,
+    /// SHA-256 of the gateway certificate to pin (with --endpoint).
+    #[arg(long)]
+    pub cert_sha256: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: ClientAction,
+}
+
+/// `petrel client` actions.
+#[derive(Debug, Subcommand)]
+pub enum ClientAction {
+    /// Send a direct message; prints the SendResult as one JSON object.
+    Send {
+        /// Recipient user id.
+        #[arg(long)]
+        to: String,
+        /// Client message id (dedup key; reuse it to retry safely). Random by default.
+        #[arg(long)]
+        id: Option<String>,
+        /// Message text.
+        text: String,
+    },
+    /// Print one JSON object per delivered message.
+    Listen {
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Give up after this many seconds (an error if --count was not reached).
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Dev { dir } => {
+            let shutdown = shutdown_on_signal()?;
+            dev::run(&dir, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token {
+            dev,
+            user,
+            device,
+            ttl,
+        } => {
+            let secret = dev::read_secret(&dev)?;
+            println!(
+                "{}",
+                dev::mint_token(&secret, &user, device.as_deref(), Duration::from_secs(ttl))?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gateway { config } => {
+            let cfg = Config::load(&config)?;
+            let shutdown = shutdown_on_signal()?;
+            Gateway::load(cfg).await?.run(shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Provision {
+            nats,
+            domain,
+            replicas,
+        } => {
+            let client = async_nats::ConnectOptions::new()
+                .connection_timeout(Duration::from_secs(5))
+                .connect(nats.as_str())
+                .await
+                .with_context(|| format!("connecting to {nats}"))?;
+            for p in provision::provision(&client, &domain, replicas).await? {
+                println!("{}", serde_json::to_string(&p)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Client(args) => client(args).await,
+    }
+}
+
+fn shutdown_on_signal() -> anyhow::Result<CancellationToken> {
+    let token = CancellationToken::new();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing SIGTERM handler")?;
+    let t = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        t.cancel();
+    });
+    Ok(token)
+}
+
+fn random_id() -> String {
+    let bytes: [u8; 12] = rand::random();
+    hex::encode(bytes)
+}
+
+async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
+    let (address, trust) = match (&args.endpoint, &args.cert_sha256) {
+        (Some(ep), Some(hash)) => (ep.clone(), Trust::from_hex_sha256(hash)?),
+        _ => {
+            let ep = Endpoints::read(&args.dev)?;
+            let address = match args.transport {
+                TransportKind::Quic => ep.quic,
+                TransportKind::WebSocket => ep.websocket,
+            };
+            (address, Trust::from_hex_sha256(&ep.cert_sha256)?)
+        }
+    };
+    let token = match &args.token {
+        Some(t) => t.clone(),
+        None => dev::mint_token(
+            &dev::read_secret(&args.dev)?,
+            &args.user,
+            None,
+            Duration::from_secs(3600),
+        )?,
+    };
+    let endpoint = Endpoint {
+        transport: args.transport,
+        address,
+        trust,
+        server_name: Some("localhost".into()),
+        connect_timeout: Duration::from_secs(10),
+    };
+    Client::connect(ConnectOptions::new(endpoint, token, args.device.clone()))
+        .await
+        .with_context(|| format!("connecting as {} over {}", args.user, args.transport))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
+    let mut client = connect(&args).await?;
+    match &args.action {
+        ClientAction::Send { to, id, text } => {
+            let id = id.clone().unwrap_or_else(random_id);
+            let result = client.send(to, &id, text.clone().into_bytes()).await?;
+            let code = match &result {
+                SendResult::Stored {
+                    subject,
+                    seq,
+                    msg_id,
+                    duplicate,
+                } => {
+                    println!(
+                        "{}",
+                        json!({"status": "stored", "subject": subject, "seq": seq, "id": id, "msg_id": msg_id, "duplicate": duplicate})
+                    );
+                    ExitCode::SUCCESS
+                }
+                SendResult::Queued { msg_id } => {
+                    println!(
+                        "{}",
+                        json!({"status": "queued", "id": id, "msg_id": msg_id})
+                    );
+                    ExitCode::SUCCESS
+                }
+                SendResult::Rejected { code, detail } => {
+                    println!(
+                        "{}",
+                        json!({"status": "rejected", "id": id, "code": code, "detail": detail})
+                    );
+                    eprintln!("error: message rejected: {code}: {detail}");
+                    ExitCode::FAILURE
+                }
+            };
+            client.close().await;
+            Ok(code)
+        }
+        ClientAction::Listen { count, timeout } => {
+            let deadline = timeout.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+            let w = client.welcome();
+            eprintln!(
+                "listening as {}/{} over {} on gateway {} (connection {})",
+                w.user,
+                w.device,
+                client.transport(),
+                w.gateway_id,
+                w.connection_id
+            );
+            let mut got = 0u64;
+            loop {
+                if count.is_some_and(|c| got >= c) {
+                    break;
+                }
+                let event = match deadline {
+                    Some(d) => match tokio::time::timeout_at(d.into(), client.next_event()).await {
+                        Ok(e) => e,
+                        Err(_) => {
+                            if let Some(c) = count {
+                                bail!("timed out after {got} of {c} messages");
+                            }
+                            break;
+                        }
+                    },
+                    None => client.next_event().await,
+                };
+                match event {
+                    Some(Event::Message(m)) => {
+                        got += 1;
+                        println!(
+                            "{}",
+                            json!({
+                                "from": m.from, "to": m.to, "text": String::from_utf8_lossy(&m.content),
+                                "subject": m.subject, "seq": m.seq, "prev_seq": m.prev_seq,
+                                "id": m.client_msg_id, "from_device": m.from_device, "time_ms": m.time_ms,
+                                "latency_ms": now_ms().saturating_sub(m.time_ms),
+                            })
+                        );
+                        client.ack(&m.subject, m.seq).await?;
+                    }
+                    Some(Event::Error { code, message }) => eprintln!("warning: {code}: {message}"),
+                    Some(Event::Closed { reason }) => bail!("connection closed: {reason}"),
+                    None => bail!("connection closed"),
+                }
+            }
+            client.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

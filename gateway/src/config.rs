@@ -1,0 +1,321 @@
+//! Gateway configuration: a TOML file, overridable by `PETREL_{SECTION}_{KEY}`
+//! environment variables (e.g. `PETREL_NATS_URL`, `PETREL_LIMITS_MAX_FRAME_BYTES`).
+//! Unknown keys — in the file or in such a variable — are an error, so a typo never
+//! silently falls back to a default. `deploy/gateway.example.toml` documents each key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Identity of this gateway.
+    #[serde(default)]
+    pub gateway: GatewaySection,
+    /// Listen addresses.
+    pub listen: ListenSection,
+    /// TLS certificate and key.
+    pub tls: TlsSection,
+    /// The local NATS leaf node.
+    #[serde(default)]
+    pub nats: NatsSection,
+    /// Token keys.
+    pub auth: AuthSection,
+    /// Limits.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// Edge cache.
+    #[serde(default)]
+    pub storage: StorageSection,
+}
+
+/// `[gateway]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySection {
+    /// Id of this edge (shown to clients, stored with messages).
+    pub id: String,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        Self {
+            id: "petrel-edge".into(),
+        }
+    }
+}
+
+/// `[listen]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenSection {
+    /// UDP address for native QUIC.
+    pub quic: SocketAddr,
+    /// TCP address for WebSocket over TLS.
+    pub websocket: SocketAddr,
+    /// TCP address for plain HTTP (health; keep it on a private interface).
+    pub http: SocketAddr,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Private key, PEM.
+    pub key: PathBuf,
+}
+
+/// `[nats]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsSection {
+    /// URL of the local leaf node.
+    pub url: String,
+    /// JetStream domain of the hub.
+    pub domain: String,
+    /// Seconds to wait for the hub's publish acknowledgement.
+    pub publish_timeout_secs: u64,
+    /// Publishes in flight across the whole gateway.
+    pub max_inflight_publishes: usize,
+}
+
+impl Default for NatsSection {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            domain: "hub".into(),
+            publish_timeout_secs: 5,
+            max_inflight_publishes: 4096,
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// HS256 shared secret (development). At least 32 bytes.
+    #[serde(default)]
+    pub hs256_secret: Option<String>,
+    /// File holding the HS256 secret (takes precedence over `hs256_secret`).
+    #[serde(default)]
+    pub hs256_secret_file: Option<PathBuf>,
+    /// ES256 public key, PEM file (production).
+    #[serde(default)]
+    pub es256_public_key: Option<PathBuf>,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Largest frame accepted from a client (bytes after the length prefix).
+    pub max_frame_bytes: usize,
+    /// Largest message content.
+    pub max_content_bytes: usize,
+    /// Seconds between accept and a valid Hello.
+    pub handshake_timeout_secs: u64,
+    /// Seconds without any frame or transport activity before a connection is dropped.
+    pub idle_timeout_secs: u64,
+    /// Sends one connection may have waiting for the hub.
+    pub max_inflight_sends: usize,
+    /// Frames queued toward one connection before it counts as a slow consumer.
+    pub send_queue_frames: usize,
+    /// Concurrent connections on this gateway.
+    pub max_connections: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: petrel_proto::DEFAULT_MAX_FRAME_BYTES,
+            max_content_bytes: 32 * 1024,
+            handshake_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_inflight_sends: 64,
+            send_queue_frames: 1024,
+            max_connections: 100_000,
+        }
+    }
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// Directory of the RocksDB edge cache.
+    pub path: PathBuf,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("petrel-data"),
+        }
+    }
+}
+
+impl LimitsSection {
+    /// Handshake timeout.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+    /// Idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+}
+
+const SECTIONS: &[&str] = &[
+    "gateway", "listen", "tls", "nats", "auth", "limits", "storage",
+];
+
+impl Config {
+    /// Reads `path`, applies `PETREL_*` overrides from the process environment, and
+    /// resolves relative paths against the file's directory.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let mut cfg =
+            Self::parse(&text, &env).with_context(|| format!("in config {}", path.display()))?;
+        if let Some(dir) = path.parent() {
+            cfg.resolve_paths(dir);
+        }
+        Ok(cfg)
+    }
+
+    /// Parses TOML text with overrides from `env` (pairs of name and value).
+    pub fn parse(text: &str, env: &[(String, String)]) -> anyhow::Result<Self> {
+        let mut value: toml::Table = toml::from_str(text).context("invalid TOML")?;
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix("PETREL_") else {
+                continue;
+            };
+            let rest = rest.to_ascii_lowercase();
+            let Some((section, key)) = rest.split_once('_') else {
+                continue;
+            };
+            if !SECTIONS.contains(&section) {
+                continue;
+            }
+            // A value that parses as a TOML scalar (number, bool) is taken as such;
+            // anything else is a string.
+            let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .filter(|v| !v.is_table() && !v.is_array())
+                .unwrap_or_else(|| toml::Value::String(raw.clone()));
+            let table = value
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            let Some(table) = table.as_table_mut() else {
+                bail!("[{section}] is not a table");
+            };
+            table.insert(key.to_string(), parsed);
+        }
+        let cfg: Config = toml::Value::Table(value)
+            .try_into()
+            .context("invalid configuration")?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if petrel_core::UserId::parse(self.gateway.id.clone()).is_err() {
+            bail!("gateway.id must match [A-Za-z0-9_-]{{1,64}}");
+        }
+        let l = &self.limits;
+        if l.max_frame_bytes < 1024 || l.max_frame_bytes > 16 * 1024 * 1024 {
+            bail!("limits.max_frame_bytes must be between 1 KiB and 16 MiB");
+        }
+        if l.max_content_bytes + 1024 > l.max_frame_bytes {
+            bail!("limits.max_content_bytes must be at least 1 KiB below limits.max_frame_bytes");
+        }
+        if l.max_inflight_sends == 0 || l.send_queue_frames == 0 || l.max_connections == 0 {
+            bail!("limits must be positive");
+        }
+        if self.auth.hs256_secret.is_none()
+            && self.auth.hs256_secret_file.is_none()
+            && self.auth.es256_public_key.is_none()
+        {
+            bail!("auth: set hs256_secret, hs256_secret_file or es256_public_key");
+        }
+        Ok(())
+    }
+
+    fn resolve_paths(&mut self, dir: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        fix(&mut self.tls.cert);
+        fix(&mut self.tls.key);
+        fix(&mut self.storage.path);
+        if let Some(p) = self.auth.hs256_secret_file.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.auth.es256_public_key.as_mut() {
+            fix(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+        [listen]
+        quic = "127.0.0.1:0"
+        websocket = "127.0.0.1:0"
+        http = "127.0.0.1:0"
+        [tls]
+        cert = "cert.pem"
+        key = "key.pem"
+        [auth]
+        hs256_secret = "0123456789abcdef0123456789abcdef"
+    "#;
+
+    #[test]
+    fn defaults_and_env_overrides() {
+        let env = vec![
+            (
+                "PETREL_NATS_URL".to_string(),
+                "nats://10.0.0.1:4222".to_string(),
+            ),
+            (
+                "PETREL_LIMITS_MAX_FRAME_BYTES".to_string(),
+                "131072".to_string(),
+            ),
+            ("HOME".to_string(), "/root".to_string()),
+        ];
+        let c = Config::parse(BASE, &env).unwrap();
+        assert_eq!(c.nats.url, "nats://10.0.0.1:4222");
+        assert_eq!(c.nats.domain, "hub");
+        assert_eq!(c.limits.max_frame_bytes, 131072);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = Config::parse(&format!("{BASE}\n[nats]\nurll = \"x\""), &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("urll"), "{err:#}");
+        let env = vec![("PETREL_LIMITS_MAX_FRAMES".to_string(), "1".to_string())];
+        assert!(Config::parse(BASE, &env).is_err());
+        assert!(Config::parse(&format!("{BASE}\n[bogus]\nx = 1"), &[]).is_err());
+    }
+
+    #[test]
+    fn the_annotated_example_parses() {
+        let text = include_str!("../../deploy/gateway.example.toml");
+        Config::parse(text, &[]).unwrap();
+    }
+}

@@ -1,0 +1,279 @@
+//! One client connection, whatever its transport.
+//!
+//! Each transport module turns its accepted connection into a [`FrameReader`] and a
+//! [`FrameWriter`] (bytes in, bytes out) and hands them to [`Connection::run`], which
+//! splits frames, feeds the [`Session`] state machine and carries out its actions.
+//! Errors end the task here, logged once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use petrel_core::ErrorCode;
+use petrel_core::auth::Authenticator;
+use petrel_core::session::{Action, Now, Session, SessionConfig};
+use petrel_core::wire::{decode_command, encode_reply};
+use petrel_proto::{FrameDecoder, FrameError};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::hub::{Hub, LiveHandle};
+
+/// Why reading from a transport failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The transport refused a message for its size (WebSocket message limit).
+    #[error("message too large")]
+    TooLarge,
+    /// The connection broke.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Receives the client's byte stream.
+pub trait FrameReader: Send {
+    /// Next chunk of bytes; `None` when the client finished cleanly. Must be cancel-safe.
+    fn recv(&mut self) -> impl Future<Output = Result<Option<Bytes>, TransportError>> + Send;
+}
+
+/// Sends bytes to the client.
+pub trait FrameWriter: Send {
+    /// Writes encoded frames.
+    fn send(&mut self, data: Bytes) -> impl Future<Output = Result<(), TransportError>> + Send;
+    /// Flushes what was written and closes with `code`.
+    fn close(self, code: ErrorCode, reason: &str) -> impl Future<Output = ()> + Send;
+}
+
+/// What every connection shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// Session limits.
+    pub session: Arc<SessionConfig>,
+    /// Token verification.
+    pub auth: Arc<Authenticator>,
+    /// NATS wiring.
+    pub hub: Arc<Hub>,
+    /// Frames queued toward one connection.
+    pub send_queue_frames: usize,
+    /// Idle timeout.
+    pub idle_timeout: Duration,
+    /// Live connection count.
+    pub connections: AtomicU64,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A new connection id, unique in this process.
+pub fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// One accepted connection.
+pub struct Connection<R, W> {
+    /// Process-unique id.
+    pub id: u64,
+    /// Transport name for logs.
+    pub transport: &'static str,
+    /// Peer address for logs.
+    pub peer: std::net::SocketAddr,
+    /// Reading half.
+    pub reader: R,
+    /// Writing half.
+    pub writer: W,
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// Gateway shutdown.
+    pub shutdown: CancellationToken,
+}
+
+/// Most bytes coalesced into one write when several frames are queued.
+const MAX_BATCH: usize = 64 * 1024;
+
+impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
+    /// Runs the connection to its end.
+    pub async fn run(self) {
+        let span = info_span!("conn", id = self.id, transport = self.transport, peer = %self.peer);
+        async move {
+            let shared = self.shared.clone();
+            shared.connections.fetch_add(1, Ordering::Relaxed);
+            let (end, user) = self.drive().await;
+            shared.connections.fetch_sub(1, Ordering::Relaxed);
+            match end {
+                End::Client => debug!(?user, "closed by client"),
+                End::Closed(code, why) => info!(?user, %code, %why, "closed by gateway"),
+                End::Broken(e) => debug!(?user, error = %e, "connection lost"),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn drive(self) -> (End, Option<String>) {
+        let Connection {
+            id,
+            mut reader,
+            mut writer,
+            shared,
+            shutdown,
+            ..
+        } = self;
+        let mut session = Session::new(
+            id.to_string(),
+            shared.session.clone(),
+            shared.auth.clone(),
+            Now::system(),
+        );
+        let mut decoder = FrameDecoder::new(shared.session.max_frame_bytes);
+        let (live_tx, mut live_rx) = mpsc::channel::<Bytes>(shared.send_queue_frames);
+        let overflow = CancellationToken::new();
+        let mut live_tx = Some(live_tx);
+        let mut publishes = FuturesUnordered::new();
+        let mut joined: Option<petrel_core::UserId> = None;
+        let mut actions: Vec<Action> = Vec::new();
+        let mut last_seen = Instant::now();
+        let mut peer_finished = false;
+
+        let end = 'conn: loop {
+            // Hand over buffered frames while the session has budget for them.
+            while session.wants_frames() {
+                match decoder.next_frame() {
+                    Ok(Some(frame)) => match decode_command(frame) {
+                        Ok(cmd) => actions.extend(session.on_command(cmd, Now::system())),
+                        Err(e) => actions.extend(session.on_wire_error(e)),
+                    },
+                    Ok(None) => break,
+                    Err(e) => {
+                        let code = match e {
+                            FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+                            _ => ErrorCode::BadFrame,
+                        };
+                        actions.extend(session.on_bad_frame(code, e.to_string()));
+                    }
+                }
+            }
+            if peer_finished && session.wants_frames() && !session.is_closed() {
+                match decoder.finish() {
+                    Err(e) => {
+                        actions.extend(session.on_bad_frame(ErrorCode::BadFrame, e.to_string()))
+                    }
+                    Ok(()) if session.inflight() == 0 => break End::Client,
+                    Ok(()) => {}
+                }
+            }
+
+            // Carry out what the session asked for. `Join` may produce more actions.
+            let mut i = 0;
+            while i < actions.len() {
+                let action = actions[i].clone();
+                i += 1;
+                match action {
+                    Action::Reply(reply) => {
+                        if let Err(e) = writer.send(encode_reply(&reply)).await {
+                            break 'conn End::Broken(e.to_string());
+                        }
+                    }
+                    Action::Publish(req) => {
+                        // Sent here, in order; acknowledged concurrently below.
+                        let acked = shared.hub.publish(req).await;
+                        publishes.push(acked);
+                    }
+                    Action::Join(identity) => {
+                        if let Some(tx) = live_tx.take() {
+                            let handle = LiveHandle {
+                                tx,
+                                overflow: overflow.clone(),
+                            };
+                            shared.hub.join(&identity.user, id, handle).await;
+                            joined = Some(identity.user.clone());
+                        }
+                        actions.extend(session.on_joined(Now::system()));
+                    }
+                    Action::SaveCursors(cursors) => {
+                        if let Some(identity) = session.identity() {
+                            let device_key = format!("{}/{}", identity.user, identity.device);
+                            for (subject, seq) in cursors {
+                                if let Err(e) =
+                                    shared.hub.store().save_cursor(&device_key, &subject, seq.0)
+                                {
+                                    warn!(error = %e, "saving cursor failed");
+                                }
+                            }
+                        }
+                    }
+                    Action::Close(code, why) => {
+                        writer.close(code, &why).await;
+                        break 'conn End::Closed(code, why);
+                    }
+                }
+            }
+            actions.clear();
+
+            let deadline = session
+                .deadline()
+                .unwrap_or_else(|| last_seen + shared.idle_timeout);
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    actions.extend(session.shutdown(ErrorCode::GoingAway, "gateway shutting down"));
+                }
+                _ = overflow.cancelled() => {
+                    actions.extend(session.shutdown(
+                        ErrorCode::SlowConsumer,
+                        "too many undelivered messages queued; reconnect and resume",
+                    ));
+                }
+                Some((req, outcome)) = publishes.next(), if !publishes.is_empty() => {
+                    actions.extend(session.on_published(req, outcome));
+                }
+                Some(frame) = live_rx.recv() => {
+                    // Coalesce whatever else is queued into one write.
+                    let mut batch = BytesMut::from(frame.as_ref());
+                    while batch.len() < MAX_BATCH {
+                        match live_rx.try_recv() {
+                            Ok(more) => batch.extend_from_slice(&more),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = writer.send(batch.freeze()).await {
+                        break End::Broken(e.to_string());
+                    }
+                }
+                r = reader.recv(), if session.wants_frames() && !peer_finished => match r {
+                    Ok(Some(data)) => {
+                        last_seen = Instant::now();
+                        decoder.push(&data);
+                    }
+                    Ok(None) => peer_finished = true,
+                    Err(TransportError::TooLarge) => {
+                        actions.extend(session.on_bad_frame(
+                            ErrorCode::FrameTooLarge,
+                            format!("message exceeds {} bytes", decoder.max_frame_bytes()),
+                        ));
+                    }
+                    Err(TransportError::Io(e)) => break End::Broken(e),
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if session.deadline().is_some() {
+                        actions.extend(session.on_timeout(Now::system()));
+                    } else if last_seen.elapsed() >= shared.idle_timeout {
+                        actions.extend(session.shutdown(ErrorCode::GoingAway, "idle timeout"));
+                    }
+                }
+            }
+        };
+        if let Some(user) = &joined {
+            shared.hub.leave(user, id);
+        }
+        (end, joined.map(|u| u.to_string()))
+    }
+}
+
+enum End {
+    Client,
+    Closed(ErrorCode, String),
+    Broken(String),
+}

@@ -1,0 +1,206 @@
+//! `petrel dev`: a whole local edge in one command.
+//!
+//! Starts a hub nats-server (JetStream, domain `hub`) and a leaf node connected to it,
+//! provisions the streams, writes a dev secret and a dev certificate, starts the
+//! gateway in this process on free ports and writes `DIR/endpoints.json`:
+//!
+//! ```json
+//! {"quic": "127.0.0.1:PORT", "websocket": "wss://127.0.0.1:PORT/ws",
+//!  "http": "http://127.0.0.1:PORT", "nats_hub": "nats://…", "nats_leaf": "nats://…",
+//!  "cert_sha256": "hex", "gateway_id": "dev-edge", "pid": 123}
+//! ```
+//!
+//! Everything lives under DIR, so two instances with different DIRs run side by side.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use petrel_core::auth::{Claims, mint_hs256};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::nats_process::{NatsProcess, wait_jetstream};
+use crate::{Config, Gateway, provision, tls};
+
+/// `DIR/endpoints.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Native QUIC, `host:port`.
+    pub quic: String,
+    /// WebSocket URL.
+    pub websocket: String,
+    /// Gateway HTTP base URL.
+    pub http: String,
+    /// Hub client URL.
+    pub nats_hub: String,
+    /// Leaf client URL.
+    pub nats_leaf: String,
+    /// SHA-256 of the dev certificate (hex).
+    pub cert_sha256: String,
+    /// Gateway id.
+    pub gateway_id: String,
+    /// Process id of `petrel dev`.
+    pub pid: u32,
+}
+
+impl Endpoints {
+    /// Reads `DIR/endpoints.json`.
+    pub fn read(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join("endpoints.json");
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading {} (is `petrel dev --dir {}` running?)",
+                path.display(),
+                dir.display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+/// Path of the dev HS256 secret.
+pub fn secret_path(dir: &Path) -> PathBuf {
+    dir.join("dev-secret")
+}
+
+/// Reads the dev secret.
+pub fn read_secret(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let path = secret_path(dir);
+    let s = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading dev secret {} (run `petrel dev --dir {}` first)",
+            path.display(),
+            dir.display()
+        )
+    })?;
+    Ok(s.trim().as_bytes().to_vec())
+}
+
+/// Mints a dev token for `user` (and `device`) valid `ttl`.
+pub fn mint_token(
+    secret: &[u8],
+    user: &str,
+    device: Option<&str>,
+    ttl: Duration,
+) -> anyhow::Result<String> {
+    petrel_core::UserId::parse(user).context("--user")?;
+    if let Some(d) = device {
+        petrel_core::DeviceId::parse(d).context("--device")?;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    mint_hs256(
+        secret,
+        &Claims {
+            sub: user.to_string(),
+            device: device.map(str::to_string),
+            exp: now + ttl.as_secs(),
+            iat: Some(now),
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("minting token: {e}"))
+}
+
+fn ensure_secret(dir: &Path) -> anyhow::Result<()> {
+    let path = secret_path(dir);
+    if read_secret(dir).map(|s| s.len() >= 32).unwrap_or(false) {
+        return Ok(());
+    }
+    let bytes: [u8; 32] = rand::random();
+    tls::write_private(&path, hex::encode(bytes).as_bytes())
+}
+
+/// Writes the gateway config used by `petrel dev` (also runnable with `petrel gateway`).
+pub fn write_gateway_config(dir: &Path, id: &str, leaf_url: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join("gateway.toml");
+    let text = format!(
+        r#"# Written by `petrel dev`. Ports 0 = any free port; see endpoints.json for the real ones.
+[gateway]
+id = "{id}"
+
+[listen]
+quic = "127.0.0.1:0"
+websocket = "127.0.0.1:0"
+http = "127.0.0.1:0"
+
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+
+[nats]
+url = "{leaf_url}"
+domain = "hub"
+
+[auth]
+hs256_secret_file = "dev-secret"
+
+[storage]
+path = "edge-cache"
+"#
+    );
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// Runs the dev topology until `shutdown`.
+pub async fn run(dir: &Path, shutdown: CancellationToken) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let endpoints_path = dir.join("endpoints.json");
+    let _ = std::fs::remove_file(&endpoints_path);
+
+    eprintln!("petrel dev: starting hub nats-server (JetStream domain hub)…");
+    let hub = NatsProcess::start_hub(&dir.join("hub"), "hub", None).await?;
+    let hub_client = wait_jetstream(&hub.client_url, "hub", Duration::from_secs(20)).await?;
+    let done = provision::provision(&hub_client, "hub", 1).await?;
+    for p in &done {
+        eprintln!("petrel dev: stream {} {}", p.stream, p.action);
+    }
+    let hub_leaf = hub
+        .leafnode_url
+        .clone()
+        .context("hub has no leafnode port")?;
+    eprintln!("petrel dev: starting leaf nats-server…");
+    let leaf = NatsProcess::start_leaf(&dir.join("leaf"), "leaf", &hub_leaf, None).await?;
+    wait_jetstream(&leaf.client_url, "hub", Duration::from_secs(20))
+        .await
+        .context("leaf node did not connect to the hub")?;
+
+    ensure_secret(&dir)?;
+    let cert_sha256 = tls::write_dev_cert(&dir.join("cert.pem"), &dir.join("key.pem"), 14)?;
+    let config_path = write_gateway_config(&dir, "dev-edge", &leaf.client_url)?;
+    let cfg = Config::load(&config_path)?;
+    let gateway = Gateway::load(cfg).await?;
+    let addrs = gateway.addrs();
+    let endpoints = Endpoints {
+        quic: addrs.quic.to_string(),
+        websocket: format!("wss://{}/ws", addrs.websocket),
+        http: format!("http://{}", addrs.http),
+        nats_hub: hub.client_url.clone(),
+        nats_leaf: leaf.client_url.clone(),
+        cert_sha256,
+        gateway_id: "dev-edge".into(),
+        pid: std::process::id(),
+    };
+    let tmp = dir.join("endpoints.json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&endpoints)?)?;
+    std::fs::rename(&tmp, &endpoints_path)?;
+    eprintln!(
+        "petrel dev: ready\n  quic       {}\n  websocket  {}\n  http       {}\n  nats hub   {}\n  nats leaf  {}\n  cert sha256 {}\n  endpoints  {}\nPress Ctrl-C to stop.",
+        endpoints.quic,
+        endpoints.websocket,
+        endpoints.http,
+        endpoints.nats_hub,
+        endpoints.nats_leaf,
+        endpoints.cert_sha256,
+        endpoints_path.display()
+    );
+    let result = gateway.run(shutdown).await;
+    let _ = std::fs::remove_file(&endpoints_path);
+    leaf.stop().await;
+    hub.stop().await;
+    eprintln!("petrel dev: stopped");
+    result
+}

@@ -1,0 +1,273 @@
+//! The gateway's side of NATS: publishing sends to JetStream on the hub and
+//! subscribing to the live re-publish of each connected user's inbox.
+//!
+//! Everything goes through the local leaf node. One core NATS subscription per user
+//! with at least one device connected here (reference-counted in
+//! [`petrel_core::route::Registry`]); the leaf forwards only what this edge subscribed
+//! to. Each live message is encoded into a Deliver frame once and the same bytes are
+//! queued to every device of the user.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use futures::StreamExt;
+use petrel_core::route::{Interest, Registry};
+use petrel_core::session::{PublishOutcome, PublishRequest};
+use petrel_core::wire::{Delivery, StoredMessage, encode_deliver};
+use petrel_core::{ErrorCode, Seq, UserId, subject};
+use petrel_storage::EdgeStore;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// How a connection receives live frames.
+#[derive(Clone, Debug)]
+pub struct LiveHandle {
+    /// Bounded queue of encoded frames.
+    pub tx: mpsc::Sender<Bytes>,
+    /// Cancelled when the queue overflowed: the connection must close (slow consumer).
+    pub overflow: CancellationToken,
+}
+
+struct UserSub {
+    task: tokio::task::JoinHandle<()>,
+    ready: watch::Receiver<bool>,
+}
+
+/// NATS wiring shared by all connections.
+pub struct Hub {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    permits: Arc<Semaphore>,
+    publish_timeout: Duration,
+    registry: Mutex<Registry<UserId, LiveHandle>>,
+    subs: Mutex<HashMap<UserId, UserSub>>,
+    store: Arc<EdgeStore>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+/// Parses a re-published message (`live.msg.private.{u}`) into a delivery.
+pub fn parse_live(msg: &async_nats::Message) -> Result<Delivery, String> {
+    let stored_subject = subject::stored_subject(msg.subject.as_str())
+        .ok_or_else(|| format!("unexpected subject {}", msg.subject))?
+        .to_string();
+    let headers = msg
+        .headers
+        .as_ref()
+        .ok_or("no headers (not a JetStream re-publish)")?;
+    let num = |name: &str| -> Result<u64, String> {
+        headers
+            .get(name)
+            .map(|v| v.as_str())
+            .unwrap_or("0")
+            .parse::<u64>()
+            .map_err(|e| format!("{name}: {e}"))
+    };
+    let seq = num("Nats-Sequence")?;
+    if seq == 0 {
+        return Err("no Nats-Sequence header".into());
+    }
+    let prev = num("Nats-Last-Sequence")?;
+    let message = StoredMessage::decode(msg.payload.clone()).map_err(|e| e.to_string())?;
+    Ok(Delivery {
+        subject: stored_subject,
+        seq: Seq(seq),
+        prev_seq: Seq(prev),
+        message,
+    })
+}
+
+impl Hub {
+    /// Wraps a NATS client.
+    pub fn new(
+        client: async_nats::Client,
+        domain: &str,
+        publish_timeout: Duration,
+        max_inflight: usize,
+        store: Arc<EdgeStore>,
+    ) -> Self {
+        let mut js = jetstream::with_domain(client.clone(), domain);
+        js.set_timeout(publish_timeout);
+        Self {
+            client,
+            js,
+            permits: Arc::new(Semaphore::new(max_inflight)),
+            publish_timeout,
+            registry: Mutex::new(Registry::default()),
+            subs: Mutex::new(HashMap::new()),
+            store,
+        }
+    }
+
+    /// Whether the connection to the leaf is up.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Live subscriptions held (one per user with a device connected here).
+    pub fn live_subscriptions(&self) -> usize {
+        self.registry.lock().map(|r| r.keys()).unwrap_or(0)
+    }
+
+    /// The edge cache.
+    pub fn store(&self) -> &EdgeStore {
+        &self.store
+    }
+
+    /// Puts every copy of `req` on the wire, in order, and returns a future for the
+    /// hub's acknowledgements. Callers await this in their send order (so messages of
+    /// one conversation reach the hub in order) and await the returned futures
+    /// concurrently (so many sends are in flight).
+    pub async fn publish(
+        &self,
+        req: PublishRequest,
+    ) -> impl Future<Output = (u64, PublishOutcome)> + Send + 'static {
+        let id = req.req;
+        let timeout = self.publish_timeout;
+        let failed = |detail: String| PublishOutcome::Failed {
+            code: ErrorCode::Unavailable,
+            detail,
+        };
+        let sent = async {
+            let permit = self
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| failed("gateway is shutting down".into()))?;
+            let mut acks = Vec::with_capacity(req.copies.len());
+            for copy in &req.copies {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, copy.msg_id.as_str());
+                let ack = self
+                    .js
+                    .publish_with_headers(copy.subject.clone(), headers, req.payload.clone())
+                    .await
+                    .map_err(|e| failed(format!("publish to {}: {e}", copy.subject)))?;
+                acks.push(ack);
+            }
+            Ok((permit, acks))
+        }
+        .await;
+        async move {
+            let (_permit, acks) = match sent {
+                Ok(v) => v,
+                Err(outcome) => return (id, outcome),
+            };
+            let mut first = None;
+            for ack in acks {
+                match tokio::time::timeout(timeout, ack).await {
+                    Ok(Ok(ack)) => {
+                        first.get_or_insert((ack.sequence, ack.duplicate));
+                    }
+                    Ok(Err(e)) => {
+                        return (id, failed(format!("hub did not store the message: {e}")));
+                    }
+                    Err(_) => return (id, failed("hub did not acknowledge in time".into())),
+                }
+            }
+            let outcome = match first {
+                Some((seq, duplicate)) => PublishOutcome::Stored {
+                    seq: Seq(seq),
+                    duplicate,
+                },
+                None => failed("nothing to publish".into()),
+            };
+            (id, outcome)
+        }
+    }
+
+    /// Registers connection `conn` for `user`'s live messages; returns once the
+    /// subscription is known to the hub (or after a bounded wait if the hub is away).
+    pub async fn join(self: &Arc<Self>, user: &UserId, conn: u64, handle: LiveHandle) {
+        let mut ready = {
+            let Ok(mut reg) = self.registry.lock() else {
+                return;
+            };
+            let Ok(mut subs) = self.subs.lock() else {
+                return;
+            };
+            if reg.join(user, conn, handle) == Interest::Subscribe {
+                let (tx, rx) = watch::channel(false);
+                let task = tokio::spawn(self.clone().forward(user.clone(), tx));
+                subs.insert(user.clone(), UserSub { task, ready: rx });
+            }
+            match subs.get(user) {
+                Some(s) => s.ready.clone(),
+                None => return,
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|r| *r))
+            .await
+            .is_err()
+        {
+            warn!(%user, "live subscription not confirmed by the hub within 5 s; continuing");
+        }
+    }
+
+    /// Unregisters `conn`; drops the user's subscription with the last connection.
+    pub fn leave(&self, user: &UserId, conn: u64) {
+        let Ok(mut reg) = self.registry.lock() else {
+            return;
+        };
+        if reg.leave(user, conn) == Interest::Unsubscribe
+            && let Ok(mut subs) = self.subs.lock()
+            && let Some(sub) = subs.remove(user)
+        {
+            // Dropping the subscriber inside the task sends UNSUB to the leaf.
+            sub.task.abort();
+        }
+    }
+
+    async fn forward(self: Arc<Self>, user: UserId, ready: watch::Sender<bool>) {
+        let live = subject::live_private_inbox(&user);
+        let mut sub = match self.client.subscribe(live.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(%user, error = %e, "cannot subscribe to live messages");
+                let _ = ready.send(true);
+                return;
+            }
+        };
+        // Barrier: a JetStream API round trip through the leaf. The leaf forwards our
+        // SUB (as leaf interest) before the request on the same link, so when the
+        // answer is back the hub knows this edge wants `live`.
+        if let Err(e) = self.js.query_account().await {
+            debug!(%user, error = %e, "hub round trip failed; live interest not confirmed");
+        }
+        let _ = ready.send(true);
+        while let Some(msg) = sub.next().await {
+            let delivery = match parse_live(&msg) {
+                Ok(d) => d,
+                Err(e) => {
+                    warn!(subject = %msg.subject, error = %e, "skipping undecodable live message");
+                    continue;
+                }
+            };
+            if let Err(e) = self
+                .store
+                .put_recent(&delivery.subject, delivery.seq.0, &msg.payload)
+            {
+                warn!(error = %e, "edge cache write failed");
+            }
+            let frame = encode_deliver(std::slice::from_ref(&delivery));
+            let targets: Vec<LiveHandle> = match self.registry.lock() {
+                Ok(reg) => reg.targets(&user).map(|(_, h)| h.clone()).collect(),
+                Err(_) => return,
+            };
+            for t in targets {
+                if t.tx.try_send(frame.clone()).is_err() {
+                    t.overflow.cancel();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Runs real nats-server processes (hub and leaf) from the templates in `deploy/nats/`.
+//! Used by `petrel dev` and by the end-to-end tests.
+//!
+//! Ports: the configs ask for port `-1` (any free port) and a `ports_file_dir`; we read
+//! the ports file the server writes once it listens. No fixed ports, no races between
+//! picking a port and binding it, and two topologies run side by side.
+//!
+//! A child never outlives us: `kill_on_drop`, and on Linux `PR_SET_PDEATHSIG` so that
+//! even a `kill -9` of this process takes the servers down with it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+const HUB_TEMPLATE: &str = include_str!("../../deploy/nats/hub.conf.tmpl");
+const LEAF_TEMPLATE: &str = include_str!("../../deploy/nats/leaf.conf.tmpl");
+
+/// The nats-server binary: `$PETREL_NATS_SERVER` or `nats-server` on PATH.
+pub fn nats_server_bin() -> PathBuf {
+    std::env::var_os("PETREL_NATS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("nats-server"))
+}
+
+/// A running nats-server.
+#[derive(Debug)]
+pub struct NatsProcess {
+    child: Child,
+    /// Its name.
+    pub name: String,
+    /// Client URL, `nats://127.0.0.1:PORT`.
+    pub client_url: String,
+    /// Leafnode URL (hub only), `nats-leaf://127.0.0.1:PORT`.
+    pub leafnode_url: Option<String>,
+    /// Its directory (config, log, data).
+    pub dir: PathBuf,
+}
+
+fn render(template: &str, vars: &[(&str, &str)]) -> String {
+    let mut out = template.to_string();
+    for (k, v) in vars {
+        out = out.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    out
+}
+
+#[derive(serde::Deserialize)]
+struct PortsFile {
+    #[serde(default)]
+    nats: Vec<String>,
+    #[serde(default)]
+    leafnode: Vec<String>,
+}
+
+impl NatsProcess {
+    /// Starts a hub with JetStream (domain `hub`) in `dir`. `ports`: fixed client and
+    /// leafnode ports (to restart on the same ones), or `None` for free ports.
+    pub async fn start_hub(
+        dir: &Path,
+        name: &str,
+        ports: Option<(u16, u16)>,
+    ) -> anyhow::Result<Self> {
+        let (p, lp) = ports
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .unwrap_or(("-1".into(), "-1".into()));
+        let d = dir.to_string_lossy().to_string();
+        let conf = render(
+            HUB_TEMPLATE,
+            &[
+                ("NAME", name),
+                ("PORT", &p),
+                ("LEAF_PORT", &lp),
+                ("DIR", &d),
+            ],
+        );
+        Self::start(dir, name, &conf).await
+    }
+
+    /// Starts a leaf node connected to the hub at `hub_leaf_url`.
+    pub async fn start_leaf(
+        dir: &Path,
+        name: &str,
+        hub_leaf_url: &str,
+        port: Option<u16>,
+    ) -> anyhow::Result<Self> {
+        let p = port.map(|p| p.to_string()).unwrap_or("-1".into());
+        let d = dir.to_string_lossy().to_string();
+        let conf = render(
+            LEAF_TEMPLATE,
+            &[
+                ("NAME", name),
+                ("PORT", &p),
+                ("DIR", &d),
+                ("HUB_LEAF_URL", hub_leaf_url),
+            ],
+        );
+        Self::start(dir, name, &conf).await
+    }
+
+    async fn start(dir: &Path, name: &str, conf: &str) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let conf_path = dir.join(format!("{name}.conf"));
+        std::fs::write(&conf_path, conf)
+            .with_context(|| format!("writing {}", conf_path.display()))?;
+        // Old ports files from an earlier run would be read as ours.
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().ends_with(".ports") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+        let mut cmd = Command::new(nats_server_bin());
+        cmd.arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().with_context(|| {
+            format!(
+                "starting {} (install it with scripts/bootstrap.sh, or set PETREL_NATS_SERVER)",
+                nats_server_bin().display()
+            )
+        })?;
+        let pid = child.id().unwrap_or(0);
+        let ports_path = dir.join(format!(
+            "{}_{pid}.ports",
+            nats_server_bin()
+                .file_name()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default()
+        ));
+        let started = Instant::now();
+        let wants_leaf_port = conf.contains("leafnodes {\n  listen");
+        let log_path = dir.join(format!("{name}.log"));
+        let ports = loop {
+            if let Some(status) = child.try_wait()? {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                bail!("nats-server {name} exited with {status}:\n{log}");
+            }
+            if let Some(mut p) = read_ports(dir, pid, &ports_path) {
+                if !wants_leaf_port {
+                    break p;
+                }
+                // The ports file has no leafnode entry: read it from the log line
+                // "Listening for leafnode connections on HOST:PORT".
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                if let Some(addr) = log
+                    .lines()
+                    .find_map(|l| l.split("Listening for leafnode connections on ").nth(1))
+                {
+                    p.leafnode = vec![format!("nats-leaf://{}", addr.trim())];
+                    break p;
+                }
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!(
+                    "nats-server {name} did not report its ports within 20 s (see {}/{name}.log)",
+                    dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let client_url = ports
+            .nats
+            .first()
+            .cloned()
+            .context("ports file lists no client URL")?;
+        Ok(Self {
+            child,
+            name: name.to_string(),
+            client_url,
+            leafnode_url: ports.leafnode.first().cloned(),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Client port.
+    pub fn client_port(&self) -> Option<u16> {
+        self.client_url.rsplit(':').next()?.parse().ok()
+    }
+
+    /// Leafnode port (hub only).
+    pub fn leafnode_port(&self) -> Option<u16> {
+        self.leafnode_url.as_ref()?.rsplit(':').next()?.parse().ok()
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after 5 s) and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM);
+            }
+            if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+        let _ = self.child.kill().await;
+    }
+
+    /// Kills the server with SIGKILL and waits for it.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+fn read_ports(dir: &Path, pid: u32, preferred: &Path) -> Option<PortsFile> {
+    let text = std::fs::read_to_string(preferred).ok().or_else(|| {
+        // The file is named after the executable; find it by pid if the name differs.
+        std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+            let n = e.file_name().to_string_lossy().to_string();
+            if n.ends_with(&format!("_{pid}.ports")) {
+                std::fs::read_to_string(e.path()).ok()
+            } else {
+                None
+            }
+        })
+    })?;
+    let p: PortsFile = serde_json::from_str(&text).ok()?;
+    if p.nats.is_empty() { None } else { Some(p) }
+}
+
+/// Waits until JetStream (domain `domain`) answers through `url` — for a leaf, this
+/// also proves the leafnode link to the hub is up.
+pub async fn wait_jetstream(
+    url: &str,
+    domain: &str,
+    timeout: Duration,
+) -> anyhow::Result<async_nats::Client> {
+    let started = Instant::now();
+    let mut last_err = String::new();
+    while started.elapsed() < timeout {
+        match async_nats::connect(url).await {
+            Ok(client) => {
+                let js = async_nats::jetstream::with_domain(client.clone(), domain);
+                match tokio::time::timeout(Duration::from_secs(2), js.query_account()).await {
+                    Ok(Ok(_)) => return Ok(client),
+                    Ok(Err(e)) => last_err = e.to_string(),
+                    Err(_) => last_err = "timed out".into(),
+                }
+            }
+            Err(e) => last_err = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("JetStream domain {domain:?} not reachable through {url} within {timeout:?}: {last_err}")
+}

@@ -1,0 +1,142 @@
+//! `petrel provision`: creates or updates the hub's streams, idempotently.
+//!
+//! | stream | subjects | storage, retention | re-publish |
+//! |---|---|---|---|
+//! | USER_MESSAGES | `msg.private.*`, `msg.group.*` | file, 7 days | `msg.>` → `live.msg.>` |
+//! | SYSTEM_NOTIFICATIONS | `notif.*.*` | file, 3 days | `notif.>` → `live.notif.>` |
+//! | ONLINE_STATUS | `status.online.*`, `status.typing.*` | memory, 5 minutes | — |
+//! | PUSH | `push.*` | file, work queue, 1 day | — |
+//!
+//! Run at deploy time (and by `petrel dev`), never on the publish path.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream::{
+    self,
+    stream::{Config, DiscardPolicy, Republish, RetentionPolicy, StorageType},
+};
+
+/// Largest message any stream accepts (a frame's content plus envelope).
+pub const MAX_STORED_MESSAGE: i32 = 128 * 1024;
+
+/// Dedup window of USER_MESSAGES: a Send retried within it is stored once.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// The stream configurations, for `replicas` (1 for one hub server, 3 for a cluster).
+pub fn streams(replicas: usize) -> Vec<Config> {
+    let day = Duration::from_secs(24 * 3600);
+    vec![
+        Config {
+            name: "USER_MESSAGES".into(),
+            description: Some("Direct and group messages (Petrel)".into()),
+            subjects: vec!["msg.private.*".into(), "msg.group.*".into()],
+            storage: StorageType::File,
+            retention: RetentionPolicy::Limits,
+            discard: DiscardPolicy::Old,
+            max_age: 7 * day,
+            max_message_size: MAX_STORED_MESSAGE,
+            duplicate_window: DUPLICATE_WINDOW,
+            allow_direct: true,
+            num_replicas: replicas,
+            republish: Some(Republish {
+                source: "msg.>".into(),
+                destination: "live.msg.>".into(),
+                headers_only: false,
+            }),
+            ..Default::default()
+        },
+        Config {
+            name: "SYSTEM_NOTIFICATIONS".into(),
+            description: Some("Notifications from business services (Petrel)".into()),
+            subjects: vec!["notif.*.*".into()],
+            storage: StorageType::File,
+            retention: RetentionPolicy::Limits,
+            discard: DiscardPolicy::Old,
+            max_age: 3 * day,
+            max_message_size: MAX_STORED_MESSAGE,
+            duplicate_window: Duration::from_secs(120),
+            allow_direct: true,
+            num_replicas: replicas,
+            republish: Some(Republish {
+                source: "notif.>".into(),
+                destination: "live.notif.>".into(),
+                headers_only: false,
+            }),
+            ..Default::default()
+        },
+        Config {
+            name: "ONLINE_STATUS".into(),
+            description: Some("Presence and typing, short-lived (Petrel)".into()),
+            subjects: vec!["status.online.*".into(), "status.typing.*".into()],
+            storage: StorageType::Memory,
+            retention: RetentionPolicy::Limits,
+            discard: DiscardPolicy::Old,
+            max_age: Duration::from_secs(300),
+            max_message_size: 4 * 1024,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        Config {
+            name: "PUSH".into(),
+            description: Some("Work queue for the push service (Petrel)".into()),
+            subjects: vec!["push.*".into()],
+            storage: StorageType::File,
+            retention: RetentionPolicy::WorkQueue,
+            discard: DiscardPolicy::Old,
+            max_age: day,
+            max_message_size: MAX_STORED_MESSAGE,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    ]
+}
+
+/// What provisioning did to one stream.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Provisioned {
+    /// Stream name.
+    pub stream: String,
+    /// `created` or `updated`.
+    pub action: &'static str,
+}
+
+/// Creates or updates every stream through `client` in JetStream `domain`.
+pub async fn provision(
+    client: &async_nats::Client,
+    domain: &str,
+    replicas: usize,
+) -> anyhow::Result<Vec<Provisioned>> {
+    let js = jetstream::with_domain(client.clone(), domain);
+    let mut done = Vec::new();
+    for cfg in streams(replicas) {
+        let name = cfg.name.clone();
+        let action = match js.get_stream(&name).await {
+            Ok(_) => {
+                js.update_stream(&cfg)
+                    .await
+                    .with_context(|| format!("updating stream {name}"))?;
+                "updated"
+            }
+            Err(e)
+                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                js.create_stream(cfg)
+                    .await
+                    .with_context(|| format!("creating stream {name}"))?;
+                "created"
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!(e)).with_context(|| {
+                    format!("looking up stream {name} in JetStream domain {domain:?}")
+                });
+            }
+        };
+        done.push(Provisioned {
+            stream: name,
+            action,
+        });
+    }
+    Ok(done)
+}

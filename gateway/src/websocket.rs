@@ -1,0 +1,154 @@
+//! WebSocket over TLS transport (the fallback where QUIC is blocked).
+//!
+//! Binary messages carry the same length-prefixed frames, treated as one byte stream.
+//! The close code is 4000 + the error code.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use petrel_core::ErrorCode;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::{
+    CloseFrame, WebSocketConfig, frame::coding::CloseCode,
+};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::conn::{Connection, FrameReader, FrameWriter, Shared, TransportError, next_id};
+
+type Ws = WebSocketStream<TlsStream<TcpStream>>;
+
+/// The path clients connect to.
+pub const PATH: &str = "/ws";
+
+/// Reading half.
+pub struct WsReader(SplitStream<Ws>);
+/// Writing half.
+pub struct WsWriter(SplitSink<Ws, Message>);
+
+impl FrameReader for WsReader {
+    async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
+        loop {
+            return match self.0.next().await {
+                Some(Ok(Message::Binary(b))) => Ok(Some(b)),
+                // Text is not part of the protocol: treat its bytes as frames, which
+                // fails decoding with a clear BAD_FRAME rather than being ignored.
+                Some(Ok(Message::Text(t))) => Ok(Some(Bytes::copy_from_slice(t.as_bytes()))),
+                Some(Ok(Message::Close(_))) | None => Ok(None),
+                Some(Ok(_)) => continue, // ping/pong are answered by tungstenite
+                Some(Err(tungstenite::Error::Capacity(_))) => Err(TransportError::TooLarge),
+                Some(Err(e)) => Err(TransportError::Io(e.to_string())),
+            };
+        }
+    }
+}
+
+impl FrameWriter for WsWriter {
+    async fn send(&mut self, data: Bytes) -> Result<(), TransportError> {
+        self.0
+            .send(Message::Binary(data))
+            .await
+            .map_err(|e| TransportError::Io(e.to_string()))
+    }
+
+    async fn close(mut self, code: ErrorCode, reason: &str) {
+        let frame = CloseFrame {
+            code: CloseCode::from(code.websocket_close_code()),
+            // Close reasons are limited to 123 bytes.
+            reason: reason.chars().take(100).collect::<String>().into(),
+        };
+        let _ = self.0.send(Message::Close(Some(frame))).await;
+        let _ = self.0.close().await;
+    }
+}
+
+/// Accepts WebSocket/TLS connections until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            warn!(%peer, "connection limit reached; refusing WebSocket connection");
+            continue;
+        };
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        let tls = tls.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let _ = tcp.set_nodelay(true);
+            let max = shared.session.max_frame_bytes;
+            let handshake = shared.session.handshake_timeout;
+            let accepted = tokio::time::timeout(handshake, async {
+                let stream = tls.accept(tcp).await.map_err(|e| e.to_string())?;
+                let mut config = WebSocketConfig::default();
+                // One message may hold at most one maximal frame plus its prefix.
+                config.max_message_size = Some(max + 8);
+                config.max_frame_size = Some(max + 8);
+                let check_path =
+                    |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+                        if req.uri().path() == PATH {
+                            Ok(resp)
+                        } else {
+                            let mut r = ErrorResponse::new(Some(format!("use {PATH}")));
+                            *r.status_mut() = tungstenite::http::StatusCode::NOT_FOUND;
+                            Err(r)
+                        }
+                    };
+                tokio_tungstenite::accept_hdr_async_with_config(stream, check_path, Some(config))
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+            let ws = match accepted {
+                Ok(Ok(ws)) => ws,
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "WebSocket handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "WebSocket handshake timed out");
+                    return;
+                }
+            };
+            let (sink, stream) = ws.split();
+            Connection {
+                id: next_id(),
+                transport: "websocket",
+                peer,
+                reader: WsReader(stream),
+                writer: WsWriter(sink),
+                shared,
+                shutdown,
+            }
+            .run()
+            .await;
+        });
+    }
+}

