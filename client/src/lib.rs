@@ -178,6 +178,9 @@ pub struct Welcome {
     pub max_frame_bytes: u32,
 }
 
+/// How often an otherwise quiet client pings the gateway.
+pub const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(20);
+
 enum Cmd {
     Send {
         id: String,
@@ -410,8 +413,19 @@ async fn drive(
     mut seen: HashMap<String, u64>,
 ) {
     let mut pending: HashMap<String, Vec<oneshot::Sender<SendResult>>> = HashMap::new();
+    // Keeps the connection inside the gateway's idle timeout (60 s by default) when
+    // nothing else is sent. QUIC has its own keep-alive too; WebSocket relies on this.
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    let mut nonce = 0u64;
     let reason = loop {
         tokio::select! {
+            _ = ping.tick() => {
+                nonce += 1;
+                let frame = client_frame(pb::client_frame::Kind::Ping(pb::Ping { nonce }));
+                if let Err(e) = writer.write(frame).await { break e.to_string(); }
+            }
             cmd = cmds.recv() => match cmd {
                 Some(Cmd::Send { id, frame, reply }) => {
                     pending.entry(id).or_default().push(reply);

@@ -155,6 +155,8 @@ pub struct Session {
     next_req: u64,
     inflight: HashMap<u64, Pending>,
     cursors: HashMap<String, Seq>,
+    /// When the token expires (monotonic); the connection is closed then.
+    expires: Option<Instant>,
 }
 
 impl Session {
@@ -174,6 +176,7 @@ impl Session {
             next_req: 0,
             inflight: HashMap::new(),
             cursors: HashMap::new(),
+            expires: None,
         }
     }
 
@@ -190,11 +193,13 @@ impl Session {
         }
     }
 
-    /// When the transport must call [`Session::on_timeout`] (handshake deadline).
+    /// When the transport must call [`Session::on_timeout`]: the handshake deadline,
+    /// then the token's expiry.
     pub fn deadline(&self) -> Option<Instant> {
         match self.state {
             State::AwaitingHello { deadline } => Some(deadline),
-            _ => None,
+            State::Joining(_) | State::Active(_) => self.expires,
+            State::Closed => None,
         }
     }
 
@@ -238,17 +243,25 @@ impl Session {
         self.on_bad_frame(err.code(), err.to_string())
     }
 
-    /// The handshake deadline passed.
+    /// A deadline from [`Session::deadline`] may have passed.
     pub fn on_timeout(&mut self, now: Now) -> Vec<Action> {
         let mut out = Vec::new();
-        if let State::AwaitingHello { deadline } = self.state
-            && now.mono >= deadline
-        {
-            self.close(
-                &mut out,
-                ErrorCode::HandshakeTimeout,
-                "no Hello within the handshake timeout".into(),
-            );
+        match self.state {
+            State::AwaitingHello { deadline } if now.mono >= deadline => {
+                self.close(
+                    &mut out,
+                    ErrorCode::HandshakeTimeout,
+                    "no Hello within the handshake timeout".into(),
+                );
+            }
+            State::Joining(_) | State::Active(_) if self.expires.is_some_and(|e| now.mono >= e) => {
+                self.close(
+                    &mut out,
+                    ErrorCode::TokenExpired,
+                    "token expired; reconnect with a fresh token".into(),
+                );
+            }
+            _ => {}
         }
         out
     }
@@ -273,6 +286,8 @@ impl Session {
                             self.cursors.insert(subject, seq);
                         }
                     }
+                    let left = identity.expires_at.saturating_sub(now.unix_ms / 1000);
+                    self.expires = Some(now.mono + Duration::from_secs(left));
                     self.state = State::Joining(identity.clone());
                     out.push(Action::Join(identity));
                 }

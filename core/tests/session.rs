@@ -84,7 +84,12 @@ fn hello_joins_then_welcomes() {
     assert!(matches!(&out[..], [Action::Join(id)] if id.user.as_str() == "alice"));
     let out = s.on_joined(clock.now());
     assert!(matches!(&out[..], [Action::Reply(Reply::Welcome { user, .. })] if user == "alice"));
-    assert_eq!(s.deadline(), None);
+    // After Hello the only deadline left is the token's expiry (300 s here), not the
+    // 10 s handshake timeout.
+    assert!(
+        s.deadline()
+            .is_some_and(|d| d > clock.0 + Duration::from_secs(60))
+    );
 }
 
 #[test]
@@ -266,4 +271,27 @@ fn content_limits_and_acks() {
         [Action::Reply(Reply::Error { fatal: false, .. })]
     ));
     assert!(!s.is_closed());
+}
+
+#[test]
+fn connection_closes_when_the_token_expires() {
+    let mut clock = Clock(
+        Instant::now(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+    );
+    let mut s = session(&clock);
+    s.on_command(hello("alice"), clock.now()); // token valid 300 s
+    s.on_joined(clock.now());
+    let deadline = s.deadline().expect("an expiry deadline");
+    assert!(deadline >= clock.0 + Duration::from_secs(290));
+    clock.advance(Duration::from_secs(200));
+    assert!(s.on_timeout(clock.now()).is_empty());
+    clock.advance(Duration::from_secs(101));
+    assert_eq!(
+        closed_with(&s.on_timeout(clock.now())),
+        Some(ErrorCode::TokenExpired)
+    );
 }

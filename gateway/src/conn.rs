@@ -212,9 +212,10 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
             }
             actions.clear();
 
+            let idle_deadline = last_seen + shared.idle_timeout;
             let deadline = session
                 .deadline()
-                .unwrap_or_else(|| last_seen + shared.idle_timeout);
+                .map_or(idle_deadline, |d| d.min(idle_deadline));
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -257,9 +258,8 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                     Err(TransportError::Io(e)) => break End::Broken(e),
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {
-                    if session.deadline().is_some() {
-                        actions.extend(session.on_timeout(Now::system()));
-                    } else if last_seen.elapsed() >= shared.idle_timeout {
+                    actions.extend(session.on_timeout(Now::system()));
+                    if actions.is_empty() && last_seen.elapsed() >= shared.idle_timeout {
                         actions.extend(session.shutdown(ErrorCode::GoingAway, "idle timeout"));
                     }
                 }

@@ -111,3 +111,61 @@ pub fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use petrel_core::auth::{AuthError, Authenticator, Claims, mint_hs256};
+
+    fn claims() -> Claims {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        Claims {
+            sub: "alice".into(),
+            device: Some("phone".into()),
+            exp: now + 60,
+            iat: None,
+        }
+    }
+
+    #[test]
+    fn es256_tokens_verify_with_the_public_key_and_hs256_is_refused() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let auth = Authenticator::new(None, Some(key.public_key_pem().as_bytes())).unwrap();
+        let enc = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims(), &enc).unwrap();
+        let id = auth.verify(&token, "").unwrap();
+        assert_eq!((id.user.as_str(), id.device.as_str()), ("alice", "phone"));
+        // Algorithm confusion: an HS256 token "signed" with the public key is refused.
+        let forged = mint_hs256(key.public_key_pem().as_bytes(), &claims()).unwrap();
+        assert!(matches!(
+            auth.verify(&forged, ""),
+            Err(AuthError::Invalid(_))
+        ));
+        // Another key's ES256 token is refused.
+        let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let enc = EncodingKey::from_ec_pem(other.serialize_pem().as_bytes()).unwrap();
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims(), &enc).unwrap();
+        assert!(matches!(
+            auth.verify(&token, ""),
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn dev_cert_is_p256_and_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        let hash = write_dev_cert(&c, &k, 14).unwrap();
+        let loaded = CertKey::load(&c, &k).unwrap();
+        assert_eq!(loaded.leaf_sha256_hex(), hash);
+        loaded.server_config(&[b"h3"]).unwrap();
+        assert!(
+            CertKey::load(&k, &k).is_err(),
+            "a key file is no certificate"
+        );
+    }
+}

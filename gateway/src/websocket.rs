@@ -111,6 +111,8 @@ pub async fn serve(
                 // One message may hold at most one maximal frame plus its prefix.
                 config.max_message_size = Some(max + 8);
                 config.max_frame_size = Some(max + 8);
+                // The callback's signature (and its large error type) is tungstenite's.
+                #[allow(clippy::result_large_err)]
                 let check_path =
                     |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
                         if req.uri().path() == PATH {

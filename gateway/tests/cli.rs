@@ -71,6 +71,29 @@ fn start_listener(dir: &Path, user: &str, device: &str, transport: &str, count: 
     child
 }
 
+/// Runs `petrel client --dev DIR ARGS…` to completion.
+fn petrel_client(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(PETREL)
+        .args(["client", "--dev"])
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(out)
         .lines()
@@ -118,16 +141,26 @@ fn readme_session_alice_quic_to_bob_websocket_on_two_devices() {
         );
     }
     assert_eq!(nats_servers_of(&dir), 2, "hub and leaf should be running");
+    let http = endpoints["http"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    assert!(http_get(&http, "/healthz").starts_with("HTTP/1.1 200"));
+    let ready = http_get(&http, "/readyz");
+    assert!(
+        ready.starts_with("HTTP/1.1 200") && ready.contains("ready"),
+        "{ready}"
+    );
 
     let bob1 = start_listener(&dir, "bob", "phone", "websocket", 2);
     let bob2 = start_listener(&dir, "bob", "laptop", "websocket", 2);
 
     let mut seqs = vec![];
     for (id, text) in [("hello-1", "hi bob"), ("hello-2", "are you there?")] {
-        let out = Command::new(PETREL)
-            .args(["client", "--dev"])
-            .arg(&dir)
-            .args([
+        let out = petrel_client(
+            &dir,
+            &[
                 "--user",
                 "alice",
                 "--transport",
@@ -138,9 +171,8 @@ fn readme_session_alice_quic_to_bob_websocket_on_two_devices() {
                 "--id",
                 id,
                 text,
-            ])
-            .output()
-            .unwrap();
+            ],
+        );
         assert!(
             out.status.success(),
             "send failed: {}",
@@ -171,10 +203,9 @@ fn readme_session_alice_quic_to_bob_websocket_on_two_devices() {
     }
 
     // Retrying with the same id gives the same sequence.
-    let out = Command::new(PETREL)
-        .args(["client", "--dev"])
-        .arg(&dir)
-        .args([
+    let out = petrel_client(
+        &dir,
+        &[
             "--user",
             "alice",
             "--transport",
@@ -185,9 +216,8 @@ fn readme_session_alice_quic_to_bob_websocket_on_two_devices() {
             "--id",
             "hello-1",
             "hi bob",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     let v = &json_lines(&out.stdout)[0];
     assert_eq!(
         (v["seq"].as_u64().unwrap(), v["duplicate"].as_bool()),
@@ -195,12 +225,7 @@ fn readme_session_alice_quic_to_bob_websocket_on_two_devices() {
     );
 
     // A bad recipient: JSON on stdout, an error on stderr, non-zero exit.
-    let out = Command::new(PETREL)
-        .args(["client", "--dev"])
-        .arg(&dir)
-        .args(["--user", "alice", "send", "--to", "bob.*", "x"])
-        .output()
-        .unwrap();
+    let out = petrel_client(&dir, &["--user", "alice", "send", "--to", "bob.*", "x"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ERROR_CODE_INVALID_ID"));
 

@@ -41,35 +41,13 @@ pub struct Topology {
     pub edges: Vec<Edge>,
 }
 
-/// Gateway config for a test edge.
+/// Gateway config for a test edge: the `petrel dev` config with the test secret and a
+/// 2 s handshake timeout.
 pub fn gateway_config(dir: &Path, id: &str, leaf_url: &str) -> anyhow::Result<Config> {
-    let text = format!(
-        r#"
-[gateway]
-id = "{id}"
-[listen]
-quic = "127.0.0.1:0"
-websocket = "127.0.0.1:0"
-http = "127.0.0.1:0"
-[tls]
-cert = "{dir}/cert.pem"
-key = "{dir}/key.pem"
-[nats]
-url = "{leaf_url}"
-domain = "hub"
-publish_timeout_secs = 5
-[auth]
-hs256_secret = "{SECRET}"
-[limits]
-handshake_timeout_secs = 2
-max_frame_bytes = 65536
-max_content_bytes = 32768
-[storage]
-path = "{dir}/edge-cache"
-"#,
-        dir = dir.display()
-    );
-    Config::parse(&text, &[])
+    std::fs::write(dev::secret_path(dir), SECRET)?;
+    let mut cfg = Config::load(&dev::write_gateway_config(dir, id, leaf_url)?)?;
+    cfg.limits.handshake_timeout_secs = 2;
+    Ok(cfg)
 }
 
 impl Topology {
@@ -183,13 +161,11 @@ pub async fn next_message(
     client: &mut Client,
     secs: u64,
 ) -> anyhow::Result<petrel_client::Message> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(secs), client.next_event()).await {
-            Ok(Some(petrel_client::Event::Message(m))) => return Ok(m),
-            Ok(Some(other)) => anyhow::bail!("expected a message, got {other:?}"),
-            Ok(None) => anyhow::bail!("connection closed"),
-            Err(_) => anyhow::bail!("no message within {secs} s"),
-        }
+    match tokio::time::timeout(Duration::from_secs(secs), client.next_event()).await {
+        Ok(Some(petrel_client::Event::Message(m))) => Ok(m),
+        Ok(Some(other)) => anyhow::bail!("expected a message, got {other:?}"),
+        Ok(None) => anyhow::bail!("connection closed"),
+        Err(_) => anyhow::bail!("no message within {secs} s"),
     }
 }
 

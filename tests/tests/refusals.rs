@@ -219,7 +219,8 @@ async fn garbage_oversize_and_truncated_frames_close_only_the_offender() -> anyh
         };
         // Garbage before Hello: a valid varint length but bytes that are no protobuf.
         let garbage = Bytes::from_static(&[5, 0xff, 0xff, 0xff, 0xff, 0xff]);
-        let (code, closed) = offend(&t, transport, None, &[garbage.clone()], false).await?;
+        let (code, closed) =
+            offend(&t, transport, None, std::slice::from_ref(&garbage), false).await?;
         assert_eq!(
             (code, closed),
             (E::BadFrame as i32, close(E::BadFrame)),
