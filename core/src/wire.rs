@@ -358,6 +358,17 @@ pub fn encode_deliver(items: &[Delivery]) -> Bytes {
 mod tests {
     use super::*;
     use petrel_proto::FrameDecoder;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn random_frames_never_panic_and_never_yield_unvalidated_ids(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(Command::Send(s)) = decode_command(Bytes::from(data)) {
+                prop_assert!(UserId::parse(s.to.as_str()).is_ok());
+                prop_assert!(ClientMsgId::parse(s.id.as_str()).is_ok());
+            }
+        }
+    }
 
     fn client(kind: pb::client_frame::Kind) -> Bytes {
         pb::ClientFrame { kind: Some(kind) }.encode_to_vec().into()

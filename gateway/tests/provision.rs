@@ -1,0 +1,104 @@
+//! `petrel provision` against a real hub: creates the streams, then updates them
+//! idempotently, with the limits of the design.
+
+use std::process::Command;
+use std::time::Duration;
+
+use async_nats::jetstream::stream::{RetentionPolicy, StorageType};
+use petrel_gateway::nats_process::{NatsProcess, wait_jetstream};
+
+const PETREL: &str = env!("CARGO_BIN_EXE_petrel");
+
+fn provision(url: &str) -> Vec<serde_json::Value> {
+    let out = Command::new(PETREL)
+        .args(["provision", "--nats", url, "--domain", "hub"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "provision failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provision_creates_then_updates_the_streams() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let hub = NatsProcess::start_hub(&dir.path().join("hub"), "hub", None).await?;
+    let client = wait_jetstream(&hub.client_url, "hub", Duration::from_secs(20)).await?;
+
+    let url = hub.client_url.clone();
+    let first = tokio::task::spawn_blocking(move || provision(&url)).await?;
+    let names: Vec<_> = first
+        .iter()
+        .map(|v| v["stream"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "USER_MESSAGES",
+            "SYSTEM_NOTIFICATIONS",
+            "ONLINE_STATUS",
+            "PUSH"
+        ]
+    );
+    assert!(first.iter().all(|v| v["action"] == "created"), "{first:?}");
+    let url = hub.client_url.clone();
+    let second = tokio::task::spawn_blocking(move || provision(&url)).await?;
+    assert!(
+        second.iter().all(|v| v["action"] == "updated"),
+        "{second:?}"
+    );
+
+    let js = async_nats::jetstream::with_domain(client, "hub");
+    let day = Duration::from_secs(24 * 3600);
+    let um = js
+        .get_stream("USER_MESSAGES")
+        .await?
+        .info()
+        .await?
+        .config
+        .clone();
+    assert_eq!(um.max_age, 7 * day);
+    assert_eq!(um.storage, StorageType::File);
+    assert!(um.allow_direct);
+    let rp = um.republish.expect("USER_MESSAGES re-publishes");
+    assert_eq!(
+        (rp.source.as_str(), rp.destination.as_str()),
+        ("msg.>", "live.msg.>")
+    );
+    let notif = js
+        .get_stream("SYSTEM_NOTIFICATIONS")
+        .await?
+        .info()
+        .await?
+        .config
+        .clone();
+    assert_eq!(notif.max_age, 3 * day);
+    let status = js
+        .get_stream("ONLINE_STATUS")
+        .await?
+        .info()
+        .await?
+        .config
+        .clone();
+    assert_eq!(
+        (status.storage, status.max_age),
+        (StorageType::Memory, Duration::from_secs(300))
+    );
+    let push = js.get_stream("PUSH").await?.info().await?.config.clone();
+    assert_eq!(push.retention, RetentionPolicy::WorkQueue);
+
+    // A bad URL is a clear error with a non-zero exit.
+    let out = Command::new(PETREL)
+        .args(["provision", "--nats", "nats://127.0.0.1:1"])
+        .output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connecting to nats://127.0.0.1:1"));
+    hub.stop().await;
+    Ok(())
+}
