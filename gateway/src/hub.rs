@@ -227,6 +227,19 @@ impl Hub {
         }
     }
 
+    /// Ends every live subscription and waits for their tasks, so that nothing holds
+    /// the edge cache once the gateway has stopped.
+    pub async fn shutdown(&self) {
+        let tasks: Vec<_> = match self.subs.lock() {
+            Ok(mut subs) => subs.drain().map(|(_, s)| s.task).collect(),
+            Err(_) => return,
+        };
+        for t in tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
     async fn forward(self: Arc<Self>, user: UserId, ready: watch::Sender<bool>) {
         let live = subject::live_private_inbox(&user);
         let mut sub = match self.client.subscribe(live.clone()).await {
@@ -252,12 +265,6 @@ impl Hub {
                     continue;
                 }
             };
-            if let Err(e) = self
-                .store
-                .put_recent(&delivery.subject, delivery.seq.0, &msg.payload)
-            {
-                warn!(error = %e, "edge cache write failed");
-            }
             let frame = encode_deliver(std::slice::from_ref(&delivery));
             let targets: Vec<LiveHandle> = match self.registry.lock() {
                 Ok(reg) => reg.targets(&user).map(|(_, h)| h.clone()).collect(),

@@ -219,6 +219,7 @@ impl Gateway {
             tracing::warn!("connections still open after 10 s of drain; closing anyway");
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.quic.wait_idle()).await;
+        self.shared.hub.shutdown().await;
         let _ = self.nats.flush().await;
         info!("gateway stopped");
         Ok(())

@@ -145,14 +145,16 @@ impl Topology {
         Ok(stream.info().await?.state.messages)
     }
 
-    /// Stops gateways, leaves and hub.
-    pub async fn stop(self) {
+    /// Stops gateways, leaves and hub; returns the directory so a test can inspect
+    /// what they left on disk.
+    pub async fn stop(self) -> tempfile::TempDir {
         for e in self.edges {
             e.shutdown.cancel();
             let _ = e.task.await;
             e.leaf.stop().await;
         }
         self.hub.stop().await;
+        self.dir
     }
 }
 

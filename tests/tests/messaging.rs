@@ -108,7 +108,16 @@ async fn same_client_id_is_stored_once() -> anyhow::Result<()> {
             .load(std::sync::atomic::Ordering::Relaxed),
         2
     );
-    t.stop().await;
+    // bob acknowledges; the gateway keeps his device's cursor in the edge cache. (The
+    // send after it is answered only once the Ack before it was processed.)
+    bob.ack("msg.private.bob", second.seq).await?;
+    bob.send("bob", "note", "to self").await?;
+    let dir = t.stop().await;
+    let store = petrel_storage::EdgeStore::open(dir.path().join("edge0/edge-cache"))?;
+    assert_eq!(
+        store.cursors("bob/phone")?,
+        vec![("msg.private.bob".to_string(), second.seq)]
+    );
     Ok(())
 }
 
