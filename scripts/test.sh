@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 scripts/bootstrap.sh
+petrel_find_nats
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -195,6 +195,7 @@ impl Config {
     /// Parses TOML text with overrides from `env` (pairs of name and value).
     pub fn parse(text: &str, env: &[(String, String)]) -> anyhow::Result<Self> {
         let mut value: toml::Table = toml::from_str(text).context("invalid TOML")?;
+        let mut applied: Vec<&str> = Vec::new();
         for (name, raw) in env {
             let Some(rest) = name.strip_prefix("PETREL_") else {
                 continue;
@@ -220,10 +221,18 @@ impl Config {
                 bail!("[{section}] is not a table");
             };
             table.insert(key.to_string(), parsed);
+            applied.push(name.as_str());
         }
-        let cfg: Config = toml::Value::Table(value)
-            .try_into()
-            .context("invalid configuration")?;
+        let cfg: Config = toml::Value::Table(value).try_into().with_context(|| {
+            if applied.is_empty() {
+                "invalid configuration".to_string()
+            } else {
+                format!(
+                    "invalid configuration (with overrides from {})",
+                    applied.join(", ")
+                )
+            }
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -309,7 +318,11 @@ mod tests {
         let err = Config::parse(&format!("{BASE}\n[nats]\nurll = \"x\""), &[]).unwrap_err();
         assert!(format!("{err:#}").contains("urll"), "{err:#}");
         let env = vec![("PETREL_LIMITS_MAX_FRAMES".to_string(), "1".to_string())];
-        assert!(Config::parse(BASE, &env).is_err());
+        let err = format!("{:#}", Config::parse(BASE, &env).unwrap_err());
+        assert!(
+            err.contains("PETREL_LIMITS_MAX_FRAMES") && err.contains("max_frames"),
+            "{err}"
+        );
         assert!(Config::parse(&format!("{BASE}\n[bogus]\nx = 1"), &[]).is_err());
     }
 

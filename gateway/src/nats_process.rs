@@ -18,9 +18,11 @@ use tokio::process::{Child, Command};
 const HUB_TEMPLATE: &str = include_str!("../../deploy/nats/hub.conf.tmpl");
 const LEAF_TEMPLATE: &str = include_str!("../../deploy/nats/leaf.conf.tmpl");
 
-/// The nats-server binary: `$PETREL_NATS_SERVER` or `nats-server` on PATH.
+/// The nats-server binary: `$NATS_SERVER_BIN` or `nats-server` on PATH. (Not a
+/// `PETREL_*` variable: those are reserved for gateway config overrides, and
+/// `PETREL_NATS_…` would be read as a `[nats]` key.)
 pub fn nats_server_bin() -> PathBuf {
-    std::env::var_os("PETREL_NATS_SERVER")
+    std::env::var_os("NATS_SERVER_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("nats-server"))
 }
@@ -131,7 +133,7 @@ impl NatsProcess {
         }
         let mut child = cmd.spawn().with_context(|| {
             format!(
-                "starting {} (install it with scripts/bootstrap.sh, or set PETREL_NATS_SERVER)",
+                "starting {} (install it with scripts/bootstrap.sh, or set NATS_SERVER_BIN)",
                 nats_server_bin().display()
             )
         })?;
