@@ -230,8 +230,12 @@ async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
     let conns = shared
         .connections
         .load(std::sync::atomic::Ordering::Relaxed);
+    let subs = shared.hub.live_subscriptions();
     if shared.hub.connected() {
-        (StatusCode::OK, format!("ready connections={conns}\n"))
+        (
+            StatusCode::OK,
+            format!("ready connections={conns} live_subscriptions={subs}\n"),
+        )
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

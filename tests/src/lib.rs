@@ -138,6 +138,36 @@ impl Topology {
         .await
     }
 
+    /// GET `path` on edge `edge`'s HTTP endpoint; returns the body.
+    pub async fn http_get(&self, edge: usize, path: &str) -> anyhow::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.edges[edge].addrs.http;
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok(out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+    }
+
+    /// Live subscriptions edge `edge` holds (from `/readyz`), polled until it equals
+    /// `want` or 5 s pass.
+    pub async fn wait_live_subscriptions(&self, edge: usize, want: u64) -> anyhow::Result<u64> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let body = self.http_get(edge, "/readyz").await?;
+            let n = body
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix("live_subscriptions="))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| anyhow::anyhow!("no live_subscriptions in {body:?}"))?;
+            if n == want || tokio::time::Instant::now() >= deadline {
+                return Ok(n);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Messages stored in USER_MESSAGES.
     pub async fn stored_messages(&self) -> anyhow::Result<u64> {
         let js = async_nats::jetstream::with_domain(self.hub_client.clone(), "hub");

@@ -217,3 +217,37 @@ async fn two_edges_on_one_hub() -> anyhow::Result<()> {
     t.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_live_subscription_per_user_however_many_devices() -> anyhow::Result<()> {
+    let t = Topology::start(2).await?;
+    assert_eq!(t.wait_live_subscriptions(0, 0).await?, 0);
+    let bob_phone = t.connect(0, Quic, "bob", "phone").await?;
+    let bob_laptop = t.connect(0, WebSocket, "bob", "laptop").await?;
+    let bob_tablet = t.connect(0, Quic, "bob", "tablet").await?;
+    let alice = t.connect(0, WebSocket, "alice", "phone").await?;
+    assert_eq!(
+        t.wait_live_subscriptions(0, 2).await?,
+        2,
+        "bob x3 + alice x1"
+    );
+    // The other edge has no local users, so it subscribes to nothing.
+    assert_eq!(t.wait_live_subscriptions(1, 0).await?, 0);
+    bob_phone.close().await;
+    bob_laptop.close().await;
+    assert_eq!(
+        t.wait_live_subscriptions(0, 2).await?,
+        2,
+        "bob still has a device"
+    );
+    bob_tablet.close().await;
+    assert_eq!(
+        t.wait_live_subscriptions(0, 1).await?,
+        1,
+        "bob's last device left"
+    );
+    alice.close().await;
+    assert_eq!(t.wait_live_subscriptions(0, 0).await?, 0);
+    t.stop().await;
+    Ok(())
+}
