@@ -36,6 +36,11 @@ pub struct SessionConfig {
     pub max_content_bytes: usize,
     /// Sends a connection may have in flight; the transport stops reading beyond it.
     pub max_inflight_sends: usize,
+    /// Sends per second a connection may make on average (0 = unlimited); beyond it a
+    /// Send is rejected with RATE_LIMITED.
+    pub send_rate_per_sec: u32,
+    /// Sends a connection may make in a burst above the average rate.
+    pub send_burst: u32,
     /// Time allowed between accept and a valid Hello.
     pub handshake_timeout: Duration,
 }
@@ -47,6 +52,8 @@ impl Default for SessionConfig {
             max_frame_bytes: petrel_proto::DEFAULT_MAX_FRAME_BYTES,
             max_content_bytes: 32 * 1024,
             max_inflight_sends: 64,
+            send_rate_per_sec: 100,
+            send_burst: 200,
             handshake_timeout: Duration::from_secs(10),
         }
     }
@@ -157,6 +164,31 @@ pub struct Session {
     cursors: HashMap<String, Seq>,
     /// When the token expires (monotonic); the connection is closed then.
     expires: Option<Instant>,
+    sends: Bucket,
+}
+
+/// Token bucket for the send rate.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self, now: Instant, rate: u32, burst: u32) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * f64::from(rate)).min(f64::from(burst.max(1)));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Session {
@@ -167,6 +199,7 @@ impl Session {
         auth: Arc<Authenticator>,
         now: Now,
     ) -> Self {
+        let burst = f64::from(cfg.send_burst.max(1));
         let deadline = now.mono + cfg.handshake_timeout;
         Self {
             id: id.into(),
@@ -177,6 +210,10 @@ impl Session {
             inflight: HashMap::new(),
             cursors: HashMap::new(),
             expires: None,
+            sends: Bucket {
+                tokens: burst,
+                last: now.mono,
+            },
         }
     }
 
@@ -375,6 +412,19 @@ impl Session {
                 status: SendStatus::Rejected { code, detail },
             })
         };
+        if !self
+            .sends
+            .take(now.mono, self.cfg.send_rate_per_sec, self.cfg.send_burst)
+        {
+            out.push(reject(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} sends per second; slow down and retry with the same id",
+                    self.cfg.send_rate_per_sec
+                ),
+            ));
+            return;
+        }
         if send.content.is_empty() {
             out.push(reject(ErrorCode::InvalidMessage, "empty content".into()));
             return;

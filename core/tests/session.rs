@@ -295,3 +295,46 @@ fn connection_closes_when_the_token_expires() {
         Some(ErrorCode::TokenExpired)
     );
 }
+
+#[test]
+fn send_rate_is_limited_per_connection() {
+    let mut clock = Clock(Instant::now(), 42);
+    let cfg = Arc::new(SessionConfig {
+        max_inflight_sends: 1000,
+        send_rate_per_sec: 10,
+        send_burst: 3,
+        ..SessionConfig::default()
+    });
+    let auth = Arc::new(Authenticator::new(Some(SECRET), None).unwrap());
+    let mut s = Session::new("c1", cfg, auth, clock.now());
+    s.on_command(hello("alice"), clock.now());
+    let outcome = |s: &mut Session, id: &str, clock: &Clock| match &s
+        .on_command(send(id, "bob"), clock.now())[..]
+    {
+        [Action::Publish(_)] => "published",
+        [
+            Action::Reply(Reply::SendResult {
+                status:
+                    SendStatus::Rejected {
+                        code: ErrorCode::RateLimited,
+                        ..
+                    },
+                ..
+            }),
+        ] => "limited",
+        other => panic!("{other:?}"),
+    };
+    // A burst of 3, then refused until time refills the bucket at 10/s.
+    let burst: Vec<_> = (0..4)
+        .map(|i| outcome(&mut s, &format!("b{i}"), &clock))
+        .collect();
+    assert_eq!(burst, ["published", "published", "published", "limited"]);
+    clock.advance(Duration::from_millis(50));
+    assert_eq!(outcome(&mut s, "c0", &clock), "limited");
+    clock.advance(Duration::from_millis(60));
+    assert_eq!(outcome(&mut s, "c1", &clock), "published");
+    assert!(
+        !s.is_closed(),
+        "rate limiting rejects sends, it does not close"
+    );
+}

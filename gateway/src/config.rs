@@ -126,6 +126,11 @@ pub struct LimitsSection {
     pub idle_timeout_secs: u64,
     /// Sends one connection may have waiting for the hub.
     pub max_inflight_sends: usize,
+    /// Average sends per second per connection (0 = unlimited); more are rejected
+    /// with RATE_LIMITED.
+    pub send_rate_per_sec: u32,
+    /// Burst of sends allowed above the average rate.
+    pub send_burst: u32,
     /// Frames queued toward one connection before it counts as a slow consumer.
     pub send_queue_frames: usize,
     /// Concurrent connections on this gateway.
@@ -140,6 +145,8 @@ impl Default for LimitsSection {
             handshake_timeout_secs: 10,
             idle_timeout_secs: 60,
             max_inflight_sends: 64,
+            send_rate_per_sec: 100,
+            send_burst: 200,
             send_queue_frames: 1024,
             max_connections: 100_000,
         }

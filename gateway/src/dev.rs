@@ -173,6 +173,12 @@ pub async fn run(dir: &Path, shutdown: CancellationToken) -> anyhow::Result<()> 
     let config_path = write_gateway_config(&dir, "dev-edge", &leaf.client_url)?;
     let cfg = Config::load(&config_path)?;
     let gateway = Gateway::load(cfg).await?;
+    if !gateway.wait_connected(Duration::from_secs(20)).await {
+        anyhow::bail!(
+            "the gateway did not connect to the leaf at {}",
+            leaf.client_url
+        );
+    }
     let addrs = gateway.addrs();
     let endpoints = Endpoints {
         quic: addrs.quic.to_string(),

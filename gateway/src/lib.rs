@@ -150,6 +150,8 @@ impl Gateway {
             max_frame_bytes: cfg.limits.max_frame_bytes,
             max_content_bytes: cfg.limits.max_content_bytes,
             max_inflight_sends: cfg.limits.max_inflight_sends,
+            send_rate_per_sec: cfg.limits.send_rate_per_sec,
+            send_burst: cfg.limits.send_burst,
             handshake_timeout: cfg.limits.handshake_timeout(),
         });
         let shared = Arc::new(Shared {
@@ -171,6 +173,19 @@ impl Gateway {
             cert_sha256,
             nats,
         })
+    }
+
+    /// Waits until the connection to the leaf is up (what `/readyz` reports), at most
+    /// `timeout`; returns whether it is.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.shared.hub.connected() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
     }
 
     /// The bound addresses.

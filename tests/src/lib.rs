@@ -47,6 +47,8 @@ pub fn gateway_config(dir: &Path, id: &str, leaf_url: &str) -> anyhow::Result<Co
     std::fs::write(dev::secret_path(dir), SECRET)?;
     let mut cfg = Config::load(&dev::write_gateway_config(dir, id, leaf_url)?)?;
     cfg.limits.handshake_timeout_secs = 2;
+    // The ordering test pipelines 1,000 sends; rate limits have their own test.
+    cfg.limits.send_burst = 2_000;
     Ok(cfg)
 }
 
@@ -70,6 +72,10 @@ impl Topology {
                 tls::write_dev_cert(&edir.join("cert.pem"), &edir.join("key.pem"), 14)?;
             let cfg = gateway_config(&edir, &format!("edge{i}"), &leaf.client_url)?;
             let gw = Gateway::load(cfg).await?;
+            anyhow::ensure!(
+                gw.wait_connected(Duration::from_secs(20)).await,
+                "gateway not connected to its leaf"
+            );
             let addrs = gw.addrs();
             let shutdown = CancellationToken::new();
             let task = tokio::spawn(gw.run(shutdown.clone()));
