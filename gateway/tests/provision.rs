@@ -25,6 +25,13 @@ fn provision(url: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+async fn config_of(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> anyhow::Result<async_nats::jetstream::stream::Config> {
+    Ok(js.get_stream(name).await?.info().await?.config.clone())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provision_creates_then_updates_the_streams() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -56,13 +63,7 @@ async fn provision_creates_then_updates_the_streams() -> anyhow::Result<()> {
 
     let js = async_nats::jetstream::with_domain(client, "hub");
     let day = Duration::from_secs(24 * 3600);
-    let um = js
-        .get_stream("USER_MESSAGES")
-        .await?
-        .info()
-        .await?
-        .config
-        .clone();
+    let um = config_of(&js, "USER_MESSAGES").await?;
     assert_eq!(um.max_age, 7 * day);
     assert_eq!(um.storage, StorageType::File);
     assert!(um.allow_direct);
@@ -71,26 +72,14 @@ async fn provision_creates_then_updates_the_streams() -> anyhow::Result<()> {
         (rp.source.as_str(), rp.destination.as_str()),
         ("msg.>", "live.msg.>")
     );
-    let notif = js
-        .get_stream("SYSTEM_NOTIFICATIONS")
-        .await?
-        .info()
-        .await?
-        .config
-        .clone();
+    let notif = config_of(&js, "SYSTEM_NOTIFICATIONS").await?;
     assert_eq!(notif.max_age, 3 * day);
-    let status = js
-        .get_stream("ONLINE_STATUS")
-        .await?
-        .info()
-        .await?
-        .config
-        .clone();
+    let status = config_of(&js, "ONLINE_STATUS").await?;
     assert_eq!(
         (status.storage, status.max_age),
         (StorageType::Memory, Duration::from_secs(300))
     );
-    let push = js.get_stream("PUSH").await?.info().await?.config.clone();
+    let push = config_of(&js, "PUSH").await?;
     assert_eq!(push.retention, RetentionPolicy::WorkQueue);
 
     // A bad URL is a clear error with a non-zero exit.
