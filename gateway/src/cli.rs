@@ -32,6 +32,10 @@ pub enum Command {
         /// Directory for configs, data, logs and endpoints.json.
         #[arg(long, default_value = ".petrel/dev")]
         dir: PathBuf,
+        /// Directory served on the HTTP endpoint (the demo page and browser SDK:
+        /// `web/dist`, built by `npm run build` in `web/`).
+        #[arg(long, value_name = "DIR")]
+        web_dir: Option<PathBuf>,
     },
     /// Print a dev token (HS256, signed with the dev secret of a `petrel dev` directory).
     Token {
@@ -127,9 +131,9 @@ pub enum ClientAction {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Dev { dir } => {
+        Command::Dev { dir, web_dir } => {
             let shutdown = shutdown_on_signal()?;
-            dev::run(&dir, shutdown).await?;
+            dev::run(&dir, web_dir.as_deref(), shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Token {
@@ -196,10 +200,12 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
         _ => {
             let ep = Endpoints::read(&args.dev)?;
             let address = match args.transport {
-                TransportKind::Quic => ep.quic,
-                TransportKind::WebSocket => ep.websocket,
+                TransportKind::Quic => ep.quic.clone(),
+                TransportKind::WebSocket => ep.websocket.clone(),
             };
-            (address, Trust::from_hex_sha256(&ep.cert_sha256)?)
+            // The dev certificate rotates: pin the one served now.
+            let hash = dev::current_cert_sha256(&ep).await;
+            (address, Trust::from_hex_sha256(&hash)?)
         }
     };
     let token = match &args.token {

@@ -20,6 +20,7 @@ pub struct Config {
     /// Listen addresses.
     pub listen: ListenSection,
     /// TLS certificate and key.
+    #[serde(default)]
     pub tls: TlsSection,
     /// The local NATS leaf node.
     #[serde(default)]
@@ -32,6 +33,9 @@ pub struct Config {
     /// Edge cache.
     #[serde(default)]
     pub storage: StorageSection,
+    /// Static files and dev tokens on the HTTP listener.
+    #[serde(default)]
+    pub web: WebSection,
 }
 
 /// `[gateway]`
@@ -54,7 +58,7 @@ impl Default for GatewaySection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenSection {
-    /// UDP address for native QUIC.
+    /// UDP address for native QUIC (ALPN `petrel/1`) and WebTransport (ALPN `h3`, path `/wt`).
     pub quic: SocketAddr,
     /// TCP address for WebSocket over TLS.
     pub websocket: SocketAddr,
@@ -62,14 +66,71 @@ pub struct ListenSection {
     pub http: SocketAddr,
 }
 
-/// `[tls]`
+/// `[tls]`: either `cert` + `key` files, or `self_signed = true` (development).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct TlsSection {
-    /// Certificate chain, PEM.
-    pub cert: PathBuf,
+    /// Certificate chain, PEM (leaf first).
+    pub cert: Option<PathBuf>,
     /// Private key, PEM.
-    pub key: PathBuf,
+    pub key: Option<PathBuf>,
+    /// Seconds between checks of `cert`/`key` for a change (0 = never reload).
+    pub reload_secs: u64,
+    /// Generate a self-signed ECDSA P-256 certificate in memory and rotate it
+    /// (development: browsers pin it by hash).
+    pub self_signed: bool,
+    /// Seconds each self-signed certificate is served before the next takes over.
+    pub rotate_secs: u64,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            reload_secs: 30,
+            self_signed: false,
+            rotate_secs: 6 * 24 * 3600,
+        }
+    }
+}
+
+impl TlsSection {
+    /// Where the served certificate comes from.
+    pub fn source(&self) -> anyhow::Result<crate::tls::CertSource> {
+        use crate::tls::CertSource;
+        match (&self.cert, &self.key, self.self_signed) {
+            (Some(cert), Some(key), false) => Ok(CertSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+                reload: Duration::from_secs(self.reload_secs),
+            }),
+            (None, None, true) => {
+                let max = crate::tls::MAX_ROTATE.as_secs();
+                if self.rotate_secs == 0 || self.rotate_secs > max {
+                    bail!(
+                        "tls.rotate_secs must be between 1 and {max} (browsers refuse pinned certificates valid over 14 days)"
+                    );
+                }
+                Ok(CertSource::SelfSigned {
+                    rotate: Duration::from_secs(self.rotate_secs),
+                })
+            }
+            (_, _, true) => bail!("tls: set either self_signed = true or cert and key, not both"),
+            _ => bail!("tls: set cert and key (PEM files), or self_signed = true for development"),
+        }
+    }
+}
+
+/// `[web]`: what the HTTP listener serves besides health.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSection {
+    /// Directory served at `/` (the demo page and the browser SDK bundle).
+    pub static_dir: Option<PathBuf>,
+    /// Mint tokens at `/dev/token?user=U` with the HS256 secret. Development only:
+    /// anyone who reaches the HTTP port can then sign in as anyone.
+    pub dev_tokens: bool,
 }
 
 /// `[nats]`
@@ -181,7 +242,7 @@ impl LimitsSection {
 }
 
 const SECTIONS: &[&str] = &[
-    "gateway", "listen", "tls", "nats", "auth", "limits", "storage",
+    "gateway", "listen", "tls", "nats", "auth", "limits", "storage", "web",
 ];
 
 impl Config {
@@ -258,6 +319,15 @@ impl Config {
         if l.max_inflight_sends == 0 || l.send_queue_frames == 0 || l.max_connections == 0 {
             bail!("limits must be positive");
         }
+        self.tls.source()?;
+        if self.web.dev_tokens
+            && self.auth.hs256_secret.is_none()
+            && self.auth.hs256_secret_file.is_none()
+        {
+            bail!(
+                "web.dev_tokens needs an HS256 secret (auth.hs256_secret or auth.hs256_secret_file)"
+            );
+        }
         if self.auth.hs256_secret.is_none()
             && self.auth.hs256_secret_file.is_none()
             && self.auth.es256_public_key.is_none()
@@ -273,8 +343,15 @@ impl Config {
                 *p = dir.join(&*p);
             }
         };
-        fix(&mut self.tls.cert);
-        fix(&mut self.tls.key);
+        for p in [
+            &mut self.tls.cert,
+            &mut self.tls.key,
+            &mut self.web.static_dir,
+        ] {
+            if let Some(p) = p.as_mut() {
+                fix(p);
+            }
+        }
         fix(&mut self.storage.path);
         if let Some(p) = self.auth.hs256_secret_file.as_mut() {
             fix(p);

@@ -1,12 +1,14 @@
 //! `petrel dev`: a whole local edge in one command.
 //!
 //! Starts a hub nats-server (JetStream, domain `hub`) and a leaf node connected to it,
-//! provisions the streams, writes a dev secret and a dev certificate, starts the
-//! gateway in this process on free ports and writes `DIR/endpoints.json`:
+//! provisions the streams, writes a dev secret, starts the gateway in this process on
+//! free ports (self-signed certificate, rotated; dev tokens and the demo page on the
+//! HTTP listener) and writes `DIR/endpoints.json`:
 //!
 //! ```json
-//! {"quic": "127.0.0.1:PORT", "websocket": "wss://127.0.0.1:PORT/ws",
-//!  "http": "http://127.0.0.1:PORT", "nats_hub": "nats://…", "nats_leaf": "nats://…",
+//! {"quic": "127.0.0.1:PORT", "webtransport": "https://127.0.0.1:PORT/wt",
+//!  "websocket": "wss://127.0.0.1:PORT/ws", "http": "http://127.0.0.1:PORT",
+//!  "nats_hub": "nats://…", "nats_leaf": "nats://…",
 //!  "cert_sha256": "hex", "gateway_id": "dev-edge", "pid": 123}
 //! ```
 //!
@@ -28,6 +30,8 @@ use crate::{Config, Gateway, provision, tls};
 pub struct Endpoints {
     /// Native QUIC, `host:port`.
     pub quic: String,
+    /// WebTransport URL (same UDP port as QUIC).
+    pub webtransport: String,
     /// WebSocket URL.
     pub websocket: String,
     /// Gateway HTTP base URL.
@@ -36,7 +40,8 @@ pub struct Endpoints {
     pub nats_hub: String,
     /// Leaf client URL.
     pub nats_leaf: String,
-    /// SHA-256 of the dev certificate (hex).
+    /// SHA-256 (hex) of the certificate served at start; it rotates (see
+    /// `{http}/cert-hashes` for the current and next).
     pub cert_sha256: String,
     /// Gateway id.
     pub gateway_id: String,
@@ -56,6 +61,18 @@ impl Endpoints {
             )
         })?;
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+/// The hash of the certificate the dev gateway serves now (from `/cert-hashes`),
+/// or the one in `endpoints.json` when that cannot be fetched.
+pub async fn current_cert_sha256(ep: &Endpoints) -> String {
+    let addr = ep.http.trim_start_matches("http://");
+    match crate::web::http_get(addr, "/cert-hashes").await {
+        Ok((200, body)) => serde_json::from_str::<tls::CertHashes>(&body)
+            .map(|h| h.current)
+            .unwrap_or_else(|_| ep.cert_sha256.clone()),
+        _ => ep.cert_sha256.clone(),
     }
 }
 
@@ -113,7 +130,17 @@ fn ensure_secret(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Writes the gateway config used by `petrel dev` (also runnable with `petrel gateway`).
-pub fn write_gateway_config(dir: &Path, id: &str, leaf_url: &str) -> anyhow::Result<PathBuf> {
+/// `web_dir` is served on the HTTP listener (the demo page).
+pub fn write_gateway_config(
+    dir: &Path,
+    id: &str,
+    leaf_url: &str,
+    web_dir: Option<&Path>,
+) -> anyhow::Result<PathBuf> {
+    let static_dir = match web_dir {
+        Some(d) => format!("static_dir = {:?}\n", d.display().to_string()),
+        None => String::new(),
+    };
     let path = dir.join("gateway.toml");
     let text = format!(
         r#"# Written by `petrel dev`. Ports 0 = any free port; see endpoints.json for the real ones.
@@ -126,8 +153,9 @@ websocket = "127.0.0.1:0"
 http = "127.0.0.1:0"
 
 [tls]
-cert = "cert.pem"
-key = "key.pem"
+# Generated in memory; browsers pin it by hash (see /cert-hashes), so it is valid
+# for less than 14 days and rotated before then.
+self_signed = true
 
 [nats]
 url = "{leaf_url}"
@@ -138,14 +166,29 @@ hs256_secret_file = "dev-secret"
 
 [storage]
 path = "edge-cache"
-"#
+
+[web]
+# Development only: /dev/token mints tokens for anyone who asks.
+dev_tokens = true
+{static_dir}"#
     );
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
 }
 
 /// Runs the dev topology until `shutdown`.
-pub async fn run(dir: &Path, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    dir: &Path,
+    web_dir: Option<&Path>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let web_dir = match web_dir {
+        Some(d) => Some(
+            d.canonicalize()
+                .with_context(|| format!("--web-dir {}", d.display()))?,
+        ),
+        None => None,
+    };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let endpoints_path = dir.join("endpoints.json");
@@ -169,8 +212,7 @@ pub async fn run(dir: &Path, shutdown: CancellationToken) -> anyhow::Result<()> 
         .context("leaf node did not connect to the hub")?;
 
     ensure_secret(&dir)?;
-    let cert_sha256 = tls::write_dev_cert(&dir.join("cert.pem"), &dir.join("key.pem"), 14)?;
-    let config_path = write_gateway_config(&dir, "dev-edge", &leaf.client_url)?;
+    let config_path = write_gateway_config(&dir, "dev-edge", &leaf.client_url, web_dir.as_deref())?;
     let cfg = Config::load(&config_path)?;
     let gateway = Gateway::load(cfg).await?;
     if !gateway.wait_connected(Duration::from_secs(20)).await {
@@ -182,11 +224,12 @@ pub async fn run(dir: &Path, shutdown: CancellationToken) -> anyhow::Result<()> 
     let addrs = gateway.addrs();
     let endpoints = Endpoints {
         quic: addrs.quic.to_string(),
+        webtransport: format!("https://{}{}", addrs.quic, crate::quic::WEBTRANSPORT_PATH),
         websocket: format!("wss://{}/ws", addrs.websocket),
         http: format!("http://{}", addrs.http),
         nats_hub: hub.client_url.clone(),
         nats_leaf: leaf.client_url.clone(),
-        cert_sha256,
+        cert_sha256: gateway.cert_sha256(),
         gateway_id: "dev-edge".into(),
         pid: std::process::id(),
     };
@@ -194,8 +237,14 @@ pub async fn run(dir: &Path, shutdown: CancellationToken) -> anyhow::Result<()> 
     std::fs::write(&tmp, serde_json::to_string_pretty(&endpoints)?)?;
     std::fs::rename(&tmp, &endpoints_path)?;
     eprintln!(
-        "petrel dev: ready\n  quic       {}\n  websocket  {}\n  http       {}\n  nats hub   {}\n  nats leaf  {}\n  cert sha256 {}\n  endpoints  {}\nPress Ctrl-C to stop.",
+        "petrel dev: ready\n  demo page  {}\n  quic       {}\n  webtransport {}\n  websocket  {}\n  http       {}\n  nats hub   {}\n  nats leaf  {}\n  cert sha256 {}\n  endpoints  {}\nPress Ctrl-C to stop.",
+        if web_dir.is_some() {
+            endpoints.http.clone()
+        } else {
+            "(none: pass --web-dir web/dist)".into()
+        },
         endpoints.quic,
+        endpoints.webtransport,
         endpoints.websocket,
         endpoints.http,
         endpoints.nats_hub,

@@ -4,11 +4,14 @@
 //! - [`config`] — the TOML configuration and its `PETREL_*` overrides;
 //! - [`conn`] — one client connection, transport-independent, driving
 //!   `petrel_core::session::Session`;
-//! - [`quic`], [`websocket`] — one module per transport, each turning accepted
-//!   connections into byte readers/writers for [`conn`];
+//! - [`quic`] (native QUIC and WebTransport on one UDP port, by ALPN), [`websocket`]
+//!   — the transports, each turning accepted connections into byte readers/writers
+//!   for [`conn`];
+//! - [`web`] — the HTTP listener: health, certificate hashes, dev tokens, static files;
 //! - [`hub`] — NATS: JetStream publishing, live subscriptions, fan-out;
 //! - [`provision`] — the hub's streams;
-//! - [`tls`] — certificates (PEM files, dev certificate);
+//! - [`tls`] — the served certificate: PEM files reloaded on change, or self-signed
+//!   and rotated (development);
 //! - [`nats_process`], [`dev`] — real nats-server processes and the `petrel dev` topology;
 //! - [`cli`] — the `petrel` command line.
 //!
@@ -24,6 +27,7 @@ pub mod nats_process;
 pub mod provision;
 pub mod quic;
 pub mod tls;
+pub mod web;
 pub mod websocket;
 
 use std::net::SocketAddr;
@@ -32,10 +36,6 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Router;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
 use petrel_core::auth::Authenticator;
 use petrel_core::session::SessionConfig;
 use petrel_storage::EdgeStore;
@@ -52,7 +52,7 @@ use hub::Hub;
 /// Where the gateway actually listens (ports resolved when the config said 0).
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct BoundAddrs {
-    /// QUIC (UDP).
+    /// QUIC and WebTransport (UDP).
     pub quic: SocketAddr,
     /// WebSocket/TLS (TCP).
     pub websocket: SocketAddr,
@@ -69,7 +69,8 @@ pub struct Gateway {
     http: TcpListener,
     limit: Arc<Semaphore>,
     addrs: BoundAddrs,
-    cert_sha256: String,
+    certs: Arc<tls::CertStore>,
+    web: web::WebState,
     nats: async_nats::Client,
 }
 
@@ -99,8 +100,7 @@ impl Gateway {
             Authenticator::new(hs_secret.as_deref(), es_key.as_deref()).context("auth keys")?,
         );
 
-        let cert = tls::CertKey::load(&cfg.tls.cert, &cfg.tls.key)?;
-        let cert_sha256 = cert.leaf_sha256_hex();
+        let certs = tls::CertStore::new(cfg.tls.source()?).context("TLS certificate")?;
 
         std::fs::create_dir_all(&cfg.storage.path).with_context(|| {
             format!("creating storage directory {}", cfg.storage.path.display())
@@ -125,7 +125,7 @@ impl Gateway {
             store,
         ));
 
-        let quic_tls = cert.server_config(&[petrel_proto::ALPN_QUIC])?;
+        let quic_tls = certs.server_config(&[petrel_proto::ALPN_QUIC, quic::ALPN_H3])?;
         let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(quic_tls)
             .context("QUIC TLS config")?;
         let mut server_cfg = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
@@ -138,13 +138,25 @@ impl Gateway {
         let http = TcpListener::bind(cfg.listen.http)
             .await
             .with_context(|| format!("binding HTTP on tcp {}", cfg.listen.http))?;
-        let ws_tls = tokio_rustls::TlsAcceptor::from(Arc::new(cert.server_config(&[b"http/1.1"])?));
+        let ws_tls =
+            tokio_rustls::TlsAcceptor::from(Arc::new(certs.server_config(&[b"http/1.1"])?));
         let addrs = BoundAddrs {
             quic: quic.local_addr()?,
             websocket: ws.local_addr()?,
             http: http.local_addr()?,
         };
 
+        let web = web::WebState {
+            certs: certs.clone(),
+            dev_secret: if cfg.web.dev_tokens {
+                hs_secret.clone()
+            } else {
+                None
+            },
+            static_dir: cfg.web.static_dir.clone(),
+            quic_port: addrs.quic.port(),
+            websocket_port: addrs.websocket.port(),
+        };
         let session = Arc::new(SessionConfig {
             gateway_id: cfg.gateway.id.clone(),
             max_frame_bytes: cfg.limits.max_frame_bytes,
@@ -170,7 +182,8 @@ impl Gateway {
             http,
             limit: Arc::new(Semaphore::new(cfg.limits.max_connections)),
             addrs,
-            cert_sha256,
+            certs,
+            web,
             nats,
         })
     }
@@ -193,9 +206,14 @@ impl Gateway {
         self.addrs
     }
 
-    /// SHA-256 (hex) of the certificate served.
-    pub fn cert_sha256(&self) -> &str {
-        &self.cert_sha256
+    /// SHA-256 (hex) of the certificate served now.
+    pub fn cert_sha256(&self) -> String {
+        self.certs.hashes().current
+    }
+
+    /// The certificate store (current and next hashes, PEM).
+    pub fn certs(&self) -> Arc<tls::CertStore> {
+        self.certs.clone()
     }
 
     /// Serves until `shutdown` is cancelled; then tells every client to go away and
@@ -218,13 +236,11 @@ impl Gateway {
             tracker.clone(),
             shutdown.clone(),
         );
-        let router = Router::new()
-            .route("/healthz", get(|| async { "ok\n" }))
-            .route("/readyz", get(ready))
-            .with_state(self.shared.clone());
+        let router = web::router(self.web, self.shared.clone());
         let http = axum::serve(self.http, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let (_, _, served) = tokio::join!(quic, ws, async { http.await });
+        let certs = self.certs.clone().maintain(shutdown.clone());
+        let (_, _, served, _) = tokio::join!(quic, ws, async { http.await }, certs);
         served.context("HTTP server")?;
         tracker.close();
         if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
@@ -238,23 +254,5 @@ impl Gateway {
         let _ = self.nats.flush().await;
         info!("gateway stopped");
         Ok(())
-    }
-}
-
-async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
-    let conns = shared
-        .connections
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let subs = shared.hub.live_subscriptions();
-    if shared.hub.connected() {
-        (
-            StatusCode::OK,
-            format!("ready connections={conns} live_subscriptions={subs}\n"),
-        )
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not connected to NATS\n".into(),
-        )
     }
 }

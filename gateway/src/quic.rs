@@ -1,25 +1,38 @@
-//! Native QUIC transport (quinn, ALPN `petrel/1`).
+//! QUIC transports on one UDP port, told apart by ALPN:
+//! - `petrel/1` — native QUIC clients (the Rust SDK, mobile apps);
+//! - `h3` — WebTransport from browsers (HTTP/3 `CONNECT` to [`WEBTRANSPORT_PATH`]).
 //!
-//! The client opens one bidirectional stream, the control stream, carrying the
-//! length-prefixed frames. Idle detection and keep-alive are QUIC's own.
+//! Both become a [`web_transport_quinn::Session`] (a raw one for native QUIC), so the
+//! rest is the same: the client opens one bidirectional stream, the control stream,
+//! carrying the length-prefixed frames; the close code is the error code. Idle
+//! detection and keep-alive are QUIC's own.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use petrel_core::ErrorCode;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
+use web_transport_quinn::{RecvStream, SendStream, Session};
 
 use crate::conn::{Connection, FrameReader, FrameWriter, Shared, TransportError, next_id};
 
-/// Reading half: the control stream.
-pub struct QuicReader(pub quinn::RecvStream);
+/// The WebTransport ALPN (HTTP/3).
+pub const ALPN_H3: &[u8] = b"h3";
 
-/// Writing half: the control stream and its connection (for the close code).
-pub struct QuicWriter(pub quinn::SendStream, pub quinn::Connection);
+/// The path of WebTransport sessions: `https://host:port/wt`.
+pub const WEBTRANSPORT_PATH: &str = "/wt";
+
+/// Reading half: the control stream.
+pub struct QuicReader(pub RecvStream);
+
+/// Writing half: the control stream and its session (for the close code).
+pub struct QuicWriter(pub SendStream, pub Session);
 
 impl FrameReader for QuicReader {
     async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
@@ -44,8 +57,9 @@ impl FrameWriter for QuicWriter {
         // Give the last frames (the Error frame) a moment to be acknowledged: closing
         // the connection at once would discard unacknowledged stream data.
         let _ = tokio::time::timeout(Duration::from_secs(1), self.0.stopped()).await;
-        self.1
-            .close(code.quic_close_code().into(), reason.as_bytes());
+        self.1.close(code.quic_close_code(), reason.as_bytes());
+        // WebTransport writes a close capsule before closing the connection.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.1.closed()).await;
     }
 }
 
@@ -55,8 +69,9 @@ pub fn transport_config(idle: Duration) -> quinn::TransportConfig {
     if let Ok(idle) = quinn::IdleTimeout::try_from(idle) {
         t.max_idle_timeout(Some(idle));
     }
-    // One control stream per connection today; a few more for per-conversation
-    // streams later, never an unbounded number.
+    // One control stream per connection today, a few more later; never an unbounded
+    // number. HTTP/3 needs three unidirectional streams of its own (control, QPACK
+    // encoder and decoder) before WebTransport starts.
     t.max_concurrent_bidi_streams(8u32.into());
     t.max_concurrent_uni_streams(8u32.into());
     t
@@ -82,11 +97,10 @@ pub async fn serve(
         };
         let shared = shared.clone();
         let shutdown = shutdown.clone();
-        let handshake = shared.session.handshake_timeout;
         tracker.spawn(async move {
             let _permit = permit;
             let peer = incoming.remote_address();
-            let deadline = tokio::time::Instant::now() + handshake;
+            let deadline = Instant::now() + shared.session.handshake_timeout;
             let conn = match tokio::time::timeout_at(deadline, incoming).await {
                 Ok(Ok(conn)) => conn,
                 Ok(Err(e)) => {
@@ -98,30 +112,15 @@ pub async fn serve(
                     return;
                 }
             };
-            // A QUIC stream is invisible until the client writes to it, so a silent
-            // client has no stream to carry an Error frame: close with the code alone.
-            let (send, recv) = match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
-                Ok(Ok(streams)) => streams,
-                Ok(Err(e)) => {
-                    debug!(%peer, error = %e, "QUIC connection ended before its control stream");
-                    return;
-                }
-                Err(_) => {
-                    let code = ErrorCode::HandshakeTimeout;
-                    conn.close(
-                        code.quic_close_code().into(),
-                        b"no control stream within the handshake timeout",
-                    );
-                    debug!(%peer, "no control stream within the handshake timeout");
-                    return;
-                }
+            let Some((transport, session, send, recv)) = open(conn, peer, deadline).await else {
+                return;
             };
             Connection {
                 id: next_id(),
-                transport: "quic",
+                transport,
                 peer,
                 reader: QuicReader(recv),
-                writer: QuicWriter(send, conn),
+                writer: QuicWriter(send, session),
                 shared,
                 shutdown,
             }
@@ -133,4 +132,77 @@ pub async fn serve(
         ErrorCode::GoingAway.quic_close_code().into(),
         b"shutting down",
     );
+}
+
+/// Turns a handshaken connection into a session and its control stream, by ALPN.
+async fn open(
+    conn: quinn::Connection,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Option<(&'static str, Session, SendStream, RecvStream)> {
+    let alpn = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    let (transport, session) = match alpn.as_deref() {
+        Some(ALPN_H3) => (
+            "webtransport",
+            accept_webtransport(conn, peer, deadline).await?,
+        ),
+        _ => ("quic", Session::raw(conn)),
+    };
+    // A QUIC stream is invisible until the client writes to it, so a silent client has
+    // no stream to carry an Error frame: close with the code alone.
+    match tokio::time::timeout_at(deadline, session.accept_bi()).await {
+        Ok(Ok((send, recv))) => Some((transport, session, send, recv)),
+        Ok(Err(e)) => {
+            debug!(%peer, transport, error = %e, "connection ended before its control stream");
+            None
+        }
+        Err(_) => {
+            let code = ErrorCode::HandshakeTimeout;
+            session.close(
+                code.quic_close_code(),
+                b"no control stream within the handshake timeout",
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(1), session.closed()).await;
+            debug!(%peer, transport, "no control stream within the handshake timeout");
+            None
+        }
+    }
+}
+
+/// The HTTP/3 part of WebTransport: SETTINGS, then the `CONNECT` request, answered
+/// 200 on [`WEBTRANSPORT_PATH`] and 404 elsewhere.
+async fn accept_webtransport(
+    conn: quinn::Connection,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Option<Session> {
+    let request =
+        match tokio::time::timeout_at(deadline, web_transport_quinn::Request::accept(conn)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "WebTransport handshake failed");
+                return None;
+            }
+            Err(_) => {
+                debug!(%peer, "WebTransport handshake timed out");
+                return None;
+            }
+        };
+    if request.url.path() != WEBTRANSPORT_PATH {
+        debug!(%peer, url = %request.url, "WebTransport request for an unknown path");
+        let _ = request
+            .reject(web_transport_quinn::http::StatusCode::NOT_FOUND)
+            .await;
+        return None;
+    }
+    match request.ok().await {
+        Ok(session) => Some(session),
+        Err(e) => {
+            debug!(%peer, error = %e, "WebTransport session not established");
+            None
+        }
+    }
 }

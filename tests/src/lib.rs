@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use petrel_client::{Client, ClientError, ConnectOptions, Endpoint, TransportKind, Trust};
 use petrel_gateway::nats_process::{NatsProcess, wait_jetstream};
-use petrel_gateway::{BoundAddrs, Config, Gateway, dev, provision, tls};
+use petrel_gateway::{BoundAddrs, Config, Gateway, dev, provision};
 use tokio_util::sync::CancellationToken;
 
 /// The dev secret every test topology uses.
@@ -45,7 +45,7 @@ pub struct Topology {
 /// 2 s handshake timeout.
 pub fn gateway_config(dir: &Path, id: &str, leaf_url: &str) -> anyhow::Result<Config> {
     std::fs::write(dev::secret_path(dir), SECRET)?;
-    let mut cfg = Config::load(&dev::write_gateway_config(dir, id, leaf_url)?)?;
+    let mut cfg = Config::load(&dev::write_gateway_config(dir, id, leaf_url, None)?)?;
     cfg.limits.handshake_timeout_secs = 2;
     // The ordering test pipelines 1,000 sends; rate limits have their own test.
     cfg.limits.send_burst = 2_000;
@@ -68,8 +68,6 @@ impl Topology {
                 NatsProcess::start_leaf(&edir.join("leaf"), &format!("leaf{i}"), &hub_leaf, None)
                     .await?;
             wait_jetstream(&leaf.client_url, "hub", Duration::from_secs(20)).await?;
-            let cert_sha256 =
-                tls::write_dev_cert(&edir.join("cert.pem"), &edir.join("key.pem"), 14)?;
             let cfg = gateway_config(&edir, &format!("edge{i}"), &leaf.client_url)?;
             let gw = Gateway::load(cfg).await?;
             anyhow::ensure!(
@@ -77,6 +75,7 @@ impl Topology {
                 "gateway not connected to its leaf"
             );
             let addrs = gw.addrs();
+            let cert_sha256 = gw.cert_sha256();
             let shutdown = CancellationToken::new();
             let task = tokio::spawn(gw.run(shutdown.clone()));
             out.push(Edge {
@@ -146,14 +145,8 @@ impl Topology {
 
     /// GET `path` on edge `edge`'s HTTP endpoint; returns the body.
     pub async fn http_get(&self, edge: usize, path: &str) -> anyhow::Result<String> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let addr = self.edges[edge].addrs.http;
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).await?;
-        Ok(out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+        let addr = self.edges[edge].addrs.http.to_string();
+        Ok(petrel_gateway::web::http_get(&addr, path).await?.1)
     }
 
     /// Live subscriptions edge `edge` holds (from `/readyz`), polled until it equals

@@ -1,0 +1,184 @@
+//! The gateway's HTTP listener (plain HTTP; keep it on a private interface or behind
+//! the edge's TLS proxy):
+//!
+//! | path | what |
+//! |---|---|
+//! | `/healthz` | process is up |
+//! | `/readyz` | connected to the leaf; connection and subscription counts |
+//! | `/cert-hashes` | SHA-256 of the current and next certificate, for WebTransport `serverCertificateHashes` (CORS open) |
+//! | `/client-config` | the WebTransport and WebSocket URLs for the host the page was loaded from |
+//! | `/dev/token?user=U[&device=D]` | a token signed with the HS256 secret — only with `web.dev_tokens` |
+//! | everything else | files of `web.static_dir` (the demo page and SDK bundle), if set |
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+
+use crate::conn::Shared;
+use crate::quic::WEBTRANSPORT_PATH;
+use crate::tls::CertStore;
+use crate::websocket;
+
+/// What the HTTP handlers need.
+#[derive(Debug, Clone)]
+pub struct WebState {
+    /// Served certificate (for `/cert-hashes`).
+    pub certs: Arc<CertStore>,
+    /// HS256 secret for `/dev/token`; `None` disables the route.
+    pub dev_secret: Option<Vec<u8>>,
+    /// Directory served for other paths.
+    pub static_dir: Option<PathBuf>,
+    /// Bound QUIC/WebTransport port.
+    pub quic_port: u16,
+    /// Bound WebSocket port.
+    pub websocket_port: u16,
+}
+
+#[derive(Clone)]
+struct AppState {
+    web: Arc<WebState>,
+    shared: Arc<Shared>,
+}
+
+/// The router for the HTTP listener.
+pub fn router(web: WebState, shared: Arc<Shared>) -> Router {
+    let static_dir = web.static_dir.clone();
+    let state = AppState {
+        web: Arc::new(web),
+        shared,
+    };
+    let mut router = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/cert-hashes", get(cert_hashes))
+        .route("/client-config", get(client_config))
+        .route("/dev/token", get(dev_token))
+        .with_state(state);
+    if let Some(dir) = static_dir {
+        router = router.fallback_service(tower_http::services::ServeDir::new(dir));
+    }
+    router
+}
+
+async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
+    let conns = s.shared.connections.load(Ordering::Relaxed);
+    let subs = s.shared.hub.live_subscriptions();
+    if s.shared.hub.connected() {
+        (
+            StatusCode::OK,
+            format!("ready connections={conns} live_subscriptions={subs}\n"),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not connected to NATS\n".into(),
+        )
+    }
+}
+
+/// Pages on other origins fetch the hashes too; they are public by nature.
+fn cors(mut r: Response) -> Response {
+    r.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn cert_hashes(State(s): State<AppState>) -> Response {
+    cors(Json(s.web.certs.hashes()).into_response())
+}
+
+/// `/client-config`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ClientConfig {
+    /// WebTransport URL.
+    pub webtransport: String,
+    /// WebSocket URL.
+    pub websocket: String,
+    /// Where the certificate hashes are.
+    pub cert_hashes: String,
+}
+
+async fn client_config(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    // The host the page used to reach us, without its port: the listeners share it.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
+        .map(|a| a.host().to_string())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let http_host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1")
+        .to_string();
+    cors(
+        Json(ClientConfig {
+            webtransport: format!("https://{host}:{}{WEBTRANSPORT_PATH}", s.web.quic_port),
+            websocket: format!("wss://{host}:{}{}", s.web.websocket_port, websocket::PATH),
+            cert_hashes: format!("http://{http_host}/cert-hashes"),
+        })
+        .into_response(),
+    )
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    user: String,
+    device: Option<String>,
+}
+
+async fn dev_token(State(s): State<AppState>, Query(q): Query<TokenQuery>) -> Response {
+    let Some(secret) = &s.web.dev_secret else {
+        return (
+            StatusCode::NOT_FOUND,
+            "dev tokens are disabled (web.dev_tokens = false)\n",
+        )
+            .into_response();
+    };
+    match crate::dev::mint_token(
+        secret,
+        &q.user,
+        q.device.as_deref(),
+        Duration::from_secs(12 * 3600),
+    ) {
+        Ok(token) => {
+            cors(Json(serde_json::json!({ "token": token, "user": q.user })).into_response())
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e:#}\n")).into_response(),
+    }
+}
+
+/// A minimal HTTP/1.1 GET on loopback tools and tests: returns the status and body.
+pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use anyhow::Context;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .context("connect timed out")??;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .context("response timed out")??;
+    let (head, body) = out.split_once("\r\n\r\n").context("no HTTP header")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status")?;
+    Ok((status, body.to_string()))
+}
