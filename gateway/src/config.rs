@@ -415,4 +415,30 @@ mod tests {
         let text = include_str!("../../deploy/gateway.example.toml");
         Config::parse(text, &[]).unwrap();
     }
+
+    #[test]
+    fn tls_is_files_or_self_signed_never_both_or_neither() {
+        let tail = "[auth]\nhs256_secret = \"0123456789abcdef0123456789abcdef\"\n";
+        let listen = "[listen]\nquic = \"127.0.0.1:0\"\nwebsocket = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\n";
+        let parse = |tls: &str| Config::parse(&format!("{listen}[tls]\n{tls}\n{tail}"), &[]);
+        assert!(matches!(
+            parse("self_signed = true").unwrap().tls.source().unwrap(),
+            crate::tls::CertSource::SelfSigned { .. }
+        ));
+        for bad in [
+            "",
+            "cert = \"c.pem\"",
+            "self_signed = true\ncert = \"c.pem\"\nkey = \"k.pem\"",
+            "self_signed = true\nrotate_secs = 0",
+            "self_signed = true\nrotate_secs = 1209600",
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert!(format!("{err:#}").contains("tls"), "{bad:?}: {err:#}");
+        }
+        let no_secret = format!(
+            "{listen}[tls]\nself_signed = true\n[auth]\nes256_public_key = \"k.pem\"\n[web]\ndev_tokens = true\n"
+        );
+        let err = Config::parse(&no_secret, &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("dev_tokens"), "{err:#}");
+    }
 }

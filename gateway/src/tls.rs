@@ -187,6 +187,8 @@ struct Served {
 pub struct CertStore {
     source: CertSource,
     served: RwLock<Served>,
+    /// Reloads or rotations that failed (the old certificate stayed in service).
+    errors: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for CertStore {
@@ -237,6 +239,7 @@ impl CertStore {
         Ok(Arc::new(Self {
             source,
             served: RwLock::new(served),
+            errors: Default::default(),
         }))
     }
 
@@ -252,6 +255,12 @@ impl CertStore {
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map(|d| d.as_secs()),
         }
+    }
+
+    /// Reloads or rotations that failed so far (each logged; the old certificate
+    /// stayed in service).
+    pub fn errors(&self) -> u64 {
+        self.errors.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// PEM of the certificate served now.
@@ -290,6 +299,8 @@ impl CertStore {
                 CertSource::SelfSigned { rotate } => self.rotate(*rotate),
             };
             if let Err(e) = result {
+                self.errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 warn!(
                     error = format!("{e:#}"),
                     "certificate not replaced; still serving the old one"

@@ -23,8 +23,8 @@ pub struct Edge {
     pub leaf: NatsProcess,
     /// Gateway addresses.
     pub addrs: BoundAddrs,
-    /// Pinned certificate hash.
-    pub cert_sha256: String,
+    /// The certificate the gateway serves (its hashes change on rotation/reload).
+    pub certs: std::sync::Arc<petrel_gateway::tls::CertStore>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -55,6 +55,15 @@ pub fn gateway_config(dir: &Path, id: &str, leaf_url: &str) -> anyhow::Result<Co
 impl Topology {
     /// Starts a hub and `edges` edges.
     pub async fn start(edges: usize) -> anyhow::Result<Self> {
+        Self::start_with(edges, |_, _| Ok(())).await
+    }
+
+    /// Starts a hub and `edges` edges, letting `customize` change each edge's config
+    /// (it gets the edge's directory too).
+    pub async fn start_with(
+        edges: usize,
+        customize: impl Fn(&mut Config, &Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let hub = NatsProcess::start_hub(&dir.path().join("hub"), "hub", None).await?;
         let hub_client = wait_jetstream(&hub.client_url, "hub", Duration::from_secs(20)).await?;
@@ -68,20 +77,21 @@ impl Topology {
                 NatsProcess::start_leaf(&edir.join("leaf"), &format!("leaf{i}"), &hub_leaf, None)
                     .await?;
             wait_jetstream(&leaf.client_url, "hub", Duration::from_secs(20)).await?;
-            let cfg = gateway_config(&edir, &format!("edge{i}"), &leaf.client_url)?;
+            let mut cfg = gateway_config(&edir, &format!("edge{i}"), &leaf.client_url)?;
+            customize(&mut cfg, &edir)?;
             let gw = Gateway::load(cfg).await?;
             anyhow::ensure!(
                 gw.wait_connected(Duration::from_secs(20)).await,
                 "gateway not connected to its leaf"
             );
             let addrs = gw.addrs();
-            let cert_sha256 = gw.cert_sha256();
+            let certs = gw.certs();
             let shutdown = CancellationToken::new();
             let task = tokio::spawn(gw.run(shutdown.clone()));
             out.push(Edge {
                 leaf,
                 addrs,
-                cert_sha256,
+                certs,
                 shutdown,
                 task,
             });
@@ -109,7 +119,8 @@ impl Topology {
                 TransportKind::Quic => e.addrs.quic.to_string(),
                 TransportKind::WebSocket => format!("wss://{}/ws", e.addrs.websocket),
             },
-            trust: Trust::from_hex_sha256(&e.cert_sha256).unwrap_or(Trust::CertSha256([0; 32])),
+            trust: Trust::from_hex_sha256(&e.certs.hashes().current)
+                .unwrap_or(Trust::CertSha256([0; 32])),
             server_name: Some("localhost".into()),
             connect_timeout: Duration::from_secs(10),
         }

@@ -1,0 +1,121 @@
+// The demo page: sign in with a dev token, chat, show the transport. Everything the
+// page does goes through window.petrel, so tests and the console can drive it.
+import { PetrelClient, PetrelError, webTransportAvailable } from "./petrel.js";
+
+const $ = (s) => document.querySelector(s);
+const params = new URLSearchParams(location.search);
+const tabDevice = sessionStorage.getItem("petrel-demo-device") ??
+  `tab-${Math.random().toString(36).slice(2, 10)}`;
+sessionStorage.setItem("petrel-demo-device", tabDevice);
+
+const shown = new Set();
+
+function transcriptKey(user) {
+  return `petrel-demo-transcript:${user}:${tabDevice}`;
+}
+
+function render(row, save = true) {
+  if (shown.has(row.id)) return false; // never show a message twice
+  shown.add(row.id);
+  const li = document.createElement("li");
+  li.dataset.id = row.id;
+  li.className = row.mine ? "mine" : "";
+  li.textContent = row.mine ? `${row.text}` : `${row.from}: ${row.text}`;
+  const meta = document.createElement("span");
+  meta.className = "meta";
+  meta.textContent = row.mine ? `→ ${row.to} #${row.seq ?? "…"}` : `#${row.seq}`;
+  li.append(meta);
+  $("#messages").append(li);
+  if (save && window.petrel.user) {
+    const key = transcriptKey(window.petrel.user);
+    const rows = JSON.parse(sessionStorage.getItem(key) ?? "[]");
+    rows.push(row);
+    sessionStorage.setItem(key, JSON.stringify(rows.slice(-500)));
+  }
+  return true;
+}
+
+function showError(e) {
+  $("#error").textContent = e ? `${e.code ?? "ERROR"}: ${e.message}` : "";
+}
+
+async function signIn(user, options = {}) {
+  showError(null);
+  const base = location.origin;
+  const tokenFor = async () => {
+    const r = await fetch(`${base}/dev/token?user=${encodeURIComponent(user)}&device=${tabDevice}`);
+    if (!r.ok) throw new PetrelError("UNAUTHENTICATED", (await r.text()).trim());
+    return (await r.json()).token;
+  };
+  const cfg = await (await fetch(`${base}/client-config`)).json();
+  window.petrel.client?.close();
+  const client = new PetrelClient({
+    webTransportUrl: cfg.webtransport,
+    webSocketUrl: cfg.websocket,
+    certHashesUrl: cfg.cert_hashes,
+    token: tokenFor,
+    device: tabDevice,
+    storageKey: `petrel:${user}`,
+    transport: options.transport ?? params.get("transport") ?? "auto",
+    ...options,
+  });
+  window.petrel.client = client;
+  window.petrel.user = user;
+  client.addEventListener("message", (e) => {
+    const m = e.detail;
+    render({ id: m.id, from: m.from, to: m.to, text: m.text, seq: String(m.seq), mine: m.from === user });
+  });
+  client.addEventListener("state", (e) => {
+    $("#state").textContent = e.detail.state;
+    const t = client.transport ?? "—";
+    $("#transport").textContent = t;
+    $("#transport").className = t;
+  });
+  client.addEventListener("error", (e) => showError(e.detail));
+  for (const row of JSON.parse(sessionStorage.getItem(transcriptKey(user)) ?? "[]")) render(row, false);
+  try {
+    const welcome = await client.connect();
+    $("#me").textContent = `${welcome.user} / ${welcome.device}`;
+    $("#signin").hidden = true;
+    $("#chat").hidden = false;
+    sessionStorage.setItem("petrel-demo-user", user);
+    return { transport: client.transport, welcome };
+  } catch (e) {
+    showError(e);
+    throw e;
+  }
+}
+
+async function send(to, text) {
+  const client = window.petrel.client;
+  if (!client) throw new Error("sign in first");
+  const r = await client.send(to, text);
+  if (r.status === "rejected") {
+    showError({ code: r.reason, message: r.detail });
+  } else {
+    render({ id: `sent:${r.clientMsgId}`, to, text, seq: String(r.seq), mine: true });
+  }
+  return { ...r, seq: String(r.seq) };
+}
+
+/** Ids and texts of the rows on the page (for tests). */
+function rows() {
+  return [...document.querySelectorAll("#messages li")].map((li) => ({ id: li.dataset.id, text: li.firstChild.textContent }));
+}
+
+window.petrel = { PetrelClient, PetrelError, webTransportAvailable, signIn, send, rows, client: null, user: null };
+
+$("#signin").addEventListener("submit", (e) => {
+  e.preventDefault();
+  signIn(new FormData(e.target).get("user")).catch(() => {});
+});
+$("#compose").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const f = new FormData(e.target);
+  send(f.get("to"), f.get("text")).then(() => (e.target.elements.text.value = ""), showError);
+});
+
+// After a reload, sign the tab back in as the same user.
+const again = params.get("user") ?? sessionStorage.getItem("petrel-demo-user");
+if (again) signIn(again).catch(() => {});
+window.dispatchEvent(new Event("petrel-ready"));

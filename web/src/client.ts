@@ -1,0 +1,728 @@
+// PetrelClient: one logical connection to a Petrel gateway that survives drops.
+//
+// Transport choice: WebTransport first; WebSocket when WebTransport is missing or does
+// not connect within `webTransportTimeoutMs`; the choice is remembered (storage) for
+// a while so the next page load does not wait again. After the first connection,
+// drops are retried with exponential backoff and full jitter, reset when the browser
+// says it is back online. Sends not yet answered are re-sent with the same client
+// message id after a reconnect (the gateway deduplicates them), and the app sees each
+// delivered message once: ids already seen or at/below the acknowledged cursor are
+// dropped.
+
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import {
+  ClientFrameSchema,
+  CursorSchema,
+  ErrorCode,
+  type Message as WireMessage,
+  type SendResult as WireSendResult,
+  SendResult_Status,
+  SendSchema,
+  type ServerFrame,
+  ServerFrameSchema,
+  HelloSchema,
+  AckSchema,
+  PingSchema,
+} from "./gen/petrel/v1/petrel_pb.js";
+import { FrameDecoder, encodeFrame } from "./frame.js";
+import {
+  type CloseInfo,
+  type Conn,
+  type TransportKind,
+  openWebSocket,
+  openWebTransport,
+  webTransportAvailable,
+} from "./transport.js";
+
+/** Protocol version sent in Hello. */
+const PROTOCOL_VERSION = 1;
+/** Frames larger than this from the gateway are a protocol error (it announces its own limit in Welcome). */
+const MAX_SERVER_FRAME = 1024 * 1024;
+/** How many delivered message ids are remembered for duplicate suppression. */
+const SEEN_LIMIT = 5000;
+/** How long a failed WebTransport attempt sends later connects straight to WebSocket. */
+const REMEMBER_FALLBACK_MS = 10 * 60 * 1000;
+
+/** Name of a Petrel error code, e.g. `UNAUTHENTICATED`; `UNSPECIFIED` for 0. */
+export function errorCodeName(code: number): string {
+  const name = ErrorCode[code] as string | undefined;
+  return name ?? `CODE_${code}`;
+}
+
+/** An error from the SDK. `code` is a Petrel error code name or one of the SDK's own. */
+export class PetrelError extends Error {
+  constructor(
+    /** `UNAUTHENTICATED`, `TOKEN_EXPIRED`, … from the gateway; or `CERTIFICATE_MISMATCH`, `CONNECT_FAILED`, `CLOSED`, `PROTOCOL` from the SDK. */
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = "PetrelError";
+  }
+}
+
+/** Options for {@link PetrelClient}. */
+export interface PetrelOptions {
+  /** `https://host:port/wt` (the gateway's QUIC port). */
+  webTransportUrl?: string;
+  /** `wss://host:port/ws`. */
+  webSocketUrl?: string;
+  /** The user's token, or a function that fetches a fresh one for each connect. */
+  token: string | (() => Promise<string>);
+  /** Device id (`[A-Za-z0-9_-]{1,64}`); default: one made up and kept in storage. */
+  device?: string;
+  /** Hex SHA-256 of self-signed certificates to pin for WebTransport (dev). */
+  serverCertificateHashes?: string[];
+  /** URL of the gateway's `/cert-hashes`: fetched when no hashes are given, and used to explain a mismatch. */
+  certHashesUrl?: string;
+  /** `auto` (default): WebTransport, then WebSocket. */
+  transport?: "auto" | TransportKind;
+  /** How long to wait for WebTransport before falling back (ms, default 3000). */
+  webTransportTimeoutMs?: number;
+  /** How long to wait for a connection and Welcome (ms, default 10000). */
+  connectTimeoutMs?: number;
+  /** Reconnect after a drop (default true). */
+  reconnect?: boolean;
+  /** First reconnect delay (ms, default 250); doubles per failure up to `maxBackoffMs`. */
+  initialBackoffMs?: number;
+  /** Longest reconnect delay (ms, default 15000). */
+  maxBackoffMs?: number;
+  /** Acknowledge each message once the `message` event has been dispatched (default true). */
+  autoAck?: boolean;
+  /** Where cursors, seen ids and the transport choice are kept (default `localStorage`; `null`: memory only). */
+  storage?: Storage | null;
+  /** Prefix of the storage keys (default `petrel`). */
+  storageKey?: string;
+}
+
+/** A delivered message. */
+export interface PetrelMessage {
+  /** Stable id: `subject/seq`. */
+  id: string;
+  subject: string;
+  seq: bigint;
+  from: string;
+  fromDevice: string;
+  to: string;
+  timeMs: number;
+  clientMsgId: string;
+  contentType: string;
+  content: Uint8Array;
+  /** `content` as UTF-8 text. */
+  text: string;
+}
+
+/** The gateway's answer to a send. */
+export interface SendResult {
+  clientMsgId: string;
+  status: "stored" | "queued" | "rejected";
+  subject: string;
+  seq: bigint;
+  msgId: string;
+  duplicate: boolean;
+  /** Error code name when rejected. */
+  reason?: string;
+  detail?: string;
+}
+
+/** Session facts from the gateway's Welcome. */
+export interface Welcome {
+  user: string;
+  device: string;
+  connectionId: string;
+  gatewayId: string;
+  transport: TransportKind;
+}
+
+/** Connection state. */
+export type State = "idle" | "connecting" | "open" | "reconnecting" | "closed";
+
+/** Counters. */
+export interface Stats {
+  /** Messages received on the wire. */
+  wireDeliveries: number;
+  /** Messages handed to the app. */
+  appDeliveries: number;
+  /** Wire deliveries dropped as already seen. */
+  duplicatesDropped: number;
+  /** Successful connects after the first. */
+  reconnects: number;
+}
+
+interface PendingSend {
+  frame: Uint8Array;
+  resolve: (r: SendResult) => void;
+  reject: (e: PetrelError) => void;
+}
+
+const textDecoder = new TextDecoder();
+const textEncoder = new TextEncoder();
+
+function randomId(): string {
+  const b = new Uint8Array(12);
+  crypto.getRandomValues(b);
+  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+function statusName(s: SendResult_Status): SendResult["status"] {
+  switch (s) {
+    case SendResult_Status.STORED:
+      return "stored";
+    case SendResult_Status.QUEUED:
+      return "queued";
+    default:
+      return "rejected";
+  }
+}
+
+/**
+ * A Petrel client. Events: `message` (detail: {@link PetrelMessage}), `state`
+ * (detail: {state, transport}), `error` (detail: {@link PetrelError}, for errors
+ * after connect: dropped connections, refused reconnects).
+ */
+export class PetrelClient extends EventTarget {
+  private readonly opts: Required<
+    Omit<PetrelOptions, "webTransportUrl" | "webSocketUrl" | "serverCertificateHashes" | "certHashesUrl" | "device" | "storage">
+  > &
+    PetrelOptions;
+  private readonly storage: Storage | null;
+  private conn: Conn | null = null;
+  private _state: State = "idle";
+  private _transport: TransportKind | null = null;
+  private _welcome: Welcome | null = null;
+  private readonly pending = new Map<string, PendingSend>();
+  private readonly cursors = new Map<string, bigint>();
+  private readonly seen = new Set<string>();
+  private readonly seenOrder: string[] = [];
+  private backoff = 0;
+  private retryTimer: ReturnType<typeof setTimeout> | null = null;
+  private wakeRetry: (() => void) | null = null;
+  private pingTimer: ReturnType<typeof setInterval> | null = null;
+  private lastHeard = 0;
+  private closing = false;
+  private readonly _stats: Stats = { wireDeliveries: 0, appDeliveries: 0, duplicatesDropped: 0, reconnects: 0 };
+  private readonly onOnline = () => {
+    this.backoff = 0;
+    this.wakeRetry?.();
+  };
+
+  constructor(options: PetrelOptions) {
+    super();
+    if (!options.webTransportUrl && !options.webSocketUrl) {
+      throw new PetrelError("CONFIG", "give webTransportUrl, webSocketUrl or both");
+    }
+    this.opts = {
+      transport: "auto",
+      webTransportTimeoutMs: 3000,
+      connectTimeoutMs: 10000,
+      reconnect: true,
+      initialBackoffMs: 250,
+      maxBackoffMs: 15000,
+      autoAck: true,
+      storageKey: "petrel",
+      ...options,
+    };
+    this.storage =
+      options.storage === undefined ? ((globalThis as { localStorage?: Storage }).localStorage ?? null) : options.storage;
+    this.load();
+  }
+
+  /** Current state. */
+  get state(): State {
+    return this._state;
+  }
+
+  /** The transport of the current (or last) connection. */
+  get transport(): TransportKind | null {
+    return this._transport;
+  }
+
+  /** Welcome of the current (or last) connection. */
+  get welcome(): Welcome | null {
+    return this._welcome;
+  }
+
+  /** Counters (wire vs app deliveries, duplicates dropped, reconnects). */
+  get stats(): Stats {
+    return { ...this._stats };
+  }
+
+  /** Last acknowledged sequence per subject. */
+  get cursorMap(): Record<string, string> {
+    return Object.fromEntries([...this.cursors].map(([k, v]) => [k, v.toString()]));
+  }
+
+  /** Connects (WebTransport, then WebSocket in `auto`), resolving with the Welcome. */
+  async connect(): Promise<Welcome> {
+    if (this._state === "open" && this._welcome) return this._welcome;
+    this.closing = false;
+    this.setState("connecting");
+    globalThis.addEventListener?.("online", this.onOnline);
+    try {
+      const w = await this.attempt();
+      return w;
+    } catch (e) {
+      this.setState("closed");
+      globalThis.removeEventListener?.("online", this.onOnline);
+      throw e;
+    }
+  }
+
+  /** Sends `content` to user `to`; resolves with the gateway's SendResult. */
+  send(
+    to: string,
+    content: string | Uint8Array,
+    options: { clientMsgId?: string; contentType?: string } = {},
+  ): Promise<SendResult> {
+    const clientMsgId = options.clientMsgId ?? randomId();
+    const bytes = typeof content === "string" ? textEncoder.encode(content) : content;
+    const frame = encodeFrame(
+      toBinary(
+        ClientFrameSchema,
+        create(ClientFrameSchema, {
+          kind: {
+            case: "send",
+            value: create(SendSchema, {
+              clientMsgId,
+              to: { case: "user", value: to },
+              content: bytes,
+              contentType: options.contentType ?? (typeof content === "string" ? "text/plain" : ""),
+            }),
+          },
+        }),
+      ),
+    );
+    if (this._state === "closed" || this._state === "idle") {
+      return Promise.reject(new PetrelError("CLOSED", "not connected: call connect() first"));
+    }
+    return new Promise<SendResult>((resolve, reject) => {
+      const existing = this.pending.get(clientMsgId);
+      if (existing) existing.reject(new PetrelError("DUPLICATE_SEND", `a send with id ${clientMsgId} is already pending`));
+      this.pending.set(clientMsgId, { frame, resolve, reject });
+      // If the write fails the connection is dropping; the send goes out again after
+      // the reconnect.
+      this.conn?.write(frame).catch(() => {});
+    });
+  }
+
+  /** Acknowledges `msg` (and everything before it on its subject). */
+  ack(msg: Pick<PetrelMessage, "subject" | "seq">): void {
+    const prev = this.cursors.get(msg.subject) ?? 0n;
+    if (msg.seq <= prev) return;
+    this.cursors.set(msg.subject, msg.seq);
+    this.save();
+    const frame = encodeFrame(
+      toBinary(
+        ClientFrameSchema,
+        create(ClientFrameSchema, {
+          kind: {
+            case: "ack",
+            value: create(AckSchema, { cursors: [create(CursorSchema, { subject: msg.subject, seq: msg.seq })] }),
+          },
+        }),
+      ),
+    );
+    this.conn?.write(frame).catch(() => {});
+  }
+
+  /** Closes for good; pending sends are rejected. */
+  close(): void {
+    this.closing = true;
+    globalThis.removeEventListener?.("online", this.onOnline);
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.wakeRetry?.();
+    this.stopPings();
+    this.conn?.close(0, "client closed");
+    this.conn = null;
+    for (const [, p] of this.pending) p.reject(new PetrelError("CLOSED", "client closed"));
+    this.pending.clear();
+    this.setState("closed");
+  }
+
+  // ---- connecting ----
+
+  private async attempt(): Promise<Welcome> {
+    const conn = await this.open();
+    try {
+      const welcome = await this.handshake(conn);
+      this.conn = conn;
+      this._transport = conn.kind;
+      this._welcome = welcome;
+      this.backoff = 0;
+      this.setState("open");
+      void this.readLoop(conn);
+      this.startPings(conn);
+      // Unanswered sends go out again, in their original order; the gateway
+      // answers a repeated id with the stored result.
+      for (const [, p] of this.pending) conn.write(p.frame).catch(() => {});
+      return welcome;
+    } catch (e) {
+      conn.close();
+      throw e;
+    }
+  }
+
+  private async hashes(): Promise<string[]> {
+    if (this.opts.serverCertificateHashes) return this.opts.serverCertificateHashes;
+    if (!this.opts.certHashesUrl) return [];
+    const r = await fetch(this.opts.certHashesUrl, { cache: "no-store" });
+    if (!r.ok) throw new PetrelError("CONNECT_FAILED", `${this.opts.certHashesUrl} answered ${r.status}`);
+    const h = (await r.json()) as { current: string; next?: string | null };
+    return [h.current, ...(h.next ? [h.next] : [])];
+  }
+
+  /** Explains a failed pinned WebTransport handshake, when the gateway says which certificates it serves. */
+  private async explainFailure(url: string, pinned: string[], err: unknown): Promise<PetrelError> {
+    const base = `WebTransport to ${url} failed (${err instanceof Error ? err.message : String(err)})`;
+    if (pinned.length > 0 && this.opts.certHashesUrl) {
+      try {
+        const r = await fetch(this.opts.certHashesUrl, { cache: "no-store" });
+        const h = (await r.json()) as { current: string; next?: string | null };
+        const served = [h.current, ...(h.next ? [h.next] : [])];
+        if (!pinned.some((p) => served.includes(p.replace(/:/g, "").toLowerCase()))) {
+          return new PetrelError(
+            "CERTIFICATE_MISMATCH",
+            `${base}: the pinned certificate hash ${pinned.join(", ")} is not one the gateway serves (current ${h.current}${h.next ? `, next ${h.next}` : ""}); fetch ${this.opts.certHashesUrl} again`,
+          );
+        }
+      } catch {
+        /* fall through to the generic message */
+      }
+    }
+    if (pinned.length > 0) {
+      return new PetrelError(
+        "CONNECT_FAILED",
+        `${base}: the gateway is unreachable, or its certificate matches none of the pinned hashes ${pinned.join(", ")}`,
+      );
+    }
+    return new PetrelError("CONNECT_FAILED", base);
+  }
+
+  private async open(): Promise<Conn> {
+    const { transport, webTransportUrl, webSocketUrl } = this.opts;
+    const errors: PetrelError[] = [];
+    const tryWt =
+      !!webTransportUrl &&
+      transport !== "websocket" &&
+      webTransportAvailable() &&
+      (transport === "webtransport" || !this.rememberedFallback() || !webSocketUrl);
+    if (transport === "webtransport" && !webTransportAvailable()) {
+      throw new PetrelError("CONNECT_FAILED", "this browser has no WebTransport (transport: 'webtransport' was requested)");
+    }
+    if (tryWt && webTransportUrl) {
+      let pinned: string[] = [];
+      try {
+        pinned = await this.hashes();
+        const wtTimeout = transport === "webtransport" ? this.opts.connectTimeoutMs : this.opts.webTransportTimeoutMs;
+        const conn = await openWebTransport(webTransportUrl, pinned, wtTimeout);
+        this.remember(null);
+        return conn;
+      } catch (e) {
+        errors.push(e instanceof PetrelError ? e : await this.explainFailure(webTransportUrl, pinned, e));
+        if (transport === "webtransport" || !webSocketUrl) throw errors[0];
+        this.remember("websocket");
+      }
+    }
+    if (webSocketUrl && transport !== "webtransport") {
+      try {
+        return await openWebSocket(webSocketUrl, this.opts.connectTimeoutMs);
+      } catch (e) {
+        errors.push(new PetrelError("CONNECT_FAILED", e instanceof Error ? e.message : String(e)));
+      }
+    }
+    throw errors.length === 1
+      ? errors[0]
+      : new PetrelError(
+          errors.some((e) => e.code === "CERTIFICATE_MISMATCH") ? "CERTIFICATE_MISMATCH" : "CONNECT_FAILED",
+          errors.map((e) => e.message).join("; then "),
+        );
+  }
+
+  private async handshake(conn: Conn): Promise<Welcome> {
+    const token = typeof this.opts.token === "function" ? await this.opts.token() : this.opts.token;
+    const hello = create(ClientFrameSchema, {
+      kind: {
+        case: "hello",
+        value: create(HelloSchema, {
+          token,
+          device: this.device(),
+          protocolVersion: PROTOCOL_VERSION,
+          cursors: [...this.cursors].map(([subject, seq]) => create(CursorSchema, { subject, seq })),
+        }),
+      },
+    });
+    await conn.write(encodeFrame(toBinary(ClientFrameSchema, hello)));
+    const decoder = new FrameDecoder(MAX_SERVER_FRAME);
+    const chunks = conn.chunks()[Symbol.asyncIterator]();
+    const deadline = Date.now() + this.opts.connectTimeoutMs;
+    for (;;) {
+      const frame = decoder.next();
+      if (frame) {
+        const f = fromBinary(ServerFrameSchema, frame);
+        if (f.kind.case === "welcome") {
+          // Frames after Welcome in the same chunk stay in the decoder for the read loop.
+          this.handover = { decoder, chunks };
+          const w = f.kind.value;
+          return {
+            user: w.user,
+            device: w.device,
+            connectionId: w.connectionId,
+            gatewayId: w.gatewayId,
+            transport: conn.kind,
+          };
+        }
+        if (f.kind.case === "error") {
+          throw new PetrelError(errorCodeName(f.kind.value.code), f.kind.value.message);
+        }
+        throw new PetrelError("PROTOCOL", `expected Welcome, got ${f.kind.case}`);
+      }
+      const left = deadline - Date.now();
+      const next = await Promise.race([
+        chunks.next(),
+        new Promise<"timeout">((r) => setTimeout(() => r("timeout"), Math.max(0, left))),
+      ]);
+      if (next === "timeout") throw new PetrelError("CONNECT_FAILED", "no Welcome from the gateway in time");
+      if (next.done) {
+        const info = await conn.closed;
+        throw new PetrelError(
+          info.code ? errorCodeName(info.code) : "CONNECT_FAILED",
+          `the gateway closed the connection before Welcome${info.reason ? `: ${info.reason}` : ""}`,
+        );
+      }
+      decoder.push(next.value);
+    }
+  }
+
+  private handover: { decoder: FrameDecoder; chunks: AsyncIterator<Uint8Array> } | null = null;
+
+  // ---- reading ----
+
+  private async readLoop(conn: Conn): Promise<void> {
+    const h = this.handover;
+    this.handover = null;
+    if (!h) return;
+    const { decoder, chunks } = h;
+    let fatal: PetrelError | null = null;
+    try {
+      outer: for (;;) {
+        for (let frame = decoder.next(); frame; frame = decoder.next()) {
+          this.lastHeard = Date.now();
+          fatal = this.onFrame(fromBinary(ServerFrameSchema, frame));
+          if (fatal) break outer;
+        }
+        const next = await chunks.next();
+        if (next.done) break;
+        this.lastHeard = Date.now();
+        decoder.push(next.value);
+      }
+    } catch (e) {
+      fatal = new PetrelError("PROTOCOL", e instanceof Error ? e.message : String(e));
+    }
+    if (fatal) conn.close();
+    const info: CloseInfo = await conn.closed;
+    if (this.conn !== conn) return;
+    this.conn = null;
+    this.stopPings();
+    if (this.closing) return;
+    const why =
+      fatal ??
+      new PetrelError(
+        info.code ? errorCodeName(info.code) : "CLOSED",
+        `connection lost${info.reason ? `: ${info.reason}` : ""}`,
+      );
+    this.dispatchEvent(new CustomEvent("error", { detail: why }));
+    const permanent = ["UNAUTHENTICATED", "INVALID_ID", "PROTOCOL"].includes(why.code) ||
+      (why.code === "TOKEN_EXPIRED" && typeof this.opts.token === "string");
+    if (!this.opts.reconnect || permanent) {
+      for (const [, p] of this.pending) p.reject(why);
+      this.pending.clear();
+      this.setState("closed");
+      return;
+    }
+    void this.reconnectLoop();
+  }
+
+  private onFrame(f: ServerFrame): PetrelError | null {
+    switch (f.kind.case) {
+      case "sendResult":
+        this.onSendResult(f.kind.value);
+        return null;
+      case "deliver":
+        for (const m of f.kind.value.messages) this.onMessage(m);
+        return null;
+      case "error": {
+        const e = new PetrelError(errorCodeName(f.kind.value.code), f.kind.value.message);
+        if (f.kind.value.fatal) return e;
+        this.dispatchEvent(new CustomEvent("error", { detail: e }));
+        return null;
+      }
+      default:
+        return null;
+    }
+  }
+
+  private onSendResult(r: WireSendResult): void {
+    const p = this.pending.get(r.clientMsgId);
+    if (!p) return;
+    // Queued sends stay pending: the final `stored` result follows.
+    const status = statusName(r.status);
+    const result: SendResult = {
+      clientMsgId: r.clientMsgId,
+      status,
+      subject: r.subject,
+      seq: r.seq,
+      msgId: r.msgId,
+      duplicate: r.duplicate,
+      ...(status === "rejected" ? { reason: errorCodeName(r.reason), detail: r.detail } : {}),
+    };
+    this.pending.delete(r.clientMsgId);
+    p.resolve(result);
+  }
+
+  private onMessage(m: WireMessage): void {
+    this._stats.wireDeliveries++;
+    const id = `${m.subject}/${m.seq}`;
+    const cursor = this.cursors.get(m.subject) ?? 0n;
+    if (this.seen.has(id) || m.seq <= cursor) {
+      this._stats.duplicatesDropped++;
+      return;
+    }
+    this.remember_seen(id);
+    const msg: PetrelMessage = {
+      id,
+      subject: m.subject,
+      seq: m.seq,
+      from: m.from,
+      fromDevice: m.fromDevice,
+      to: m.to,
+      timeMs: Number(m.timeMs),
+      clientMsgId: m.clientMsgId,
+      contentType: m.contentType,
+      content: m.content,
+      text: textDecoder.decode(m.content),
+    };
+    this._stats.appDeliveries++;
+    this.dispatchEvent(new CustomEvent("message", { detail: msg }));
+    if (this.opts.autoAck) this.ack(msg);
+    else this.save();
+  }
+
+  // ---- reconnecting ----
+
+  private async reconnectLoop(): Promise<void> {
+    this.setState("reconnecting");
+    while (!this.closing) {
+      const ceiling = Math.min(this.opts.maxBackoffMs, this.opts.initialBackoffMs * 2 ** this.backoff);
+      const delay = Math.random() * ceiling; // full jitter
+      this.backoff = Math.min(this.backoff + 1, 30);
+      await new Promise<void>((r) => {
+        this.wakeRetry = r;
+        this.retryTimer = setTimeout(r, delay);
+      });
+      this.wakeRetry = null;
+      if (this.closing) return;
+      try {
+        await this.attempt();
+        this._stats.reconnects++;
+        return;
+      } catch (e) {
+        const err = e instanceof PetrelError ? e : new PetrelError("CONNECT_FAILED", String(e));
+        this.dispatchEvent(new CustomEvent("error", { detail: err }));
+        if (err.code === "UNAUTHENTICATED" || (err.code === "TOKEN_EXPIRED" && typeof this.opts.token === "string")) {
+          for (const [, p] of this.pending) p.reject(err);
+          this.pending.clear();
+          this.setState("closed");
+          return;
+        }
+      }
+    }
+  }
+
+  // ---- keep-alive ----
+
+  private startPings(conn: Conn): void {
+    this.stopPings();
+    this.lastHeard = Date.now();
+    let nonce = 0n;
+    this.pingTimer = setInterval(() => {
+      if (Date.now() - this.lastHeard > 45_000) {
+        // Nothing heard for two ping periods: the path is dead even if the socket
+        // does not know yet.
+        conn.close(0, "no answer to pings");
+        return;
+      }
+      nonce++;
+      const ping = create(ClientFrameSchema, { kind: { case: "ping", value: create(PingSchema, { nonce }) } });
+      conn.write(encodeFrame(toBinary(ClientFrameSchema, ping))).catch(() => {});
+    }, 20_000);
+  }
+
+  private stopPings(): void {
+    if (this.pingTimer) clearInterval(this.pingTimer);
+    this.pingTimer = null;
+  }
+
+  // ---- state kept in storage ----
+
+  private key(what: string): string {
+    return `${this.opts.storageKey}:${what}`;
+  }
+
+  private device(): string {
+    if (this.opts.device) return this.opts.device;
+    let d = this.storage?.getItem(this.key("device")) ?? null;
+    if (!d) {
+      d = `web-${randomId().slice(0, 12)}`;
+      this.storage?.setItem(this.key("device"), d);
+    }
+    return d;
+  }
+
+  private rememberedFallback(): boolean {
+    const until = Number(this.storage?.getItem(this.key("fallback-until")) ?? 0);
+    return until > Date.now();
+  }
+
+  private remember(kind: "websocket" | null): void {
+    if (kind) this.storage?.setItem(this.key("fallback-until"), String(Date.now() + REMEMBER_FALLBACK_MS));
+    else this.storage?.removeItem(this.key("fallback-until"));
+  }
+
+  private remember_seen(id: string): void {
+    this.seen.add(id);
+    this.seenOrder.push(id);
+    while (this.seenOrder.length > SEEN_LIMIT) {
+      const old = this.seenOrder.shift();
+      if (old) this.seen.delete(old);
+    }
+  }
+
+  private load(): void {
+    try {
+      const raw = this.storage?.getItem(this.key(`state:${this.opts.device ?? this.device()}`));
+      if (!raw) return;
+      const s = JSON.parse(raw) as { cursors?: Record<string, string>; seen?: string[] };
+      for (const [k, v] of Object.entries(s.cursors ?? {})) this.cursors.set(k, BigInt(v));
+      for (const id of s.seen ?? []) this.remember_seen(id);
+    } catch {
+      // Unreadable saved state: start fresh rather than fail.
+    }
+  }
+
+  private save(): void {
+    try {
+      this.storage?.setItem(
+        this.key(`state:${this.opts.device ?? this.device()}`),
+        JSON.stringify({ cursors: this.cursorMap, seen: this.seenOrder.slice(-SEEN_LIMIT) }),
+      );
+    } catch {
+      // Storage full or unavailable: dedup still works for this page's lifetime.
+    }
+  }
+
+  private setState(state: State): void {
+    if (this._state === state) return;
+    this._state = state;
+    this.dispatchEvent(new CustomEvent("state", { detail: { state, transport: this._transport } }));
+  }
+}

@@ -1,0 +1,22 @@
+/**
+ * Petrel browser SDK.
+ *
+ * Layout: `client.ts` — {@link PetrelClient} (connect, send, events, acks, reconnect,
+ * dedup); `transport.ts` — WebTransport and WebSocket behind one interface;
+ * `frame.ts` — the varint length framing; `gen/` — protobuf types generated from
+ * `proto/proto/petrel/v1/petrel.proto` (`npm run gen`; `npm run check-gen` fails on drift).
+ *
+ * ```ts
+ * import { PetrelClient } from "@petrel/web";
+ * const client = new PetrelClient({ webTransportUrl, webSocketUrl, token, certHashesUrl });
+ * client.addEventListener("message", (e) => console.log(e.detail.from, e.detail.text));
+ * await client.connect();
+ * console.log(client.transport); // "webtransport" or "websocket"
+ * await client.send("bob", "hi");
+ * ```
+ */
+export { PetrelClient, PetrelError, errorCodeName } from "./client.js";
+export type { PetrelOptions, PetrelMessage, SendResult, Welcome, State, Stats } from "./client.js";
+export type { TransportKind, CloseInfo } from "./transport.js";
+export { webTransportAvailable } from "./transport.js";
+export { encodeFrame, FrameDecoder, FrameError } from "./frame.js";

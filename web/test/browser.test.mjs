@@ -1,0 +1,289 @@
+// Browser tests: real headless Chromium (Debian's /usr/bin/chromium, driven by
+// playwright-core) against a real `petrel dev` topology (hub and leaf nats-server,
+// gateway with WebTransport, WebSocket and QUIC), serving the demo page from dist/.
+//
+// Needs: `npm run build` first, and the petrel binary at
+// $CARGO_TARGET_DIR/debug/petrel (scripts/test.sh provides both).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir, homedir } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const webDir = join(dirname(fileURLToPath(import.meta.url)), "..");
+const targetDir = process.env.CARGO_TARGET_DIR ?? join(homedir(), ".cache/petrel/target");
+const petrelBin = join(targetDir, "debug/petrel");
+const chromiumPath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+
+let devDir;
+let dev;
+let devLog = "";
+let ep;
+let browser;
+
+/** Polls `fn` until it returns a truthy value, or fails after `ms`. */
+async function waitFor(fn, ms, what) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+before(async () => {
+  assert.ok(existsSync(petrelBin), `no petrel binary at ${petrelBin}: run cargo build first`);
+  assert.ok(existsSync(join(webDir, "dist/petrel.js")), "no dist/petrel.js: run npm run build first");
+  devDir = mkdtempSync(join(tmpdir(), "petrel-web-test-"));
+  dev = spawn(petrelBin, ["dev", "--dir", devDir, "--web-dir", join(webDir, "dist")], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" },
+  });
+  dev.stdout.on("data", (d) => (devLog += d));
+  dev.stderr.on("data", (d) => (devLog += d));
+  const endpoints = join(devDir, "endpoints.json");
+  await waitFor(() => dev.exitCode !== null || existsSync(endpoints), 60_000, "petrel dev to write endpoints.json");
+  assert.equal(dev.exitCode, null, `petrel dev exited early:\n${devLog}`);
+  ep = JSON.parse(readFileSync(endpoints, "utf8"));
+  browser = await chromium.launch({
+    executablePath: chromiumPath,
+    headless: true,
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  if (dev && dev.exitCode === null) {
+    dev.kill("SIGTERM");
+    await waitFor(() => dev.exitCode !== null, 20_000, "petrel dev to stop");
+  }
+  if (devDir) rmSync(devDir, { recursive: true, force: true });
+});
+
+/** A page of the demo in a fresh browser context, signed in as `user`. */
+async function openUser(user, { noWebTransport = false, expect = "webtransport" } = {}) {
+  // WebSocket has no certificate pinning in browsers: the fallback context accepts
+  // the dev certificate the way a developer would by adding it to the trust store.
+  const context = await browser.newContext({ ignoreHTTPSErrors: noWebTransport });
+  if (noWebTransport) {
+    await context.addInitScript(() => {
+      delete window.WebTransport;
+    });
+  }
+  const page = await context.newPage();
+  page.on("pageerror", (e) => console.error(`[${user}] page error: ${e.message}`));
+  await page.goto(`${ep.http}/`);
+  await page.waitForFunction(() => window.petrel !== undefined);
+  const r = await page.evaluate((u) => window.petrel.signIn(u).then((x) => x.transport), user);
+  assert.equal(r, expect, `${user} connected over ${r}`);
+  return { page, context };
+}
+
+async function send(page, to, text) {
+  const r = await page.evaluate(([t, x]) => window.petrel.send(t, x), [to, text]);
+  assert.equal(r.status, "stored", JSON.stringify(r));
+  return r;
+}
+
+async function waitRow(page, text) {
+  await page.waitForFunction((t) => window.petrel.rows().some((r) => r.text.endsWith(t)), text, {
+    timeout: 15_000,
+  });
+}
+
+async function rows(page) {
+  return page.evaluate(() => window.petrel.rows());
+}
+
+test("two browsers chat both ways over WebTransport", async () => {
+  const alice = await openUser("alice");
+  const bob = await openUser("bob");
+  assert.equal(await alice.page.evaluate(() => window.petrel.client.transport), "webtransport");
+  assert.equal(await alice.page.locator("#transport").textContent(), "webtransport");
+  await send(alice.page, "bob", "hi bob, from a browser");
+  await waitRow(bob.page, "alice: hi bob, from a browser");
+  await send(bob.page, "alice", "hi alice");
+  await waitRow(alice.page, "bob: hi alice");
+  for (let i = 0; i < 20; i++) await send(alice.page, "bob", `burst ${i}`);
+  await waitRow(bob.page, "alice: burst 19");
+  const got = (await rows(bob.page)).filter((r) => r.text.startsWith("alice: burst")).map((r) => r.text);
+  assert.deepEqual(got, Array.from({ length: 20 }, (_, i) => `alice: burst ${i}`), "in order, once each");
+  await alice.context.close();
+  await bob.context.close();
+});
+
+test("without WebTransport the SDK falls back to WebSocket and chats with a WebTransport user", async () => {
+  const wsUser = await openUser("dave", { noWebTransport: true, expect: "websocket" });
+  const wtUser = await openUser("erin");
+  assert.equal(await wsUser.page.evaluate(() => window.petrel.webTransportAvailable()), false);
+  await send(wsUser.page, "erin", "from websocket");
+  await waitRow(wtUser.page, "dave: from websocket");
+  await send(wtUser.page, "dave", "from webtransport");
+  await waitRow(wsUser.page, "erin: from webtransport");
+  await wsUser.context.close();
+  await wtUser.context.close();
+});
+
+/** Runs the petrel CLI against the dev topology; resolves with its stdout lines. */
+function cli(args, { onStderr } = {}) {
+  const child = spawn(petrelBin, ["client", "--dev", devDir, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  let err = "";
+  child.stdout.on("data", (d) => (out += d));
+  child.stderr.on("data", (d) => {
+    err += d;
+    onStderr?.(err);
+  });
+  const done = new Promise((resolve, reject) => {
+    child.on("exit", (code) =>
+      code === 0 ? resolve(out.trim().split("\n").filter(Boolean)) : reject(new Error(`petrel client ${args.join(" ")} exited ${code}: ${err}`)),
+    );
+  });
+  return { child, done };
+}
+
+test("a browser user and a Rust CLI user over native QUIC exchange messages both ways", async () => {
+  const browserUser = await openUser("frank");
+  let listening;
+  const isListening = new Promise((r) => (listening = r));
+  const listener = cli(["--user", "grace", "--transport", "quic", "listen", "--count", "1", "--timeout", "30"], {
+    onStderr: (err) => err.includes("listening as") && listening(),
+  });
+  await isListening;
+  await send(browserUser.page, "grace", "browser to cli");
+  const lines = await listener.done;
+  const msg = JSON.parse(lines[0]);
+  assert.equal(msg.from, "frank");
+  assert.equal(msg.text, "browser to cli");
+  const sent = await cli(["--user", "grace", "--transport", "quic", "send", "--to", "frank", "cli to browser"]).done;
+  assert.equal(JSON.parse(sent[0]).status, "stored");
+  await waitRow(browserUser.page, "grace: cli to browser");
+  await browserUser.context.close();
+});
+
+test("reloading a page reconnects and shows no message twice", async () => {
+  const alice = await openUser("henry");
+  const bob = await openUser("iris");
+  await send(alice.page, "iris", "before reload");
+  await waitRow(bob.page, "henry: before reload");
+  await bob.page.reload();
+  await bob.page.waitForFunction(() => window.petrel?.client?.state === "open", null, { timeout: 15_000 });
+  assert.equal(await bob.page.evaluate(() => window.petrel.client.transport), "webtransport");
+  await send(alice.page, "iris", "after reload");
+  await waitRow(bob.page, "henry: after reload");
+  // The sender retries the same message id (as after a lost SendResult): stored once,
+  // delivered once.
+  const first = await alice.page.evaluate(() => window.petrel.client.send("iris", "retried", { clientMsgId: "retry-1" }));
+  const again = await alice.page.evaluate(() => window.petrel.client.send("iris", "retried", { clientMsgId: "retry-1" }));
+  assert.equal(again.duplicate, true);
+  assert.equal(String(again.seq), String(first.seq));
+  await waitRow(bob.page, "henry: retried");
+  await send(alice.page, "iris", "last");
+  await waitRow(bob.page, "henry: last");
+  const shown = await rows(bob.page);
+  const ids = shown.map((r) => r.id);
+  assert.equal(new Set(ids).size, ids.length, `duplicate rows: ${JSON.stringify(shown)}`);
+  const texts = shown.map((r) => r.text);
+  for (const t of ["henry: before reload", "henry: after reload", "henry: retried", "henry: last"]) {
+    assert.equal(texts.filter((x) => x === t).length, 1, `${t} shown once in ${JSON.stringify(texts)}`);
+  }
+  await alice.context.close();
+  await bob.context.close();
+});
+
+test("the certificate hash endpoint answers, and a wrong pinned hash fails with a clear error", async () => {
+  const res = await fetch(`${ep.http}/cert-hashes`);
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get("access-control-allow-origin"), "*");
+  const hashes = await res.json();
+  assert.equal(hashes.algorithm, "sha-256");
+  assert.match(hashes.current, /^[0-9a-f]{64}$/);
+  assert.match(hashes.next, /^[0-9a-f]{64}$/);
+  assert.notEqual(hashes.current, hashes.next);
+  assert.equal(hashes.current, ep.cert_sha256);
+
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`${ep.http}/`);
+  await page.waitForFunction(() => window.petrel !== undefined);
+  const err = await page.evaluate(async (wrong) => {
+    const cfg = await (await fetch("/client-config")).json();
+    const token = (await (await fetch("/dev/token?user=judy")).json()).token;
+    const client = new window.petrel.PetrelClient({
+      webTransportUrl: cfg.webtransport,
+      certHashesUrl: cfg.cert_hashes,
+      serverCertificateHashes: [wrong],
+      transport: "webtransport",
+      token,
+    });
+    try {
+      await client.connect();
+      return null;
+    } catch (e) {
+      return { name: e.name, code: e.code, message: e.message };
+    }
+  }, "00".repeat(32));
+  assert.ok(err, "connect with a wrong pinned hash must fail");
+  assert.equal(err.name, "PetrelError");
+  assert.equal(err.code, "CERTIFICATE_MISMATCH");
+  assert.match(err.message, /not one the gateway serves/);
+  assert.ok(err.message.includes(hashes.current), err.message);
+
+  // The right hashes from the endpoint connect.
+  const ok = await page.evaluate(async () => {
+    const cfg = await (await fetch("/client-config")).json();
+    const token = (await (await fetch("/dev/token?user=judy")).json()).token;
+    const client = new window.petrel.PetrelClient({
+      webTransportUrl: cfg.webtransport,
+      certHashesUrl: cfg.cert_hashes,
+      transport: "webtransport",
+      token,
+      storage: null,
+    });
+    const w = await client.connect();
+    client.close();
+    return [w.user, client.transport];
+  });
+  assert.deepEqual(ok, ["judy", "webtransport"]);
+  await context.close();
+});
+
+test("a bad token is refused with the gateway's error code on both transports", async () => {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true });
+  const page = await context.newPage();
+  await page.goto(`${ep.http}/`);
+  await page.waitForFunction(() => window.petrel !== undefined);
+  for (const transport of ["webtransport", "websocket"]) {
+    const err = await page.evaluate(async (t) => {
+      const cfg = await (await fetch("/client-config")).json();
+      const client = new window.petrel.PetrelClient({
+        webTransportUrl: cfg.webtransport,
+        webSocketUrl: cfg.websocket,
+        certHashesUrl: cfg.cert_hashes,
+        transport: t,
+        token: "not-a-token",
+        storage: null,
+      });
+      try {
+        await client.connect();
+        return null;
+      } catch (e) {
+        return { code: e.code, message: e.message };
+      }
+    }, transport);
+    assert.equal(err?.code, "UNAUTHENTICATED", `${transport}: ${JSON.stringify(err)}`);
+  }
+  await context.close();
+});
