@@ -7,7 +7,7 @@
 //! | `/readyz` | connected to the leaf; connection and subscription counts |
 //! | `/cert-hashes` | SHA-256 of the current and next certificate, for WebTransport `serverCertificateHashes` (CORS open) |
 //! | `/client-config` | the WebTransport and WebSocket URLs for the host the page was loaded from |
-//! | `/dev/token?user=U[&device=D]` | a token signed with the HS256 secret — only with `web.dev_tokens` |
+//! | `/dev/token?user=U[&device=D][&ttl=SECS]` | a token signed with the HS256 secret — only with `web.dev_tokens` |
 //! | everything else | files of `web.static_dir` (the demo page and SDK bundle), if set |
 
 use std::path::PathBuf;
@@ -138,6 +138,8 @@ async fn client_config(State(s): State<AppState>, headers: HeaderMap) -> Respons
 struct TokenQuery {
     user: String,
     device: Option<String>,
+    /// Validity in seconds (default 12 h, at most a day).
+    ttl: Option<u64>,
 }
 
 async fn dev_token(State(s): State<AppState>, Query(q): Query<TokenQuery>) -> Response {
@@ -152,7 +154,7 @@ async fn dev_token(State(s): State<AppState>, Query(q): Query<TokenQuery>) -> Re
         secret,
         &q.user,
         q.device.as_deref(),
-        Duration::from_secs(12 * 3600),
+        Duration::from_secs(q.ttl.unwrap_or(12 * 3600).clamp(1, 24 * 3600)),
     ) {
         Ok(token) => {
             cors(Json(serde_json::json!({ "token": token, "user": q.user })).into_response())

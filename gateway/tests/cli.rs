@@ -129,6 +129,7 @@ fn readme_session_alice_quic_to_bob_websocket_on_two_devices() {
             .unwrap();
     for key in [
         "quic",
+        "webtransport",
         "websocket",
         "http",
         "nats_hub",
@@ -147,6 +148,14 @@ fn readme_session_alice_quic_to_bob_websocket_on_two_devices() {
         .trim_start_matches("http://")
         .to_string();
     assert!(http_get(&http, "/healthz").starts_with("HTTP/1.1 200"));
+    let wt = endpoints["webtransport"].as_str().unwrap();
+    assert!(
+        wt.starts_with("https://127.0.0.1:") && wt.ends_with("/wt"),
+        "{wt}"
+    );
+    // Dev tokens: on in petrel dev, validating the user id.
+    assert!(http_get(&http, "/dev/token?user=alice").contains("\"token\""));
+    assert!(http_get(&http, "/dev/token?user=a.b").starts_with("HTTP/1.1 400"));
     let ready = http_get(&http, "/readyz");
     assert!(
         ready.starts_with("HTTP/1.1 200") && ready.contains("ready"),

@@ -113,11 +113,16 @@ async fn certificate_files_are_reloaded_and_a_broken_pair_is_refused() -> anyhow
         cfg.tls.cert = Some(cert);
         cfg.tls.key = Some(key);
         cfg.tls.reload_secs = 1;
+        cfg.web.dev_tokens = false;
         Ok(())
     })
     .await?;
     let first = hashes(&t).await?;
     assert_eq!(first.next, None, "files have no next certificate");
+    let (status, _) =
+        petrel_gateway::web::http_get(&t.edges[0].addrs.http.to_string(), "/dev/token?user=alice")
+            .await?;
+    assert_eq!(status, 404, "dev tokens are off unless configured");
     let mut bob = connect_pinned(&t, Quic, &first.current).await?;
 
     // Renewal (as an ACME client would): both files replaced.

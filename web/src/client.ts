@@ -196,6 +196,7 @@ export class PetrelClient extends EventTarget {
   private readonly seenOrder: string[] = [];
   private backoff = 0;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
+  private _retryAt: number | null = null;
   private wakeRetry: (() => void) | null = null;
   private pingTimer: ReturnType<typeof setInterval> | null = null;
   private lastHeard = 0;
@@ -235,6 +236,11 @@ export class PetrelClient extends EventTarget {
   /** The transport of the current (or last) connection. */
   get transport(): TransportKind | null {
     return this._transport;
+  }
+
+  /** While reconnecting: when the next attempt starts (ms since the epoch), for "retrying in N s". */
+  get retryAt(): number | null {
+    return this._retryAt;
   }
 
   /** Welcome of the current (or last) connection. */
@@ -615,11 +621,13 @@ export class PetrelClient extends EventTarget {
       const ceiling = Math.min(this.opts.maxBackoffMs, this.opts.initialBackoffMs * 2 ** this.backoff);
       const delay = Math.random() * ceiling; // full jitter
       this.backoff = Math.min(this.backoff + 1, 30);
+      this._retryAt = Date.now() + delay;
       await new Promise<void>((r) => {
         this.wakeRetry = r;
         this.retryTimer = setTimeout(r, delay);
       });
       this.wakeRetry = null;
+      this._retryAt = null;
       if (this.closing) return;
       try {
         await this.attempt();

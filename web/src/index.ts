@@ -20,3 +20,5 @@ export type { PetrelOptions, PetrelMessage, SendResult, Welcome, State, Stats } 
 export type { TransportKind, CloseInfo } from "./transport.js";
 export { webTransportAvailable } from "./transport.js";
 export { encodeFrame, FrameDecoder, FrameError } from "./frame.js";
+/** The generated protobuf schemas (for tools and tests that speak the protocol). */
+export * as proto from "./gen/petrel/v1/petrel_pb.js";

@@ -287,3 +287,43 @@ test("a bad token is refused with the gateway's error code on both transports", 
   }
   await context.close();
 });
+
+test("when the gateway ends a session (token expired) the SDK reconnects with a fresh token", async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`${ep.http}/`);
+  await page.waitForFunction(() => window.petrel !== undefined);
+  await page.evaluate(async () => {
+    const cfg = await (await fetch("/client-config")).json();
+    const client = new window.petrel.PetrelClient({
+      webTransportUrl: cfg.webtransport,
+      certHashesUrl: cfg.cert_hashes,
+      // Tokens valid 2 s: the gateway closes each session with TOKEN_EXPIRED.
+      token: async () => (await (await fetch(`/dev/token?user=kate&ttl=${window.kate.ttl}`)).json()).token,
+      initialBackoffMs: 100,
+      storage: null,
+    });
+    window.kate = { client, errors: [], texts: [], ttl: 2 };
+    client.addEventListener("error", (e) => window.kate.errors.push(e.detail.code));
+    client.addEventListener("message", (e) => window.kate.texts.push(e.detail.text));
+    await client.connect();
+  });
+  await page.waitForFunction(() => window.kate.client.stats.reconnects >= 1 && window.kate.client.state === "open", null, {
+    timeout: 20_000,
+  });
+  const { errors, transport } = await page.evaluate(() => ({ errors: window.kate.errors, transport: window.kate.client.transport }));
+  assert.ok(errors.includes("TOKEN_EXPIRED"), JSON.stringify(errors));
+  assert.equal(transport, "webtransport");
+  // Still reachable after reconnecting. Until resume exists (issue 4) a message sent
+  // while kate is between connections would not be replayed, so let the next session
+  // have a long token and send once it is open.
+  await page.evaluate(() => (window.kate.ttl = 3600));
+  await page.waitForFunction(() => window.kate.client.stats.reconnects >= 2 && window.kate.client.state === "open", null, {
+    timeout: 20_000,
+  });
+  const sent = await cli(["--user", "leo", "--transport", "quic", "send", "--to", "kate", "after reconnect"]).done;
+  assert.equal(JSON.parse(sent[0]).status, "stored");
+  await page.waitForFunction(() => window.kate.texts.includes("after reconnect"), null, { timeout: 10_000 });
+  await page.evaluate(() => window.kate.client.close());
+  await context.close();
+});

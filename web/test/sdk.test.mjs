@@ -1,0 +1,272 @@
+// SDK behaviour that a real gateway does not show on demand (yet): wire duplicates,
+// drops in the middle of a send, reconnect timing. The SDK runs in real headless
+// Chromium; on the other end is a scripted fake gateway speaking the real protocol
+// (the generated protobuf schemas and the real framing) over a loopback WebSocket.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { createServer } from "node:http";
+import { readFileSync } from "node:fs";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { WebSocketServer } from "ws";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { chromium } from "playwright-core";
+import { proto, encodeFrame, FrameDecoder } from "../dist/petrel.js";
+
+const dist = join(dirname(fileURLToPath(import.meta.url)), "../dist");
+let server;
+let base;
+let browser;
+/** Called with each new fake-gateway connection. */
+let onConnection = async () => {};
+let connections = 0;
+
+/** One connection to the fake gateway: read ClientFrames, write ServerFrames. */
+class FakeConn {
+  constructor(ws) {
+    this.ws = ws;
+    this.decoder = new FrameDecoder(1 << 20);
+    this.frames = [];
+    this.waiters = [];
+    ws.on("message", (data) => {
+      this.decoder.push(new Uint8Array(data));
+      for (let f = this.decoder.next(); f; f = this.decoder.next()) {
+        const frame = fromBinary(proto.ClientFrameSchema, f);
+        if (frame.kind.case === "ping") continue;
+        const w = this.waiters.shift();
+        if (w) w(frame);
+        else this.frames.push(frame);
+      }
+    });
+  }
+  /** The next ClientFrame (pings skipped). */
+  next(ms = 10_000) {
+    const f = this.frames.shift();
+    if (f) return Promise.resolve(f);
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error("no frame from the SDK in time")), ms);
+      this.waiters.push((x) => {
+        clearTimeout(t);
+        resolve(x);
+      });
+    });
+  }
+  send(kind, value) {
+    const frame = create(proto.ServerFrameSchema, { kind: { case: kind, value } });
+    this.ws.send(encodeFrame(toBinary(proto.ServerFrameSchema, frame)));
+  }
+  async welcome() {
+    const hello = await this.next();
+    assert.equal(hello.kind.case, "hello");
+    this.send("welcome", create(proto.WelcomeSchema, { user: "bob", device: hello.kind.value.device, connectionId: String(connections), gatewayId: "fake" }));
+    return hello.kind.value;
+  }
+  close(code, reason) {
+    this.ws.close(code, reason);
+  }
+}
+
+function message(seq, text) {
+  return create(proto.MessageSchema, {
+    subject: "msg.private.bob",
+    seq: BigInt(seq),
+    from: "alice",
+    to: "bob",
+    clientMsgId: `m${seq}`,
+    content: new TextEncoder().encode(text),
+    contentType: "text/plain",
+  });
+}
+
+before(async () => {
+  server = createServer((req, res) => {
+    if (req.url === "/sdk.html") {
+      res.writeHead(200, { "content-type": "text/html" });
+      res.end(`<!doctype html><script type="module">import * as sdk from "./petrel.js"; window.sdk = sdk;</script>`);
+      return;
+    }
+    if (req.url === "/petrel.js") {
+      res.writeHead(200, { "content-type": "text/javascript" });
+      res.end(readFileSync(join(dist, "petrel.js")));
+      return;
+    }
+    res.writeHead(404).end();
+  });
+  const wss = new WebSocketServer({ server, path: "/ws" });
+  wss.on("connection", (ws) => {
+    connections++;
+    onConnection(new FakeConn(ws)).catch((e) => console.error("fake gateway:", e));
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  base = `127.0.0.1:${server.address().port}`;
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM_PATH ?? "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.closeAllConnections();
+  await new Promise((r) => server.close(r));
+});
+
+async function sdkPage(init) {
+  const context = await browser.newContext();
+  if (init) await context.addInitScript(init);
+  const page = await context.newPage();
+  page.on("pageerror", (e) => console.error(`page error: ${e.message}`));
+  await page.goto(`http://${base}/sdk.html`);
+  await page.waitForFunction(() => window.sdk !== undefined);
+  return { page, context };
+}
+
+test("the app never sees a message twice, on one connection or across a reconnect", async () => {
+  const hellos = [];
+  onConnection = async (c) => {
+    hellos.push(await c.welcome());
+    if (hellos.length === 1) {
+      c.send("deliver", create(proto.DeliverSchema, { messages: [message(1, "one"), message(1, "one")] }));
+      c.send("deliver", create(proto.DeliverSchema, { messages: [message(2, "two")] }));
+      // Wait for the acks, then drop the connection as a gateway going away would.
+      for (let acked = 0n; acked < 2n; ) acked = (await c.next()).kind.value.cursors[0].seq;
+      c.close(4012, "going away");
+    } else {
+      // A resume that starts before the cursor (as a cache might): 1 and 2 again, then 3.
+      c.send("deliver", create(proto.DeliverSchema, { messages: [message(1, "one"), message(2, "two"), message(3, "three")] }));
+    }
+  };
+  const { page, context } = await sdkPage();
+  const result = await page.evaluate(async (url) => {
+    const seen = [];
+    const client = new window.sdk.PetrelClient({ webSocketUrl: url, token: "t", device: "d1", initialBackoffMs: 50 });
+    client.addEventListener("message", (e) => seen.push(e.detail.text));
+    await client.connect();
+    await new Promise((resolve) => {
+      const check = () => (seen.length >= 3 ? resolve() : setTimeout(check, 20));
+      check();
+    });
+    await new Promise((r) => setTimeout(r, 200)); // let any stray duplicate arrive
+    const r = { seen, stats: client.stats, transport: client.transport, cursors: client.cursorMap };
+    client.close();
+    return r;
+  }, `ws://${base}/ws`);
+  assert.deepEqual(result.seen, ["one", "two", "three"]);
+  assert.equal(result.transport, "websocket");
+  assert.equal(result.stats.appDeliveries, 3);
+  assert.equal(result.stats.wireDeliveries, 6);
+  assert.equal(result.stats.duplicatesDropped, 3);
+  assert.equal(result.stats.reconnects, 1);
+  assert.deepEqual(result.cursors, { "msg.private.bob": "3" });
+  // The second Hello carried the cursor the app had acknowledged.
+  assert.deepEqual(
+    hellos[1].cursors.map((c) => [c.subject, c.seq]),
+    [["msg.private.bob", 2n]],
+  );
+  await context.close();
+});
+
+test("a send cut off by a drop is sent again with the same id and resolves once", async () => {
+  const sendIds = [];
+  onConnection = async (c) => {
+    await c.welcome();
+    const f = await c.next();
+    assert.equal(f.kind.case, "send");
+    sendIds.push(f.kind.value.clientMsgId);
+    if (sendIds.length === 1) {
+      c.close(4012, "going away"); // no SendResult: the SDK cannot know whether it was stored
+    } else {
+      c.send(
+        "sendResult",
+        create(proto.SendResultSchema, {
+          clientMsgId: f.kind.value.clientMsgId,
+          status: proto.SendResult_Status.STORED,
+          subject: "msg.private.carol",
+          seq: 7n,
+          duplicate: true,
+        }),
+      );
+    }
+  };
+  const { page, context } = await sdkPage();
+  const r = await page.evaluate(async (url) => {
+    const client = new window.sdk.PetrelClient({ webSocketUrl: url, token: "t", device: "d2", initialBackoffMs: 50, storage: null });
+    await client.connect();
+    const res = await client.send("carol", "hello", { clientMsgId: "keep-me" });
+    client.close();
+    return { status: res.status, seq: String(res.seq), duplicate: res.duplicate, reconnects: client.stats.reconnects };
+  }, `ws://${base}/ws`);
+  assert.deepEqual(sendIds, ["keep-me", "keep-me"]);
+  assert.deepEqual(r, { status: "stored", seq: "7", duplicate: true, reconnects: 1 });
+  await context.close();
+});
+
+test("reconnect backoff waits, and the browser coming back online retries at once", async () => {
+  let accepted = 0;
+  let reconnectedAt = 0;
+  onConnection = async (c) => {
+    accepted++;
+    await c.welcome();
+    if (accepted === 1) c.close(4012, "going away");
+    else reconnectedAt = Date.now();
+  };
+  // Full jitter is random; fix it at 99% of the ceiling so the wait is known.
+  const { page, context } = await sdkPage(() => {
+    Math.random = () => 0.99;
+  });
+  await page.evaluate(async (url) => {
+    const client = new window.sdk.PetrelClient({ webSocketUrl: url, token: "t", device: "d3", initialBackoffMs: 60_000, maxBackoffMs: 60_000, storage: null });
+    window.client = client;
+    await client.connect();
+  }, `ws://${base}/ws`);
+  await page.waitForFunction(() => window.client.retryAt !== null);
+  // Full jitter at 99% of a 60 s ceiling: the next attempt is ~59 s away.
+  const wait = await page.evaluate(() => window.client.retryAt - Date.now());
+  assert.ok(wait > 50_000 && wait <= 60_000, `next attempt in ${wait} ms`);
+  assert.equal(accepted, 1);
+  const onlineAt = Date.now();
+  await page.evaluate(() => window.dispatchEvent(new Event("online")));
+  await page.waitForFunction(() => window.client.state === "open", null, { timeout: 10_000 });
+  assert.equal(accepted, 2);
+  assert.ok(reconnectedAt - onlineAt < 10_000, "reconnected right after `online`, not after the backoff");
+  await page.evaluate(() => window.client.close());
+  await context.close();
+});
+
+test("when WebTransport fails the SDK falls back, and remembers it for the next connect", async () => {
+  onConnection = async (c) => {
+    await c.welcome();
+  };
+  // Count WebTransport attempts.
+  const { page, context } = await sdkPage(() => {
+    const Real = window.WebTransport;
+    window.wtAttempts = 0;
+    window.WebTransport = function (...args) {
+      window.wtAttempts++;
+      return new Real(...args);
+    };
+  });
+  const r = await page.evaluate(async (url) => {
+    const opts = {
+      // Nothing listens on this UDP port: the handshake fails or times out.
+      webTransportUrl: "https://127.0.0.1:9/wt",
+      webSocketUrl: url,
+      token: "t",
+      device: "d4",
+      webTransportTimeoutMs: 1500,
+    };
+    const first = new window.sdk.PetrelClient(opts);
+    await first.connect();
+    const firstTransport = first.transport;
+    first.close();
+    const attemptsAfterFirst = window.wtAttempts;
+    const second = new window.sdk.PetrelClient(opts);
+    await second.connect();
+    const secondTransport = second.transport;
+    second.close();
+    return { firstTransport, secondTransport, attemptsAfterFirst, attempts: window.wtAttempts };
+  }, `ws://${base}/ws`);
+  assert.deepEqual(r, { firstTransport: "websocket", secondTransport: "websocket", attemptsAfterFirst: 1, attempts: 1 });
+  await context.close();
+});
