@@ -62,6 +62,10 @@ pub struct ListenSection {
     pub quic: SocketAddr,
     /// TCP address for WebSocket over TLS.
     pub websocket: SocketAddr,
+    /// TCP address for plain WebSocket (no TLS): only behind a TLS-terminating proxy,
+    /// or on loopback in development. Off when unset.
+    #[serde(default)]
+    pub websocket_plain: Option<SocketAddr>,
     /// TCP address for plain HTTP (health; keep it on a private interface).
     pub http: SocketAddr,
 }

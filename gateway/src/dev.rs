@@ -7,7 +7,8 @@
 //!
 //! ```json
 //! {"quic": "127.0.0.1:PORT", "webtransport": "https://127.0.0.1:PORT/wt",
-//!  "websocket": "wss://127.0.0.1:PORT/ws", "http": "http://127.0.0.1:PORT",
+//!  "websocket": "wss://127.0.0.1:PORT/ws", "websocket_plain": "ws://127.0.0.1:PORT/ws",
+//!  "http": "http://127.0.0.1:PORT",
 //!  "nats_hub": "nats://…", "nats_leaf": "nats://…",
 //!  "cert_sha256": "hex", "gateway_id": "dev-edge", "pid": 123}
 //! ```
@@ -32,8 +33,11 @@ pub struct Endpoints {
     pub quic: String,
     /// WebTransport URL (same UDP port as QUIC).
     pub webtransport: String,
-    /// WebSocket URL.
+    /// WebSocket URL (TLS).
     pub websocket: String,
+    /// Plain WebSocket URL (loopback, development).
+    #[serde(default)]
+    pub websocket_plain: Option<String>,
     /// Gateway HTTP base URL.
     pub http: String,
     /// Hub client URL.
@@ -150,6 +154,8 @@ id = "{id}"
 [listen]
 quic = "127.0.0.1:0"
 websocket = "127.0.0.1:0"
+# Plain WebSocket on loopback: the browser fallback without trusting the dev certificate.
+websocket_plain = "127.0.0.1:0"
 http = "127.0.0.1:0"
 
 [tls]
@@ -226,6 +232,7 @@ pub async fn run(
         quic: addrs.quic.to_string(),
         webtransport: format!("https://{}{}", addrs.quic, crate::quic::WEBTRANSPORT_PATH),
         websocket: format!("wss://{}/ws", addrs.websocket),
+        websocket_plain: addrs.websocket_plain.map(|a| format!("ws://{a}/ws")),
         http: format!("http://{}", addrs.http),
         nats_hub: hub.client_url.clone(),
         nats_leaf: leaf.client_url.clone(),
@@ -237,7 +244,7 @@ pub async fn run(
     std::fs::write(&tmp, serde_json::to_string_pretty(&endpoints)?)?;
     std::fs::rename(&tmp, &endpoints_path)?;
     eprintln!(
-        "petrel dev: ready\n  demo page  {}\n  quic       {}\n  webtransport {}\n  websocket  {}\n  http       {}\n  nats hub   {}\n  nats leaf  {}\n  cert sha256 {}\n  endpoints  {}\nPress Ctrl-C to stop.",
+        "petrel dev: ready\n  demo page  {}\n  quic       {}\n  webtransport {}\n  websocket  {} (plain: {})\n  http       {}\n  nats hub   {}\n  nats leaf  {}\n  cert sha256 {}\n  endpoints  {}\nPress Ctrl-C to stop.",
         if web_dir.is_some() {
             endpoints.http.clone()
         } else {
@@ -246,6 +253,7 @@ pub async fn run(
         endpoints.quic,
         endpoints.webtransport,
         endpoints.websocket,
+        endpoints.websocket_plain.as_deref().unwrap_or("off"),
         endpoints.http,
         endpoints.nats_hub,
         endpoints.nats_leaf,

@@ -56,6 +56,8 @@ pub struct BoundAddrs {
     pub quic: SocketAddr,
     /// WebSocket/TLS (TCP).
     pub websocket: SocketAddr,
+    /// Plain WebSocket (TCP), when configured.
+    pub websocket_plain: Option<SocketAddr>,
     /// HTTP (TCP).
     pub http: SocketAddr,
 }
@@ -66,6 +68,7 @@ pub struct Gateway {
     quic: quinn::Endpoint,
     ws: TcpListener,
     ws_tls: tokio_rustls::TlsAcceptor,
+    ws_plain: Option<TcpListener>,
     http: TcpListener,
     limit: Arc<Semaphore>,
     addrs: BoundAddrs,
@@ -135,6 +138,14 @@ impl Gateway {
         let ws = TcpListener::bind(cfg.listen.websocket)
             .await
             .with_context(|| format!("binding WebSocket on tcp {}", cfg.listen.websocket))?;
+        let ws_plain = match cfg.listen.websocket_plain {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding plain WebSocket on tcp {addr}"))?,
+            ),
+            None => None,
+        };
         let http = TcpListener::bind(cfg.listen.http)
             .await
             .with_context(|| format!("binding HTTP on tcp {}", cfg.listen.http))?;
@@ -143,6 +154,7 @@ impl Gateway {
         let addrs = BoundAddrs {
             quic: quic.local_addr()?,
             websocket: ws.local_addr()?,
+            websocket_plain: ws_plain.as_ref().map(|l| l.local_addr()).transpose()?,
             http: http.local_addr()?,
         };
 
@@ -156,6 +168,7 @@ impl Gateway {
             static_dir: cfg.web.static_dir.clone(),
             quic_port: addrs.quic.port(),
             websocket_port: addrs.websocket.port(),
+            websocket_plain_port: addrs.websocket_plain.map(|a| a.port()),
         };
         let session = Arc::new(SessionConfig {
             gateway_id: cfg.gateway.id.clone(),
@@ -179,6 +192,7 @@ impl Gateway {
             quic,
             ws,
             ws_tls,
+            ws_plain,
             http,
             limit: Arc::new(Semaphore::new(cfg.limits.max_connections)),
             addrs,
@@ -230,17 +244,31 @@ impl Gateway {
         );
         let ws = websocket::serve(
             self.ws,
-            self.ws_tls,
+            Some(self.ws_tls),
             self.shared.clone(),
             self.limit.clone(),
             tracker.clone(),
             shutdown.clone(),
         );
+        let ws_plain = async {
+            if let Some(listener) = self.ws_plain {
+                let (shared, limit) = (self.shared.clone(), self.limit.clone());
+                websocket::serve(
+                    listener,
+                    None,
+                    shared,
+                    limit,
+                    tracker.clone(),
+                    shutdown.clone(),
+                )
+                .await;
+            }
+        };
         let router = web::router(self.web, self.shared.clone());
         let http = axum::serve(self.http, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let certs = self.certs.clone().maintain(shutdown.clone());
-        let (_, _, served, _) = tokio::join!(quic, ws, async { http.await }, certs);
+        let (_, _, _, served, _) = tokio::join!(quic, ws, ws_plain, async { http.await }, certs);
         served.context("HTTP server")?;
         tracker.close();
         if tokio::time::timeout(Duration::from_secs(10), tracker.wait())

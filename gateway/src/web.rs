@@ -41,6 +41,8 @@ pub struct WebState {
     pub quic_port: u16,
     /// Bound WebSocket port.
     pub websocket_port: u16,
+    /// Bound plain WebSocket port, if any.
+    pub websocket_plain_port: Option<u16>,
 }
 
 #[derive(Clone)]
@@ -107,6 +109,8 @@ pub struct ClientConfig {
     pub webtransport: String,
     /// WebSocket URL.
     pub websocket: String,
+    /// Plain WebSocket URL (`ws://`), when the gateway has that listener.
+    pub websocket_plain: Option<String>,
     /// Where the certificate hashes are.
     pub cert_hashes: String,
 }
@@ -128,6 +132,10 @@ async fn client_config(State(s): State<AppState>, headers: HeaderMap) -> Respons
         Json(ClientConfig {
             webtransport: format!("https://{host}:{}{WEBTRANSPORT_PATH}", s.web.quic_port),
             websocket: format!("wss://{host}:{}{}", s.web.websocket_port, websocket::PATH),
+            websocket_plain: s
+                .web
+                .websocket_plain_port
+                .map(|p| format!("ws://{host}:{p}{}", websocket::PATH)),
             cert_hashes: format!("http://{http_host}/cert-hashes"),
         })
         .into_response(),

@@ -1,4 +1,5 @@
-//! WebSocket over TLS transport (the fallback where QUIC is blocked).
+//! WebSocket transport (the fallback where QUIC is blocked): over TLS, or plain on a
+//! second listener for a TLS-terminating proxy in front (and development).
 //!
 //! Binary messages carry the same length-prefixed frames, treated as one byte stream.
 //! The close code is 4000 + the error code.
@@ -9,10 +10,10 @@ use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use petrel_core::ErrorCode;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::{
@@ -25,17 +26,19 @@ use tracing::{debug, warn};
 
 use crate::conn::{Connection, FrameReader, FrameWriter, Shared, TransportError, next_id};
 
-type Ws = WebSocketStream<TlsStream<TcpStream>>;
-
 /// The path clients connect to.
 pub const PATH: &str = "/ws";
 
-/// Reading half.
-pub struct WsReader(SplitStream<Ws>);
-/// Writing half.
-pub struct WsWriter(SplitSink<Ws, Message>);
+/// A byte stream a WebSocket can run on (TLS or plain TCP).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
-impl FrameReader for WsReader {
+/// Reading half.
+pub struct WsReader<S: Io>(SplitStream<WebSocketStream<S>>);
+/// Writing half.
+pub struct WsWriter<S: Io>(SplitSink<WebSocketStream<S>, Message>);
+
+impl<S: Io> FrameReader for WsReader<S> {
     async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
         loop {
             return match self.0.next().await {
@@ -52,7 +55,7 @@ impl FrameReader for WsReader {
     }
 }
 
-impl FrameWriter for WsWriter {
+impl<S: Io> FrameWriter for WsWriter<S> {
     async fn send(&mut self, data: Bytes) -> Result<(), TransportError> {
         self.0
             .send(Message::Binary(data))
@@ -71,10 +74,11 @@ impl FrameWriter for WsWriter {
     }
 }
 
-/// Accepts WebSocket/TLS connections until `shutdown`.
+/// Accepts WebSocket connections until `shutdown`: over TLS when `tls` is given,
+/// plain otherwise.
 pub async fn serve(
     listener: TcpListener,
-    tls: TlsAcceptor,
+    tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
     limit: Arc<Semaphore>,
     tracker: TaskTracker,
@@ -103,54 +107,73 @@ pub async fn serve(
         tracker.spawn(async move {
             let _permit = permit;
             let _ = tcp.set_nodelay(true);
-            let max = shared.session.max_frame_bytes;
             let handshake = shared.session.handshake_timeout;
-            let accepted = tokio::time::timeout(handshake, async {
-                let stream = tls.accept(tcp).await.map_err(|e| e.to_string())?;
-                let mut config = WebSocketConfig::default();
-                // One message may hold at most one maximal frame plus its prefix.
-                config.max_message_size = Some(max + 8);
-                config.max_frame_size = Some(max + 8);
-                // The callback's signature (and its large error type) is tungstenite's.
-                #[allow(clippy::result_large_err)]
-                let check_path =
-                    |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-                        if req.uri().path() == PATH {
-                            Ok(resp)
-                        } else {
-                            let mut r = ErrorResponse::new(Some(format!("use {PATH}")));
-                            *r.status_mut() = tungstenite::http::StatusCode::NOT_FOUND;
-                            Err(r)
-                        }
-                    };
-                tokio_tungstenite::accept_hdr_async_with_config(stream, check_path, Some(config))
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-            .await;
-            let ws = match accepted {
-                Ok(Ok(ws)) => ws,
-                Ok(Err(e)) => {
-                    debug!(%peer, error = %e, "WebSocket handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    debug!(%peer, "WebSocket handshake timed out");
-                    return;
-                }
-            };
-            let (sink, stream) = ws.split();
-            Connection {
-                id: next_id(),
-                transport: "websocket",
-                peer,
-                reader: WsReader(stream),
-                writer: WsWriter(sink),
-                shared,
-                shutdown,
+            let deadline = tokio::time::Instant::now() + handshake;
+            match tls {
+                Some(tls) => match tokio::time::timeout_at(deadline, tls.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        run(stream, "websocket", peer, deadline, shared, shutdown).await
+                    }
+                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => debug!(%peer, "TLS handshake timed out"),
+                },
+                None => run(tcp, "websocket-plain", peer, deadline, shared, shutdown).await,
             }
-            .run()
-            .await;
         });
     }
+}
+
+/// The WebSocket handshake on `stream` (path [`PATH`] only), then the connection.
+async fn run<S: Io>(
+    stream: S,
+    transport: &'static str,
+    peer: std::net::SocketAddr,
+    deadline: tokio::time::Instant,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let max = shared.session.max_frame_bytes;
+    let mut config = WebSocketConfig::default();
+    // One message may hold at most one maximal frame plus its prefix.
+    config.max_message_size = Some(max + 8);
+    config.max_frame_size = Some(max + 8);
+    // The callback's signature (and its large error type) is tungstenite's.
+    #[allow(clippy::result_large_err)]
+    let check_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        if req.uri().path() == PATH {
+            Ok(resp)
+        } else {
+            let mut r = ErrorResponse::new(Some(format!("use {PATH}")));
+            *r.status_mut() = tungstenite::http::StatusCode::NOT_FOUND;
+            Err(r)
+        }
+    };
+    let accepted = tokio::time::timeout_at(
+        deadline,
+        tokio_tungstenite::accept_hdr_async_with_config(stream, check_path, Some(config)),
+    )
+    .await;
+    let ws = match accepted {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "WebSocket handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "WebSocket handshake timed out");
+            return;
+        }
+    };
+    let (sink, stream) = ws.split();
+    Connection {
+        id: next_id(),
+        transport,
+        peer,
+        reader: WsReader(stream),
+        writer: WsWriter(sink),
+        shared,
+        shutdown,
+    }
+    .run()
+    .await;
 }

@@ -51,7 +51,9 @@ async function signIn(user, options = {}) {
   window.petrel.client?.close();
   const client = new PetrelClient({
     webTransportUrl: cfg.webtransport,
-    webSocketUrl: cfg.websocket,
+    // A page served over plain HTTP (petrel dev) can use the plain WebSocket listener
+    // and so needs no trust in the dev certificate; an https page uses wss.
+    webSocketUrl: location.protocol === "http:" && cfg.websocket_plain ? cfg.websocket_plain : cfg.websocket,
     certHashesUrl: cfg.cert_hashes,
     token: tokenFor,
     device: tabDevice,
