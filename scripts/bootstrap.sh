@@ -5,6 +5,7 @@
 #   - libclang-dev      from Debian (bindgen for the RocksDB bindings)
 #   - chromium          from Debian (browser tests of the web SDK, driven by playwright-core)
 #   - node and npm      from Debian if the machine has none (web SDK build and tests)
+#   - protoc            from Debian (protobuf-compiler: generates the web SDK's types)
 #   - cargo-nextest     (test runner; from crates.io if not on the machine)
 set -euo pipefail
 
@@ -33,6 +34,7 @@ fi
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 if [ "${#missing[@]}" -gt 0 ]; then
   apt_install "${missing[@]}"
 fi
@@ -54,7 +56,7 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
-# The web SDK's packages (TypeScript, esbuild, buf, playwright-core) from npm, as
+# The web SDK's packages (TypeScript, esbuild, protoc-gen-es, playwright-core) from npm, as
 # locked; Playwright's own browser download is never used (Debian's Chromium is).
 web="$(dirname "$0")/../web"
 if [ ! -d "$web/node_modules" ] || [ "$web/package-lock.json" -nt "$web/node_modules/.package-lock.json" ]; then

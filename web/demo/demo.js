@@ -23,7 +23,7 @@ function render(row, save = true) {
   li.textContent = row.mine ? `${row.text}` : `${row.from}: ${row.text}`;
   const meta = document.createElement("span");
   meta.className = "meta";
-  meta.textContent = row.mine ? `→ ${row.to} #${row.seq ?? "…"}` : `#${row.seq}`;
+  meta.textContent = row.mine ? `→ ${row.to}` : `#${row.seq}`;
   li.append(meta);
   $("#messages").append(li);
   if (save && window.petrel.user) {
@@ -65,7 +65,10 @@ async function signIn(user, options = {}) {
   window.petrel.user = user;
   client.addEventListener("message", (e) => {
     const m = e.detail;
-    render({ id: m.id, from: m.from, to: m.to, text: m.text, seq: String(m.seq), mine: m.from === user });
+    // Our own messages come back as the copy in our inbox (to every device of ours,
+    // this one included): one row per client message id, whichever shows up first.
+    if (m.outgoing) render({ id: `mine:${m.clientMsgId}`, to: m.to, text: m.text, mine: true });
+    else render({ id: m.id, from: m.from, to: m.to, text: m.text, seq: String(m.seq), mine: false });
   });
   client.addEventListener("state", (e) => {
     $("#state").textContent = e.detail.state;
@@ -95,7 +98,7 @@ async function send(to, text) {
   if (r.status === "rejected") {
     showError({ code: r.reason, message: r.detail });
   } else {
-    render({ id: `sent:${r.clientMsgId}`, to, text, seq: String(r.seq), mine: true });
+    render({ id: `mine:${r.clientMsgId}`, to, text, mine: true });
   }
   return { ...r, seq: String(r.seq) };
 }

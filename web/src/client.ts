@@ -110,6 +110,8 @@ export interface PetrelMessage {
   content: Uint8Array;
   /** `content` as UTF-8 text. */
   text: string;
+  /** Sent by this user (from this or another of their devices): the copy kept in their own inbox. */
+  outgoing: boolean;
 }
 
 /** The gateway's answer to a send. */
@@ -606,6 +608,7 @@ export class PetrelClient extends EventTarget {
       contentType: m.contentType,
       content: m.content,
       text: textDecoder.decode(m.content),
+      outgoing: m.from === this._welcome?.user,
     };
     this._stats.appDeliveries++;
     this.dispatchEvent(new CustomEvent("message", { detail: msg }));

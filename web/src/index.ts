@@ -4,7 +4,8 @@
  * Layout: `client.ts` — {@link PetrelClient} (connect, send, events, acks, reconnect,
  * dedup); `transport.ts` — WebTransport and WebSocket behind one interface;
  * `frame.ts` — the varint length framing; `gen/` — protobuf types generated from
- * `proto/proto/petrel/v1/petrel.proto` (`npm run gen`; `npm run check-gen` fails on drift).
+ * `proto/proto/petrel/v1/petrel.proto` by protoc-gen-es (`npm run gen`; `npm run check-gen`
+ * fails on drift).
  *
  * ```ts
  * import { PetrelClient } from "@petrel/web";

@@ -120,6 +120,11 @@ test("two browsers chat both ways over WebTransport", async () => {
   await waitRow(bob.page, "alice: burst 19");
   const got = (await rows(bob.page)).filter((r) => r.text.startsWith("alice: burst")).map((r) => r.text);
   assert.deepEqual(got, Array.from({ length: 20 }, (_, i) => `alice: burst ${i}`), "in order, once each");
+  // The sender's page shows each of its messages once, though the copy kept in its own
+  // inbox is delivered back to it.
+  await alice.page.waitForFunction(() => window.petrel.client.stats.wireDeliveries >= 22);
+  const mine = (await rows(alice.page)).map((r) => r.text).filter((t) => !t.startsWith("bob:"));
+  assert.deepEqual(mine, ["hi bob, from a browser", ...Array.from({ length: 20 }, (_, i) => `burst ${i}`)]);
   await alice.context.close();
   await bob.context.close();
 });
