@@ -204,6 +204,10 @@ export class PetrelClient extends EventTarget {
   private lastHeard = 0;
   private closing = false;
   private readonly _stats: Stats = { wireDeliveries: 0, appDeliveries: 0, duplicatesDropped: 0, reconnects: 0 };
+  private saveTimer: ReturnType<typeof setTimeout> | null = null;
+  /** Saved state is written at most this often (a delivery burst would otherwise rewrite it per message). */
+  private static readonly SAVE_DELAY_MS = 300;
+  private readonly flush = () => this.saveNow();
   private readonly onOnline = () => {
     this.backoff = 0;
     this.wakeRetry?.();
@@ -266,6 +270,7 @@ export class PetrelClient extends EventTarget {
     this.closing = false;
     this.setState("connecting");
     globalThis.addEventListener?.("online", this.onOnline);
+    globalThis.addEventListener?.("pagehide", this.flush);
     try {
       const w = await this.attempt();
       return w;
@@ -337,6 +342,8 @@ export class PetrelClient extends EventTarget {
   close(): void {
     this.closing = true;
     globalThis.removeEventListener?.("online", this.onOnline);
+    globalThis.removeEventListener?.("pagehide", this.flush);
+    this.saveNow();
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.wakeRetry?.();
     this.stopPings();
@@ -721,6 +728,13 @@ export class PetrelClient extends EventTarget {
   }
 
   private save(): void {
+    if (this.saveTimer || !this.storage) return;
+    this.saveTimer = setTimeout(() => this.saveNow(), PetrelClient.SAVE_DELAY_MS);
+  }
+
+  private saveNow(): void {
+    if (this.saveTimer) clearTimeout(this.saveTimer);
+    this.saveTimer = null;
     try {
       this.storage?.setItem(
         this.key(`state:${this.opts.device ?? this.device()}`),

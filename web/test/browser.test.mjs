@@ -7,69 +7,22 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir, homedir } from "node:os";
-import { join, dirname } from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { launchChromium, petrelBin, startDev } from "./topology.mjs";
 
-const webDir = join(dirname(fileURLToPath(import.meta.url)), "..");
-const targetDir = process.env.CARGO_TARGET_DIR ?? join(homedir(), ".cache/petrel/target");
-const petrelBin = join(targetDir, "debug/petrel");
-const chromiumPath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
-
-let devDir;
 let dev;
-let devLog = "";
+let devDir;
 let ep;
 let browser;
 
-/** Polls `fn` until it returns a truthy value, or fails after `ms`. */
-async function waitFor(fn, ms, what) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 before(async () => {
-  assert.ok(existsSync(petrelBin), `no petrel binary at ${petrelBin}: run cargo build first`);
-  assert.ok(existsSync(join(webDir, "dist/petrel.js")), "no dist/petrel.js: run npm run build first");
-  devDir = mkdtempSync(join(tmpdir(), "petrel-web-test-"));
-  dev = spawn(petrelBin, ["dev", "--dir", devDir, "--web-dir", join(webDir, "dist")], {
-    stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" },
-  });
-  dev.stdout.on("data", (d) => (devLog += d));
-  dev.stderr.on("data", (d) => (devLog += d));
-  const endpoints = join(devDir, "endpoints.json");
-  await waitFor(() => dev.exitCode !== null || existsSync(endpoints), 60_000, "petrel dev to write endpoints.json");
-  assert.equal(dev.exitCode, null, `petrel dev exited early:\n${devLog}`);
-  ep = JSON.parse(readFileSync(endpoints, "utf8"));
-  browser = await chromium.launch({
-    executablePath: chromiumPath,
-    headless: true,
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
+  dev = await startDev();
+  ({ dir: devDir, ep } = dev);
+  browser = await launchChromium();
 });
 
 after(async () => {
   await browser?.close();
-  if (dev && dev.exitCode === null) {
-    dev.kill("SIGTERM");
-    await waitFor(() => dev.exitCode !== null, 20_000, "petrel dev to stop");
-  }
-  if (devDir) rmSync(devDir, { recursive: true, force: true });
+  await dev?.stop();
 });
 
 /** A page of the demo in a fresh browser context, signed in as `user`. */
