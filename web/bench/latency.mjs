@@ -1,6 +1,7 @@
 // Browser end-to-end latency: two SDK clients in one headless Chromium page (one clock),
 // alice → gateway → leaf → hub (JetStream store + re-publish) → leaf → gateway → bob,
-// sequential messages (one in flight), per transport. Not a load test.
+// sequential messages (one in flight), per transport. Not a load test. Sends are paced
+// at 80/s, under the gateway's default per-connection rate limit (100/s).
 //   node bench/latency.mjs [--count N]     (needs npm run build and the petrel binary;
 //   PETREL_PROFILE=release uses $CARGO_TARGET_DIR/release/petrel)
 import { launchChromium, petrelBin, startDev } from "../test/topology.mjs";
@@ -43,9 +44,13 @@ try {
         for (let i = 0; i < n + 20; i++) {
           const got = new Promise((r) => (arrived = r));
           const t0 = performance.now();
-          alice.send(`bob${tag}`, `m${i}`);
+          const result = alice.send(`bob${tag}`, `m${i}`);
           await got;
           if (i >= 20) out.push(performance.now() - t0); // the first 20 warm up
+          const r = await result;
+          if (r.status !== "stored") throw new Error(`send ${i}: ${r.status} ${r.reason ?? ""} ${r.detail ?? ""}`);
+          const pause = t0 + 12.5 - performance.now();
+          if (pause > 0) await new Promise((done) => setTimeout(done, pause));
         }
         alice.close();
         bob.close();

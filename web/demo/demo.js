@@ -77,6 +77,9 @@ async function signIn(user, options = {}) {
     $("#transport").className = t;
   });
   client.addEventListener("error", (e) => showError(e.detail));
+  client.addEventListener("fallback", (e) =>
+    showError({ code: "WEBSOCKET_FALLBACK", message: `WebTransport did not connect: ${e.detail.message}` }),
+  );
   for (const row of JSON.parse(sessionStorage.getItem(transcriptKey(user)) ?? "[]")) render(row, false);
   try {
     const welcome = await client.connect();

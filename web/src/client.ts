@@ -180,7 +180,8 @@ function statusName(s: SendResult_Status): SendResult["status"] {
 /**
  * A Petrel client. Events: `message` (detail: {@link PetrelMessage}), `state`
  * (detail: {state, transport}), `error` (detail: {@link PetrelError}, for errors
- * after connect: dropped connections, refused reconnects).
+ * after connect: dropped connections, refused reconnects), `fallback` (detail:
+ * {@link PetrelError}: why WebTransport failed when WebSocket was used instead).
  */
 export class PetrelClient extends EventTarget {
   private readonly opts: Required<
@@ -436,6 +437,7 @@ export class PetrelClient extends EventTarget {
         errors.push(e instanceof PetrelError ? e : await this.explainFailure(webTransportUrl, pinned, e));
         if (transport === "webtransport" || !webSocketUrl) throw errors[0];
         this.remember("websocket");
+        this.dispatchEvent(new CustomEvent("fallback", { detail: errors[0] }));
       }
     }
     if (webSocketUrl && transport !== "webtransport") {

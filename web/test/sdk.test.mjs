@@ -253,6 +253,8 @@ test("when WebTransport fails the SDK falls back, and remembers it for the next 
       webTransportTimeoutMs: 1500,
     };
     const first = new window.sdk.PetrelClient(opts);
+    let why = null;
+    first.addEventListener("fallback", (e) => (why = e.detail.code));
     await first.connect();
     const firstTransport = first.transport;
     first.close();
@@ -261,8 +263,8 @@ test("when WebTransport fails the SDK falls back, and remembers it for the next 
     await second.connect();
     const secondTransport = second.transport;
     second.close();
-    return { firstTransport, secondTransport, attemptsAfterFirst, attempts: window.wtAttempts };
+    return { firstTransport, secondTransport, attemptsAfterFirst, attempts: window.wtAttempts, why };
   }, `ws://${base}/ws`);
-  assert.deepEqual(r, { firstTransport: "websocket", secondTransport: "websocket", attemptsAfterFirst: 1, attempts: 1 });
+  assert.deepEqual(r, { firstTransport: "websocket", secondTransport: "websocket", attemptsAfterFirst: 1, attempts: 1, why: "CONNECT_FAILED" });
   await context.close();
 });
