@@ -26,7 +26,7 @@
 pub mod tls;
 pub mod transport;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -419,37 +419,70 @@ async fn drive(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
     let mut nonce = 0u64;
-    let reason = loop {
+    // Writes happen in their own task, so that reading never waits for a write: a
+    // client blocked writing while the gateway is blocked writing to it would deadlock.
+    let (wtx, mut wrx) = mpsc::channel::<Bytes>(64);
+    let mut write_task = tokio::spawn(async move {
+        while let Some(frame) = wrx.recv().await {
+            writer.write(frame).await?;
+        }
+        writer.close().await;
+        Ok::<(), ClientError>(())
+    });
+    let mut outgoing: VecDeque<Bytes> = VecDeque::new();
+    let reason: Option<String> = loop {
         tokio::select! {
             _ = ping.tick() => {
                 nonce += 1;
-                let frame = client_frame(pb::client_frame::Kind::Ping(pb::Ping { nonce }));
-                if let Err(e) = writer.write(frame).await { break e.to_string(); }
+                outgoing.push_back(client_frame(pb::client_frame::Kind::Ping(pb::Ping { nonce })));
             }
-            cmd = cmds.recv() => match cmd {
+            // Take new commands only while few frames wait for the writer, so a
+            // stalled connection pushes back on `send` instead of queueing without end.
+            cmd = cmds.recv(), if outgoing.len() < 64 => match cmd {
                 Some(Cmd::Send { id, frame, reply }) => {
                     pending.entry(id).or_default().push(reply);
-                    if let Err(e) = writer.write(frame).await { break e.to_string(); }
+                    outgoing.push_back(frame);
                 }
-                Some(Cmd::Frame(frame)) => {
-                    if let Err(e) = writer.write(frame).await { break e.to_string(); }
-                }
-                None => {
-                    writer.close().await;
-                    return;
-                }
+                Some(Cmd::Frame(frame)) => outgoing.push_back(frame),
+                None => break None,
             },
+            permit = wtx.reserve(), if !outgoing.is_empty() => match permit {
+                Ok(permit) => {
+                    if let Some(frame) = outgoing.pop_front() {
+                        permit.send(frame);
+                    }
+                }
+                Err(_) => break Some("writer stopped".into()),
+            },
+            written = &mut write_task => {
+                break Some(match written {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "writer stopped".into(),
+                });
+            }
             frame = next_frame(&mut reader, &mut decoder) => match frame {
                 Ok(Some(kind)) => {
                     if !handle(kind, &mut pending, &events, &stats, &mut seen).await {
-                        break "event receiver dropped".into();
+                        break Some("event receiver dropped".into());
                     }
                 }
-                Ok(None) => break "closed by the gateway".into(),
-                Err(e) => break e.to_string(),
+                Ok(None) => break Some("closed by the gateway".into()),
+                Err(e) => break Some(e.to_string()),
             },
         }
     };
+    let Some(reason) = reason else {
+        // The app dropped the client: write what is queued, then close.
+        for frame in outgoing.drain(..) {
+            if wtx.send(frame).await.is_err() {
+                break;
+            }
+        }
+        drop(wtx);
+        let _ = write_task.await;
+        return;
+    };
+    write_task.abort();
     let _ = events.send(Event::Closed { reason }).await;
 }
 

@@ -9,10 +9,12 @@
 //! - [`wire`] — conversion between protobuf frames and domain commands/replies.
 //! - [`session`] — the per-connection state machine: commands in, actions out.
 //! - [`route`] — reference-counted user → connections registry.
+//! - [`delivery`] — per-connection delivery order: resume, gap fill, catch-up.
 //!
 //! Nothing here opens a socket or reads a clock, so it is tested with simulated peers.
 
 pub mod auth;
+pub mod delivery;
 pub mod error;
 pub mod ids;
 pub mod route;

@@ -503,6 +503,11 @@ impl Session {
         out
     }
 
+    /// The client's cursors (from Hello, advanced by its acks), per subject.
+    pub fn cursors(&self) -> impl Iterator<Item = (&str, Seq)> {
+        self.cursors.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+
     /// Live delivery is in place: write Welcome.
     pub fn on_joined(&mut self, now: Now) -> Vec<Action> {
         let mut out = Vec::new();

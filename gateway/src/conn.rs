@@ -14,14 +14,52 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use petrel_core::ErrorCode;
 use petrel_core::auth::Authenticator;
+use petrel_core::delivery::{Fetch, Live, Order};
 use petrel_core::session::{Action, Now, Session, SessionConfig};
-use petrel_core::wire::{decode_command, encode_reply};
+use petrel_core::wire::{Delivery, decode_command, encode_deliver, encode_reply};
 use petrel_proto::{FrameDecoder, FrameError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::hub::{Hub, LiveHandle};
+use crate::hub::{Hub, LiveHandle, LiveItem, Lost};
+
+/// Messages asked of the hub per fetch (a resume or a hole is filled page by page,
+/// each written before the next is fetched, so memory stays bounded).
+const FETCH_PAGE: usize = 256;
+
+/// Bytes of message content per Deliver frame when writing fetched messages.
+const DELIVER_FRAME_BUDGET: usize = 32 * 1024;
+
+type FetchResult = (Fetch, Result<(Vec<Delivery>, bool), String>);
+
+/// Fetches `f` from the hub, after `delay` (a retry).
+async fn fetch(hub: Arc<Hub>, f: Fetch, delay: Duration) -> FetchResult {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let r = hub.fetch(&f.subject, f.after, FETCH_PAGE).await;
+    (f, r)
+}
+
+/// Encodes fetched deliveries into Deliver frames of bounded size.
+fn encode_pages(items: &[Delivery]) -> Vec<Bytes> {
+    let mut frames = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, d) in items.iter().enumerate() {
+        bytes += d.message.content.len() + 128;
+        if bytes >= DELIVER_FRAME_BUDGET {
+            frames.push(encode_deliver(&items[start..=i]));
+            start = i + 1;
+            bytes = 0;
+        }
+    }
+    if start < items.len() {
+        frames.push(encode_deliver(&items[start..]));
+    }
+    frames
+}
 
 /// Why reading from a transport failed.
 #[derive(Debug, thiserror::Error)]
@@ -128,8 +166,10 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
             Now::system(),
         );
         let mut decoder = FrameDecoder::new(shared.session.max_frame_bytes);
-        let (live_tx, mut live_rx) = mpsc::channel::<Bytes>(shared.send_queue_frames);
-        let overflow = CancellationToken::new();
+        let (live_tx, mut live_rx) = mpsc::channel::<Arc<LiveItem>>(shared.send_queue_frames);
+        let lost = Arc::new(Lost::default());
+        let mut order = Order::new();
+        let mut fetches = FuturesUnordered::new();
         let mut live_tx = Some(live_tx);
         let mut publishes = FuturesUnordered::new();
         let mut joined: Option<petrel_core::UserId> = None;
@@ -185,12 +225,17 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                         if let Some(tx) = live_tx.take() {
                             let handle = LiveHandle {
                                 tx,
-                                overflow: overflow.clone(),
+                                lost: lost.clone(),
                             };
                             shared.hub.join(&identity.user, id, handle).await;
                             joined = Some(identity.user.clone());
                         }
                         actions.extend(session.on_joined(Now::system()));
+                        // Resume: what came after the client's cursors, before live.
+                        for (subject, seq) in session.cursors() {
+                            let f = order.resume(subject, seq);
+                            fetches.push(fetch(shared.hub.clone(), f, Duration::ZERO));
+                        }
                     }
                     Action::SaveCursors(cursors) => {
                         if let Some(identity) = session.identity() {
@@ -221,25 +266,59 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                 _ = shutdown.cancelled() => {
                     actions.extend(session.shutdown(ErrorCode::GoingAway, "gateway shutting down"));
                 }
-                _ = overflow.cancelled() => {
-                    actions.extend(session.shutdown(
-                        ErrorCode::SlowConsumer,
-                        "too many undelivered messages queued; reconnect and resume",
-                    ));
+                _ = lost.wait() => {
+                    // The live queue overflowed (a slow reader): catch up from the hub
+                    // at the reader's pace instead of buffering without bound.
+                    debug!("live queue overflowed; catching up from the hub");
+                    for f in order.lost() {
+                        fetches.push(fetch(shared.hub.clone(), f, Duration::ZERO));
+                    }
+                }
+                Some((f, result)) = fetches.next(), if !fetches.is_empty() => {
+                    match result {
+                        Ok((items, more)) => {
+                            let fresh: Vec<Delivery> = items
+                                .into_iter()
+                                .filter(|d| order.on_fetched(&d.subject, d.seq))
+                                .collect();
+                            for frame in encode_pages(&fresh) {
+                                if let Err(e) = writer.send(frame).await {
+                                    break 'conn End::Broken(e.to_string());
+                                }
+                            }
+                            if let Some(next) = order.fetch_done(&f.subject, more) {
+                                fetches.push(fetch(shared.hub.clone(), next, Duration::ZERO));
+                            }
+                        }
+                        Err(e) => {
+                            warn!(subject = %f.subject, after = %f.after, error = %e, "fetch from the hub failed; retrying");
+                            let again = Fetch { after: order.last(&f.subject).unwrap_or(f.after), ..f };
+                            fetches.push(fetch(shared.hub.clone(), again, Duration::from_secs(1)));
+                        }
+                    }
                 }
                 Some((req, outcome)) = publishes.next(), if !publishes.is_empty() => {
                     actions.extend(session.on_published(req, outcome));
                 }
-                Some(frame) = live_rx.recv() => {
-                    // Coalesce whatever else is queued into one write.
-                    let mut batch = BytesMut::from(frame.as_ref());
-                    while batch.len() < MAX_BATCH {
-                        match live_rx.try_recv() {
-                            Ok(more) => batch.extend_from_slice(&more),
-                            Err(_) => break,
+                Some(item) = live_rx.recv() => {
+                    // Coalesce whatever else is queued into one write; each message
+                    // goes through the delivery order (duplicates, holes, catch-up).
+                    let mut batch = BytesMut::new();
+                    let mut next = Some(item);
+                    while let Some(item) = next.take() {
+                        match order.on_live(&item.subject, item.seq, item.prev) {
+                            Live::Deliver => batch.extend_from_slice(&item.frame),
+                            Live::Skip => {}
+                            Live::Fetch(f) => {
+                                debug!(subject = %f.subject, after = %f.after, seq = %item.seq, "hole before a live message; fetching it");
+                                fetches.push(fetch(shared.hub.clone(), f, Duration::ZERO));
+                            }
+                        }
+                        if batch.len() < MAX_BATCH {
+                            next = live_rx.try_recv().ok();
                         }
                     }
-                    if let Err(e) = writer.send(batch.freeze()).await {
+                    if !batch.is_empty() && let Err(e) = writer.send(batch.freeze()).await {
                         break End::Broken(e.to_string());
                     }
                 }

@@ -5,9 +5,11 @@
 //! with at least one device connected here (reference-counted in
 //! [`petrel_core::route::Registry`]); the leaf forwards only what this edge subscribed
 //! to. Each live message is encoded into a Deliver frame once and the same bytes are
-//! queued to every device of the user.
+//! queued to every device of the user. [`Hub::fetch`] reads a subject's messages after
+//! a sequence from the hub's stream, for resumes and to fill holes.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,17 +22,58 @@ use petrel_core::wire::{Delivery, StoredMessage, encode_deliver};
 use petrel_core::{ErrorCode, Seq, UserId, subject};
 use petrel_storage::EdgeStore;
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+
+/// One live message, encoded once for every connection of its user.
+#[derive(Debug)]
+pub struct LiveItem {
+    /// Stored subject.
+    pub subject: String,
+    /// Stream sequence.
+    pub seq: Seq,
+    /// Previous sequence on the subject (`Nats-Last-Sequence`).
+    pub prev: Seq,
+    /// The Deliver frame.
+    pub frame: Bytes,
+}
+
+/// Raised when a connection's live queue overflowed and a message was dropped; the
+/// connection then catches up from the hub.
+#[derive(Debug, Default)]
+pub struct Lost {
+    flag: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Lost {
+    /// Records a drop and wakes the connection.
+    pub fn raise(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Waits for a drop and clears the flag.
+    pub async fn wait(&self) {
+        loop {
+            if self.flag.swap(false, Ordering::AcqRel) {
+                return;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
 
 /// How a connection receives live frames.
 #[derive(Clone, Debug)]
 pub struct LiveHandle {
-    /// Bounded queue of encoded frames.
-    pub tx: mpsc::Sender<Bytes>,
-    /// Cancelled when the queue overflowed: the connection must close (slow consumer).
-    pub overflow: CancellationToken,
+    /// Bounded queue of live messages.
+    pub tx: mpsc::Sender<Arc<LiveItem>>,
+    /// Raised when the queue overflowed.
+    pub lost: Arc<Lost>,
 }
+
+/// Stream holding the private and group messages.
+pub const MESSAGE_STREAM: &str = "USER_MESSAGES";
 
 struct UserSub {
     task: tokio::task::JoinHandle<()>,
@@ -46,6 +89,7 @@ pub struct Hub {
     registry: Mutex<Registry<UserId, LiveHandle>>,
     subs: Mutex<HashMap<UserId, UserSub>>,
     store: Arc<EdgeStore>,
+    overflows: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Hub {
@@ -104,6 +148,7 @@ impl Hub {
             registry: Mutex::new(Registry::default()),
             subs: Mutex::new(HashMap::new()),
             store,
+            overflows: Default::default(),
         }
     }
 
@@ -115,6 +160,12 @@ impl Hub {
     /// Live subscriptions held (one per user with a device connected here).
     pub fn live_subscriptions(&self) -> usize {
         self.registry.lock().map(|r| r.keys()).unwrap_or(0)
+    }
+
+    /// Live messages dropped for a connection whose queue was full (each then caught
+    /// up from the hub).
+    pub fn live_overflows(&self) -> u64 {
+        self.overflows.load(Ordering::Relaxed)
     }
 
     /// The edge cache.
@@ -183,6 +234,83 @@ impl Hub {
             };
             (id, outcome)
         }
+    }
+
+    /// Up to `limit` messages of `subject` after sequence `after`, oldest first, from
+    /// the hub's stream; the flag says whether more remain.
+    pub async fn fetch(
+        &self,
+        subject: &str,
+        after: Seq,
+        limit: usize,
+    ) -> Result<(Vec<Delivery>, bool), String> {
+        use jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+        let stream = self
+            .js
+            .get_stream(MESSAGE_STREAM)
+            .await
+            .map_err(|e| format!("stream {MESSAGE_STREAM}: {e}"))?;
+        let consumer = stream
+            .create_consumer(pull::Config {
+                filter_subject: subject.to_string(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: after.0 + 1,
+                },
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                memory_storage: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("creating a consumer on {subject}: {e}"))?;
+        let name = consumer.cached_info().name.clone();
+        let pending = consumer.cached_info().num_pending as usize;
+        let result = async {
+            let mut out = Vec::new();
+            if pending == 0 {
+                return Ok((out, false));
+            }
+            let want = pending.min(limit);
+            let mut batch = consumer
+                .batch()
+                .max_messages(want)
+                .expires(self.publish_timeout)
+                .messages()
+                .await
+                .map_err(|e| format!("fetching {subject}: {e}"))?;
+            let mut prev = after;
+            let mut more = pending > want;
+            let mut received = 0;
+            while let Some(msg) = batch.next().await {
+                let msg = msg.map_err(|e| format!("fetching {subject}: {e}"))?;
+                let info = msg.info().map_err(|e| format!("message info: {e}"))?;
+                let seq = Seq(info.stream_sequence);
+                more = info.pending > 0;
+                match StoredMessage::decode(msg.payload.clone()) {
+                    Ok(message) => out.push(Delivery {
+                        subject: subject.to_string(),
+                        seq,
+                        prev_seq: prev,
+                        message,
+                    }),
+                    Err(e) => {
+                        warn!(%subject, %seq, error = %e, "skipping an undecodable stored message")
+                    }
+                }
+                prev = seq;
+                received += 1;
+                if received >= want {
+                    break;
+                }
+            }
+            Ok((out, more))
+        }
+        .await;
+        // Ephemeral anyway (30 s inactivity); deleting now keeps the hub tidy.
+        if let Err(e) = stream.delete_consumer(&name).await {
+            debug!(error = %e, "deleting the fetch consumer failed");
+        }
+        result
     }
 
     /// Registers connection `conn` for `user`'s live messages; returns once the
@@ -265,14 +393,22 @@ impl Hub {
                     continue;
                 }
             };
-            let frame = encode_deliver(std::slice::from_ref(&delivery));
+            let item = Arc::new(LiveItem {
+                frame: encode_deliver(std::slice::from_ref(&delivery)),
+                subject: delivery.subject,
+                seq: delivery.seq,
+                prev: delivery.prev_seq,
+            });
             let targets: Vec<LiveHandle> = match self.registry.lock() {
                 Ok(reg) => reg.targets(&user).map(|(_, h)| h.clone()).collect(),
                 Err(_) => return,
             };
             for t in targets {
-                if t.tx.try_send(frame.clone()).is_err() {
-                    t.overflow.cancel();
+                // A full queue drops the message for that connection only; it notices
+                // the hole and fetches it from the hub at its own pace.
+                if t.tx.try_send(item.clone()).is_err() {
+                    self.overflows.fetch_add(1, Ordering::Relaxed);
+                    t.lost.raise();
                 }
             }
         }

@@ -74,10 +74,13 @@ pub fn router(web: WebState, shared: Arc<Shared>) -> Router {
 async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
     let conns = s.shared.connections.load(Ordering::Relaxed);
     let subs = s.shared.hub.live_subscriptions();
+    let overflows = s.shared.hub.live_overflows();
     if s.shared.hub.connected() {
         (
             StatusCode::OK,
-            format!("ready connections={conns} live_subscriptions={subs}\n"),
+            format!(
+                "ready connections={conns} live_subscriptions={subs} live_overflows={overflows}\n"
+            ),
         )
     } else {
         (

@@ -64,6 +64,13 @@ impl Topology {
         edges: usize,
         customize: impl Fn(&mut Config, &Path) -> anyhow::Result<()>,
     ) -> anyhow::Result<Self> {
+        // Gateway logs on the test's output when RUST_LOG is set (shown for failures).
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
         let dir = tempfile::tempdir()?;
         let hub = NatsProcess::start_hub(&dir.path().join("hub"), "hub", None).await?;
         let hub_client = wait_jetstream(&hub.client_url, "hub", Duration::from_secs(20)).await?;
