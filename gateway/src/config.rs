@@ -224,12 +224,22 @@ impl Default for LimitsSection {
 pub struct StorageSection {
     /// Directory of the RocksDB edge cache.
     pub path: PathBuf,
+    /// Messages kept per subject in the `recent` cache (resumes within them are served
+    /// by the edge).
+    pub recent_per_subject: usize,
+    /// Seconds a cached message is kept.
+    pub recent_max_age_secs: u64,
+    /// Seconds between trims of the cache.
+    pub trim_every_secs: u64,
 }
 
 impl Default for StorageSection {
     fn default() -> Self {
         Self {
             path: PathBuf::from("petrel-data"),
+            recent_per_subject: 2000,
+            recent_max_age_secs: 24 * 3600,
+            trim_every_secs: 30,
         }
     }
 }

@@ -90,6 +90,19 @@ pub struct Hub {
     subs: Mutex<HashMap<UserId, UserSub>>,
     store: Arc<EdgeStore>,
     overflows: std::sync::atomic::AtomicU64,
+    /// Messages fetched for resumes and holes, by source, and cache read errors.
+    pub fetched: FetchCounters,
+}
+
+/// Where fetched messages came from.
+#[derive(Debug, Default)]
+pub struct FetchCounters {
+    /// Served from the edge cache (`recent`).
+    pub from_cache: std::sync::atomic::AtomicU64,
+    /// Fetched from the hub's stream.
+    pub from_hub: std::sync::atomic::AtomicU64,
+    /// Corrupt or undecodable cache entries met (logged, skipped).
+    pub cache_errors: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Hub {
@@ -149,6 +162,7 @@ impl Hub {
             subs: Mutex::new(HashMap::new()),
             store,
             overflows: Default::default(),
+            fetched: Default::default(),
         }
     }
 
@@ -171,6 +185,11 @@ impl Hub {
     /// The edge cache.
     pub fn store(&self) -> &EdgeStore {
         &self.store
+    }
+
+    /// The edge cache, shared (for blocking work on another thread).
+    pub fn store_handle(&self) -> Arc<EdgeStore> {
+        self.store.clone()
     }
 
     /// Puts every copy of `req` on the wire, in order, and returns a future for the
@@ -236,9 +255,91 @@ impl Hub {
         }
     }
 
-    /// Up to `limit` messages of `subject` after sequence `after`, oldest first, from
-    /// the hub's stream; the flag says whether more remain.
+    /// Up to `limit` messages of `subject` after sequence `after`, oldest first; the
+    /// flag says whether more remain. The edge cache answers when it holds an unbroken
+    /// run starting right after `after` (each entry's `prev` is the one before); the
+    /// hub's stream answers otherwise, and confirms where the cached run ends.
     pub async fn fetch(
+        &self,
+        subject: &str,
+        after: Seq,
+        limit: usize,
+    ) -> Result<(Vec<Delivery>, bool), String> {
+        let cached = self.cached_run(subject, after, limit);
+        if let Some(last) = cached.last() {
+            let more = if cached.len() == limit {
+                true
+            } else {
+                // The cache may end before the stream does (nobody was subscribed here
+                // for a while): ask the hub for the subject's last sequence.
+                self.last_seq(subject).await? > last.seq.0
+            };
+            self.fetched
+                .from_cache
+                .fetch_add(cached.len() as u64, Ordering::Relaxed);
+            return Ok((cached, more));
+        }
+        let (out, more) = self.fetch_from_hub(subject, after, limit).await?;
+        self.fetched
+            .from_hub
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        Ok((out, more))
+    }
+
+    /// The unbroken run of cached messages right after `after`.
+    fn cached_run(&self, subject: &str, after: Seq, limit: usize) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        let (entries, corrupt) = match self.store.recent_after(subject, after.0, limit) {
+            Ok(v) => v,
+            Err(e) => {
+                self.fetched.cache_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(%subject, error = %e, "reading the edge cache failed; using the hub");
+                return out;
+            }
+        };
+        if let Some(e) = corrupt {
+            self.fetched.cache_errors.fetch_add(1, Ordering::Relaxed);
+            warn!(%subject, error = %e, "corrupt edge cache entry; the hub serves from there");
+        }
+        let mut prev = after.0;
+        for r in entries {
+            if r.prev != prev {
+                break; // a hole in the cache: the hub fills it
+            }
+            match StoredMessage::decode(r.payload) {
+                Ok(message) => out.push(Delivery {
+                    subject: subject.to_string(),
+                    seq: Seq(r.seq),
+                    prev_seq: Seq(r.prev),
+                    message,
+                }),
+                Err(e) => {
+                    self.fetched.cache_errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(%subject, seq = r.seq, error = %e, "undecodable edge cache entry");
+                    break;
+                }
+            }
+            prev = r.seq;
+        }
+        out
+    }
+
+    /// The last sequence stored on `subject` (0: none).
+    async fn last_seq(&self, subject: &str) -> Result<u64, String> {
+        use jetstream::stream::DirectGetErrorKind;
+        let stream = self
+            .js
+            .get_stream_no_info(MESSAGE_STREAM)
+            .await
+            .map_err(|e| format!("stream {MESSAGE_STREAM}: {e}"))?;
+        match stream.direct_get_last_for_subject(subject).await {
+            Ok(m) => Ok(m.sequence),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(0),
+            Err(e) => Err(format!("last message of {subject}: {e}")),
+        }
+    }
+
+    async fn fetch_from_hub(
         &self,
         subject: &str,
         after: Seq,
@@ -247,7 +348,7 @@ impl Hub {
         use jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
         let stream = self
             .js
-            .get_stream(MESSAGE_STREAM)
+            .get_stream_no_info(MESSAGE_STREAM)
             .await
             .map_err(|e| format!("stream {MESSAGE_STREAM}: {e}"))?;
         let consumer = stream
@@ -393,6 +494,19 @@ impl Hub {
                     continue;
                 }
             };
+            let received_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or_default();
+            let cached = petrel_storage::Recent {
+                seq: delivery.seq.0,
+                prev: delivery.prev_seq.0,
+                at_ms: received_ms,
+                payload: msg.payload.clone(),
+            };
+            if let Err(e) = self.store.put_recent(&delivery.subject, &cached) {
+                warn!(error = %e, "writing the edge cache failed");
+            }
             let item = Arc::new(LiveItem {
                 frame: encode_deliver(std::slice::from_ref(&delivery)),
                 subject: delivery.subject,

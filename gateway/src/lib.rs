@@ -75,6 +75,7 @@ pub struct Gateway {
     certs: Arc<tls::CertStore>,
     web: web::WebState,
     nats: async_nats::Client,
+    storage: config::StorageSection,
 }
 
 impl Gateway {
@@ -199,6 +200,7 @@ impl Gateway {
             certs,
             web,
             nats,
+            storage: cfg.storage.clone(),
         })
     }
 
@@ -268,7 +270,13 @@ impl Gateway {
         let http = axum::serve(self.http, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let certs = self.certs.clone().maintain(shutdown.clone());
-        let (_, _, _, served, _) = tokio::join!(quic, ws, ws_plain, async { http.await }, certs);
+        let trim = trim_cache(
+            self.shared.hub.clone(),
+            self.storage.clone(),
+            shutdown.clone(),
+        );
+        let (_, _, _, served, _, _) =
+            tokio::join!(quic, ws, ws_plain, async { http.await }, certs, trim);
         served.context("HTTP server")?;
         tracker.close();
         if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
@@ -282,5 +290,31 @@ impl Gateway {
         let _ = self.nats.flush().await;
         info!("gateway stopped");
         Ok(())
+    }
+}
+
+/// Trims the edge cache's `recent` column family by count per subject and by age,
+/// every `trim_every_secs`, until `shutdown`.
+async fn trim_cache(hub: Arc<Hub>, cfg: config::StorageSection, shutdown: CancellationToken) {
+    let every = Duration::from_secs(cfg.trim_every_secs.max(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        let older_than = now_ms.saturating_sub(cfg.recent_max_age_secs.saturating_mul(1000));
+        let store = hub.store_handle();
+        let per_subject = cfg.recent_per_subject;
+        match tokio::task::spawn_blocking(move || store.trim_recent(per_subject, older_than)).await
+        {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::debug!(removed = n, "trimmed the edge cache"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "trimming the edge cache failed"),
+            Err(e) => tracing::warn!(error = %e, "trim task failed"),
+        }
     }
 }

@@ -75,11 +75,18 @@ async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
     let conns = s.shared.connections.load(Ordering::Relaxed);
     let subs = s.shared.hub.live_subscriptions();
     let overflows = s.shared.hub.live_overflows();
+    let f = &s.shared.hub.fetched;
+    let (cache, hub, cache_errors) = (
+        f.from_cache.load(Ordering::Relaxed),
+        f.from_hub.load(Ordering::Relaxed),
+        f.cache_errors.load(Ordering::Relaxed),
+    );
     if s.shared.hub.connected() {
         (
             StatusCode::OK,
             format!(
-                "ready connections={conns} live_subscriptions={subs} live_overflows={overflows}\n"
+                "ready connections={conns} live_subscriptions={subs} live_overflows={overflows} \
+                 fetched_from_cache={cache} fetched_from_hub={hub} cache_errors={cache_errors}\n"
             ),
         )
     } else {

@@ -58,6 +58,45 @@ impl std::fmt::Debug for EdgeStore {
     }
 }
 
+/// A cached message: its place in the stream and the stored payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recent {
+    /// Stream sequence.
+    pub seq: u64,
+    /// Previous sequence on the same subject (`Nats-Last-Sequence`): lets a reader check
+    /// that a run of cached messages has no hole.
+    pub prev: u64,
+    /// When the edge received it (Unix ms).
+    pub at_ms: u64,
+    /// The stored message (protobuf `StoredMessage`).
+    pub payload: Bytes,
+}
+
+impl Recent {
+    fn decode(seq_key: &[u8], v: &[u8]) -> Result<Self, String> {
+        let seq: [u8; 8] = seq_key
+            .try_into()
+            .map_err(|_| format!("sequence key of {} bytes", seq_key.len()))?;
+        if v.len() < 16 {
+            return Err(format!(
+                "value of {} bytes is shorter than its header",
+                v.len()
+            ));
+        }
+        let word = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&v[i..i + 8]);
+            u64::from_be_bytes(b)
+        };
+        Ok(Self {
+            seq: u64::from_be_bytes(seq),
+            prev: word(0),
+            at_ms: word(8),
+            payload: Bytes::copy_from_slice(&v[16..]),
+        })
+    }
+}
+
 fn key2(a: &str, b: &[u8]) -> Result<Vec<u8>, StorageError> {
     if a.as_bytes().contains(&0) {
         return Err(StorageError::BadKey);
@@ -136,22 +175,30 @@ impl EdgeStore {
         Ok(out)
     }
 
-    /// Caches a message of `subject` at `seq`.
-    pub fn put_recent(&self, subject: &str, seq: u64, payload: &[u8]) -> Result<(), StorageError> {
-        let key = key2(subject, &seq.to_be_bytes())?;
+    /// Caches a message of `subject` at `seq` whose predecessor on the subject is
+    /// `prev`, received at `at_ms` (Unix ms; for trimming by age).
+    pub fn put_recent(&self, subject: &str, entry: &Recent) -> Result<(), StorageError> {
+        let key = key2(subject, &entry.seq.to_be_bytes())?;
+        let mut value = Vec::with_capacity(16 + entry.payload.len());
+        value.extend_from_slice(&entry.prev.to_be_bytes());
+        value.extend_from_slice(&entry.at_ms.to_be_bytes());
+        value.extend_from_slice(&entry.payload);
         let mut w = WriteOptions::default();
+        // A cache: losing the last writes in a crash only means a fetch from the hub.
         w.set_sync(false);
-        self.db.put_cf_opt(self.cf(CF_RECENT)?, key, payload, &w)?;
+        self.db.put_cf_opt(self.cf(CF_RECENT)?, key, value, &w)?;
         Ok(())
     }
 
-    /// Up to `limit` cached messages of `subject` with sequence greater than `after`, in order.
+    /// Up to `limit` cached messages of `subject` with sequence greater than `after`, in
+    /// order. A corrupt entry ends the list there (the caller fetches the rest from the
+    /// hub) and is returned as the error half, to be logged and counted.
     pub fn recent_after(
         &self,
         subject: &str,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, Bytes)>, StorageError> {
+    ) -> Result<(Vec<Recent>, Option<StorageError>), StorageError> {
         let prefix = key2(subject, b"")?;
         let start = key2(subject, &after.saturating_add(1).to_be_bytes())?;
         let mut out = Vec::new();
@@ -167,10 +214,59 @@ impl EdgeStore {
             if !k.starts_with(&prefix) {
                 break;
             }
-            let seq = u64_value(CF_RECENT, &k, &k[prefix.len()..])?;
-            out.push((seq, Bytes::copy_from_slice(&v)));
+            match Recent::decode(&k[prefix.len()..], &v) {
+                Ok(r) => out.push(r),
+                Err(why) => {
+                    let err = StorageError::Corrupt {
+                        cf: CF_RECENT,
+                        key: String::from_utf8_lossy(&k).into_owned(),
+                        why,
+                    };
+                    return Ok((out, Some(err)));
+                }
+            }
         }
-        Ok(out)
+        Ok((out, None))
+    }
+
+    /// Trims `recent`: keeps at most `per_subject` newest entries of each subject and
+    /// drops entries received before `older_than_ms`; corrupt entries go too. Returns
+    /// how many entries were removed.
+    pub fn trim_recent(&self, per_subject: usize, older_than_ms: u64) -> Result<u64, StorageError> {
+        let cf = self.cf(CF_RECENT)?;
+        // One pass collects each subject's keys (newest last); deletes go in a batch.
+        let mut batch = rocksdb::WriteBatch::default();
+        let mut removed = 0u64;
+        let mut subject: Vec<u8> = Vec::new();
+        let mut keys: Vec<Box<[u8]>> = Vec::new();
+        let mut flush = |keys: &mut Vec<Box<[u8]>>, batch: &mut rocksdb::WriteBatch| {
+            if keys.len() > per_subject {
+                for k in keys.drain(..keys.len() - per_subject) {
+                    batch.delete_cf(cf, k);
+                    removed += 1;
+                }
+            }
+            keys.clear();
+        };
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, v) = item?;
+            let Some(split) = k.iter().position(|b| *b == 0) else {
+                batch.delete_cf(cf, &k);
+                continue;
+            };
+            if k[..split] != subject[..] {
+                flush(&mut keys, &mut batch);
+                subject = k[..split].to_vec();
+            }
+            match Recent::decode(&k[split + 1..], &v) {
+                Ok(r) if r.at_ms >= older_than_ms => keys.push(k),
+                _ => batch.delete_cf(cf, &k),
+            }
+        }
+        flush(&mut keys, &mut batch);
+        let aged = batch.len() as u64;
+        self.db.write(batch)?;
+        Ok(aged.max(removed))
     }
 
     /// Writes a raw value (tests use it to plant corruption).
@@ -206,23 +302,71 @@ mod tests {
         assert!(s.cursors("bob/phone").unwrap().is_empty());
     }
 
+    fn recent(seq: u64, prev: u64, at_ms: u64) -> Recent {
+        Recent {
+            seq,
+            prev,
+            at_ms,
+            payload: Bytes::from(format!("m{seq}")),
+        }
+    }
+
     #[test]
     fn recent_is_ordered_per_subject() {
         let dir = tempfile::tempdir().unwrap();
         let s = EdgeStore::open(dir.path()).unwrap();
         for seq in [3u64, 1, 300, 2] {
-            s.put_recent("msg.private.bob", seq, format!("m{seq}").as_bytes())
+            s.put_recent("msg.private.bob", &recent(seq, seq - 1, 1))
                 .unwrap();
         }
-        s.put_recent("msg.private.bobby", 4, b"other").unwrap();
-        let got: Vec<u64> = s
-            .recent_after("msg.private.bob", 1, 10)
+        s.put_recent("msg.private.bobby", &recent(4, 0, 1)).unwrap();
+        let (got, err) = s.recent_after("msg.private.bob", 1, 10).unwrap();
+        assert!(err.is_none());
+        assert_eq!(
+            got.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![2, 3, 300]
+        );
+        assert_eq!(got[0], recent(2, 1, 1));
+        assert_eq!(s.recent_after("msg.private.bob", 0, 2).unwrap().0.len(), 2);
+    }
+
+    #[test]
+    fn trim_keeps_the_newest_per_subject_and_drops_old_and_corrupt_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EdgeStore::open(dir.path()).unwrap();
+        for seq in 1..=10u64 {
+            s.put_recent("msg.private.a", &recent(seq, seq - 1, 1_000 + seq))
+                .unwrap();
+        }
+        s.put_recent("msg.private.b", &recent(50, 0, 5)).unwrap();
+        s.put_recent("msg.private.b", &recent(51, 50, 2_000))
+            .unwrap();
+        // A value too short to hold its header.
+        s.put_raw(
+            CF_RECENT,
+            &key2("msg.private.b", &52u64.to_be_bytes()).unwrap(),
+            b"x",
+        )
+        .unwrap();
+        let (before, err) = s.recent_after("msg.private.b", 0, 10).unwrap();
+        assert_eq!(before.len(), 2, "the list stops at the corrupt entry");
+        assert!(matches!(err, Some(StorageError::Corrupt { .. })));
+        s.trim_recent(4, 100).unwrap();
+        let a: Vec<u64> = s
+            .recent_after("msg.private.a", 0, 100)
             .unwrap()
-            .into_iter()
-            .map(|(q, _)| q)
+            .0
+            .iter()
+            .map(|r| r.seq)
             .collect();
-        assert_eq!(got, vec![2, 3, 300]);
-        assert_eq!(s.recent_after("msg.private.bob", 0, 2).unwrap().len(), 2);
+        assert_eq!(a, vec![7, 8, 9, 10]);
+        let (b, err) = s.recent_after("msg.private.b", 0, 100).unwrap();
+        assert_eq!(
+            b.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![51],
+            "old and corrupt gone"
+        );
+        assert!(err.is_none());
     }
 
     #[test]

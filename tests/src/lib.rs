@@ -167,6 +167,15 @@ impl Topology {
         Ok(petrel_gateway::web::http_get(&addr, path).await?.1)
     }
 
+    /// A `name=value` counter from edge `edge`'s `/readyz`.
+    pub async fn counter(&self, edge: usize, name: &str) -> anyhow::Result<u64> {
+        let body = self.http_get(edge, "/readyz").await?;
+        body.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no {name} in {body:?}"))
+    }
+
     /// Live subscriptions edge `edge` holds (from `/readyz`), polled until it equals
     /// `want` or 5 s pass.
     pub async fn wait_live_subscriptions(&self, edge: usize, want: u64) -> anyhow::Result<u64> {

@@ -144,13 +144,55 @@ async fn a_reader_too_slow_for_its_queue_is_caught_up_not_dropped() -> anyhow::R
             .load(std::sync::atomic::Ordering::Relaxed),
         0
     );
-    let ready = t.http_get(0, "/readyz").await?;
-    let overflows: u64 = ready
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("live_overflows="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    assert!(overflows > 0, "bob's queue should have overflowed: {ready}");
+    let overflows = t.counter(0, "live_overflows").await?;
+    assert!(overflows > 0, "bob's queue should have overflowed");
+    t.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_is_served_from_the_edge_cache_and_from_the_hub_without_it() -> anyhow::Result<()>
+{
+    let t = Topology::start(2).await?;
+    let alice = t.connect(0, Quic, "alice", "phone").await?;
+    // bob's laptop stays online on edge 0, so edge 0 receives (and caches) his inbox
+    // while his phone is away.
+    let mut laptop = t.connect(0, Quic, "bob", "laptop").await?;
+    let mut phone = t.connect(0, WebSocket, "bob", "phone").await?;
+    send_many(&alice, "before", 2, 10).await?;
+    let cursor = *expect_in_order(&mut phone, "before", 2, 5)
+        .await?
+        .last()
+        .unwrap_or(&0);
+    phone.close().await;
+
+    let sent = send_many(&alice, "away", 500, 200).await?;
+    expect_in_order(&mut laptop, "before", 2, 5).await?;
+    expect_in_order(&mut laptop, "away", 500, 10).await?;
+    let (cache0, hub0) = (
+        t.counter(0, "fetched_from_cache").await?,
+        t.counter(0, "fetched_from_hub").await?,
+    );
+
+    let resume = |edge: usize, device: &str| {
+        let mut opts = ConnectOptions::new(t.endpoint(edge, Quic), t.token("bob"), device);
+        opts.cursors = vec![(INBOX.to_string(), cursor)];
+        Client::connect(opts)
+    };
+    let mut phone = resume(0, "phone").await?;
+    assert_eq!(expect_in_order(&mut phone, "away", 500, 10).await?, sent);
+    assert_eq!(
+        t.counter(0, "fetched_from_cache").await? - cache0,
+        500,
+        "all from the edge"
+    );
+    assert_eq!(t.counter(0, "fetched_from_hub").await? - hub0, 0);
+
+    // Edge 1 never saw bob's inbox: the same resume there comes from the hub.
+    let mut tablet = resume(1, "tablet").await?;
+    assert_eq!(expect_in_order(&mut tablet, "away", 500, 10).await?, sent);
+    assert_eq!(t.counter(1, "fetched_from_hub").await?, 500);
+    assert_eq!(t.counter(1, "fetched_from_cache").await?, 0);
     t.stop().await;
     Ok(())
 }
