@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod state;
 pub mod tls;
 pub mod transport;
 

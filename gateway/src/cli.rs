@@ -119,6 +119,11 @@ pub enum ClientAction {
     },
     /// Print one JSON object per delivered message.
     Listen {
+        /// Resume state: the last processed sequence per subject, read before
+        /// connecting (missing = a new device, starting from now) and written after
+        /// each message. Reconnecting with the same file gets exactly what was missed.
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
         /// Exit after this many messages.
         #[arg(long)]
         count: Option<u64>,
@@ -194,7 +199,7 @@ fn random_id() -> String {
     hex::encode(bytes)
 }
 
-async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
+async fn connect(args: &ClientArgs, cursors: Vec<(String, u64)>) -> anyhow::Result<Client> {
     let (address, trust) = match (&args.endpoint, &args.cert_sha256) {
         (Some(ep), Some(hash)) => (ep.clone(), Trust::from_hex_sha256(hash)?),
         _ => {
@@ -224,7 +229,9 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<Client> {
         server_name: Some("localhost".into()),
         connect_timeout: Duration::from_secs(10),
     };
-    Client::connect(ConnectOptions::new(endpoint, token, args.device.clone()))
+    let mut opts = ConnectOptions::new(endpoint, token, args.device.clone());
+    opts.cursors = cursors;
+    Client::connect(opts)
         .await
         .with_context(|| format!("connecting as {} over {}", args.user, args.transport))
 }
@@ -237,7 +244,14 @@ fn now_ms() -> u64 {
 }
 
 async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
-    let mut client = connect(&args).await?;
+    let mut state_file = match &args.action {
+        ClientAction::Listen {
+            state: Some(path), ..
+        } => Some(petrel_client::state::CursorFile::load(path)?),
+        _ => None,
+    };
+    let cursors = state_file.as_ref().map(|s| s.cursors()).unwrap_or_default();
+    let mut client = connect(&args, cursors).await?;
     match &args.action {
         ClientAction::Send { to, id, text } => {
             let id = id.clone().unwrap_or_else(random_id);
@@ -274,7 +288,11 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
             client.close().await;
             Ok(code)
         }
-        ClientAction::Listen { count, timeout } => {
+        ClientAction::Listen {
+            count,
+            timeout,
+            state: _,
+        } => {
             let deadline = timeout.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
             let w = client.welcome();
             eprintln!(
@@ -315,6 +333,10 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
                             })
                         );
                         client.ack(&m.subject, m.seq).await?;
+                        if let Some(s) = state_file.as_mut() {
+                            s.advance(&m.subject, m.seq);
+                            s.save()?;
+                        }
                     }
                     Some(Event::Error { code, message }) => eprintln!("warning: {code}: {message}"),
                     Some(Event::Closed { reason }) => bail!("connection closed: {reason}"),

@@ -42,10 +42,10 @@ fn start_dev(dir: &Path) -> Dev {
 
 /// Starts `petrel client ... listen` and waits until it reports it is connected.
 fn start_listener(dir: &Path, user: &str, device: &str, transport: &str, count: u32) -> Child {
-    let mut child = Command::new(PETREL)
-        .args(["client", "--dev"])
-        .arg(dir)
-        .args([
+    let count = count.to_string();
+    start_listener_with(
+        dir,
+        &[
             "--user",
             user,
             "--device",
@@ -53,22 +53,12 @@ fn start_listener(dir: &Path, user: &str, device: &str, transport: &str, count: 
             "--transport",
             transport,
             "listen",
-        ])
-        .args(["--count", &count.to_string(), "--timeout", "30"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn listener");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let first = lines.next().expect("listener said nothing").expect("read");
-    assert!(
-        first.starts_with("listening as"),
-        "listener failed: {first}"
-    );
-    // Keep draining stderr so the listener never writes into a closed pipe.
-    std::thread::spawn(move || for _ in lines {});
-    child
+            "--count",
+            &count,
+            "--timeout",
+            "30",
+        ],
+    )
 }
 
 /// Runs `petrel client --dev DIR ARGS…` to completion.
@@ -277,6 +267,115 @@ fn readme_session_alice_quic_to_bob_websocket_on_two_devices() {
         "a nats-server outlived petrel dev"
     );
     assert!(!dir.join("endpoints.json").exists());
+}
+
+#[test]
+fn listen_with_a_state_file_resumes_exactly_where_it_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let _dev = start_dev(&dir);
+    let state = tmp.path().join("dora.state");
+    let state_s = state.to_str().unwrap();
+    let send = |id: &str, text: &str| {
+        let out = petrel_client(
+            &dir,
+            &["--user", "eve", "send", "--to", "dora", "--id", id, text],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let listen = |count: &str, timeout: &str| {
+        petrel_client(
+            &dir,
+            &[
+                "--user",
+                "dora",
+                "--device",
+                "tab",
+                "listen",
+                "--state",
+                state_s,
+                "--count",
+                count,
+                "--timeout",
+                timeout,
+            ],
+        )
+    };
+    // A new device (no state file) starts from now: send once it is listening.
+    let first = start_listener_with(
+        &dir,
+        &[
+            "--user",
+            "dora",
+            "--device",
+            "tab",
+            "listen",
+            "--state",
+            state_s,
+            "--count",
+            "1",
+            "--timeout",
+            "30",
+        ],
+    );
+    send("one", "one");
+    let out = first.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(json_lines(&out.stdout)[0]["text"], "one");
+    assert!(
+        std::fs::read_to_string(&state)
+            .unwrap()
+            .contains("msg.private.dora ")
+    );
+
+    // Away: two messages arrive; the next listen gets exactly those, in order.
+    send("two", "two");
+    send("three", "three");
+    let out = listen("2", "10");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let texts: Vec<_> = json_lines(&out.stdout)
+        .iter()
+        .map(|m| m["text"].clone())
+        .collect();
+    assert_eq!(texts, ["two", "three"]);
+    // Nothing is delivered twice.
+    let out = listen("1", "1");
+    assert!(!out.status.success(), "nothing left to deliver");
+    assert!(json_lines(&out.stdout).is_empty());
+    // A broken state file is a clear error.
+    std::fs::write(&state, "msg.private.dora lots\n").unwrap();
+    let out = listen("1", "1");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 1"));
+}
+
+/// Starts `petrel client --dev DIR ARGS…` (a listen) and waits until it is connected.
+fn start_listener_with(dir: &Path, args: &[&str]) -> Child {
+    let mut child = Command::new(PETREL)
+        .args(["client", "--dev"])
+        .arg(dir)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn listener");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let first = lines.next().expect("listener said nothing").expect("read");
+    assert!(
+        first.starts_with("listening as"),
+        "listener failed: {first}"
+    );
+    // Keep draining stderr so the listener never writes into a closed pipe.
+    std::thread::spawn(move || for _ in lines {});
+    child
 }
 
 #[test]

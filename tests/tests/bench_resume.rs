@@ -33,7 +33,11 @@ async fn resume_1000_from_cache_vs_hub() -> anyhow::Result<()> {
     let mut laptop = t.connect(0, Quic, "bob", "laptop").await?;
     let mut pending = Vec::new();
     for i in 0..MISSED {
-        pending.push(alice.start_send("bob", &format!("m{i}"), vec![b'x'; 200], "text/plain").await?);
+        pending.push(
+            alice
+                .start_send("bob", &format!("m{i}"), vec![b'x'; 200], "text/plain")
+                .await?,
+        );
     }
     for p in pending {
         anyhow::ensure!(matches!(p.await?, SendResult::Stored { .. }));
