@@ -196,7 +196,8 @@ pub struct LimitsSection {
     pub send_rate_per_sec: u32,
     /// Burst of sends allowed above the average rate.
     pub send_burst: u32,
-    /// Frames queued toward one connection before it counts as a slow consumer.
+    /// Live messages queued toward one connection; beyond it the connection catches
+    /// up from the cache/hub instead.
     pub send_queue_frames: usize,
     /// Concurrent connections on this gateway.
     pub max_connections: usize,
