@@ -189,7 +189,23 @@ enum Cmd {
         reply: oneshot::Sender<SendResult>,
     },
     Frame(Bytes),
+    Sync {
+        id: u64,
+        frame: Bytes,
+        reply: oneshot::Sender<Result<HistoryPage, ClientError>>,
+    },
 }
+
+/// A page of history (see [`Client::history`]).
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    /// Messages in the order asked for.
+    pub messages: Vec<Message>,
+    /// The page was full: ask again from its last message.
+    pub more: bool,
+}
+
+static NEXT_SYNC: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Counters kept by the client.
 #[derive(Debug, Default)]
@@ -321,6 +337,38 @@ impl Client {
             .map_err(|_| ClientError::Closed("connection closed before the SendResult".into()))
     }
 
+    /// A page of history on `subject`: newest first (messages before `from`; 0 = from
+    /// the newest) or oldest first (after `from`). Independent of live delivery and
+    /// cursors.
+    pub async fn history(
+        &self,
+        subject: &str,
+        newest_first: bool,
+        from: u64,
+        limit: u32,
+    ) -> Result<HistoryPage, ClientError> {
+        let id = NEXT_SYNC.fetch_add(1, Ordering::Relaxed);
+        let frame = client_frame(pb::client_frame::Kind::Sync(pb::Sync {
+            request_id: id,
+            subject: subject.to_string(),
+            newest_first,
+            before: if newest_first { from } else { 0 },
+            after: if newest_first { 0 } else { from },
+            limit,
+        }));
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Cmd::Sync {
+                id,
+                frame,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| ClientError::Closed("client stopped".into()))?;
+        rx.await
+            .map_err(|_| ClientError::Closed("connection closed before the history page".into()))?
+    }
+
     /// Queues a send and returns the receiver for its result without waiting, so many
     /// sends can be in flight (pipelining).
     pub async fn start_send(
@@ -431,6 +479,7 @@ async fn drive(
         Ok::<(), ClientError>(())
     });
     let mut outgoing: VecDeque<Bytes> = VecDeque::new();
+    let mut syncs: HashMap<u64, oneshot::Sender<Result<HistoryPage, ClientError>>> = HashMap::new();
     let reason: Option<String> = loop {
         tokio::select! {
             _ = ping.tick() => {
@@ -445,6 +494,10 @@ async fn drive(
                     outgoing.push_back(frame);
                 }
                 Some(Cmd::Frame(frame)) => outgoing.push_back(frame),
+                Some(Cmd::Sync { id, frame, reply }) => {
+                    syncs.insert(id, reply);
+                    outgoing.push_back(frame);
+                }
                 None => break None,
             },
             permit = wtx.reserve(), if !outgoing.is_empty() => match permit {
@@ -463,7 +516,11 @@ async fn drive(
             }
             frame = next_frame(&mut reader, &mut decoder) => match frame {
                 Ok(Some(kind)) => {
-                    if !handle(kind, &mut pending, &events, &stats, &mut seen).await {
+                    if let pb::server_frame::Kind::SyncBatch(b) = kind {
+                        if let Some(reply) = syncs.remove(&b.request_id) {
+                            let _ = reply.send(history_page(b));
+                        }
+                    } else if !handle(kind, &mut pending, &events, &stats, &mut seen).await {
                         break Some("event receiver dropped".into());
                     }
                 }
@@ -485,6 +542,34 @@ async fn drive(
     };
     write_task.abort();
     let _ = events.send(Event::Closed { reason }).await;
+}
+
+fn to_message(m: pb::Message) -> Message {
+    Message {
+        subject: m.subject,
+        seq: m.seq,
+        prev_seq: m.prev_seq,
+        from: m.from,
+        to: m.to,
+        from_device: m.from_device,
+        time_ms: m.time_ms,
+        client_msg_id: m.client_msg_id,
+        content: m.content,
+        content_type: m.content_type,
+    }
+}
+
+fn history_page(b: pb::SyncBatch) -> Result<HistoryPage, ClientError> {
+    if b.error != 0 {
+        return Err(ClientError::Refused {
+            code: code_name(b.error),
+            message: b.detail,
+        });
+    }
+    Ok(HistoryPage {
+        messages: b.messages.into_iter().map(to_message).collect(),
+        more: b.more,
+    })
 }
 
 async fn handle(
@@ -529,18 +614,7 @@ async fn handle(
                     continue;
                 }
                 *last = m.seq;
-                let msg = Message {
-                    subject: m.subject,
-                    seq: m.seq,
-                    prev_seq: m.prev_seq,
-                    from: m.from,
-                    to: m.to,
-                    from_device: m.from_device,
-                    time_ms: m.time_ms,
-                    client_msg_id: m.client_msg_id,
-                    content: m.content,
-                    content_type: m.content_type,
-                };
+                let msg = to_message(m);
                 if events.send(Event::Message(msg)).await.is_err() {
                     return false;
                 }
@@ -554,6 +628,6 @@ async fn handle(
             })
             .await
             .is_ok(),
-        Kind::Welcome(_) | Kind::Pong(_) => true,
+        Kind::Welcome(_) | Kind::Pong(_) | Kind::SyncBatch(_) => true,
     }
 }

@@ -133,6 +133,8 @@ pub enum Action {
     Join(Identity),
     /// Persist these cursors (cumulative acknowledgements).
     SaveCursors(Vec<(String, Seq)>),
+    /// Read a page of history and answer with a SyncBatch.
+    Sync(crate::wire::SyncRequest),
     /// Close the connection with this code (after writing any replies before it).
     Close(ErrorCode, String),
 }
@@ -388,6 +390,22 @@ impl Session {
                 }
                 if !save.is_empty() {
                     out.push(Action::SaveCursors(save));
+                }
+            }
+            (State::Joining(id) | State::Active(id), Command::Sync(req)) => {
+                if req.subject == subject::private_inbox(&id.user) {
+                    out.push(Action::Sync(req));
+                } else {
+                    out.push(Action::Reply(Reply::SyncBatch {
+                        request_id: req.request_id,
+                        subject: req.subject.clone(),
+                        messages: Vec::new(),
+                        more: false,
+                        error: Some((
+                            ErrorCode::Protocol,
+                            format!("cannot read {:?}: not a subject of this user", req.subject),
+                        )),
+                    }));
                 }
             }
             (_, Command::Ping(nonce)) => out.push(Action::Reply(Reply::Pong {

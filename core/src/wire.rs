@@ -38,6 +38,28 @@ pub enum Command {
     Ack(Vec<(String, Seq)>),
     /// Keep-alive.
     Ping(u64),
+    /// A page of history.
+    Sync(SyncRequest),
+}
+
+/// Most messages in one history page.
+pub const MAX_SYNC_LIMIT: u32 = 200;
+
+/// A history request (the subject is checked by the session).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncRequest {
+    /// Echoed in the answer.
+    pub request_id: u64,
+    /// Subject asked for.
+    pub subject: String,
+    /// Newest first (scrolling back) rather than oldest first.
+    pub newest_first: bool,
+    /// Newest first: only messages before this sequence (0: from the newest).
+    pub before: Seq,
+    /// Oldest first: only messages after this sequence.
+    pub after: Seq,
+    /// Page size, 1..=[`MAX_SYNC_LIMIT`].
+    pub limit: u32,
 }
 
 /// A validated Send.
@@ -118,6 +140,17 @@ pub fn decode_command(frame: Bytes) -> Result<Command, WireError> {
         }
         Kind::Ack(a) => Command::Ack(cursors(a.cursors)),
         Kind::Ping(p) => Command::Ping(p.nonce),
+        Kind::Sync(s) => Command::Sync(SyncRequest {
+            request_id: s.request_id,
+            subject: s.subject,
+            newest_first: s.newest_first,
+            before: Seq(s.before),
+            after: Seq(s.after),
+            limit: match s.limit {
+                0 => 50,
+                n => n.min(MAX_SYNC_LIMIT),
+            },
+        }),
     })
 }
 
@@ -175,6 +208,19 @@ pub enum Reply {
         nonce: u64,
         /// Wall clock.
         server_time_ms: u64,
+    },
+    /// A page of history (or why there is none).
+    SyncBatch {
+        /// The request's id.
+        request_id: u64,
+        /// Subject.
+        subject: String,
+        /// Messages in the order asked for.
+        messages: Vec<Delivery>,
+        /// The page was full.
+        more: bool,
+        /// Refused: code and detail.
+        error: Option<(ErrorCode, String)>,
     },
     /// An error; `fatal` errors are followed by a close.
     Error {
@@ -238,6 +284,20 @@ pub fn encode_reply(reply: &Reply) -> Bytes {
         } => Kind::Pong(pb::Pong {
             nonce: *nonce,
             server_time_ms: *server_time_ms,
+        }),
+        Reply::SyncBatch {
+            request_id,
+            subject,
+            messages,
+            more,
+            error,
+        } => Kind::SyncBatch(pb::SyncBatch {
+            request_id: *request_id,
+            subject: subject.clone(),
+            messages: messages.iter().map(to_pb_message).collect(),
+            more: *more,
+            error: error.as_ref().map_or(0, |(c, _)| c.to_wire() as i32),
+            detail: error.as_ref().map(|(_, d)| d.clone()).unwrap_or_default(),
         }),
         Reply::Error {
             code,
@@ -331,24 +391,25 @@ pub struct Delivery {
     pub message: StoredMessage,
 }
 
+fn to_pb_message(d: &Delivery) -> pb::Message {
+    pb::Message {
+        subject: d.subject.clone(),
+        seq: d.seq.0,
+        from: d.message.from.to_string(),
+        to: d.message.to.to_string(),
+        time_ms: d.message.time_ms,
+        client_msg_id: d.message.client_msg_id.clone(),
+        content: d.message.content.clone(),
+        content_type: d.message.content_type.clone(),
+        from_device: d.message.from_device.clone(),
+        prev_seq: d.prev_seq.0,
+    }
+}
+
 /// Encodes deliveries as one Deliver frame. Called once per message for all
 /// recipients: fan-out writes the same bytes to every connection.
 pub fn encode_deliver(items: &[Delivery]) -> Bytes {
-    let messages = items
-        .iter()
-        .map(|d| pb::Message {
-            subject: d.subject.clone(),
-            seq: d.seq.0,
-            from: d.message.from.to_string(),
-            to: d.message.to.to_string(),
-            time_ms: d.message.time_ms,
-            client_msg_id: d.message.client_msg_id.clone(),
-            content: d.message.content.clone(),
-            content_type: d.message.content_type.clone(),
-            from_device: d.message.from_device.clone(),
-            prev_seq: d.prev_seq.0,
-        })
-        .collect();
+    let messages = items.iter().map(to_pb_message).collect();
     encode_frame(&pb::ServerFrame {
         kind: Some(pb::server_frame::Kind::Deliver(pb::Deliver { messages })),
     })

@@ -16,7 +16,7 @@ use petrel_core::ErrorCode;
 use petrel_core::auth::Authenticator;
 use petrel_core::delivery::{Fetch, Live, Order};
 use petrel_core::session::{Action, Now, Session, SessionConfig};
-use petrel_core::wire::{Delivery, decode_command, encode_deliver, encode_reply};
+use petrel_core::wire::{Delivery, Reply, decode_command, encode_deliver, encode_reply};
 use petrel_proto::{FrameDecoder, FrameError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +27,9 @@ use crate::hub::{Hub, LiveHandle, LiveItem, Lost};
 /// Messages asked of the hub per fetch (a resume or a hole is filled page by page,
 /// each written before the next is fetched, so memory stays bounded).
 const FETCH_PAGE: usize = 256;
+
+/// History requests one connection may have in progress.
+const MAX_SYNCS: usize = 4;
 
 /// Bytes of message content per Deliver frame when writing fetched messages.
 const DELIVER_FRAME_BUDGET: usize = 32 * 1024;
@@ -170,6 +173,7 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
         let lost = Arc::new(Lost::default());
         let mut order = Order::new();
         let mut fetches = FuturesUnordered::new();
+        let mut syncs = FuturesUnordered::new();
         let mut live_tx = Some(live_tx);
         let mut publishes = FuturesUnordered::new();
         let mut joined: Option<petrel_core::UserId> = None;
@@ -249,6 +253,49 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                             }
                         }
                     }
+                    Action::Sync(req) => {
+                        if syncs.len() >= MAX_SYNCS {
+                            let busy = Reply::SyncBatch {
+                                request_id: req.request_id,
+                                subject: req.subject,
+                                messages: Vec::new(),
+                                more: false,
+                                error: Some((
+                                    ErrorCode::RateLimited,
+                                    format!("at most {MAX_SYNCS} history requests at a time"),
+                                )),
+                            };
+                            if let Err(e) = writer.send(encode_reply(&busy)).await {
+                                break 'conn End::Broken(e.to_string());
+                            }
+                        } else {
+                            let hub = shared.hub.clone();
+                            syncs.push(async move {
+                                let r = hub
+                                    .history(
+                                        &req.subject,
+                                        req.newest_first,
+                                        req.before,
+                                        req.after,
+                                        req.limit as usize,
+                                    )
+                                    .await;
+                                let (messages, more, error) = match r {
+                                    Ok((m, more)) => (m, more, None),
+                                    Err(e) => {
+                                        (Vec::new(), false, Some((ErrorCode::Unavailable, e)))
+                                    }
+                                };
+                                Reply::SyncBatch {
+                                    request_id: req.request_id,
+                                    subject: req.subject,
+                                    messages,
+                                    more,
+                                    error,
+                                }
+                            });
+                        }
+                    }
                     Action::Close(code, why) => {
                         writer.close(code, &why).await;
                         break 'conn End::Closed(code, why);
@@ -272,6 +319,11 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                     debug!("live queue overflowed; catching up from the hub");
                     for f in order.lost() {
                         fetches.push(fetch(shared.hub.clone(), f, Duration::ZERO));
+                    }
+                }
+                Some(reply) = syncs.next(), if !syncs.is_empty() => {
+                    if let Err(e) = writer.send(encode_reply(&reply)).await {
+                        break End::Broken(e.to_string());
                     }
                 }
                 Some((f, result)) = fetches.next(), if !fetches.is_empty() => {

@@ -142,6 +142,23 @@ pub fn parse_live(msg: &async_nats::Message) -> Result<Delivery, String> {
     })
 }
 
+/// Content bytes in one history page, so that a page stays far below the clients'
+/// frame limits (1 MiB) whatever the messages' sizes.
+const HISTORY_PAGE_BYTES: usize = 512 * 1024;
+
+/// Shortens a page to [`HISTORY_PAGE_BYTES`] (at least one message); true if it cut.
+fn fit_page(items: &mut Vec<Delivery>) -> bool {
+    let mut bytes = 0;
+    for (i, d) in items.iter().enumerate() {
+        bytes += d.message.content.len() + 128;
+        if bytes > HISTORY_PAGE_BYTES && i > 0 {
+            items.truncate(i);
+            return true;
+        }
+    }
+    false
+}
+
 impl Hub {
     /// Wraps a NATS client.
     pub fn new(
@@ -284,6 +301,62 @@ impl Hub {
             .from_hub
             .fetch_add(out.len() as u64, Ordering::Relaxed);
         Ok((out, more))
+    }
+
+    /// A page of history: oldest first after `after` (as a fetch: cache, then hub), or
+    /// newest first before `before` (0: from the newest), from the hub. The flag says
+    /// more may follow.
+    pub async fn history(
+        &self,
+        subject: &str,
+        newest_first: bool,
+        before: Seq,
+        after: Seq,
+        limit: usize,
+    ) -> Result<(Vec<Delivery>, bool), String> {
+        if !newest_first {
+            let (mut out, more) = self.fetch(subject, after, limit).await?;
+            let cut = fit_page(&mut out);
+            return Ok((out, more || cut));
+        }
+        // JetStream reads forward only, and a subject's messages are spread thinly
+        // over a shared stream: read a window of stream sequences ending at `before`
+        // (filtered to the subject, so only its messages travel), widening it until
+        // it holds a page or reaches the start of the stream.
+        let end = match before.0 {
+            0 => self.last_seq(subject).await? + 1,
+            b => b,
+        };
+        let mut window = (limit as u64).max(1) * 4;
+        let (mut out, more) = loop {
+            let start = end.saturating_sub(window).max(1);
+            let mut found: Vec<Delivery> = Vec::new();
+            let mut cursor = Seq(start - 1);
+            loop {
+                let (page, more) = self.fetch_from_hub(subject, cursor, 256).await?;
+                let Some(last) = page.last().map(|d| d.seq) else {
+                    break;
+                };
+                found.extend(page.into_iter().filter(|d| d.seq.0 < end));
+                if !more || last.0 + 1 >= end {
+                    break;
+                }
+                cursor = last;
+            }
+            if found.len() >= limit || start == 1 {
+                let more = found.len() > limit || start > 1;
+                let keep = found.len().saturating_sub(limit);
+                let mut page: Vec<Delivery> = found.drain(keep..).collect();
+                page.reverse();
+                break (page, more);
+            }
+            window = window.saturating_mul(8);
+        };
+        self.fetched
+            .from_hub
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        let cut = fit_page(&mut out);
+        Ok((out, more || cut))
     }
 
     /// The unbroken run of cached messages right after `after`.

@@ -23,6 +23,8 @@ import {
   HelloSchema,
   AckSchema,
   PingSchema,
+  SyncSchema,
+  type SyncBatch,
 } from "./gen/petrel/v1/petrel_pb.js";
 import { FrameDecoder, encodeFrame } from "./frame.js";
 import {
@@ -151,6 +153,14 @@ export interface Stats {
   reconnects: number;
 }
 
+/** A page of history (see {@link PetrelClient.history}). */
+export interface HistoryPage {
+  /** Messages in the order asked for. */
+  messages: PetrelMessage[];
+  /** More may follow: ask again from the last message. */
+  more: boolean;
+}
+
 interface PendingSend {
   frame: Uint8Array;
   resolve: (r: SendResult) => void;
@@ -194,6 +204,8 @@ export class PetrelClient extends EventTarget {
   private _transport: TransportKind | null = null;
   private _welcome: Welcome | null = null;
   private readonly pending = new Map<string, PendingSend>();
+  private readonly syncs = new Map<bigint, { resolve: (p: HistoryPage) => void; reject: (e: PetrelError) => void }>();
+  private nextSync = 1n;
   private readonly cursors = new Map<string, bigint>();
   private readonly seen = new Set<string>();
   private readonly seenOrder: string[] = [];
@@ -316,6 +328,47 @@ export class PetrelClient extends EventTarget {
       // If the write fails the connection is dropping; the send goes out again after
       // the reconnect.
       this.conn?.write(frame).catch(() => {});
+    });
+  }
+
+  /**
+   * A page of history on `subject` (default: the user's inbox): newest first before
+   * `before` (scrolling back; omit for the newest), or oldest first after `after`.
+   * Does not move cursors; messages are not passed through the `message` event.
+   */
+  history(
+    options: { subject?: string; newestFirst?: boolean; before?: bigint; after?: bigint; limit?: number } = {},
+  ): Promise<HistoryPage> {
+    const conn = this.conn;
+    if (!conn || this._state !== "open" || !this._welcome) {
+      return Promise.reject(new PetrelError("CLOSED", "not connected"));
+    }
+    const requestId = this.nextSync++;
+    const newestFirst = options.newestFirst ?? true;
+    const frame = encodeFrame(
+      toBinary(
+        ClientFrameSchema,
+        create(ClientFrameSchema, {
+          kind: {
+            case: "sync",
+            value: create(SyncSchema, {
+              requestId,
+              subject: options.subject ?? `msg.private.${this._welcome.user}`,
+              newestFirst,
+              before: options.before ?? 0n,
+              after: options.after ?? 0n,
+              limit: options.limit ?? 50,
+            }),
+          },
+        }),
+      ),
+    );
+    return new Promise<HistoryPage>((resolve, reject) => {
+      this.syncs.set(requestId, { resolve, reject });
+      conn.write(frame).catch(() => {
+        this.syncs.delete(requestId);
+        reject(new PetrelError("CLOSED", "connection lost before the history request was sent"));
+      });
     });
   }
 
@@ -540,6 +593,8 @@ export class PetrelClient extends EventTarget {
     if (this.conn !== conn) return;
     this.conn = null;
     this.stopPings();
+    for (const [, w] of this.syncs) w.reject(new PetrelError("CLOSED", "connection lost before the history page"));
+    this.syncs.clear();
     if (this.closing) return;
     const why =
       fatal ??
@@ -566,6 +621,9 @@ export class PetrelClient extends EventTarget {
         return null;
       case "deliver":
         for (const m of f.kind.value.messages) this.onMessage(m);
+        return null;
+      case "syncBatch":
+        this.onSyncBatch(f.kind.value);
         return null;
       case "error": {
         const e = new PetrelError(errorCodeName(f.kind.value.code), f.kind.value.message);
@@ -596,17 +654,20 @@ export class PetrelClient extends EventTarget {
     p.resolve(result);
   }
 
-  private onMessage(m: WireMessage): void {
-    this._stats.wireDeliveries++;
-    const id = `${m.subject}/${m.seq}`;
-    const cursor = this.cursors.get(m.subject) ?? 0n;
-    if (this.seen.has(id) || m.seq <= cursor) {
-      this._stats.duplicatesDropped++;
+  private onSyncBatch(b: SyncBatch): void {
+    const waiter = this.syncs.get(b.requestId);
+    if (!waiter) return;
+    this.syncs.delete(b.requestId);
+    if (b.error) {
+      waiter.reject(new PetrelError(errorCodeName(b.error), b.detail));
       return;
     }
-    this.remember_seen(id);
-    const msg: PetrelMessage = {
-      id,
+    waiter.resolve({ messages: b.messages.map((m) => this.toMessage(m)), more: b.more });
+  }
+
+  private toMessage(m: WireMessage): PetrelMessage {
+    return {
+      id: `${m.subject}/${m.seq}`,
       subject: m.subject,
       seq: m.seq,
       from: m.from,
@@ -619,6 +680,18 @@ export class PetrelClient extends EventTarget {
       text: textDecoder.decode(m.content),
       outgoing: m.from === this._welcome?.user,
     };
+  }
+
+  private onMessage(m: WireMessage): void {
+    this._stats.wireDeliveries++;
+    const id = `${m.subject}/${m.seq}`;
+    const cursor = this.cursors.get(m.subject) ?? 0n;
+    if (this.seen.has(id) || m.seq <= cursor) {
+      this._stats.duplicatesDropped++;
+      return;
+    }
+    this.remember_seen(id);
+    const msg = this.toMessage(m);
     this._stats.appDeliveries++;
     this.dispatchEvent(new CustomEvent("message", { detail: msg }));
     if (this.opts.autoAck) this.ack(msg);

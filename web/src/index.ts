@@ -17,7 +17,7 @@
  * ```
  */
 export { PetrelClient, PetrelError, errorCodeName } from "./client.js";
-export type { PetrelOptions, PetrelMessage, SendResult, Welcome, State, Stats } from "./client.js";
+export type { PetrelOptions, PetrelMessage, SendResult, Welcome, State, Stats, HistoryPage } from "./client.js";
 export type { TransportKind, CloseInfo } from "./transport.js";
 export { webTransportAvailable } from "./transport.js";
 export { encodeFrame, FrameDecoder, FrameError } from "./frame.js";

@@ -290,3 +290,31 @@ test("when the gateway ends a session (token expired) the SDK reconnects with a 
   await page.evaluate(() => window.kate.client.close());
   await context.close();
 });
+
+test("history: a new device scrolls back through what was sent before it existed", async () => {
+  const nate = await openUser("nate");
+  for (let i = 0; i < 15; i++) await send(nate.page, "mona", `old ${i}`);
+  const mona = await openUser("mona");
+  const texts = await mona.page.evaluate(async () => {
+    const out = [];
+    let before;
+    for (;;) {
+      const page = await window.petrel.client.history({ before, limit: 6 });
+      out.push(...page.messages.map((m) => m.text));
+      if (!page.more || page.messages.length === 0) break;
+      before = page.messages[page.messages.length - 1].seq;
+    }
+    return out;
+  });
+  assert.deepEqual(texts, Array.from({ length: 15 }, (_, i) => `old ${14 - i}`));
+  // Someone else's inbox is refused with the gateway's code.
+  const err = await mona.page.evaluate(() =>
+    window.petrel.client.history({ subject: "msg.private.nate" }).then(
+      () => null,
+      (e) => e.code,
+    ),
+  );
+  assert.equal(err, "PROTOCOL");
+  await nate.context.close();
+  await mona.context.close();
+});

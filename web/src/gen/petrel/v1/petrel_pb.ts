@@ -18,7 +18,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file petrel/v1/petrel.proto.
  */
 export const file_petrel_v1_petrel: GenFile = /*@__PURE__*/
-  fileDesc("ChZwZXRyZWwvdjEvcGV0cmVsLnByb3RvEglwZXRyZWwudjEimQEKC0NsaWVudEZyYW1lEiEKBWhlbGxvGAEgASgLMhAucGV0cmVsLnYxLkhlbGxvSAASHwoEc2VuZBgCIAEoCzIPLnBldHJlbC52MS5TZW5kSAASHQoDYWNrGAMgASgLMg4ucGV0cmVsLnYxLkFja0gAEh8KBHBpbmcYBCABKAsyDy5wZXRyZWwudjEuUGluZ0gAQgYKBGtpbmQiZAoFSGVsbG8SDQoFdG9rZW4YASABKAkSDgoGZGV2aWNlGAIgASgJEiIKB2N1cnNvcnMYAyADKAsyES5wZXRyZWwudjEuQ3Vyc29yEhgKEHByb3RvY29sX3ZlcnNpb24YBCABKA0iJgoGQ3Vyc29yEg8KB3N1YmplY3QYASABKAkSCwoDc2VxGAIgASgEIloKBFNlbmQSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIOCgR1c2VyGAIgASgJSAASDwoHY29udGVudBgEIAEoDBIUCgxjb250ZW50X3R5cGUYBSABKAlCBAoCdG8iKQoDQWNrEiIKB2N1cnNvcnMYASADKAsyES5wZXRyZWwudjEuQ3Vyc29yIhUKBFBpbmcSDQoFbm9uY2UYASABKAQi1QEKC1NlcnZlckZyYW1lEiUKB3dlbGNvbWUYASABKAsyEi5wZXRyZWwudjEuV2VsY29tZUgAEiwKC3NlbmRfcmVzdWx0GAIgASgLMhUucGV0cmVsLnYxLlNlbmRSZXN1bHRIABIlCgdkZWxpdmVyGAMgASgLMhIucGV0cmVsLnYxLkRlbGl2ZXJIABIfCgRwb25nGAQgASgLMg8ucGV0cmVsLnYxLlBvbmdIABIhCgVlcnJvchgFIAEoCzIQLnBldHJlbC52MS5FcnJvckgAQgYKBGtpbmQigwEKB1dlbGNvbWUSDAoEdXNlchgBIAEoCRIOCgZkZXZpY2UYAiABKAkSFQoNY29ubmVjdGlvbl9pZBgDIAEoCRIXCg9tYXhfZnJhbWVfYnl0ZXMYBCABKA0SFgoOc2VydmVyX3RpbWVfbXMYBSABKAQSEgoKZ2F0ZXdheV9pZBgGIAEoCSKlAgoKU2VuZFJlc3VsdBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEiwKBnN0YXR1cxgCIAEoDjIcLnBldHJlbC52MS5TZW5kUmVzdWx0LlN0YXR1cxIPCgdzdWJqZWN0GAMgASgJEgsKA3NlcRgEIAEoBBIOCgZtc2dfaWQYBSABKAkSJAoGcmVhc29uGAYgASgOMhQucGV0cmVsLnYxLkVycm9yQ29kZRIOCgZkZXRhaWwYByABKAkSEQoJZHVwbGljYXRlGAggASgIIlsKBlN0YXR1cxIWChJTVEFUVVNfVU5TUEVDSUZJRUQQABIRCg1TVEFUVVNfU1RPUkVEEAESEQoNU1RBVFVTX1FVRVVFRBACEhMKD1NUQVRVU19SRUpFQ1RFRBADIi8KB0RlbGl2ZXISJAoIbWVzc2FnZXMYASADKAsyEi5wZXRyZWwudjEuTWVzc2FnZSK3AQoHTWVzc2FnZRIPCgdzdWJqZWN0GAEgASgJEgsKA3NlcRgCIAEoBBIMCgRmcm9tGAMgASgJEgoKAnRvGAQgASgJEg8KB3RpbWVfbXMYBSABKAQSFQoNY2xpZW50X21zZ19pZBgGIAEoCRIPCgdjb250ZW50GAcgASgMEhQKDGNvbnRlbnRfdHlwZRgIIAEoCRITCgtmcm9tX2RldmljZRgJIAEoCRIQCghwcmV2X3NlcRgKIAEoBCItCgRQb25nEg0KBW5vbmNlGAEgASgEEhYKDnNlcnZlcl90aW1lX21zGAIgASgEIksKBUVycm9yEiIKBGNvZGUYASABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg8KB21lc3NhZ2UYAiABKAkSDQoFZmF0YWwYAyABKAgioQEKDVN0b3JlZE1lc3NhZ2USDAoEZnJvbRgBIAEoCRIKCgJ0bxgCIAEoCRIVCg1jbGllbnRfbXNnX2lkGAMgASgJEg8KB2NvbnRlbnQYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJEg8KB3RpbWVfbXMYBiABKAQSEwoLZnJvbV9kZXZpY2UYByABKAkSEgoKZ2F0ZXdheV9pZBgIIAEoCSq+AwoJRXJyb3JDb2RlEhoKFkVSUk9SX0NPREVfVU5TUEVDSUZJRUQQABIYChRFUlJPUl9DT0RFX0JBRF9GUkFNRRABEh4KGkVSUk9SX0NPREVfRlJBTUVfVE9PX0xBUkdFEAISHAoYRVJST1JfQ09ERV9VTktOT1dOX0ZSQU1FEAMSFwoTRVJST1JfQ09ERV9QUk9UT0NPTBAEEh4KGkVSUk9SX0NPREVfVU5BVVRIRU5USUNBVEVEEAUSHAoYRVJST1JfQ09ERV9UT0tFTl9FWFBJUkVEEAYSGQoVRVJST1JfQ09ERV9JTlZBTElEX0lEEAcSIAocRVJST1JfQ09ERV9IQU5EU0hBS0VfVElNRU9VVBAIEh4KGkVSUk9SX0NPREVfSU5WQUxJRF9NRVNTQUdFEAkSGgoWRVJST1JfQ09ERV9VTkFWQUlMQUJMRRAKEhwKGEVSUk9SX0NPREVfU0xPV19DT05TVU1FUhALEhkKFUVSUk9SX0NPREVfR09JTkdfQVdBWRAMEhsKF0VSUk9SX0NPREVfUkFURV9MSU1JVEVEEA0SFwoTRVJST1JfQ09ERV9JTlRFUk5BTBAOYgZwcm90bzM");
+  fileDesc("ChZwZXRyZWwvdjEvcGV0cmVsLnByb3RvEglwZXRyZWwudjEiugEKC0NsaWVudEZyYW1lEiEKBWhlbGxvGAEgASgLMhAucGV0cmVsLnYxLkhlbGxvSAASHwoEc2VuZBgCIAEoCzIPLnBldHJlbC52MS5TZW5kSAASHQoDYWNrGAMgASgLMg4ucGV0cmVsLnYxLkFja0gAEh8KBHBpbmcYBCABKAsyDy5wZXRyZWwudjEuUGluZ0gAEh8KBHN5bmMYBSABKAsyDy5wZXRyZWwudjEuU3luY0gAQgYKBGtpbmQibwoEU3luYxISCgpyZXF1ZXN0X2lkGAEgASgEEg8KB3N1YmplY3QYAiABKAkSFAoMbmV3ZXN0X2ZpcnN0GAMgASgIEg4KBmJlZm9yZRgEIAEoBBINCgVhZnRlchgFIAEoBBINCgVsaW1pdBgGIAEoDSKZAQoJU3luY0JhdGNoEhIKCnJlcXVlc3RfaWQYASABKAQSDwoHc3ViamVjdBgCIAEoCRIkCghtZXNzYWdlcxgDIAMoCzISLnBldHJlbC52MS5NZXNzYWdlEgwKBG1vcmUYBCABKAgSIwoFZXJyb3IYBSABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg4KBmRldGFpbBgGIAEoCSJkCgVIZWxsbxINCgV0b2tlbhgBIAEoCRIOCgZkZXZpY2UYAiABKAkSIgoHY3Vyc29ycxgDIAMoCzIRLnBldHJlbC52MS5DdXJzb3ISGAoQcHJvdG9jb2xfdmVyc2lvbhgEIAEoDSImCgZDdXJzb3ISDwoHc3ViamVjdBgBIAEoCRILCgNzZXEYAiABKAQiWgoEU2VuZBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEg4KBHVzZXIYAiABKAlIABIPCgdjb250ZW50GAQgASgMEhQKDGNvbnRlbnRfdHlwZRgFIAEoCUIECgJ0byIpCgNBY2sSIgoHY3Vyc29ycxgBIAMoCzIRLnBldHJlbC52MS5DdXJzb3IiFQoEUGluZxINCgVub25jZRgBIAEoBCKBAgoLU2VydmVyRnJhbWUSJQoHd2VsY29tZRgBIAEoCzISLnBldHJlbC52MS5XZWxjb21lSAASLAoLc2VuZF9yZXN1bHQYAiABKAsyFS5wZXRyZWwudjEuU2VuZFJlc3VsdEgAEiUKB2RlbGl2ZXIYAyABKAsyEi5wZXRyZWwudjEuRGVsaXZlckgAEh8KBHBvbmcYBCABKAsyDy5wZXRyZWwudjEuUG9uZ0gAEiEKBWVycm9yGAUgASgLMhAucGV0cmVsLnYxLkVycm9ySAASKgoKc3luY19iYXRjaBgJIAEoCzIULnBldHJlbC52MS5TeW5jQmF0Y2hIAEIGCgRraW5kIoMBCgdXZWxjb21lEgwKBHVzZXIYASABKAkSDgoGZGV2aWNlGAIgASgJEhUKDWNvbm5lY3Rpb25faWQYAyABKAkSFwoPbWF4X2ZyYW1lX2J5dGVzGAQgASgNEhYKDnNlcnZlcl90aW1lX21zGAUgASgEEhIKCmdhdGV3YXlfaWQYBiABKAkipQIKClNlbmRSZXN1bHQSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIsCgZzdGF0dXMYAiABKA4yHC5wZXRyZWwudjEuU2VuZFJlc3VsdC5TdGF0dXMSDwoHc3ViamVjdBgDIAEoCRILCgNzZXEYBCABKAQSDgoGbXNnX2lkGAUgASgJEiQKBnJlYXNvbhgGIAEoDjIULnBldHJlbC52MS5FcnJvckNvZGUSDgoGZGV0YWlsGAcgASgJEhEKCWR1cGxpY2F0ZRgIIAEoCCJbCgZTdGF0dXMSFgoSU1RBVFVTX1VOU1BFQ0lGSUVEEAASEQoNU1RBVFVTX1NUT1JFRBABEhEKDVNUQVRVU19RVUVVRUQQAhITCg9TVEFUVVNfUkVKRUNURUQQAyIvCgdEZWxpdmVyEiQKCG1lc3NhZ2VzGAEgAygLMhIucGV0cmVsLnYxLk1lc3NhZ2UitwEKB01lc3NhZ2USDwoHc3ViamVjdBgBIAEoCRILCgNzZXEYAiABKAQSDAoEZnJvbRgDIAEoCRIKCgJ0bxgEIAEoCRIPCgd0aW1lX21zGAUgASgEEhUKDWNsaWVudF9tc2dfaWQYBiABKAkSDwoHY29udGVudBgHIAEoDBIUCgxjb250ZW50X3R5cGUYCCABKAkSEwoLZnJvbV9kZXZpY2UYCSABKAkSEAoIcHJldl9zZXEYCiABKAQiLQoEUG9uZxINCgVub25jZRgBIAEoBBIWCg5zZXJ2ZXJfdGltZV9tcxgCIAEoBCJLCgVFcnJvchIiCgRjb2RlGAEgASgOMhQucGV0cmVsLnYxLkVycm9yQ29kZRIPCgdtZXNzYWdlGAIgASgJEg0KBWZhdGFsGAMgASgIIqEBCg1TdG9yZWRNZXNzYWdlEgwKBGZyb20YASABKAkSCgoCdG8YAiABKAkSFQoNY2xpZW50X21zZ19pZBgDIAEoCRIPCgdjb250ZW50GAQgASgMEhQKDGNvbnRlbnRfdHlwZRgFIAEoCRIPCgd0aW1lX21zGAYgASgEEhMKC2Zyb21fZGV2aWNlGAcgASgJEhIKCmdhdGV3YXlfaWQYCCABKAkqvgMKCUVycm9yQ29kZRIaChZFUlJPUl9DT0RFX1VOU1BFQ0lGSUVEEAASGAoURVJST1JfQ09ERV9CQURfRlJBTUUQARIeChpFUlJPUl9DT0RFX0ZSQU1FX1RPT19MQVJHRRACEhwKGEVSUk9SX0NPREVfVU5LTk9XTl9GUkFNRRADEhcKE0VSUk9SX0NPREVfUFJPVE9DT0wQBBIeChpFUlJPUl9DT0RFX1VOQVVUSEVOVElDQVRFRBAFEhwKGEVSUk9SX0NPREVfVE9LRU5fRVhQSVJFRBAGEhkKFUVSUk9SX0NPREVfSU5WQUxJRF9JRBAHEiAKHEVSUk9SX0NPREVfSEFORFNIQUtFX1RJTUVPVVQQCBIeChpFUlJPUl9DT0RFX0lOVkFMSURfTUVTU0FHRRAJEhoKFkVSUk9SX0NPREVfVU5BVkFJTEFCTEUQChIcChhFUlJPUl9DT0RFX1NMT1dfQ09OU1VNRVIQCxIZChVFUlJPUl9DT0RFX0dPSU5HX0FXQVkQDBIbChdFUlJPUl9DT0RFX1JBVEVfTElNSVRFRBANEhcKE0VSUk9SX0NPREVfSU5URVJOQUwQDmIGcHJvdG8z");
 
 /**
  * @generated from message petrel.v1.ClientFrame
@@ -47,12 +47,18 @@ export type ClientFrame = Message$1<"petrel.v1.ClientFrame"> & {
     case: "ack";
   } | {
     /**
-     * 5: Sync, 6: Typing, 7: ReadReceipt, 8: RegisterPushToken (later issues).
-     *
      * @generated from field: petrel.v1.Ping ping = 4;
      */
     value: Ping;
     case: "ping";
+  } | {
+    /**
+     * 6: Typing, 7: ReadReceipt, 8: RegisterPushToken (later issues).
+     *
+     * @generated from field: petrel.v1.Sync sync = 5;
+     */
+    value: Sync;
+    case: "sync";
   } | { case: undefined; value?: undefined };
 };
 
@@ -62,6 +68,99 @@ export type ClientFrame = Message$1<"petrel.v1.ClientFrame"> & {
  */
 export const ClientFrameSchema: GenMessage<ClientFrame> = /*@__PURE__*/
   messageDesc(file_petrel_v1_petrel, 0);
+
+/**
+ * A page of history on one subject, for scrolling back (newest_first, messages with
+ * seq < before; before = 0: from the newest) or forward (seq > after). Answered by a
+ * SyncBatch with the same request_id. Does not move cursors or affect live delivery.
+ *
+ * @generated from message petrel.v1.Sync
+ */
+export type Sync = Message$1<"petrel.v1.Sync"> & {
+  /**
+   * @generated from field: uint64 request_id = 1;
+   */
+  requestId: bigint;
+
+  /**
+   * @generated from field: string subject = 2;
+   */
+  subject: string;
+
+  /**
+   * @generated from field: bool newest_first = 3;
+   */
+  newestFirst: boolean;
+
+  /**
+   * @generated from field: uint64 before = 4;
+   */
+  before: bigint;
+
+  /**
+   * @generated from field: uint64 after = 5;
+   */
+  after: bigint;
+
+  /**
+   * At most this many messages (the gateway caps it at 200; 0 means 50).
+   *
+   * @generated from field: uint32 limit = 6;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message petrel.v1.Sync.
+ * Use `create(SyncSchema)` to create a new message.
+ */
+export const SyncSchema: GenMessage<Sync> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 1);
+
+/**
+ * The answer to a Sync: messages in the order asked for; `more` when the page was full
+ * (ask again from its last message). A refused Sync has `error` set and no messages.
+ *
+ * @generated from message petrel.v1.SyncBatch
+ */
+export type SyncBatch = Message$1<"petrel.v1.SyncBatch"> & {
+  /**
+   * @generated from field: uint64 request_id = 1;
+   */
+  requestId: bigint;
+
+  /**
+   * @generated from field: string subject = 2;
+   */
+  subject: string;
+
+  /**
+   * @generated from field: repeated petrel.v1.Message messages = 3;
+   */
+  messages: Message[];
+
+  /**
+   * @generated from field: bool more = 4;
+   */
+  more: boolean;
+
+  /**
+   * @generated from field: petrel.v1.ErrorCode error = 5;
+   */
+  error: ErrorCode;
+
+  /**
+   * @generated from field: string detail = 6;
+   */
+  detail: string;
+};
+
+/**
+ * Describes the message petrel.v1.SyncBatch.
+ * Use `create(SyncBatchSchema)` to create a new message.
+ */
+export const SyncBatchSchema: GenMessage<SyncBatch> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 2);
 
 /**
  * First frame of every connection. Nothing else is accepted before it.
@@ -103,7 +202,7 @@ export type Hello = Message$1<"petrel.v1.Hello"> & {
  * Use `create(HelloSchema)` to create a new message.
  */
 export const HelloSchema: GenMessage<Hello> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 1);
+  messageDesc(file_petrel_v1_petrel, 3);
 
 /**
  * @generated from message petrel.v1.Cursor
@@ -125,7 +224,7 @@ export type Cursor = Message$1<"petrel.v1.Cursor"> & {
  * Use `create(CursorSchema)` to create a new message.
  */
 export const CursorSchema: GenMessage<Cursor> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 2);
+  messageDesc(file_petrel_v1_petrel, 4);
 
 /**
  * A message from the connected user to a conversation.
@@ -172,7 +271,7 @@ export type Send = Message$1<"petrel.v1.Send"> & {
  * Use `create(SendSchema)` to create a new message.
  */
 export const SendSchema: GenMessage<Send> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 3);
+  messageDesc(file_petrel_v1_petrel, 5);
 
 /**
  * Cumulative acknowledgement: every message up to `seq` on `subject` is processed.
@@ -191,7 +290,7 @@ export type Ack = Message$1<"petrel.v1.Ack"> & {
  * Use `create(AckSchema)` to create a new message.
  */
 export const AckSchema: GenMessage<Ack> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 4);
+  messageDesc(file_petrel_v1_petrel, 6);
 
 /**
  * @generated from message petrel.v1.Ping
@@ -208,7 +307,7 @@ export type Ping = Message$1<"petrel.v1.Ping"> & {
  * Use `create(PingSchema)` to create a new message.
  */
 export const PingSchema: GenMessage<Ping> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 5);
+  messageDesc(file_petrel_v1_petrel, 7);
 
 /**
  * @generated from message petrel.v1.ServerFrame
@@ -243,12 +342,18 @@ export type ServerFrame = Message$1<"petrel.v1.ServerFrame"> & {
     case: "pong";
   } | {
     /**
-     * 6: Notification, 7: Presence, 8: Typing, 9: SyncBatch, 10: GoAway (later issues).
-     *
      * @generated from field: petrel.v1.Error error = 5;
      */
     value: Error;
     case: "error";
+  } | {
+    /**
+     * 6: Notification, 7: Presence, 8: Typing, 10: GoAway (later issues).
+     *
+     * @generated from field: petrel.v1.SyncBatch sync_batch = 9;
+     */
+    value: SyncBatch;
+    case: "syncBatch";
   } | { case: undefined; value?: undefined };
 };
 
@@ -257,7 +362,7 @@ export type ServerFrame = Message$1<"petrel.v1.ServerFrame"> & {
  * Use `create(ServerFrameSchema)` to create a new message.
  */
 export const ServerFrameSchema: GenMessage<ServerFrame> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 6);
+  messageDesc(file_petrel_v1_petrel, 8);
 
 /**
  * @generated from message petrel.v1.Welcome
@@ -305,7 +410,7 @@ export type Welcome = Message$1<"petrel.v1.Welcome"> & {
  * Use `create(WelcomeSchema)` to create a new message.
  */
 export const WelcomeSchema: GenMessage<Welcome> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 7);
+  messageDesc(file_petrel_v1_petrel, 9);
 
 /**
  * @generated from message petrel.v1.SendResult
@@ -361,7 +466,7 @@ export type SendResult = Message$1<"petrel.v1.SendResult"> & {
  * Use `create(SendResultSchema)` to create a new message.
  */
 export const SendResultSchema: GenMessage<SendResult> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 8);
+  messageDesc(file_petrel_v1_petrel, 10);
 
 /**
  * @generated from enum petrel.v1.SendResult.Status
@@ -398,7 +503,7 @@ export enum SendResult_Status {
  * Describes the enum petrel.v1.SendResult.Status.
  */
 export const SendResult_StatusSchema: GenEnum<SendResult_Status> = /*@__PURE__*/
-  enumDesc(file_petrel_v1_petrel, 8, 0);
+  enumDesc(file_petrel_v1_petrel, 10, 0);
 
 /**
  * One or more delivered messages, in order per subject.
@@ -417,7 +522,7 @@ export type Deliver = Message$1<"petrel.v1.Deliver"> & {
  * Use `create(DeliverSchema)` to create a new message.
  */
 export const DeliverSchema: GenMessage<Deliver> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 9);
+  messageDesc(file_petrel_v1_petrel, 11);
 
 /**
  * @generated from message petrel.v1.Message
@@ -485,7 +590,7 @@ export type Message = Message$1<"petrel.v1.Message"> & {
  * Use `create(MessageSchema)` to create a new message.
  */
 export const MessageSchema: GenMessage<Message> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 10);
+  messageDesc(file_petrel_v1_petrel, 12);
 
 /**
  * @generated from message petrel.v1.Pong
@@ -507,7 +612,7 @@ export type Pong = Message$1<"petrel.v1.Pong"> & {
  * Use `create(PongSchema)` to create a new message.
  */
 export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 11);
+  messageDesc(file_petrel_v1_petrel, 13);
 
 /**
  * @generated from message petrel.v1.Error
@@ -536,7 +641,7 @@ export type Error = Message$1<"petrel.v1.Error"> & {
  * Use `create(ErrorSchema)` to create a new message.
  */
 export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 12);
+  messageDesc(file_petrel_v1_petrel, 14);
 
 /**
  * What the gateway stores in JetStream (msg.private.*). Business services and the
@@ -593,7 +698,7 @@ export type StoredMessage = Message$1<"petrel.v1.StoredMessage"> & {
  * Use `create(StoredMessageSchema)` to create a new message.
  */
 export const StoredMessageSchema: GenMessage<StoredMessage> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 13);
+  messageDesc(file_petrel_v1_petrel, 15);
 
 /**
  * One code per client-facing error. On WebSocket the close code is 4000 + code;
