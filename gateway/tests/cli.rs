@@ -287,28 +287,8 @@ fn listen_with_a_state_file_resumes_exactly_where_it_stopped() {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    let listen = |count: &str, timeout: &str| {
-        petrel_client(
-            &dir,
-            &[
-                "--user",
-                "dora",
-                "--device",
-                "tab",
-                "listen",
-                "--state",
-                state_s,
-                "--count",
-                count,
-                "--timeout",
-                timeout,
-            ],
-        )
-    };
-    // A new device (no state file) starts from now: send once it is listening.
-    let first = start_listener_with(
-        &dir,
-        &[
+    let listen_args = |count: &'static str, timeout: &'static str| {
+        [
             "--user",
             "dora",
             "--device",
@@ -317,11 +297,16 @@ fn listen_with_a_state_file_resumes_exactly_where_it_stopped() {
             "--state",
             state_s,
             "--count",
-            "1",
+            count,
             "--timeout",
-            "30",
-        ],
-    );
+            timeout,
+        ]
+    };
+    let listen = |count: &'static str, timeout: &'static str| {
+        petrel_client(&dir, &listen_args(count, timeout))
+    };
+    // A new device (no state file) starts from now: send once it is listening.
+    let first = start_listener_with(&dir, &listen_args("1", "30"));
     send("one", "one");
     let out = first.wait_with_output().unwrap();
     assert!(out.status.success());
