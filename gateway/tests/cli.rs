@@ -364,6 +364,68 @@ fn start_listener_with(dir: &Path, args: &[&str]) -> Child {
 }
 
 #[test]
+fn the_edge_cache_reopens_after_kill_9_in_the_middle_of_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let mut dev = start_dev(&dir);
+    // zed listening makes the edge receive, and cache, zed's inbox.
+    let mut listener = start_listener_with(&dir, &["--user", "zed", "listen", "--timeout", "60"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let (dir, stop) = (dir.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = petrel_client(
+                    &dir,
+                    &["--user", "yan", "send", "--to", "zed", &format!("m{i}")],
+                );
+                i += 1;
+            }
+        })
+    };
+    // Once messages are flowing (and being cached), SIGKILL the whole edge.
+    let stdout = listener.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    for _ in 0..5 {
+        lines.next().expect("listener ended").expect("read");
+    }
+    dev.child.kill().unwrap();
+    dev.child.wait().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sender.join().unwrap();
+    let _ = listener.kill();
+    let _ = listener.wait();
+
+    // The cache opens after the crash, and what it holds reads back without errors.
+    {
+        let store = petrel_storage::EdgeStore::open(dir.join("edge-cache")).unwrap();
+        let (entries, corrupt) = store.recent_after("msg.private.zed", 0, 10_000).unwrap();
+        assert!(corrupt.is_none(), "{corrupt:?}");
+        assert!(
+            !entries.is_empty(),
+            "messages delivered before the kill were cached"
+        );
+        assert!(
+            entries.windows(2).all(|w| w[1].prev == w[0].seq),
+            "an unbroken chain"
+        );
+    }
+    // And petrel dev starts again on the same directory (its cache included).
+    std::fs::remove_file(dir.join("endpoints.json")).unwrap();
+    let _again = start_dev(&dir);
+    let ep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("endpoints.json")).unwrap())
+            .unwrap();
+    let http = ep["http"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    assert!(http_get(&http, "/readyz").starts_with("HTTP/1.1 200"));
+}
+
+#[test]
 fn two_dev_instances_side_by_side_and_kill_9_leaves_no_child() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
