@@ -116,6 +116,9 @@ pub enum ClientAction {
         id: Option<String>,
         /// Message text.
         text: String,
+        /// Seconds to wait for the gateway's answer.
+        #[arg(long, default_value_t = 15.0)]
+        timeout: f64,
     },
     /// Print one JSON object per delivered message.
     Listen {
@@ -253,9 +256,25 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
     let cursors = state_file.as_ref().map(|s| s.cursors()).unwrap_or_default();
     let mut client = connect(&args, cursors).await?;
     match &args.action {
-        ClientAction::Send { to, id, text } => {
+        ClientAction::Send {
+            to,
+            id,
+            text,
+            timeout,
+        } => {
             let id = id.clone().unwrap_or_else(random_id);
-            let result = client.send(to, &id, text.clone().into_bytes()).await?;
+            let wait = Duration::from_secs_f64(timeout.max(0.0));
+            let result = tokio::time::timeout(
+                wait,
+                client.send(to, &id, text.clone().into_bytes()),
+            )
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no answer from the gateway within {timeout} s: the message may or may not be \
+                         stored; retry with --id {id} (a retry is stored once)"
+                )
+            })??;
             let code = match &result {
                 SendResult::Stored {
                     subject,

@@ -376,10 +376,21 @@ fn the_edge_cache_reopens_after_kill_9_in_the_middle_of_writes() {
         std::thread::spawn(move || {
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = petrel_client(
-                    &dir,
-                    &["--user", "yan", "send", "--to", "zed", &format!("m{i}")],
-                );
+                let mut child = Command::new(PETREL)
+                    .args(["client", "--dev"])
+                    .arg(&dir)
+                    .args(["--user", "yan", "send", "--to", "zed", &format!("m{i}")])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                // A send caught by the kill would wait for its connection to time out.
+                while child.try_wait().unwrap().is_none() {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = child.kill();
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 i += 1;
             }
         })
