@@ -14,7 +14,7 @@ function transcriptKey(user) {
   return `petrel-demo-transcript:${user}:${tabDevice}`;
 }
 
-function render(row, save = true) {
+function render(row, save = true, atTop = false) {
   if (shown.has(row.id)) return false; // never show a message twice
   shown.add(row.id);
   const li = document.createElement("li");
@@ -25,7 +25,8 @@ function render(row, save = true) {
   meta.className = "meta";
   meta.textContent = row.mine ? `→ ${row.to}` : `#${row.seq}`;
   li.append(meta);
-  $("#messages").append(li);
+  if (atTop) $("#messages").prepend(li);
+  else $("#messages").append(li);
   if (save && window.petrel.user) {
     const key = transcriptKey(window.petrel.user);
     const rows = JSON.parse(sessionStorage.getItem(key) ?? "[]");
@@ -106,12 +107,34 @@ async function send(to, text) {
   return { ...r, seq: String(r.seq) };
 }
 
+let olderBefore; // sequence to scroll back from (undefined: the newest)
+
+/** Loads a page of older messages from the server's history, shown above. */
+async function loadOlder(limit = 20) {
+  const client = window.petrel.client;
+  const user = window.petrel.user;
+  if (!client) throw new Error("sign in first");
+  const page = await client.history({ before: olderBefore, limit });
+  for (const m of page.messages) {
+    // The copy in our inbox of what we sent is keyed like our live rows.
+    const row = m.outgoing
+      ? { id: `mine:${m.clientMsgId}`, to: m.to, text: m.text, mine: true }
+      : { id: m.id, from: m.from, to: m.to, text: m.text, seq: String(m.seq), mine: false };
+    render(row, false, true);
+  }
+  if (page.messages.length > 0) olderBefore = page.messages[page.messages.length - 1].seq;
+  $("#older").disabled = !page.more;
+  $("#older").textContent = page.more ? "Load older" : "No older messages";
+  return { count: page.messages.length, more: page.more, user };
+}
+
 /** Ids and texts of the rows on the page (for tests). */
 function rows() {
   return [...document.querySelectorAll("#messages li")].map((li) => ({ id: li.dataset.id, text: li.firstChild.textContent }));
 }
 
-window.petrel = { PetrelClient, PetrelError, webTransportAvailable, signIn, send, rows, client: null, user: null };
+window.petrel = { PetrelClient, PetrelError, webTransportAvailable, signIn, send, rows, loadOlder, client: null, user: null };
+$("#older").addEventListener("click", () => loadOlder().catch(showError));
 
 $("#signin").addEventListener("submit", (e) => {
   e.preventDefault();

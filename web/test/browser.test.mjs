@@ -307,6 +307,11 @@ test("history: a new device scrolls back through what was sent before it existed
     return out;
   });
   assert.deepEqual(texts, Array.from({ length: 15 }, (_, i) => `old ${14 - i}`));
+  // The demo's "Load older" button (20 a page) shows them above, oldest at the top, once.
+  await mona.page.click("#older");
+  await mona.page.waitForFunction(() => window.petrel.rows().length >= 15);
+  const shown = (await rows(mona.page)).map((r) => r.text);
+  assert.deepEqual(shown, Array.from({ length: 15 }, (_, i) => `nate: old ${i}`));
   // Someone else's inbox is refused with the gateway's code.
   const err = await mona.page.evaluate(() =>
     window.petrel.client.history({ subject: "msg.private.nate" }).then(
