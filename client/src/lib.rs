@@ -177,6 +177,9 @@ pub struct Welcome {
     pub gateway_id: String,
     /// Max frame size the gateway accepts.
     pub max_frame_bytes: u32,
+    /// Where delivery resumes per subject; below the client's own cursor when the
+    /// stream was recreated (move state files back to it).
+    pub cursors: Vec<(String, u64)>,
 }
 
 /// How often an otherwise quiet client pings the gateway.
@@ -269,6 +272,7 @@ impl Client {
             match next_frame(&mut reader, &mut decoder).await? {
                 Some(pb::server_frame::Kind::Welcome(w)) => {
                     break Welcome {
+                        cursors: w.cursors.into_iter().map(|c| (c.subject, c.seq)).collect(),
                         user: w.user,
                         device: w.device,
                         connection_id: w.connection_id,
@@ -289,7 +293,11 @@ impl Client {
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let (ev_tx, ev_rx) = mpsc::channel(1024);
         let stats = Arc::new(Stats::default());
-        let seen = opts.cursors.iter().cloned().collect();
+        let mut seen: HashMap<String, u64> = opts.cursors.iter().cloned().collect();
+        // The gateway may have moved a cursor back (a recreated stream).
+        for (subject, seq) in &welcome.cursors {
+            seen.insert(subject.clone(), *seq);
+        }
         let driver = tokio::spawn(drive(
             reader,
             writer,

@@ -76,6 +76,19 @@ impl CursorFile {
         true
     }
 
+    /// Takes the gateway's word for where delivery resumes (Welcome's cursors): a cursor
+    /// above it belonged to a recreated stream and moves back.
+    pub fn rebase(&mut self, resume_from: &[(String, u64)]) {
+        for (subject, seq) in resume_from {
+            if let Some(cur) = self.cursors.get_mut(subject)
+                && *cur > *seq
+            {
+                *cur = *seq;
+                self.dirty = true;
+            }
+        }
+    }
+
     /// Writes the file if anything changed.
     pub fn save(&mut self) -> Result<(), ClientError> {
         if !self.dirty {

@@ -521,6 +521,14 @@ impl Session {
         out
     }
 
+    /// Moves a cursor back: the client's was above anything stored on `subject` (the
+    /// stream was recreated). Welcome tells the client.
+    pub fn reset_cursor(&mut self, subject: &str, seq: Seq) {
+        if let Some(c) = self.cursors.get_mut(subject) {
+            *c = seq;
+        }
+    }
+
     /// The client's cursors (from Hello, advanced by its acks), per subject.
     pub fn cursors(&self) -> impl Iterator<Item = (&str, Seq)> {
         self.cursors.iter().map(|(k, v)| (k.as_str(), *v))
@@ -538,6 +546,12 @@ impl Session {
                 max_frame_bytes: self.cfg.max_frame_bytes as u32,
                 server_time_ms: now.unix_ms,
                 gateway_id: self.cfg.gateway_id.clone(),
+                cursors: {
+                    let mut c: Vec<(String, Seq)> =
+                        self.cursors.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                    c.sort();
+                    c
+                },
             }));
             self.state = State::Active(id);
         }

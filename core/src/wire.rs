@@ -194,6 +194,8 @@ pub enum Reply {
         server_time_ms: u64,
         /// Gateway id.
         gateway_id: String,
+        /// Where delivery resumes per subject (see the .proto).
+        cursors: Vec<(String, Seq)>,
     },
     /// Result of a Send.
     SendResult {
@@ -244,7 +246,15 @@ pub fn encode_reply(reply: &Reply) -> Bytes {
             max_frame_bytes,
             server_time_ms,
             gateway_id,
+            cursors,
         } => Kind::Welcome(pb::Welcome {
+            cursors: cursors
+                .iter()
+                .map(|(subject, seq)| pb::Cursor {
+                    subject: subject.clone(),
+                    seq: seq.0,
+                })
+                .collect(),
             user: user.clone(),
             device: device.clone(),
             connection_id: connection_id.clone(),

@@ -314,6 +314,10 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
         } => {
             let deadline = timeout.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
             let w = client.welcome();
+            if let Some(s) = state_file.as_mut() {
+                s.rebase(&w.cursors);
+                s.save()?;
+            }
             eprintln!(
                 "listening as {}/{} over {} on gateway {} (connection {})",
                 w.user,

@@ -234,6 +234,22 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                             shared.hub.join(&identity.user, id, handle).await;
                             joined = Some(identity.user.clone());
                         }
+                        // A cursor above everything stored on its subject comes from
+                        // another incarnation of the stream: resume from what exists.
+                        let claimed: Vec<(String, petrel_core::Seq)> =
+                            session.cursors().map(|(s, q)| (s.to_string(), q)).collect();
+                        for (subject, seq) in claimed {
+                            match shared.hub.last_seq(&subject).await {
+                                Ok(last) if seq.0 > last => {
+                                    warn!(%subject, cursor = %seq, last, "cursor beyond the stream; resuming from its end");
+                                    session.reset_cursor(&subject, petrel_core::Seq(last));
+                                }
+                                Ok(_) => {}
+                                Err(e) => {
+                                    debug!(%subject, error = %e, "could not check the cursor against the stream")
+                                }
+                            }
+                        }
                         actions.extend(session.on_joined(Now::system()));
                         // Resume: what came after the client's cursors, before live.
                         for (subject, seq) in session.cursors() {

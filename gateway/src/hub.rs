@@ -398,7 +398,7 @@ impl Hub {
     }
 
     /// The last sequence stored on `subject` (0: none).
-    async fn last_seq(&self, subject: &str) -> Result<u64, String> {
+    pub async fn last_seq(&self, subject: &str) -> Result<u64, String> {
         use jetstream::stream::DirectGetErrorKind;
         let stream = self
             .js

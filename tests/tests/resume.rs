@@ -196,3 +196,23 @@ async fn a_resume_is_served_from_the_edge_cache_and_from_the_hub_without_it() ->
     t.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_beyond_the_stream_is_moved_back_and_hides_nothing() -> anyhow::Result<()> {
+    // A device remembers cursor 1,000,000 from a previous incarnation of the stream.
+    let t = Topology::start(1).await?;
+    let alice = t.connect(0, Quic, "alice", "phone").await?;
+    let sent = send_many(&alice, "first", 2, 10).await?;
+    let mut opts = ConnectOptions::new(t.endpoint(0, WebSocket), t.token("bob"), "old-phone");
+    opts.cursors = vec![(INBOX.to_string(), 1_000_000)];
+    let mut bob = Client::connect(opts).await?;
+    assert_eq!(
+        bob.welcome().cursors,
+        vec![(INBOX.to_string(), *sent.last().unwrap_or(&0))],
+        "Welcome says where delivery resumes"
+    );
+    send_many(&alice, "new", 3, 10).await?;
+    expect_in_order(&mut bob, "new", 3, 5).await?;
+    t.stop().await;
+    Ok(())
+}

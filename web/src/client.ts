@@ -533,6 +533,16 @@ export class PetrelClient extends EventTarget {
           // Frames after Welcome in the same chunk stay in the decoder for the read loop.
           this.handover = { decoder, chunks };
           const w = f.kind.value;
+          // The gateway moved a cursor back: the stream was recreated, and what we
+          // remember of it (cursor, seen ids) would hide new messages.
+          for (const c of w.cursors) {
+            const mine = this.cursors.get(c.subject);
+            if (mine !== undefined && mine > c.seq) {
+              this.cursors.set(c.subject, c.seq);
+              for (const id of [...this.seen]) if (id.startsWith(`${c.subject}/`)) this.seen.delete(id);
+              this.save();
+            }
+          }
           return {
             user: w.user,
             device: w.device,

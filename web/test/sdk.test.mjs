@@ -268,3 +268,39 @@ test("when WebTransport fails the SDK falls back, and remembers it for the next 
   assert.deepEqual(r, { firstTransport: "websocket", secondTransport: "websocket", attemptsAfterFirst: 1, attempts: 1, why: "CONNECT_FAILED" });
   await context.close();
 });
+
+test("a cursor the gateway moves back (a recreated stream) no longer hides new messages", async () => {
+  onConnection = async (c) => {
+    const hello = await c.next();
+    assert.equal(hello.kind.value.cursors[0].seq, 900n, "the SDK resumed from its cursor");
+    c.send(
+      "welcome",
+      create(proto.WelcomeSchema, {
+        user: "bob",
+        device: "d5",
+        gatewayId: "fake",
+        cursors: [create(proto.CursorSchema, { subject: "msg.private.bob", seq: 4n })],
+      }),
+    );
+    c.send("deliver", create(proto.DeliverSchema, { messages: [message(5, "new five")] }));
+  };
+  const { page, context } = await sdkPage(() => {
+    // What the SDK remembers from the stream's previous life.
+    localStorage.setItem("petrel:state:d5", JSON.stringify({ cursors: { "msg.private.bob": "900" }, seen: ["msg.private.bob/5"] }));
+  });
+  const r = await page.evaluate(async (url) => {
+    const client = new window.sdk.PetrelClient({ webSocketUrl: url, token: "t", device: "d5" });
+    const seen = [];
+    client.addEventListener("message", (e) => seen.push(e.detail.text));
+    await client.connect();
+    await new Promise((resolve) => {
+      const check = () => (seen.length >= 1 ? resolve() : setTimeout(check, 20));
+      check();
+    });
+    client.close();
+    return { seen, cursors: client.cursorMap };
+  }, `ws://${base}/ws`);
+  assert.deepEqual(r.seen, ["new five"]);
+  assert.deepEqual(r.cursors, { "msg.private.bob": "5" });
+  await context.close();
+});
