@@ -201,6 +201,9 @@ pub struct LimitsSection {
     pub send_queue_frames: usize,
     /// Concurrent connections on this gateway.
     pub max_connections: usize,
+    /// Seconds one write to a client may block (it stopped reading) before its
+    /// connection is closed with SLOW_CONSUMER.
+    pub write_timeout_secs: u64,
 }
 
 impl Default for LimitsSection {
@@ -215,6 +218,7 @@ impl Default for LimitsSection {
             send_burst: 200,
             send_queue_frames: 1024,
             max_connections: 100_000,
+            write_timeout_secs: 30,
         }
     }
 }

@@ -36,6 +36,33 @@ const DELIVER_FRAME_BUDGET: usize = 32 * 1024;
 
 type FetchResult = (Fetch, Result<(Vec<Delivery>, bool), String>);
 
+/// Writes with the write timeout; a client that stopped reading altogether is closed
+/// with SLOW_CONSUMER (memory stays bounded either way, but its connection would
+/// otherwise be held forever).
+async fn write<W: FrameWriter>(
+    w: &mut W,
+    data: Bytes,
+    limit: Duration,
+) -> Result<(), TransportError> {
+    match tokio::time::timeout(limit, w.send(data)).await {
+        Ok(r) => r,
+        Err(_) => {
+            w.abort(ErrorCode::SlowConsumer, "not reading: write timed out")
+                .await;
+            Err(TransportError::Stalled)
+        }
+    }
+}
+
+impl From<TransportError> for End {
+    fn from(e: TransportError) -> Self {
+        match e {
+            TransportError::Stalled => End::Closed(ErrorCode::SlowConsumer, e.to_string()),
+            e => End::Broken(e.to_string()),
+        }
+    }
+}
+
 /// Fetches `f` from the hub, after `delay` (a retry).
 async fn fetch(hub: Arc<Hub>, f: Fetch, delay: Duration) -> FetchResult {
     if !delay.is_zero() {
@@ -73,6 +100,9 @@ pub enum TransportError {
     /// The connection broke.
     #[error("{0}")]
     Io(String),
+    /// A write did not complete within the write timeout: the client stopped reading.
+    #[error("client stopped reading (write timed out)")]
+    Stalled,
 }
 
 /// Receives the client's byte stream.
@@ -87,6 +117,9 @@ pub trait FrameWriter: Send {
     fn send(&mut self, data: Bytes) -> impl Future<Output = Result<(), TransportError>> + Send;
     /// Flushes what was written and closes with `code`.
     fn close(self, code: ErrorCode, reason: &str) -> impl Future<Output = ()> + Send;
+    /// Closes at once with `code`, without waiting for what is unwritten (the client
+    /// stopped reading).
+    fn abort(&mut self, code: ErrorCode, reason: &str) -> impl Future<Output = ()> + Send;
 }
 
 /// What every connection shares.
@@ -102,6 +135,9 @@ pub struct Shared {
     pub send_queue_frames: usize,
     /// Idle timeout.
     pub idle_timeout: Duration,
+    /// Longest a single write to a client may block before the connection is dropped
+    /// as a reader that stopped reading.
+    pub write_timeout: Duration,
     /// Live connection count.
     pub connections: AtomicU64,
 }
@@ -169,6 +205,7 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
             Now::system(),
         );
         let mut decoder = FrameDecoder::new(shared.session.max_frame_bytes);
+        let write_timeout = shared.write_timeout;
         let (live_tx, mut live_rx) = mpsc::channel::<Arc<LiveItem>>(shared.send_queue_frames);
         let lost = Arc::new(Lost::default());
         let mut order = Order::new();
@@ -216,8 +253,10 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                 i += 1;
                 match action {
                     Action::Reply(reply) => {
-                        if let Err(e) = writer.send(encode_reply(&reply)).await {
-                            break 'conn End::Broken(e.to_string());
+                        if let Err(e) =
+                            write(&mut writer, encode_reply(&reply), write_timeout).await
+                        {
+                            break 'conn e.into();
                         }
                     }
                     Action::Publish(req) => {
@@ -281,8 +320,10 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                                     format!("at most {MAX_SYNCS} history requests at a time"),
                                 )),
                             };
-                            if let Err(e) = writer.send(encode_reply(&busy)).await {
-                                break 'conn End::Broken(e.to_string());
+                            if let Err(e) =
+                                write(&mut writer, encode_reply(&busy), write_timeout).await
+                            {
+                                break 'conn e.into();
                             }
                         } else {
                             let hub = shared.hub.clone();
@@ -338,8 +379,8 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                     }
                 }
                 Some(reply) = syncs.next(), if !syncs.is_empty() => {
-                    if let Err(e) = writer.send(encode_reply(&reply)).await {
-                        break End::Broken(e.to_string());
+                    if let Err(e) = write(&mut writer, encode_reply(&reply), write_timeout).await {
+                        break e.into();
                     }
                 }
                 Some((f, result)) = fetches.next(), if !fetches.is_empty() => {
@@ -350,8 +391,8 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                                 .filter(|d| order.on_fetched(&d.subject, d.seq))
                                 .collect();
                             for frame in encode_pages(&fresh) {
-                                if let Err(e) = writer.send(frame).await {
-                                    break 'conn End::Broken(e.to_string());
+                                if let Err(e) = write(&mut writer, frame, write_timeout).await {
+                                    break 'conn e.into();
                                 }
                             }
                             if let Some(next) = order.fetch_done(&f.subject, more) {
@@ -386,8 +427,10 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                             next = live_rx.try_recv().ok();
                         }
                     }
-                    if !batch.is_empty() && let Err(e) = writer.send(batch.freeze()).await {
-                        break End::Broken(e.to_string());
+                    if !batch.is_empty()
+                        && let Err(e) = write(&mut writer, batch.freeze(), write_timeout).await
+                    {
+                        break e.into();
                     }
                 }
                 r = reader.recv(), if session.wants_frames() && !peer_finished => match r {
@@ -402,7 +445,7 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                             format!("message exceeds {} bytes", decoder.max_frame_bytes()),
                         ));
                     }
-                    Err(TransportError::Io(e)) => break End::Broken(e),
+                    Err(e) => break e.into(),
                 },
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     actions.extend(session.on_timeout(Now::system()));

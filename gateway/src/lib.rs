@@ -186,6 +186,7 @@ impl Gateway {
             hub,
             send_queue_frames: cfg.limits.send_queue_frames,
             idle_timeout: cfg.limits.idle_timeout(),
+            write_timeout: Duration::from_secs(cfg.limits.write_timeout_secs.max(1)),
             connections: AtomicU64::new(0),
         });
         Ok(Self {

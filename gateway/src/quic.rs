@@ -45,6 +45,10 @@ impl FrameReader for QuicReader {
 }
 
 impl FrameWriter for QuicWriter {
+    async fn abort(&mut self, code: ErrorCode, reason: &str) {
+        self.1.close(code.quic_close_code(), reason.as_bytes());
+    }
+
     async fn send(&mut self, data: Bytes) -> Result<(), TransportError> {
         self.0
             .write_chunk(data)

@@ -56,6 +56,20 @@ impl<S: Io> FrameReader for WsReader<S> {
 }
 
 impl<S: Io> FrameWriter for WsWriter<S> {
+    async fn abort(&mut self, code: ErrorCode, reason: &str) {
+        // The socket is full, so the close frame may not get out; the TCP connection
+        // closes when the task ends either way.
+        let frame = CloseFrame {
+            code: CloseCode::from(code.websocket_close_code()),
+            reason: reason.chars().take(100).collect::<String>().into(),
+        };
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            self.0.send(Message::Close(Some(frame))),
+        )
+        .await;
+    }
+
     async fn send(&mut self, data: Bytes) -> Result<(), TransportError> {
         self.0
             .send(Message::Binary(data))

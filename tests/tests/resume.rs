@@ -216,3 +216,76 @@ async fn a_cursor_beyond_the_stream_is_moved_back_and_hides_nothing() -> anyhow:
     t.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_altogether_is_closed_as_a_slow_consumer() -> anyhow::Result<()>
+{
+    use petrel_client::{Read, connect_raw};
+    use petrel_proto::{FrameDecoder, encode_frame, pb};
+    use prost::Message as _;
+    let t = Topology::start_with(1, |cfg, _| {
+        cfg.limits.send_queue_frames = 4;
+        cfg.limits.write_timeout_secs = 1;
+        Ok(())
+    })
+    .await?;
+    let alice = t.connect(0, Quic, "alice", "phone").await?;
+    // bob says Hello, reads his Welcome, then never reads again.
+    let (mut reader, mut writer) = connect_raw(&t.endpoint(0, Quic)).await?;
+    writer
+        .write(encode_frame(&pb::ClientFrame {
+            kind: Some(pb::client_frame::Kind::Hello(pb::Hello {
+                token: t.token("bob"),
+                device: "stuck".into(),
+                cursors: vec![],
+                protocol_version: 1,
+            })),
+        }))
+        .await?;
+    let mut decoder = FrameDecoder::new(1 << 22);
+    'welcome: loop {
+        match reader.read().await? {
+            Read::Data(d) => {
+                decoder.push(&d);
+                while let Some(f) = decoder.next_frame()? {
+                    if let Some(pb::server_frame::Kind::Welcome(_)) =
+                        pb::ServerFrame::decode(f)?.kind
+                    {
+                        break 'welcome;
+                    }
+                }
+            }
+            Read::Closed(info) => anyhow::bail!("closed before Welcome: {info:?}"),
+        }
+    }
+    // About 6 MB for bob: more than QUIC's receive windows hold.
+    send_many(&alice, "flood", 400, 16 * 1024).await?;
+    let mut carol = t.connect(0, Quic, "carol", "phone").await?;
+    // The gateway gives up on bob after the write timeout; carol is served meanwhile.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    while t.counter(0, "connections").await? > 2 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the stuck reader was never closed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    alice.send("carol", "still", "hi carol").await?;
+    assert_eq!(
+        next_message_on(&mut carol, "msg.private.carol", 5)
+            .await?
+            .client_msg_id,
+        "still"
+    );
+    // When bob finally reads, the close code says why.
+    let code = loop {
+        match reader.read().await {
+            Ok(Read::Data(_)) => continue,
+            Ok(Read::Closed(info)) => break info.map(|i| i.code),
+            Err(e) => anyhow::bail!("{e}"),
+        }
+    };
+    assert_eq!(code, Some(pb::ErrorCode::SlowConsumer as u32));
+    t.stop().await;
+    Ok(())
+}
