@@ -201,6 +201,9 @@ pub struct LimitsSection {
     pub send_queue_frames: usize,
     /// Concurrent connections on this gateway.
     pub max_connections: usize,
+    /// Bytes of live messages queued toward one connection; beyond it (or beyond
+    /// `send_queue_frames`) the connection catches up from the cache/hub instead.
+    pub send_queue_bytes: usize,
     /// Seconds one write to a client may block (it stopped reading) before its
     /// connection is closed with SLOW_CONSUMER.
     pub write_timeout_secs: u64,
@@ -219,6 +222,7 @@ impl Default for LimitsSection {
             send_queue_frames: 1024,
             max_connections: 100_000,
             write_timeout_secs: 30,
+            send_queue_bytes: 1024 * 1024,
         }
     }
 }

@@ -133,6 +133,8 @@ pub struct Shared {
     pub hub: Arc<Hub>,
     /// Frames queued toward one connection.
     pub send_queue_frames: usize,
+    /// Bytes queued toward one connection (live messages) before it catches up instead.
+    pub send_queue_bytes: usize,
     /// Idle timeout.
     pub idle_timeout: Duration,
     /// Longest a single write to a client may block before the connection is dropped
@@ -208,6 +210,7 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
         let write_timeout = shared.write_timeout;
         let (live_tx, mut live_rx) = mpsc::channel::<Arc<LiveItem>>(shared.send_queue_frames);
         let lost = Arc::new(Lost::default());
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut order = Order::new();
         let mut fetches = FuturesUnordered::new();
         let mut syncs = FuturesUnordered::new();
@@ -269,6 +272,8 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                             let handle = LiveHandle {
                                 tx,
                                 lost: lost.clone(),
+                                queued: queued.clone(),
+                                max_bytes: shared.send_queue_bytes,
                             };
                             shared.hub.join(&identity.user, id, handle).await;
                             joined = Some(identity.user.clone());
@@ -415,6 +420,7 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                     let mut batch = BytesMut::new();
                     let mut next = Some(item);
                     while let Some(item) = next.take() {
+                        queued.fetch_sub(item.frame.len(), Ordering::AcqRel);
                         match order.on_live(&item.subject, item.seq, item.prev) {
                             Live::Deliver => batch.extend_from_slice(&item.frame),
                             Live::Skip => {}

@@ -66,10 +66,29 @@ impl Lost {
 /// How a connection receives live frames.
 #[derive(Clone, Debug)]
 pub struct LiveHandle {
-    /// Bounded queue of live messages.
+    /// Bounded queue of live messages (bounded in count here, in bytes by `queued`).
     pub tx: mpsc::Sender<Arc<LiveItem>>,
     /// Raised when the queue overflowed.
     pub lost: Arc<Lost>,
+    /// Bytes of frames in the queue; the connection subtracts what it takes out.
+    pub queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// Most bytes the queue may hold.
+    pub max_bytes: usize,
+}
+
+impl LiveHandle {
+    /// Queues `item` unless that would pass the queue's count or byte bound.
+    fn offer(&self, item: &Arc<LiveItem>) -> bool {
+        let len = item.frame.len();
+        let before = self.queued.fetch_add(len, Ordering::AcqRel);
+        // One message always fits, however large, so a big message is not lost forever.
+        if (before > 0 && before + len > self.max_bytes) || self.tx.try_send(item.clone()).is_err()
+        {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
 }
 
 /// Stream holding the private and group messages.
@@ -141,6 +160,9 @@ pub fn parse_live(msg: &async_nats::Message) -> Result<Delivery, String> {
         message,
     })
 }
+
+/// Bytes asked of the hub per fetch page (messages are at most 128 KiB).
+const FETCH_PAGE_BYTES: usize = 1024 * 1024;
 
 /// Content bytes in one history page, so that a page stays far below the clients'
 /// frame limits (1 MiB) whatever the messages' sizes.
@@ -448,6 +470,8 @@ impl Hub {
             let mut batch = consumer
                 .batch()
                 .max_messages(want)
+                // Bounded in bytes too, so a page of large messages stays small.
+                .max_bytes(FETCH_PAGE_BYTES)
                 .expires(self.publish_timeout)
                 .messages()
                 .await
@@ -456,7 +480,15 @@ impl Hub {
             let mut more = pending > want;
             let mut received = 0;
             while let Some(msg) = batch.next().await {
-                let msg = msg.map_err(|e| format!("fetching {subject}: {e}"))?;
+                let msg = match msg {
+                    Ok(m) => m,
+                    // The byte bound ends a batch with a status; what came is a page.
+                    Err(_) if received > 0 => {
+                        more = true;
+                        break;
+                    }
+                    Err(e) => return Err(format!("fetching {subject}: {e}")),
+                };
                 let info = msg.info().map_err(|e| format!("message info: {e}"))?;
                 let seq = Seq(info.stream_sequence);
                 more = info.pending > 0;
@@ -593,7 +625,7 @@ impl Hub {
             for t in targets {
                 // A full queue drops the message for that connection only; it notices
                 // the hole and fetches it from the hub at its own pace.
-                if t.tx.try_send(item.clone()).is_err() {
+                if !t.offer(&item) {
                     self.overflows.fetch_add(1, Ordering::Relaxed);
                     t.lost.raise();
                 }

@@ -185,6 +185,7 @@ impl Gateway {
             auth,
             hub,
             send_queue_frames: cfg.limits.send_queue_frames,
+            send_queue_bytes: cfg.limits.send_queue_bytes.max(1),
             idle_timeout: cfg.limits.idle_timeout(),
             write_timeout: Duration::from_secs(cfg.limits.write_timeout_secs.max(1)),
             connections: AtomicU64::new(0),

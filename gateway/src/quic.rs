@@ -76,6 +76,10 @@ pub fn transport_config(idle: Duration) -> quinn::TransportConfig {
     // One control stream per connection today, a few more later; never an unbounded
     // number. HTTP/3 needs three unidirectional streams of its own (control, QPACK
     // encoder and decoder) before WebTransport starts.
+    // What quinn buffers toward one client that has not acknowledged it (default
+    // 10 MiB): a stalled client holds at most this. 2 MiB still fills ~160 Mbit/s at
+    // 100 ms RTT, plenty for messaging.
+    t.send_window(2 * 1024 * 1024);
     t.max_concurrent_bidi_streams(8u32.into());
     t.max_concurrent_uni_streams(8u32.into());
     t
