@@ -161,6 +161,48 @@ impl Topology {
         .await
     }
 
+    /// A raw QUIC connection to `edge` for `user`/`device` that has said Hello and read
+    /// its Welcome (for tests that then misbehave, e.g. never read again).
+    pub async fn raw_welcomed(
+        &self,
+        edge: usize,
+        user: &str,
+        device: &str,
+    ) -> anyhow::Result<(petrel_client::RawReader, petrel_client::RawWriter)> {
+        use petrel_client::Read;
+        use petrel_proto::{FrameDecoder, encode_frame, pb};
+        use prost::Message as _;
+        let (mut reader, mut writer) =
+            petrel_client::connect_raw(&self.endpoint(edge, TransportKind::Quic)).await?;
+        let hello = pb::Hello {
+            token: self.token(user),
+            device: device.into(),
+            cursors: vec![],
+            protocol_version: 1,
+        };
+        writer
+            .write(encode_frame(&pb::ClientFrame {
+                kind: Some(pb::client_frame::Kind::Hello(hello)),
+            }))
+            .await?;
+        let mut decoder = FrameDecoder::new(1 << 22);
+        loop {
+            match reader.read().await? {
+                Read::Data(d) => {
+                    decoder.push(&d);
+                    while let Some(f) = decoder.next_frame()? {
+                        if let Some(pb::server_frame::Kind::Welcome(_)) =
+                            pb::ServerFrame::decode(f)?.kind
+                        {
+                            return Ok((reader, writer));
+                        }
+                    }
+                }
+                Read::Closed(info) => anyhow::bail!("closed before Welcome: {info:?}"),
+            }
+        }
+    }
+
     /// GET `path` on edge `edge`'s HTTP endpoint; returns the body.
     pub async fn http_get(&self, edge: usize, path: &str) -> anyhow::Result<String> {
         let addr = self.edges[edge].addrs.http.to_string();

@@ -7,10 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use petrel_client::{Read, SendResult, TransportKind::*, connect_raw};
-use petrel_proto::{FrameDecoder, encode_frame, pb};
+use petrel_client::{SendResult, TransportKind::*};
 use petrel_tests::Topology;
-use prost::Message as _;
 
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -33,28 +31,8 @@ async fn memory_while_a_reader_never_reads() -> anyhow::Result<()> {
     })
     .await?;
     let mut alice = t.connect(0, Quic, "alice", "phone").await?;
-    let (mut reader, mut writer) = connect_raw(&t.endpoint(0, Quic)).await?;
-    writer
-        .write(encode_frame(&pb::ClientFrame {
-            kind: Some(pb::client_frame::Kind::Hello(pb::Hello {
-                token: t.token("bob"),
-                device: "stuck".into(),
-                cursors: vec![],
-                protocol_version: 1,
-            })),
-        }))
-        .await?;
-    let mut decoder = FrameDecoder::new(1 << 22);
-    'welcome: loop {
-        if let Read::Data(d) = reader.read().await? {
-            decoder.push(&d);
-            while let Some(f) = decoder.next_frame()? {
-                if let Some(pb::server_frame::Kind::Welcome(_)) = pb::ServerFrame::decode(f)?.kind {
-                    break 'welcome;
-                }
-            }
-        }
-    }
+    // bob: Hello, Welcome, then never a read again.
+    let _bob = t.raw_welcomed(0, "bob", "stuck").await?;
     let mut carol = t.connect(0, Quic, "carol", "phone").await?;
     let drain = tokio::spawn(async move { while carol.next_event().await.is_some() {} });
     let start = rss_mib();

@@ -220,9 +220,8 @@ async fn a_cursor_beyond_the_stream_is_moved_back_and_hides_nothing() -> anyhow:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_altogether_is_closed_as_a_slow_consumer() -> anyhow::Result<()>
 {
-    use petrel_client::{Read, connect_raw};
-    use petrel_proto::{FrameDecoder, encode_frame, pb};
-    use prost::Message as _;
+    use petrel_client::Read;
+    use petrel_proto::pb;
     let t = Topology::start_with(1, |cfg, _| {
         cfg.limits.send_queue_frames = 4;
         cfg.limits.write_timeout_secs = 1;
@@ -231,33 +230,7 @@ async fn a_client_that_stops_reading_altogether_is_closed_as_a_slow_consumer() -
     .await?;
     let alice = t.connect(0, Quic, "alice", "phone").await?;
     // bob says Hello, reads his Welcome, then never reads again.
-    let (mut reader, mut writer) = connect_raw(&t.endpoint(0, Quic)).await?;
-    writer
-        .write(encode_frame(&pb::ClientFrame {
-            kind: Some(pb::client_frame::Kind::Hello(pb::Hello {
-                token: t.token("bob"),
-                device: "stuck".into(),
-                cursors: vec![],
-                protocol_version: 1,
-            })),
-        }))
-        .await?;
-    let mut decoder = FrameDecoder::new(1 << 22);
-    'welcome: loop {
-        match reader.read().await? {
-            Read::Data(d) => {
-                decoder.push(&d);
-                while let Some(f) = decoder.next_frame()? {
-                    if let Some(pb::server_frame::Kind::Welcome(_)) =
-                        pb::ServerFrame::decode(f)?.kind
-                    {
-                        break 'welcome;
-                    }
-                }
-            }
-            Read::Closed(info) => anyhow::bail!("closed before Welcome: {info:?}"),
-        }
-    }
+    let (mut reader, _writer) = t.raw_welcomed(0, "bob", "stuck").await?;
     // About 6 MB for bob: more than QUIC's receive windows hold.
     send_many(&alice, "flood", 400, 16 * 1024).await?;
     let mut carol = t.connect(0, Quic, "carol", "phone").await?;
