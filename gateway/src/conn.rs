@@ -283,7 +283,14 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                         let claimed: Vec<(String, petrel_core::Seq)> =
                             session.cursors().map(|(s, q)| (s.to_string(), q)).collect();
                         for (subject, seq) in claimed {
-                            match shared.hub.last_seq(&subject).await {
+                            // Bounded: with the hub away this must not hold up Welcome.
+                            let checked = tokio::time::timeout(
+                                Duration::from_secs(1),
+                                shared.hub.last_seq(&subject),
+                            )
+                            .await
+                            .unwrap_or_else(|_| Err("timed out".into()));
+                            match checked {
                                 Ok(last) if seq.0 > last => {
                                     warn!(%subject, cursor = %seq, last, "cursor beyond the stream; resuming from its end");
                                     session.reset_cursor(&subject, petrel_core::Seq(last));
