@@ -150,6 +150,14 @@ pub enum SendResult {
 pub enum Event {
     /// A new message (never one the app has seen).
     Message(Message),
+    /// The final result of a send answered earlier as [`SendResult::Queued`] (the
+    /// hub stored it after all), or any result nobody was waiting for.
+    SendResult {
+        /// The send's client message id.
+        id: String,
+        /// The result.
+        result: SendResult,
+    },
     /// A non-fatal error frame.
     Error {
         /// Code name.
@@ -180,6 +188,53 @@ pub struct Welcome {
     /// Where delivery resumes per subject; below the client's own cursor when the
     /// stream was recreated (move state files back to it).
     pub cursors: Vec<(String, u64)>,
+}
+
+/// Sends on a [`Client`]'s connection from another task.
+#[derive(Clone, Debug)]
+pub struct Sender {
+    cmd: mpsc::Sender<Cmd>,
+}
+
+impl Sender {
+    /// Queues a send and returns the receiver for its result without waiting (see
+    /// [`Client::start_send`]).
+    pub async fn start_send(
+        &self,
+        to: &str,
+        id: &str,
+        content: impl Into<Bytes>,
+        content_type: &str,
+    ) -> Result<oneshot::Receiver<SendResult>, ClientError> {
+        let frame = client_frame(pb::client_frame::Kind::Send(pb::Send {
+            client_msg_id: id.to_string(),
+            to: Some(pb::send::To::User(to.to_string())),
+            content: content.into(),
+            content_type: content_type.to_string(),
+        }));
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Cmd::Send {
+                id: id.to_string(),
+                frame,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| ClientError::Closed("connection closed".into()))?;
+        Ok(rx)
+    }
+
+    /// Sends and waits for the result (see [`Client::send`]).
+    pub async fn send(
+        &self,
+        to: &str,
+        id: &str,
+        content: impl Into<Bytes>,
+    ) -> Result<SendResult, ClientError> {
+        let rx = self.start_send(to, id, content, "text/plain").await?;
+        rx.await
+            .map_err(|_| ClientError::Closed("connection closed before the SendResult".into()))
+    }
 }
 
 /// How often an otherwise quiet client pings the gateway.
@@ -340,9 +395,7 @@ impl Client {
         id: &str,
         content: impl Into<Bytes>,
     ) -> Result<SendResult, ClientError> {
-        let rx = self.start_send(to, id, content, "text/plain").await?;
-        rx.await
-            .map_err(|_| ClientError::Closed("connection closed before the SendResult".into()))
+        self.sender().send(to, id, content).await
     }
 
     /// A page of history on `subject`: newest first (messages before `from`; 0 = from
@@ -386,22 +439,18 @@ impl Client {
         content: impl Into<Bytes>,
         content_type: &str,
     ) -> Result<oneshot::Receiver<SendResult>, ClientError> {
-        let frame = client_frame(pb::client_frame::Kind::Send(pb::Send {
-            client_msg_id: id.to_string(),
-            to: Some(pb::send::To::User(to.to_string())),
-            content: content.into(),
-            content_type: content_type.to_string(),
-        }));
-        let (tx, rx) = oneshot::channel();
-        self.cmd
-            .send(Cmd::Send {
-                id: id.to_string(),
-                frame,
-                reply: tx,
-            })
+        self.sender()
+            .start_send(to, id, content, content_type)
             .await
-            .map_err(|_| ClientError::Closed("connection closed".into()))?;
-        Ok(rx)
+    }
+
+    /// A handle that sends from another task while this one reads events (a client
+    /// whose events are not read stops reading the connection once its event queue
+    /// is full, and then hears no SendResults either).
+    pub fn sender(&self) -> Sender {
+        Sender {
+            cmd: self.cmd.clone(),
+        }
     }
 
     /// Acknowledges everything up to `seq` on `subject`.
@@ -603,15 +652,22 @@ async fn handle(
                     detail: r.detail,
                 },
             };
-            if let Some(waiters) = pending.get_mut(&r.client_msg_id) {
-                if !waiters.is_empty() {
-                    let _ = waiters.remove(0).send(result);
-                }
+            if let Some(waiters) = pending.get_mut(&r.client_msg_id)
+                && !waiters.is_empty()
+            {
+                let _ = waiters.remove(0).send(result);
                 if waiters.is_empty() {
                     pending.remove(&r.client_msg_id);
                 }
+                return true;
             }
-            true
+            events
+                .send(Event::SendResult {
+                    id: r.client_msg_id,
+                    result,
+                })
+                .await
+                .is_ok()
         }
         Kind::Deliver(d) => {
             for m in d.messages {

@@ -10,6 +10,7 @@
 //! - [`session`] — the per-connection state machine: commands in, actions out.
 //! - [`route`] — reference-counted user → connections registry.
 //! - [`delivery`] — per-connection delivery order: resume, gap fill, catch-up.
+//! - [`outbox`] — store-and-forward policy: publish in order, QUEUED, retry/backoff.
 //!
 //! Nothing here opens a socket or reads a clock, so it is tested with simulated peers.
 
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod delivery;
 pub mod error;
 pub mod ids;
+pub mod outbox;
 pub mod route;
 pub mod session;
 pub mod subject;

@@ -69,6 +69,11 @@ impl<K: Eq + Hash + Clone, H> Registry<K, H> {
             .map(|(c, h)| (*c, h))
     }
 
+    /// Every registered connection, under whatever key.
+    pub fn all(&self) -> impl Iterator<Item = (u64, &H)> {
+        self.keys.values().flatten().map(|(c, h)| (*c, h))
+    }
+
     /// Number of keys with at least one connection (= live subscriptions).
     pub fn keys(&self) -> usize {
         self.keys.len()

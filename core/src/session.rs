@@ -112,6 +112,8 @@ pub enum PublishOutcome {
         /// The hub already had the first copy.
         duplicate: bool,
     },
+    /// Durable at the edge, not yet stored on the hub: the final outcome follows.
+    Queued,
     /// At least one copy is not stored.
     Failed {
         /// Client-facing code.
@@ -163,6 +165,9 @@ pub struct Session {
     state: State,
     next_req: u64,
     inflight: HashMap<u64, Pending>,
+    /// Sends answered QUEUED, waiting for their final STORED (not counted against
+    /// the in-flight budget: they are durable, and the outbox has its own bound).
+    queued: HashMap<u64, Pending>,
     cursors: HashMap<String, Seq>,
     /// When the token expires (monotonic); the connection is closed then.
     expires: Option<Instant>,
@@ -210,6 +215,7 @@ impl Session {
             state: State::AwaitingHello { deadline },
             next_req: 0,
             inflight: HashMap::new(),
+            queued: HashMap::new(),
             cursors: HashMap::new(),
             expires: None,
             sends: Bucket {
@@ -496,11 +502,36 @@ impl Session {
         }));
     }
 
-    /// The hub answered a publish.
+    /// The hub (or the edge's outbox) answered a publish.
     pub fn on_published(&mut self, req: u64, outcome: PublishOutcome) -> Vec<Action> {
         let mut out = Vec::new();
-        let Some(p) = self.inflight.remove(&req) else {
-            return out;
+        let p = match outcome {
+            PublishOutcome::Queued => match self.inflight.remove(&req) {
+                Some(p) => {
+                    let status = SendStatus::Queued {
+                        subject: p.subject.clone(),
+                        msg_id: p.msg_id.clone(),
+                    };
+                    let client_msg_id = p.client_msg_id.to_string();
+                    self.queued.insert(req, p);
+                    if !self.is_closed() {
+                        out.push(Action::Reply(Reply::SendResult {
+                            client_msg_id,
+                            status,
+                        }));
+                    }
+                    return out;
+                }
+                None => return out,
+            },
+            _ => match self
+                .inflight
+                .remove(&req)
+                .or_else(|| self.queued.remove(&req))
+            {
+                Some(p) => p,
+                None => return out,
+            },
         };
         if self.is_closed() {
             return out;
@@ -513,6 +544,7 @@ impl Session {
                 duplicate,
             },
             PublishOutcome::Failed { code, detail } => SendStatus::Rejected { code, detail },
+            PublishOutcome::Queued => return out,
         };
         out.push(Action::Reply(Reply::SendResult {
             client_msg_id: p.client_msg_id.to_string(),

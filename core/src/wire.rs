@@ -168,6 +168,14 @@ pub enum SendStatus {
         /// The hub already had it (a retried Send).
         duplicate: bool,
     },
+    /// Durable at the edge, not yet stored on the hub; a STORED result follows on
+    /// this connection if it is still open when the hub stores it.
+    Queued {
+        /// Stored subject it will have (the recipient's inbox).
+        subject: String,
+        /// `Nats-Msg-Id` it will be stored under.
+        msg_id: String,
+    },
     /// Not stored.
     Rejected {
         /// Why.
@@ -278,6 +286,13 @@ pub fn encode_reply(reply: &Reply) -> Bytes {
                 seq: seq.0,
                 msg_id: msg_id.clone(),
                 duplicate: *duplicate,
+                ..Default::default()
+            },
+            SendStatus::Queued { subject, msg_id } => pb::SendResult {
+                client_msg_id: client_msg_id.clone(),
+                status: pb::send_result::Status::Queued as i32,
+                subject: subject.clone(),
+                msg_id: msg_id.clone(),
                 ..Default::default()
             },
             SendStatus::Rejected { code, detail } => pb::SendResult {

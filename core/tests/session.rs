@@ -221,6 +221,63 @@ fn inflight_budget_applies_backpressure() {
 }
 
 #[test]
+fn queued_frees_the_budget_and_the_final_result_follows() {
+    let clock = Clock(Instant::now(), 42);
+    let mut s = session(&clock);
+    s.on_command(hello("alice"), clock.now());
+    let mut reqs = vec![];
+    for id in ["a", "b"] {
+        if let [Action::Publish(p)] = &s.on_command(send(id, "bob"), clock.now())[..] {
+            reqs.push(p.req);
+        }
+    }
+    assert!(!s.wants_frames());
+    let out = s.on_published(reqs[0], PublishOutcome::Queued);
+    let [
+        Action::Reply(Reply::SendResult {
+            client_msg_id,
+            status: SendStatus::Queued { subject, msg_id },
+        }),
+    ] = &out[..]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (client_msg_id.as_str(), subject.as_str(), msg_id.as_str()),
+        ("a", "msg.private.bob", "dm:alice:a")
+    );
+    assert!(
+        s.wants_frames(),
+        "a queued send is durable: it leaves the budget"
+    );
+    assert_eq!(s.inflight(), 1);
+    // A second QUEUED for the same send is not repeated.
+    assert!(s.on_published(reqs[0], PublishOutcome::Queued).is_empty());
+    let out = s.on_published(
+        reqs[0],
+        PublishOutcome::Stored {
+            seq: Seq(9),
+            duplicate: false,
+        },
+    );
+    assert!(
+        matches!(&out[..], [Action::Reply(Reply::SendResult { client_msg_id, status: SendStatus::Stored { seq: Seq(9), .. } })] if client_msg_id == "a"),
+        "{out:?}"
+    );
+    assert!(
+        s.on_published(
+            reqs[0],
+            PublishOutcome::Stored {
+                seq: Seq(9),
+                duplicate: false
+            }
+        )
+        .is_empty(),
+        "answered once"
+    );
+}
+
+#[test]
 fn content_limits_and_acks() {
     let clock = Clock(Instant::now(), 42);
     let mut s = session(&clock);

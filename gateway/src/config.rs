@@ -145,10 +145,16 @@ pub struct NatsSection {
     pub url: String,
     /// JetStream domain of the hub.
     pub domain: String,
-    /// Seconds to wait for the hub's publish acknowledgement.
+    /// Seconds to wait for the hub's publish acknowledgement before a try counts as
+    /// failed and is retried.
     pub publish_timeout_secs: u64,
     /// Publishes in flight across the whole gateway.
     pub max_inflight_publishes: usize,
+    /// Milliseconds a sender waits for STORED before it is answered QUEUED (durable
+    /// at the edge, stored on the hub later).
+    pub queue_after_ms: u64,
+    /// Longest pause between retries while the hub is unreachable, in milliseconds.
+    pub retry_max_ms: u64,
 }
 
 impl Default for NatsSection {
@@ -158,6 +164,8 @@ impl Default for NatsSection {
             domain: "hub".into(),
             publish_timeout_secs: 5,
             max_inflight_publishes: 4096,
+            queue_after_ms: 1000,
+            retry_max_ms: 5000,
         }
     }
 }
@@ -240,6 +248,10 @@ pub struct StorageSection {
     pub recent_max_age_secs: u64,
     /// Seconds between trims of the cache.
     pub trim_every_secs: u64,
+    /// Sends the outbox may hold while the hub is unreachable; more are refused.
+    pub outbox_max_messages: usize,
+    /// Payload bytes the outbox may hold while the hub is unreachable.
+    pub outbox_max_bytes: usize,
 }
 
 impl Default for StorageSection {
@@ -249,6 +261,8 @@ impl Default for StorageSection {
             recent_per_subject: 2000,
             recent_max_age_secs: 24 * 3600,
             trim_every_secs: 30,
+            outbox_max_messages: 100_000,
+            outbox_max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -341,6 +355,15 @@ impl Config {
         }
         if l.max_inflight_sends == 0 || l.send_queue_frames == 0 || l.max_connections == 0 {
             bail!("limits must be positive");
+        }
+        let n = &self.nats;
+        if n.publish_timeout_secs == 0 || n.max_inflight_publishes == 0 || n.retry_max_ms == 0 {
+            bail!(
+                "nats.publish_timeout_secs, max_inflight_publishes and retry_max_ms must be positive"
+            );
+        }
+        if self.storage.outbox_max_messages == 0 || self.storage.outbox_max_bytes == 0 {
+            bail!("storage.outbox_max_messages and outbox_max_bytes must be positive");
         }
         self.tls.source()?;
         if self.web.dev_tokens

@@ -131,6 +131,8 @@ pub struct Shared {
     pub auth: Arc<Authenticator>,
     /// NATS wiring.
     pub hub: Arc<Hub>,
+    /// Where sends go: durable at the edge, then forwarded to the hub.
+    pub outbox: crate::outbox::Outbox,
     /// Frames queued toward one connection.
     pub send_queue_frames: usize,
     /// Bytes queued toward one connection (live messages) before it catches up instead.
@@ -215,7 +217,8 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
         let mut fetches = FuturesUnordered::new();
         let mut syncs = FuturesUnordered::new();
         let mut live_tx = Some(live_tx);
-        let mut publishes = FuturesUnordered::new();
+        // Outcomes of this connection's sends, from the outbox (QUEUED, STORED, ...).
+        let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel();
         let mut joined: Option<petrel_core::UserId> = None;
         let mut actions: Vec<Action> = Vec::new();
         let mut last_seen = Instant::now();
@@ -263,9 +266,9 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                         }
                     }
                     Action::Publish(req) => {
-                        // Sent here, in order; acknowledged concurrently below.
-                        let acked = shared.hub.publish(req).await;
-                        publishes.push(acked);
+                        // Durable at the edge, then forwarded in order; the outcomes
+                        // come back on `outcomes`.
+                        shared.outbox.submit(req, outcomes_tx.clone()).await;
                     }
                     Action::Join(identity) => {
                         if let Some(tx) = live_tx.take() {
@@ -418,7 +421,7 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                         }
                     }
                 }
-                Some((req, outcome)) = publishes.next(), if !publishes.is_empty() => {
+                Some((req, outcome)) = outcomes.recv() => {
                     actions.extend(session.on_published(req, outcome));
                 }
                 Some(item) = live_rx.recv() => {

@@ -21,7 +21,7 @@ use petrel_core::session::{PublishOutcome, PublishRequest};
 use petrel_core::wire::{Delivery, StoredMessage, encode_deliver};
 use petrel_core::{ErrorCode, Seq, UserId, subject};
 use petrel_storage::EdgeStore;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 /// One live message, encoded once for every connection of its user.
@@ -103,7 +103,6 @@ struct UserSub {
 pub struct Hub {
     client: async_nats::Client,
     js: jetstream::Context,
-    permits: Arc<Semaphore>,
     publish_timeout: Duration,
     registry: Mutex<Registry<UserId, LiveHandle>>,
     subs: Mutex<HashMap<UserId, UserSub>>,
@@ -187,7 +186,6 @@ impl Hub {
         client: async_nats::Client,
         domain: &str,
         publish_timeout: Duration,
-        max_inflight: usize,
         store: Arc<EdgeStore>,
     ) -> Self {
         let mut js = jetstream::with_domain(client.clone(), domain);
@@ -195,7 +193,6 @@ impl Hub {
         Self {
             client,
             js,
-            permits: Arc::new(Semaphore::new(max_inflight)),
             publish_timeout,
             registry: Mutex::new(Registry::default()),
             subs: Mutex::new(HashMap::new()),
@@ -232,9 +229,9 @@ impl Hub {
     }
 
     /// Puts every copy of `req` on the wire, in order, and returns a future for the
-    /// hub's acknowledgements. Callers await this in their send order (so messages of
-    /// one conversation reach the hub in order) and await the returned futures
-    /// concurrently (so many sends are in flight).
+    /// hub's acknowledgements. The outbox forwarder awaits this in acceptance order (so
+    /// messages of one conversation reach the hub in order) and awaits the returned
+    /// futures concurrently (so many sends are in flight; it bounds how many).
     pub async fn publish(
         &self,
         req: PublishRequest,
@@ -246,12 +243,6 @@ impl Hub {
             detail,
         };
         let sent = async {
-            let permit = self
-                .permits
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| failed("gateway is shutting down".into()))?;
             let mut acks = Vec::with_capacity(req.copies.len());
             for copy in &req.copies {
                 let mut headers = async_nats::HeaderMap::new();
@@ -263,11 +254,11 @@ impl Hub {
                     .map_err(|e| failed(format!("publish to {}: {e}", copy.subject)))?;
                 acks.push(ack);
             }
-            Ok((permit, acks))
+            Ok(acks)
         }
         .await;
         async move {
-            let (_permit, acks) = match sent {
+            let acks = match sent {
                 Ok(v) => v,
                 Err(outcome) => return (id, outcome),
             };
@@ -417,6 +408,98 @@ impl Hub {
             prev = r.seq;
         }
         out
+    }
+
+    /// Tells every connection to re-check its subjects from what it has delivered, as
+    /// after a lost live message: called when the hub is reachable again, since live
+    /// re-publishes sent while the link was down never arrived.
+    pub fn resync_all(&self) {
+        if let Ok(reg) = self.registry.lock() {
+            for (_, h) in reg.all() {
+                h.lost.raise();
+            }
+        }
+    }
+
+    /// Looks for a message stored on `subject` under `Nats-Msg-Id` `msg_id` at or after
+    /// `since_ms` (Unix ms): the outbox asks before retrying a send so old that the
+    /// hub's duplicate window may have forgotten an earlier copy.
+    pub async fn find_stored(
+        &self,
+        subject: &str,
+        msg_id: &str,
+        since_ms: u64,
+    ) -> Result<Option<Seq>, String> {
+        use jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+        let start_time =
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(since_ms) * 1_000_000)
+                .map_err(|e| e.to_string())?;
+        let stream = self
+            .js
+            .get_stream_no_info(MESSAGE_STREAM)
+            .await
+            .map_err(|e| format!("stream {MESSAGE_STREAM}: {e}"))?;
+        let consumer = stream
+            .create_consumer(pull::Config {
+                filter_subject: subject.to_string(),
+                deliver_policy: DeliverPolicy::ByStartTime { start_time },
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                memory_storage: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("creating a consumer on {subject}: {e}"))?;
+        let name = consumer.cached_info().name.clone();
+        let mut pending = consumer.cached_info().num_pending as usize;
+        let result = async {
+            while pending > 0 {
+                let mut batch = consumer
+                    .batch()
+                    .max_messages(pending.min(256))
+                    .max_bytes(FETCH_PAGE_BYTES)
+                    .expires(self.publish_timeout)
+                    .messages()
+                    .await
+                    .map_err(|e| format!("reading {subject}: {e}"))?;
+                let mut received = 0;
+                while let Some(msg) = batch.next().await {
+                    let Ok(msg) = msg else { break };
+                    received += 1;
+                    let info = msg.info().map_err(|e| format!("message info: {e}"))?;
+                    pending = info.pending as usize;
+                    let id = msg
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                        .map(|v| v.as_str().to_string());
+                    if id.as_deref() == Some(msg_id) {
+                        return Ok(Some(Seq(info.stream_sequence)));
+                    }
+                }
+                if received == 0 {
+                    return Err(format!("reading {subject}: nothing came back"));
+                }
+            }
+            Ok(None)
+        }
+        .await;
+        if let Err(e) = stream.delete_consumer(&name).await {
+            debug!(error = %e, "deleting the lookup consumer failed");
+        }
+        result
+    }
+
+    /// The message stream's duplicate window (how long the hub remembers a
+    /// `Nats-Msg-Id`).
+    pub async fn duplicate_window(&self) -> Result<Duration, String> {
+        let mut stream = self
+            .js
+            .get_stream(MESSAGE_STREAM)
+            .await
+            .map_err(|e| format!("stream {MESSAGE_STREAM}: {e}"))?;
+        let info = stream.info().await.map_err(|e| e.to_string())?;
+        Ok(info.config.duplicate_window)
     }
 
     /// The last sequence stored on `subject` (0: none).

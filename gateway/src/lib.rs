@@ -9,6 +9,8 @@
 //!   for [`conn`];
 //! - [`web`] — the HTTP listener: health, certificate hashes, dev tokens, static files;
 //! - [`hub`] — NATS: JetStream publishing, live subscriptions, fan-out;
+//! - [`outbox`] — store-and-forward: sends made durable at the edge, forwarded to the
+//!   hub in order until stored (QUEUED while the hub is away);
 //! - [`provision`] — the hub's streams;
 //! - [`tls`] — the served certificate: PEM files reloaded on change, or self-signed
 //!   and rotated (development);
@@ -24,6 +26,7 @@ pub mod conn;
 pub mod dev;
 pub mod hub;
 pub mod nats_process;
+pub mod outbox;
 pub mod provision;
 pub mod quic;
 pub mod tls;
@@ -76,6 +79,8 @@ pub struct Gateway {
     web: web::WebState,
     nats: async_nats::Client,
     storage: config::StorageSection,
+    forwarding: outbox::Forwarding,
+    reconnects: tokio::sync::mpsc::UnboundedReceiver<()>,
 }
 
 impl Gateway {
@@ -114,8 +119,19 @@ impl Gateway {
                 .with_context(|| format!("opening edge cache {}", cfg.storage.path.display()))?,
         );
 
+        // Reconnections to the leaf are reported so that connections re-check what
+        // they missed while the link was down.
+        let (reconnected, reconnects) = tokio::sync::mpsc::unbounded_channel();
         let nats = async_nats::ConnectOptions::new()
             .name(format!("petrel-gateway {}", cfg.gateway.id))
+            .event_callback(move |event| {
+                let reconnected = reconnected.clone();
+                async move {
+                    if let async_nats::Event::Connected = event {
+                        let _ = reconnected.send(());
+                    }
+                }
+            })
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(2))
             .connect(cfg.nats.url.as_str())
@@ -125,9 +141,22 @@ impl Gateway {
             nats.clone(),
             &cfg.nats.domain,
             Duration::from_secs(cfg.nats.publish_timeout_secs),
-            cfg.nats.max_inflight_publishes,
             store,
         ));
+        let (outbox, forwarding) = outbox::outbox(
+            hub.clone(),
+            outbox::OutboxConfig {
+                forwarder: petrel_core::outbox::ForwarderConfig {
+                    window: cfg.nats.max_inflight_publishes,
+                    queue_after: Duration::from_millis(cfg.nats.queue_after_ms),
+                    retry_min: Duration::from_millis(250.min(cfg.nats.retry_max_ms)),
+                    retry_max: Duration::from_millis(cfg.nats.retry_max_ms),
+                },
+                max_messages: cfg.storage.outbox_max_messages,
+                max_bytes: cfg.storage.outbox_max_bytes,
+                duplicate_window: provision::DUPLICATE_WINDOW,
+            },
+        )?;
 
         let quic_tls = certs.server_config(&[petrel_proto::ALPN_QUIC, quic::ALPN_H3])?;
         let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(quic_tls)
@@ -184,6 +213,7 @@ impl Gateway {
             session,
             auth,
             hub,
+            outbox,
             send_queue_frames: cfg.limits.send_queue_frames,
             send_queue_bytes: cfg.limits.send_queue_bytes.max(1),
             idle_timeout: cfg.limits.idle_timeout(),
@@ -203,6 +233,8 @@ impl Gateway {
             web,
             nats,
             storage: cfg.storage.clone(),
+            forwarding,
+            reconnects,
         })
     }
 
@@ -277,8 +309,20 @@ impl Gateway {
             self.storage.clone(),
             shutdown.clone(),
         );
-        let (_, _, _, served, _, _) =
-            tokio::join!(quic, ws, ws_plain, async { http.await }, certs, trim);
+        // The forwarder outlives the listeners: connections draining may still send.
+        let forwarding_done = CancellationToken::new();
+        let forwarding = tokio::spawn(self.forwarding.run(forwarding_done.clone()));
+        let resync =
+            resync_on_reconnect(self.shared.hub.clone(), self.reconnects, shutdown.clone());
+        let (_, _, _, served, _, _, _) = tokio::join!(
+            quic,
+            ws,
+            ws_plain,
+            async { http.await },
+            certs,
+            trim,
+            resync
+        );
         served.context("HTTP server")?;
         tracker.close();
         if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
@@ -287,11 +331,34 @@ impl Gateway {
         {
             tracing::warn!("connections still open after 10 s of drain; closing anyway");
         }
+        forwarding_done.cancel();
+        let _ = forwarding.await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.quic.wait_idle()).await;
         self.shared.hub.shutdown().await;
         let _ = self.nats.flush().await;
         info!("gateway stopped");
         Ok(())
+    }
+}
+
+/// After the leaf connection comes back, every connection re-checks its subjects:
+/// live messages re-published while it was down never arrived.
+async fn resync_on_reconnect(
+    hub: Arc<Hub>,
+    mut reconnects: tokio::sync::mpsc::UnboundedReceiver<()>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = reconnects.recv() => match r {
+                Some(()) => {
+                    info!("connected to the leaf; connections re-check what they missed");
+                    hub.resync_all();
+                }
+                None => return,
+            },
+        }
     }
 }
 

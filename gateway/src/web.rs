@@ -81,18 +81,27 @@ async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
         f.from_hub.load(Ordering::Relaxed),
         f.cache_errors.load(Ordering::Relaxed),
     );
+    let o = &s.shared.outbox.stats;
+    let counters = format!(
+        "connections={conns} live_subscriptions={subs} live_overflows={overflows} \
+         fetched_from_cache={cache} fetched_from_hub={hub} cache_errors={cache_errors} \
+         outbox_depth={} sends_queued={} outbox_retries={} outbox_found_stored={} \
+         outbox_corrupt={} outbox_refused={}\n",
+        o.depth.load(Ordering::Relaxed),
+        o.queued.load(Ordering::Relaxed),
+        o.retries.load(Ordering::Relaxed),
+        o.found_stored.load(Ordering::Relaxed),
+        o.corrupt.load(Ordering::Relaxed),
+        o.refused.load(Ordering::Relaxed),
+    );
+    // Not ready without the leaf (a load balancer should prefer edges linked to the
+    // hub), though sends are still accepted into the outbox meanwhile.
     if s.shared.hub.connected() {
-        (
-            StatusCode::OK,
-            format!(
-                "ready connections={conns} live_subscriptions={subs} live_overflows={overflows} \
-                 fetched_from_cache={cache} fetched_from_hub={hub} cache_errors={cache_errors}\n"
-            ),
-        )
+        (StatusCode::OK, format!("ready {counters}"))
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not connected to NATS\n".into(),
+            format!("not connected to NATS {counters}"),
         )
     }
 }

@@ -6,9 +6,9 @@
 //!   (key `user/device \0 subject`, value u64 big-endian);
 //! - `recent` — recent messages per subject (key `subject \0 seq` big-endian so a
 //!   range scan returns a subject's messages in order);
-//! - `outbox` — sends accepted at the edge but not yet stored on the hub (filled by
-//!   the offline work; the family exists from the start so the on-disk format does
-//!   not change under operators).
+//! - `outbox` — sends accepted at the edge but not yet stored on the hub (key: a
+//!   u64 big-endian number in acceptance order, so a scan returns them in the order
+//!   they must be forwarded; written synced, since a QUEUED answer promises them).
 //!
 //! A value that does not decode is an error ([`StorageError::Corrupt`]), never a panic.
 
@@ -48,6 +48,75 @@ pub enum StorageError {
 /// The edge cache.
 pub struct EdgeStore {
     db: DB,
+    next_outbox: std::sync::atomic::AtomicU64,
+}
+
+/// A send accepted at the edge, waiting to be stored on the hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Place in the outbox (assigned by [`EdgeStore::outbox_append`]).
+    pub key: u64,
+    /// When the edge accepted it (Unix ms). A retry long after this may fall outside
+    /// the hub's duplicate window, so the forwarder checks the stream first.
+    pub created_ms: u64,
+    /// The copies to store: (subject, `Nats-Msg-Id`), recipient first.
+    pub copies: Vec<(String, String)>,
+    /// The stored message (protobuf `StoredMessage`).
+    pub payload: Bytes,
+}
+
+impl OutboxEntry {
+    fn encode(&self) -> Result<Vec<u8>, StorageError> {
+        let mut v = Vec::with_capacity(16 + self.payload.len());
+        v.extend_from_slice(&self.created_ms.to_be_bytes());
+        let n = u8::try_from(self.copies.len()).map_err(|_| StorageError::BadKey)?;
+        v.push(n);
+        for (subject, id) in &self.copies {
+            for part in [subject, id] {
+                let len = u16::try_from(part.len()).map_err(|_| StorageError::BadKey)?;
+                v.extend_from_slice(&len.to_be_bytes());
+                v.extend_from_slice(part.as_bytes());
+            }
+        }
+        v.extend_from_slice(&self.payload);
+        Ok(v)
+    }
+
+    fn decode(key: &[u8], v: &[u8]) -> Result<Self, String> {
+        let key: [u8; 8] = key
+            .try_into()
+            .map_err(|_| format!("key of {} bytes", key.len()))?;
+        let mut rest = v;
+        let mut take = |n: usize| -> Result<&[u8], String> {
+            if rest.len() < n {
+                return Err(format!("value of {} bytes is truncated", v.len()));
+            }
+            let (a, b) = rest.split_at(n);
+            rest = b;
+            Ok(a)
+        };
+        let created_ms = u64::from_be_bytes(take(8)?.try_into().map_err(|_| "header")?);
+        let n = take(1)?[0] as usize;
+        let mut copies = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut part = || -> Result<String, String> {
+                let len = u16::from_be_bytes(take(2)?.try_into().map_err(|_| "length")?);
+                String::from_utf8(take(len as usize)?.to_vec()).map_err(|e| e.to_string())
+            };
+            let subject = part()?;
+            let id = part()?;
+            copies.push((subject, id));
+        }
+        if copies.is_empty() {
+            return Err("no copies".into());
+        }
+        Ok(Self {
+            key: u64::from_be_bytes(key),
+            created_ms,
+            copies,
+            payload: Bytes::copy_from_slice(rest),
+        })
+    }
 }
 
 impl std::fmt::Debug for EdgeStore {
@@ -129,7 +198,93 @@ impl EdgeStore {
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        Ok(Self { db })
+        // Outbox keys continue after the last one left (entries are deleted once
+        // stored, so the largest key is the newest).
+        let next = {
+            let cf = db
+                .cf_handle(CF_OUTBOX)
+                .ok_or_else(|| StorageError::Corrupt {
+                    cf: CF_OUTBOX,
+                    key: String::new(),
+                    why: "column family missing".into(),
+                })?;
+            let mut it = db.iterator_cf(cf, IteratorMode::End);
+            match it.next() {
+                Some(item) => {
+                    let (k, _) = item?;
+                    <[u8; 8]>::try_from(&k[..])
+                        .map_or(1, |b| u64::from_be_bytes(b).saturating_add(1))
+                }
+                None => 1,
+            }
+        };
+        Ok(Self {
+            db,
+            next_outbox: std::sync::atomic::AtomicU64::new(next),
+        })
+    }
+
+    /// Appends sends to the outbox in one synced write (one fsync for the lot) and
+    /// returns them with their keys, in order. When this returns they survive a crash.
+    pub fn outbox_append(
+        &self,
+        entries: Vec<OutboxEntry>,
+    ) -> Result<Vec<OutboxEntry>, StorageError> {
+        let cf = self.cf(CF_OUTBOX)?;
+        let mut batch = rocksdb::WriteBatch::default();
+        let first = self
+            .next_outbox
+            .fetch_add(entries.len() as u64, std::sync::atomic::Ordering::AcqRel);
+        let mut out = Vec::with_capacity(entries.len());
+        for (i, mut e) in entries.into_iter().enumerate() {
+            e.key = first + i as u64;
+            batch.put_cf(cf, e.key.to_be_bytes(), e.encode()?);
+            out.push(e);
+        }
+        let mut w = WriteOptions::default();
+        w.set_sync(true);
+        self.db.write_opt(batch, &w)?;
+        Ok(out)
+    }
+
+    /// Removes stored sends from the outbox. Not synced: if a crash loses the delete,
+    /// the send is forwarded again and the hub recognises it by its `Nats-Msg-Id`.
+    pub fn outbox_remove(&self, keys: &[u64]) -> Result<(), StorageError> {
+        let cf = self.cf(CF_OUTBOX)?;
+        let mut batch = rocksdb::WriteBatch::default();
+        for k in keys {
+            batch.delete_cf(cf, k.to_be_bytes());
+        }
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// Every send in the outbox, oldest first (at start, to forward what a crash or
+    /// shutdown left). Corrupt entries cannot be forwarded: they are removed and
+    /// returned as errors, to be logged and counted.
+    pub fn outbox_load(&self) -> Result<(Vec<OutboxEntry>, Vec<StorageError>), StorageError> {
+        let cf = self.cf(CF_OUTBOX)?;
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        let mut bad = Vec::new();
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (k, v) = item?;
+            match OutboxEntry::decode(&k, &v) {
+                Ok(e) => out.push(e),
+                Err(why) => {
+                    errors.push(StorageError::Corrupt {
+                        cf: CF_OUTBOX,
+                        key: format!("{k:02x?}"),
+                        why,
+                    });
+                    bad.push(k);
+                }
+            }
+        }
+        for k in bad {
+            self.db.delete_cf(cf, k)?;
+        }
+        Ok((out, errors))
     }
 
     fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, StorageError> {
@@ -367,6 +522,44 @@ mod tests {
             "old and corrupt gone"
         );
         assert!(err.is_none());
+    }
+
+    fn entry(n: u64) -> OutboxEntry {
+        OutboxEntry {
+            key: 0,
+            created_ms: 1_000 + n,
+            copies: vec![
+                ("msg.private.bob".into(), format!("dm:alice:m{n}")),
+                ("msg.private.alice".into(), format!("dm:alice:m{n}:self")),
+            ],
+            payload: Bytes::from(format!("payload {n}")),
+        }
+    }
+
+    #[test]
+    fn outbox_keeps_order_across_reopen_and_skips_corrupt_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = EdgeStore::open(dir.path()).unwrap();
+            let a = s.outbox_append(vec![entry(1), entry(2)]).unwrap();
+            assert_eq!(a.iter().map(|e| e.key).collect::<Vec<_>>(), vec![1, 2]);
+            let b = s.outbox_append(vec![entry(3)]).unwrap();
+            assert_eq!(b[0].key, 3);
+            s.outbox_remove(&[2]).unwrap();
+        }
+        let s = EdgeStore::open(dir.path()).unwrap();
+        // New keys continue after the last one, never reusing a number.
+        let c = s.outbox_append(vec![entry(4)]).unwrap();
+        assert_eq!(c[0].key, 4);
+        s.put_raw(CF_OUTBOX, &5u64.to_be_bytes(), b"\x00\x01")
+            .unwrap();
+        let (got, errors) = s.outbox_load().unwrap();
+        assert_eq!(got.iter().map(|e| e.key).collect::<Vec<_>>(), vec![1, 3, 4]);
+        assert_eq!(got[1], OutboxEntry { key: 3, ..entry(3) });
+        assert_eq!(errors.len(), 1, "the corrupt entry is reported");
+        let (again, errors) = s.outbox_load().unwrap();
+        assert_eq!(again.len(), 3);
+        assert!(errors.is_empty(), "and removed");
     }
 
     #[test]

@@ -19,8 +19,10 @@ pub const SECRET: &str = "test-secret-0123456789abcdef0123456789";
 
 /// One edge: a leaf node and a gateway.
 pub struct Edge {
-    /// The leaf nats-server.
-    pub leaf: NatsProcess,
+    /// The leaf nats-server (`None` while a test has it stopped).
+    pub leaf: Option<NatsProcess>,
+    leaf_port: u16,
+    leaf_dir: std::path::PathBuf,
     /// Gateway addresses.
     pub addrs: BoundAddrs,
     /// The certificate the gateway serves (its hashes change on rotation/reload).
@@ -33,8 +35,10 @@ pub struct Edge {
 pub struct Topology {
     /// Temporary directory holding everything.
     pub dir: tempfile::TempDir,
-    /// The hub.
-    pub hub: NatsProcess,
+    /// The hub (`None` while a test has it stopped).
+    pub hub: Option<NatsProcess>,
+    hub_ports: (u16, u16),
+    hub_leaf_url: String,
     /// A client connected to the hub (for inspecting streams).
     pub hub_client: async_nats::Client,
     /// The edges.
@@ -75,40 +79,122 @@ impl Topology {
         let hub = NatsProcess::start_hub(&dir.path().join("hub"), "hub", None).await?;
         let hub_client = wait_jetstream(&hub.client_url, "hub", Duration::from_secs(20)).await?;
         provision::provision(&hub_client, "hub", 1).await?;
-        let hub_leaf = hub.leafnode_url.clone().context("hub leafnode url")?;
-        let mut out = Vec::new();
-        for i in 0..edges {
-            let edir = dir.path().join(format!("edge{i}"));
-            std::fs::create_dir_all(&edir)?;
-            let leaf =
-                NatsProcess::start_leaf(&edir.join("leaf"), &format!("leaf{i}"), &hub_leaf, None)
-                    .await?;
-            wait_jetstream(&leaf.client_url, "hub", Duration::from_secs(20)).await?;
-            let mut cfg = gateway_config(&edir, &format!("edge{i}"), &leaf.client_url)?;
-            customize(&mut cfg, &edir)?;
-            let gw = Gateway::load(cfg).await?;
-            anyhow::ensure!(
-                gw.wait_connected(Duration::from_secs(20)).await,
-                "gateway not connected to its leaf"
-            );
-            let addrs = gw.addrs();
-            let certs = gw.certs();
-            let shutdown = CancellationToken::new();
-            let task = tokio::spawn(gw.run(shutdown.clone()));
-            out.push(Edge {
-                leaf,
-                addrs,
-                certs,
-                shutdown,
-                task,
-            });
-        }
-        Ok(Self {
+        let hub_leaf_url = hub.leafnode_url.clone().context("hub leafnode url")?;
+        let hub_ports = (
+            hub.client_port().context("hub port")?,
+            hub.leafnode_port().context("hub leafnode port")?,
+        );
+        let mut topo = Self {
             dir,
-            hub,
+            hub: Some(hub),
+            hub_ports,
+            hub_leaf_url,
             hub_client,
-            edges: out,
-        })
+            edges: Vec::new(),
+        };
+        for _ in 0..edges {
+            topo.add_edge(&customize).await?;
+        }
+        Ok(topo)
+    }
+
+    /// Adds an edge (a leaf and an in-process gateway), `customize` changing its
+    /// config; returns its index.
+    pub async fn add_edge(
+        &mut self,
+        customize: impl Fn(&mut Config, &Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<usize> {
+        let i = self.edges.len();
+        let edir = self.edge_dir(i);
+        std::fs::create_dir_all(&edir)?;
+        let leaf = self.start_edge_leaf(i, None).await?;
+        let mut cfg = gateway_config(&edir, &format!("edge{i}"), &leaf.client_url)?;
+        customize(&mut cfg, &edir)?;
+        let gw = Gateway::load(cfg).await?;
+        anyhow::ensure!(
+            gw.wait_connected(Duration::from_secs(20)).await,
+            "gateway not connected to its leaf"
+        );
+        let addrs = gw.addrs();
+        let certs = gw.certs();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(gw.run(shutdown.clone()));
+        self.edges.push(Edge {
+            leaf_port: leaf.client_port().context("leaf port")?,
+            leaf_dir: leaf.dir.clone(),
+            leaf: Some(leaf),
+            addrs,
+            certs,
+            shutdown,
+            task,
+        });
+        Ok(i)
+    }
+
+    /// Directory of edge `i` (its gateway config, cache, leaf).
+    pub fn edge_dir(&self, i: usize) -> std::path::PathBuf {
+        self.dir.path().join(format!("edge{i}"))
+    }
+
+    /// Starts edge `i`'s leaf (on `port`, or a free one) and waits until JetStream
+    /// answers through it.
+    async fn start_edge_leaf(&self, i: usize, port: Option<u16>) -> anyhow::Result<NatsProcess> {
+        let leaf = NatsProcess::start_leaf(
+            &self.edge_dir(i).join("leaf"),
+            &format!("leaf{i}"),
+            &self.hub_leaf_url,
+            port,
+        )
+        .await?;
+        wait_jetstream(&leaf.client_url, "hub", Duration::from_secs(30)).await?;
+        Ok(leaf)
+    }
+
+    /// Starts a leaf for a gateway this test runs itself (e.g. as a process).
+    pub async fn start_extra_leaf(&self, dir: &Path, name: &str) -> anyhow::Result<NatsProcess> {
+        let leaf = NatsProcess::start_leaf(dir, name, &self.hub_leaf_url, None).await?;
+        wait_jetstream(&leaf.client_url, "hub", Duration::from_secs(30)).await?;
+        Ok(leaf)
+    }
+
+    /// Stops the hub (SIGTERM); its JetStream data stays on disk.
+    pub async fn stop_hub(&mut self) {
+        if let Some(h) = self.hub.take() {
+            h.stop().await;
+        }
+    }
+
+    /// Starts the hub again on the same ports and data, and waits until JetStream
+    /// answers.
+    pub async fn restart_hub(&mut self) -> anyhow::Result<()> {
+        let hub = NatsProcess::start_hub(&self.dir.path().join("hub"), "hub", Some(self.hub_ports))
+            .await?;
+        wait_jetstream(&hub.client_url, "hub", Duration::from_secs(30)).await?;
+        self.hub = Some(hub);
+        Ok(())
+    }
+
+    /// Stops edge `i`'s leaf (SIGTERM): the gateway loses its link to the hub.
+    pub async fn stop_leaf(&mut self, i: usize) {
+        if let Some(l) = self.edges[i].leaf.take() {
+            l.stop().await;
+        }
+    }
+
+    /// Starts edge `i`'s leaf again on the same port and waits until JetStream
+    /// answers through it.
+    pub async fn restart_leaf(&mut self, i: usize) -> anyhow::Result<()> {
+        let e = &self.edges[i];
+        let leaf = NatsProcess::start_leaf(
+            &e.leaf_dir,
+            &format!("leaf{i}"),
+            &self.hub_leaf_url,
+            Some(e.leaf_port),
+        )
+        .await?;
+        wait_jetstream(&leaf.client_url, "hub", Duration::from_secs(30)).await?;
+        self.edges[i].leaf = Some(leaf);
+        Ok(())
     }
 
     /// A token for `user` signed with the test secret, valid an hour.
@@ -249,9 +335,13 @@ impl Topology {
         for e in self.edges {
             e.shutdown.cancel();
             let _ = e.task.await;
-            e.leaf.stop().await;
+            if let Some(l) = e.leaf {
+                l.stop().await;
+            }
         }
-        self.hub.stop().await;
+        if let Some(h) = self.hub {
+            h.stop().await;
+        }
         self.dir
     }
 }
@@ -284,6 +374,202 @@ pub async fn next_message_on(
         let m = next_message(client, left).await?;
         if m.subject == subject {
             return Ok(m);
+        }
+    }
+}
+
+/// The `petrel` binary built alongside the tests (`target/<profile>/petrel`).
+pub fn petrel_bin() -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    // The test runs as target/<profile>/deps/<name>-<hash>.
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("petrel"))
+        .context("locating the target directory")?;
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build --bin petrel` (the test command does)",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+fn free_tcp_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A gateway run as its own `petrel gateway` process, on fixed ports so that it can
+/// be killed and started again where clients expect it, with a certificate kept in
+/// files so its hash survives the restart.
+pub struct GatewayProcess {
+    child: Option<tokio::process::Child>,
+    dir: std::path::PathBuf,
+    config: std::path::PathBuf,
+    env: Vec<(String, String)>,
+    /// QUIC address.
+    pub quic: std::net::SocketAddr,
+    /// WebSocket/TLS address.
+    pub websocket: std::net::SocketAddr,
+    /// HTTP address.
+    pub http: std::net::SocketAddr,
+    cert_sha256: String,
+}
+
+impl GatewayProcess {
+    /// Writes a config in `dir` for the leaf at `leaf_url` and starts the gateway;
+    /// `env` adds `PETREL_*` overrides.
+    pub async fn start(dir: &Path, leaf_url: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dev::secret_path(dir), SECRET)?;
+        let config = dev::write_gateway_config(dir, "edgep", leaf_url, None)?;
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let cert_sha256 = petrel_gateway::tls::write_dev_cert(&cert, &key, 7)?;
+        let quic = {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            s.local_addr()?
+        };
+        let websocket = std::net::SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
+        let http = std::net::SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
+        let mut all: Vec<(String, String)> = vec![
+            ("PETREL_LISTEN_QUIC".into(), quic.to_string()),
+            ("PETREL_LISTEN_WEBSOCKET".into(), websocket.to_string()),
+            ("PETREL_LISTEN_HTTP".into(), http.to_string()),
+            ("PETREL_TLS_SELF_SIGNED".into(), "false".into()),
+            ("PETREL_TLS_CERT".into(), cert.display().to_string()),
+            ("PETREL_TLS_KEY".into(), key.display().to_string()),
+        ];
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut g = Self {
+            child: None,
+            dir: dir.to_path_buf(),
+            config,
+            env: all,
+            quic,
+            websocket,
+            http,
+            cert_sha256,
+        };
+        g.spawn().await?;
+        Ok(g)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("gateway.log"))?;
+        let mut cmd = tokio::process::Command::new(petrel_bin()?);
+        cmd.arg("gateway")
+            .arg("--config")
+            .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("PETREL_LOG", "info,async_nats=warn,quinn=warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn()?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                let log = std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default();
+                anyhow::bail!("petrel gateway exited with {status}:\n{log}");
+            }
+            if let Ok((200, _)) =
+                petrel_gateway::web::http_get(&self.http.to_string(), "/readyz").await
+            {
+                break;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "petrel gateway not ready within 30 s (see {}/gateway.log)",
+                self.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// Starts the gateway again with the same config, ports and data.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill().await;
+        self.spawn().await
+    }
+
+    /// The endpoint for `transport`.
+    pub fn endpoint(&self, transport: TransportKind) -> Endpoint {
+        Endpoint {
+            transport,
+            address: match transport {
+                TransportKind::Quic => self.quic.to_string(),
+                TransportKind::WebSocket => format!("wss://{}/ws", self.websocket),
+            },
+            trust: Trust::from_hex_sha256(&self.cert_sha256).unwrap_or(Trust::CertSha256([0; 32])),
+            server_name: Some("localhost".into()),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// A `name=value` counter from `/readyz`.
+    pub async fn counter(&self, name: &str) -> anyhow::Result<u64> {
+        let (_, body) = petrel_gateway::web::http_get(&self.http.to_string(), "/readyz").await?;
+        body.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no {name} in {body:?}"))
+    }
+}
+
+impl Topology {
+    /// Messages stored per subject of USER_MESSAGES matching `filter`.
+    pub async fn subject_counts(
+        &self,
+        filter: &str,
+    ) -> anyhow::Result<std::collections::HashMap<String, usize>> {
+        use futures::TryStreamExt;
+        let js = async_nats::jetstream::with_domain(self.hub_client.clone(), "hub");
+        let stream = js.get_stream("USER_MESSAGES").await?;
+        Ok(stream
+            .info_with_subjects(filter)
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    /// Polls `/readyz` counter `name` of edge `edge` until `ok(value)` or `secs` pass;
+    /// returns the last value.
+    pub async fn wait_counter(
+        &self,
+        edge: usize,
+        name: &str,
+        secs: u64,
+        ok: impl Fn(u64) -> bool,
+    ) -> anyhow::Result<u64> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let v = self.counter(edge, name).await?;
+            if ok(v) || tokio::time::Instant::now() >= deadline {
+                return Ok(v);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }

@@ -191,7 +191,9 @@ function statusName(s: SendResult_Status): SendResult["status"] {
  * A Petrel client. Events: `message` (detail: {@link PetrelMessage}), `state`
  * (detail: {state, transport}), `error` (detail: {@link PetrelError}, for errors
  * after connect: dropped connections, refused reconnects), `fallback` (detail:
- * {@link PetrelError}: why WebTransport failed when WebSocket was used instead).
+ * {@link PetrelError}: why WebTransport failed when WebSocket was used instead),
+ * `sendresult` (detail: {@link SendResult}: the final `stored` of a send that
+ * resolved as `queued` while the hub was unreachable).
  */
 export class PetrelClient extends EventTarget {
   private readonly opts: Required<
@@ -648,8 +650,9 @@ export class PetrelClient extends EventTarget {
 
   private onSendResult(r: WireSendResult): void {
     const p = this.pending.get(r.clientMsgId);
-    if (!p) return;
-    // Queued sends stay pending: the final `stored` result follows.
+    // `queued` resolves the send (it is durable at the edge and is not re-sent); the
+    // final `stored` that follows, if this connection is still open, is a `sendresult`
+    // event.
     const status = statusName(r.status);
     const result: SendResult = {
       clientMsgId: r.clientMsgId,
@@ -660,6 +663,10 @@ export class PetrelClient extends EventTarget {
       duplicate: r.duplicate,
       ...(status === "rejected" ? { reason: errorCodeName(r.reason), detail: r.detail } : {}),
     };
+    if (!p) {
+      this.dispatchEvent(new CustomEvent("sendresult", { detail: result }));
+      return;
+    }
     this.pending.delete(r.clientMsgId);
     p.resolve(result);
   }

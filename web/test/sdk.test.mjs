@@ -198,6 +198,47 @@ test("a send cut off by a drop is sent again with the same id and resolves once"
   await context.close();
 });
 
+test("a queued send resolves as queued, its late stored result is an event, and it is not re-sent", async () => {
+  const seen = [];
+  onConnection = async (c) => {
+    await c.welcome();
+    const f = await c.next();
+    assert.equal(f.kind.case, "send");
+    const id = f.kind.value.clientMsgId;
+    seen.push(id);
+    if (seen.length > 1) return;
+    // The hub is away: durable at the edge only. Then it comes back and stores it.
+    c.send("sendResult", create(proto.SendResultSchema, { clientMsgId: id, status: proto.SendResult_Status.QUEUED, subject: "msg.private.carol", msgId: `dm:bob:${id}` }));
+    await new Promise((r) => setTimeout(r, 100));
+    c.send("sendResult", create(proto.SendResultSchema, { clientMsgId: id, status: proto.SendResult_Status.STORED, subject: "msg.private.carol", seq: 12n }));
+    await new Promise((r) => setTimeout(r, 50));
+    c.close(4012, "going away");
+  };
+  const { page, context } = await sdkPage();
+  const r = await page.evaluate(async (url) => {
+    const client = new window.sdk.PetrelClient({ webSocketUrl: url, token: "t", device: "d5", initialBackoffMs: 50, storage: null });
+    const late = new Promise((resolve, reject) => {
+      setTimeout(() => reject(new Error("no sendresult event within 5 s")), 5000);
+      client.addEventListener("sendresult", (e) => resolve(e.detail));
+    });
+    await client.connect();
+    const first = await client.send("carol", "while away", { clientMsgId: "q1" });
+    const stored = await late;
+    // After the reconnect the next send is new; q1 is not sent again.
+    await new Promise((resolve, reject) => {
+      setTimeout(() => reject(new Error("no reconnect within 5 s")), 5000);
+      client.addEventListener("state", (e) => e.detail.state === "open" && resolve());
+    });
+    void client.send("carol", "after", { clientMsgId: "after" });
+    await new Promise((r) => setTimeout(r, 300));
+    client.close();
+    return { first: first.status, stored: stored.status, storedId: stored.clientMsgId, seq: String(stored.seq) };
+  }, `ws://${base}/ws`);
+  assert.deepEqual(r, { first: "queued", stored: "stored", storedId: "q1", seq: "12" });
+  assert.deepEqual(seen.slice(0, 2), ["q1", "after"], `sends seen by the gateway: ${seen}`);
+  await context.close();
+});
+
 test("reconnect backoff waits, and the browser coming back online retries at once", async () => {
   let accepted = 0;
   let reconnectedAt = 0;
