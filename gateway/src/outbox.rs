@@ -1,6 +1,13 @@
-//! Store-and-forward: every Send is made durable in the edge's outbox (RocksDB,
-//! synced) before it is published, and one forwarder task publishes the outbox to the
-//! hub in acceptance order until each message is stored.
+//! Store-and-forward: every Send is written to the edge's outbox (RocksDB) before it
+//! is published, and one forwarder task publishes the outbox to the hub in acceptance
+//! order until each message is stored.
+//!
+//! Durability is paid for only where it is promised: the append reaches RocksDB's
+//! write-ahead log in the operating system (it survives `kill -9` of the gateway), and
+//! the log is synced to disk (one fsync for everything so far) before any sender is
+//! told QUEUED. A STORED answer needs no edge durability — the hub has the message —
+//! so the common path has no fsync in it; an unanswered send lost with the machine is
+//! re-sent by its client with the same id.
 //!
 //! Connections hand their sends to [`Outbox::submit`] with a channel for the
 //! outcomes: QUEUED when the hub has not stored it within `queue_after` (or at once
@@ -187,8 +194,26 @@ impl Forwarding {
             self.stats
                 .depth
                 .store(pending.len() as u64, Ordering::Relaxed);
-            for step in fwd.poll(Instant::now()) {
+            let steps = fwd.poll(Instant::now());
+            let mut synced = true;
+            if steps.iter().any(|s| matches!(s, Step::TellQueued(_))) {
+                // QUEUED promises the message survives the edge: sync first. If that
+                // fails, say nothing (STORED still follows when the hub has it).
+                let store = store.clone();
+                let r = tokio::task::spawn_blocking(move || store.sync_outbox())
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                if let Err(e) = r {
+                    warn!(error = %e, "syncing the outbox failed; not answering QUEUED");
+                    synced = false;
+                }
+            }
+            for step in steps {
                 match step {
+                    Step::TellQueued(key) if !synced => {
+                        debug!(key, "QUEUED withheld");
+                    }
                     Step::TellQueued(key) => {
                         if let Some(p) = pending.get_mut(&key) {
                             if p.reply.is_some() {
@@ -247,7 +272,7 @@ impl Forwarding {
                     if n == 0 {
                         break; // every handle dropped
                     }
-                    self.accept(&mut batch, &mut fwd, &mut pending, &mut bytes).await;
+                    self.accept(&mut batch, &mut fwd, &mut pending, &mut bytes);
                 }
                 _ = sleep_until(wake), if wake.is_some() => {}
             }
@@ -259,8 +284,8 @@ impl Forwarding {
         }
     }
 
-    /// Makes a batch of sends durable (one synced write) and queues them.
-    async fn accept(
+    /// Writes a batch of sends to the outbox (one write) and queues them.
+    fn accept(
         &self,
         batch: &mut Vec<Submit>,
         fwd: &mut Forwarder,
@@ -304,12 +329,8 @@ impl Forwarding {
                 payload: s.req.payload.clone(),
             })
             .collect();
-        let store = self.hub.store_handle();
-        let written = tokio::task::spawn_blocking(move || store.outbox_append(entries))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        match written {
+        // Not synced (see the module doc), so quick enough to do here.
+        match self.hub.store().outbox_append(entries) {
             Ok(entries) => {
                 let now = Instant::now();
                 for (entry, s) in entries.into_iter().zip(take) {

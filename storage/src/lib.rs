@@ -8,7 +8,7 @@
 //!   range scan returns a subject's messages in order);
 //! - `outbox` — sends accepted at the edge but not yet stored on the hub (key: a
 //!   u64 big-endian number in acceptance order, so a scan returns them in the order
-//!   they must be forwarded; written synced, since a QUEUED answer promises them).
+//!   they must be forwarded; the log is synced before a QUEUED answer promises them).
 //!
 //! A value that does not decode is an error ([`StorageError::Corrupt`]), never a panic.
 
@@ -224,8 +224,10 @@ impl EdgeStore {
         })
     }
 
-    /// Appends sends to the outbox in one synced write (one fsync for the lot) and
-    /// returns them with their keys, in order. When this returns they survive a crash.
+    /// Appends sends to the outbox in one write and returns them with their keys, in
+    /// order. The write reaches RocksDB's write-ahead log in the operating system, so it
+    /// survives a crash of the process (`kill -9`); to survive a crash of the machine
+    /// too, call [`EdgeStore::sync_outbox`] before promising anything about it.
     pub fn outbox_append(
         &self,
         entries: Vec<OutboxEntry>,
@@ -241,10 +243,15 @@ impl EdgeStore {
             batch.put_cf(cf, e.key.to_be_bytes(), e.encode()?);
             out.push(e);
         }
-        let mut w = WriteOptions::default();
-        w.set_sync(true);
-        self.db.write_opt(batch, &w)?;
+        self.db.write(batch)?;
         Ok(out)
+    }
+
+    /// Syncs the write-ahead log to disk: every outbox entry appended so far survives
+    /// a power loss from now on (one fsync however many entries).
+    pub fn sync_outbox(&self) -> Result<(), StorageError> {
+        self.db.flush_wal(true)?;
+        Ok(())
     }
 
     /// Removes stored sends from the outbox. Not synced: if a crash loses the delete,
@@ -545,6 +552,7 @@ mod tests {
             assert_eq!(a.iter().map(|e| e.key).collect::<Vec<_>>(), vec![1, 2]);
             let b = s.outbox_append(vec![entry(3)]).unwrap();
             assert_eq!(b[0].key, 3);
+            s.sync_outbox().unwrap();
             s.outbox_remove(&[2]).unwrap();
         }
         let s = EdgeStore::open(dir.path()).unwrap();
