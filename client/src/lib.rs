@@ -103,8 +103,10 @@ pub struct Message {
     pub prev_seq: u64,
     /// Sender.
     pub from: String,
-    /// Recipient.
+    /// Recipient (empty for a group message).
     pub to: String,
+    /// The group, for a group message (subject `msg.group.{group}`).
+    pub group: Option<String>,
     /// Sender's device.
     pub from_device: String,
     /// Time accepted at the sender's gateway (ms since epoch).
@@ -190,6 +192,15 @@ pub struct Welcome {
     pub cursors: Vec<(String, u64)>,
 }
 
+/// Where a send goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum To<'a> {
+    /// A user (direct message; a copy also goes to the sender's inbox).
+    User(&'a str),
+    /// A group the sender is a member of.
+    Group(&'a str),
+}
+
 /// Sends on a [`Client`]'s connection from another task.
 #[derive(Clone, Debug)]
 pub struct Sender {
@@ -206,9 +217,25 @@ impl Sender {
         content: impl Into<Bytes>,
         content_type: &str,
     ) -> Result<oneshot::Receiver<SendResult>, ClientError> {
+        self.start_send_to(To::User(to), id, content, content_type)
+            .await
+    }
+
+    /// Queues a send to a user or a group (see [`To`]).
+    pub async fn start_send_to(
+        &self,
+        to: To<'_>,
+        id: &str,
+        content: impl Into<Bytes>,
+        content_type: &str,
+    ) -> Result<oneshot::Receiver<SendResult>, ClientError> {
+        let to = match to {
+            To::User(u) => pb::send::To::User(u.to_string()),
+            To::Group(g) => pb::send::To::Group(g.to_string()),
+        };
         let frame = client_frame(pb::client_frame::Kind::Send(pb::Send {
             client_msg_id: id.to_string(),
-            to: Some(pb::send::To::User(to.to_string())),
+            to: Some(to),
             content: content.into(),
             content_type: content_type.to_string(),
         }));
@@ -222,6 +249,20 @@ impl Sender {
             .await
             .map_err(|_| ClientError::Closed("connection closed".into()))?;
         Ok(rx)
+    }
+
+    /// Sends to a group the user is a member of and waits for the result.
+    pub async fn send_group(
+        &self,
+        group: &str,
+        id: &str,
+        content: impl Into<Bytes>,
+    ) -> Result<SendResult, ClientError> {
+        let rx = self
+            .start_send_to(To::Group(group), id, content, "text/plain")
+            .await?;
+        rx.await
+            .map_err(|_| ClientError::Closed("connection closed before the SendResult".into()))
     }
 
     /// Sends and waits for the result (see [`Client::send`]).
@@ -396,6 +437,17 @@ impl Client {
         content: impl Into<Bytes>,
     ) -> Result<SendResult, ClientError> {
         self.sender().send(to, id, content).await
+    }
+
+    /// Sends to a group the user is a member of; resolves with the SendResult
+    /// (REJECTED `ERROR_CODE_FORBIDDEN` for a non-member).
+    pub async fn send_group(
+        &self,
+        group: &str,
+        id: &str,
+        content: impl Into<Bytes>,
+    ) -> Result<SendResult, ClientError> {
+        self.sender().send_group(group, id, content).await
     }
 
     /// A page of history on `subject`: newest first (messages before `from`; 0 = from
@@ -608,6 +660,7 @@ fn to_message(m: pb::Message) -> Message {
         prev_seq: m.prev_seq,
         from: m.from,
         to: m.to,
+        group: (!m.group.is_empty()).then_some(m.group),
         from_device: m.from_device,
         time_ms: m.time_ms,
         client_msg_id: m.client_msg_id,

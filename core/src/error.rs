@@ -34,6 +34,8 @@ pub enum ErrorCode {
     RateLimited,
     /// Unexpected condition in the gateway.
     Internal,
+    /// Not allowed for this user (e.g. sending to a group it is not a member of).
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -55,6 +57,7 @@ impl ErrorCode {
             Self::GoingAway => W::GoingAway,
             Self::RateLimited => W::RateLimited,
             Self::Internal => W::Internal,
+            Self::Forbidden => W::Forbidden,
         }
     }
 
@@ -85,6 +88,7 @@ impl ErrorCode {
             Self::GoingAway => "going_away",
             Self::RateLimited => "rate_limited",
             Self::Internal => "internal",
+            Self::Forbidden => "forbidden",
         }
     }
 }

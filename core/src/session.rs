@@ -13,7 +13,7 @@
 //! Welcome is written once live delivery is in place, so a client that sees Welcome
 //! knows it will not miss a message published after it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,9 +21,9 @@ use bytes::Bytes;
 
 use crate::auth::{AuthError, Authenticator, Identity};
 use crate::error::ErrorCode;
-use crate::ids::{ClientMsgId, Seq, UserId};
+use crate::ids::{ClientMsgId, GroupId, Seq, UserId};
 use crate::subject;
-use crate::wire::{Command, Reply, SendCommand, SendStatus, StoredMessage, WireError};
+use crate::wire::{Command, Recipient, Reply, SendCommand, SendStatus, StoredMessage, WireError};
 
 /// Limits and identity of the gateway, shared by all sessions.
 #[derive(Debug, Clone)]
@@ -169,6 +169,9 @@ pub struct Session {
     /// the in-flight budget: they are durable, and the outbox has its own bound).
     queued: HashMap<u64, Pending>,
     cursors: HashMap<String, Seq>,
+    /// Groups the user is a member of (from the group directory, kept current by the
+    /// gateway): what it may send to, read and acknowledge besides its inbox.
+    groups: HashSet<GroupId>,
     /// When the token expires (monotonic); the connection is closed then.
     expires: Option<Instant>,
     sends: Bucket,
@@ -217,6 +220,7 @@ impl Session {
             inflight: HashMap::new(),
             queued: HashMap::new(),
             cursors: HashMap::new(),
+            groups: HashSet::new(),
             expires: None,
             sends: Bucket {
                 tokens: burst,
@@ -325,9 +329,11 @@ impl Session {
                 },
             ) => match self.auth.verify(&token, &device) {
                 Ok(identity) => {
+                    // Group cursors are kept until the membership is known
+                    // (`set_groups`), which drops those of other groups.
                     let own = subject::private_inbox(&identity.user);
                     for (subject, seq) in cursors {
-                        if subject == own {
+                        if subject == own || subject::group_of(&subject).is_some() {
                             self.cursors.insert(subject, seq);
                         }
                     }
@@ -374,10 +380,10 @@ impl Session {
                 }));
             }
             (State::Joining(id) | State::Active(id), Command::Ack(cursors)) => {
-                let own = subject::private_inbox(&id.user);
+                let user = id.user.clone();
                 let mut save = Vec::new();
                 for (subject, seq) in cursors {
-                    if subject != own {
+                    if !self.owns(&user, &subject) {
                         out.push(Action::Reply(Reply::Error {
                             code: ErrorCode::Protocol,
                             message: format!(
@@ -399,7 +405,7 @@ impl Session {
                 }
             }
             (State::Joining(id) | State::Active(id), Command::Sync(req)) => {
-                if req.subject == subject::private_inbox(&id.user) {
+                if self.owns(&id.user, &req.subject) {
                     out.push(Action::Sync(req));
                 } else {
                     out.push(Action::Reply(Reply::SyncBatch {
@@ -464,16 +470,36 @@ impl Session {
             ));
             return;
         }
-        let mut copies = vec![Copy {
-            subject: subject::private_inbox(&send.to),
-            msg_id: subject::direct_msg_id(&sender, &send.id),
-        }];
-        if send.to != sender {
-            copies.push(Copy {
-                subject: subject::private_inbox(&sender),
-                msg_id: subject::direct_self_copy_msg_id(&sender, &send.id),
-            });
-        }
+        let copies = match &send.to {
+            Recipient::User(to) => {
+                let mut copies = vec![Copy {
+                    subject: subject::private_inbox(to),
+                    msg_id: subject::direct_msg_id(&sender, &send.id),
+                }];
+                if *to != sender {
+                    copies.push(Copy {
+                        subject: subject::private_inbox(&sender),
+                        msg_id: subject::direct_self_copy_msg_id(&sender, &send.id),
+                    });
+                }
+                copies
+            }
+            // One copy: every member, the sender's other devices included, reads the
+            // group's subject.
+            Recipient::Group(group) => {
+                if !self.groups.contains(group) {
+                    out.push(reject(
+                        ErrorCode::Forbidden,
+                        format!("not a member of group {group}"),
+                    ));
+                    return;
+                }
+                vec![Copy {
+                    subject: subject::group_subject(group),
+                    msg_id: subject::group_msg_id(&sender, &send.id),
+                }]
+            }
+        };
         let payload = StoredMessage {
             from: sender,
             to: send.to,
@@ -559,6 +585,30 @@ impl Session {
         if let Some(c) = self.cursors.get_mut(subject) {
             *c = seq;
         }
+    }
+
+    /// Whether `subject` is one `user` may read: its inbox or a group it is in.
+    fn owns(&self, user: &UserId, subject: &str) -> bool {
+        subject == subject::private_inbox(user)
+            || subject::group_of(subject).is_some_and(|g| self.groups.contains(&g))
+    }
+
+    /// The user's groups, from the group directory (at join and after each change).
+    /// Cursors on groups it is not in are dropped; returns the groups added and
+    /// removed by this call.
+    pub fn set_groups(&mut self, groups: HashSet<GroupId>) -> (Vec<GroupId>, Vec<GroupId>) {
+        let added: Vec<GroupId> = groups.difference(&self.groups).cloned().collect();
+        let removed: Vec<GroupId> = self.groups.difference(&groups).cloned().collect();
+        self.groups = groups;
+        let groups = &self.groups;
+        self.cursors
+            .retain(|s, _| subject::group_of(s).is_none_or(|g| groups.contains(&g)));
+        (added, removed)
+    }
+
+    /// The user's groups as last set.
+    pub fn groups(&self) -> &HashSet<GroupId> {
+        &self.groups
     }
 
     /// The client's cursors (from Hello, advanced by its acks), per subject.

@@ -4,8 +4,11 @@
 //! |---|---|
 //! | a user's inbox (stream USER_MESSAGES) | `msg.private.{user}` |
 //! | its live re-publish | `live.msg.private.{user}` |
+//! | a group's messages (stream USER_MESSAGES) | `msg.group.{group}` |
+//! | its live re-publish | `live.msg.group.{group}` |
+//! | a membership change (core NATS, from the group service) | `group.changed.{group}` |
 
-use crate::ids::{ClientMsgId, UserId};
+use crate::ids::{ClientMsgId, GroupId, UserId};
 
 /// Prefix that the streams re-publish stored messages under.
 pub const LIVE_PREFIX: &str = "live.";
@@ -18,6 +21,35 @@ pub fn private_inbox(user: &UserId) -> String {
 /// The live (re-published) subject of a user's inbox.
 pub fn live_private_inbox(user: &UserId) -> String {
     format!("{LIVE_PREFIX}msg.private.{user}")
+}
+
+/// The stored subject of a group's messages.
+pub fn group_subject(group: &GroupId) -> String {
+    format!("msg.group.{group}")
+}
+
+/// The live (re-published) subject of a group's messages.
+pub fn live_group_subject(group: &GroupId) -> String {
+    format!("{LIVE_PREFIX}msg.group.{group}")
+}
+
+/// The group of a stored group subject (`msg.group.G` → G), validated.
+pub fn group_of(subject: &str) -> Option<GroupId> {
+    GroupId::parse(subject.strip_prefix("msg.group.")?).ok()
+}
+
+/// Where the group service announces a membership change of `group`.
+pub fn group_changed(group: &GroupId) -> String {
+    format!("group.changed.{group}")
+}
+
+/// Subscription for every membership change.
+pub const GROUP_CHANGED_ALL: &str = "group.changed.*";
+
+/// `Nats-Msg-Id` of a group message (one copy, scoped by sender; `gm` keeps it apart
+/// from direct messages with the same client id).
+pub fn group_msg_id(sender: &UserId, id: &ClientMsgId) -> String {
+    format!("gm:{sender}:{id}")
 }
 
 /// Strips the live prefix: `live.msg.private.bob` → `msg.private.bob`.
@@ -54,5 +86,11 @@ mod tests {
             Some("msg.private.bob")
         );
         assert_eq!(stored_subject("msg.private.bob"), None);
+        let g = GroupId::parse("team-1").unwrap();
+        assert_eq!(group_subject(&g), "msg.group.team-1");
+        assert_eq!(live_group_subject(&g), "live.msg.group.team-1");
+        assert_eq!(group_of("msg.group.team-1"), Some(g));
+        assert_eq!(group_of("msg.group.a.b"), None, "validated");
+        assert_eq!(group_of("msg.private.bob"), None);
     }
 }

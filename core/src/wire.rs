@@ -9,7 +9,7 @@ use petrel_proto::{encode_frame, pb};
 use prost::Message as _;
 
 use crate::error::ErrorCode;
-use crate::ids::{ClientMsgId, Seq, UserId};
+use crate::ids::{ClientMsgId, GroupId, Seq, UserId};
 
 /// A validated client frame.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,12 +67,31 @@ pub struct SyncRequest {
 pub struct SendCommand {
     /// Dedup key chosen by the client.
     pub id: ClientMsgId,
-    /// Recipient.
-    pub to: UserId,
+    /// Recipient: a user or a group.
+    pub to: Recipient,
     /// Opaque content.
     pub content: Bytes,
     /// Media type of the content.
     pub content_type: String,
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Recipient {
+    /// A user's inbox (direct message).
+    User(UserId),
+    /// A group's subject (the sender must be a member).
+    Group(GroupId),
+}
+
+impl Recipient {
+    /// The user, for a direct message.
+    pub fn user(&self) -> Option<&UserId> {
+        match self {
+            Self::User(u) => Some(u),
+            Self::Group(_) => None,
+        }
+    }
 }
 
 /// A frame that could not be turned into a command; fatal for the connection.
@@ -126,7 +145,11 @@ pub fn decode_command(frame: Bytes) -> Result<Command, WireError> {
             };
             let to = match s.to {
                 Some(pb::send::To::User(u)) => match UserId::parse(u) {
-                    Ok(u) => u,
+                    Ok(u) => Recipient::User(u),
+                    Err(e) => return Ok(bad(ErrorCode::InvalidId, e.to_string())),
+                },
+                Some(pb::send::To::Group(g)) => match GroupId::parse(g) {
+                    Ok(g) => Recipient::Group(g),
                     Err(e) => return Ok(bad(ErrorCode::InvalidId, e.to_string())),
                 },
                 None => return Ok(bad(ErrorCode::InvalidMessage, "no recipient".into())),
@@ -342,8 +365,8 @@ pub fn encode_reply(reply: &Reply) -> Bytes {
 pub struct StoredMessage {
     /// Sender.
     pub from: UserId,
-    /// Recipient.
-    pub to: UserId,
+    /// Recipient (user or group).
+    pub to: Recipient,
     /// Sender's device.
     pub from_device: String,
     /// Client's id.
@@ -374,7 +397,11 @@ impl StoredMessage {
     pub fn encode(&self) -> Bytes {
         pb::StoredMessage {
             from: self.from.to_string(),
-            to: self.to.to_string(),
+            to: self.to.user().map(|u| u.to_string()).unwrap_or_default(),
+            group: match &self.to {
+                Recipient::Group(g) => g.to_string(),
+                Recipient::User(_) => String::new(),
+            },
             client_msg_id: self.client_msg_id.clone(),
             content: self.content.clone(),
             content_type: self.content_type.clone(),
@@ -392,7 +419,11 @@ impl StoredMessage {
             pb::StoredMessage::decode(bytes).map_err(|e| PayloadError::Decode(e.to_string()))?;
         Ok(Self {
             from: UserId::parse(m.from)?,
-            to: UserId::parse(m.to)?,
+            to: if m.group.is_empty() {
+                Recipient::User(UserId::parse(m.to)?)
+            } else {
+                Recipient::Group(GroupId::parse(m.group)?)
+            },
             from_device: m.from_device,
             client_msg_id: m.client_msg_id,
             content: m.content,
@@ -421,7 +452,16 @@ fn to_pb_message(d: &Delivery) -> pb::Message {
         subject: d.subject.clone(),
         seq: d.seq.0,
         from: d.message.from.to_string(),
-        to: d.message.to.to_string(),
+        to: d
+            .message
+            .to
+            .user()
+            .map(|u| u.to_string())
+            .unwrap_or_default(),
+        group: match &d.message.to {
+            Recipient::Group(g) => g.to_string(),
+            Recipient::User(_) => String::new(),
+        },
         time_ms: d.message.time_ms,
         client_msg_id: d.message.client_msg_id.clone(),
         content: d.message.content.clone(),
@@ -450,7 +490,10 @@ mod tests {
         #[test]
         fn random_frames_never_panic_and_never_yield_unvalidated_ids(data in proptest::collection::vec(any::<u8>(), 0..512)) {
             if let Ok(Command::Send(s)) = decode_command(Bytes::from(data)) {
-                prop_assert!(UserId::parse(s.to.as_str()).is_ok());
+                match &s.to {
+                    Recipient::User(u) => prop_assert!(UserId::parse(u.as_str()).is_ok()),
+                    Recipient::Group(g) => prop_assert!(GroupId::parse(g.as_str()).is_ok()),
+                }
                 prop_assert!(ClientMsgId::parse(s.id.as_str()).is_ok());
             }
         }
@@ -499,7 +542,7 @@ mod tests {
             prev_seq: Seq(3),
             message: StoredMessage {
                 from: UserId::parse("alice").unwrap(),
-                to: UserId::parse("bob").unwrap(),
+                to: Recipient::User(UserId::parse("bob").unwrap()),
                 from_device: "phone".into(),
                 client_msg_id: "m1".into(),
                 content: Bytes::from_static(b"hello"),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use petrel_core::auth::{Authenticator, Claims, mint_hs256};
 use petrel_core::session::{Action, Now, PublishOutcome, Session, SessionConfig};
-use petrel_core::wire::{Command, Reply, SendCommand, SendStatus, StoredMessage};
+use petrel_core::wire::{Command, Recipient, Reply, SendCommand, SendStatus, StoredMessage};
 use petrel_core::{ClientMsgId, ErrorCode, Seq, UserId};
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
@@ -63,7 +63,7 @@ fn hello(user: &str) -> Command {
 fn send(id: &str, to: &str) -> Command {
     Command::Send(SendCommand {
         id: ClientMsgId::parse(id).unwrap(),
-        to: UserId::parse(to).unwrap(),
+        to: Recipient::User(UserId::parse(to).unwrap()),
         content: Bytes::from_static(b"hi"),
         content_type: "text/plain".into(),
     })
@@ -163,7 +163,11 @@ fn send_publishes_two_copies_and_reports_the_recipient_sequence() {
     assert_ne!(p.copies[0].msg_id, p.copies[1].msg_id);
     let stored = StoredMessage::decode(p.payload.clone()).unwrap();
     assert_eq!(
-        (stored.from.as_str(), stored.to.as_str(), stored.time_ms),
+        (
+            stored.from.as_str(),
+            stored.to.user().unwrap().as_str(),
+            stored.time_ms
+        ),
         ("alice", "bob", 42)
     );
     let out = s.on_published(
@@ -284,7 +288,7 @@ fn content_limits_and_acks() {
     s.on_command(hello("alice"), clock.now());
     let empty = Command::Send(SendCommand {
         id: ClientMsgId::parse("e").unwrap(),
-        to: UserId::parse("bob").unwrap(),
+        to: Recipient::User(UserId::parse("bob").unwrap()),
         content: Bytes::new(),
         content_type: String::new(),
     });

@@ -60,6 +60,12 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Operator tools: group membership (as the application's group service keeps it).
+    Admin {
+        /// What to manage.
+        #[command(subcommand)]
+        what: AdminCommand,
+    },
     /// Create or update the hub's JetStream streams (idempotent).
     Provision {
         /// NATS URL of the hub (or of a leaf connected to it).
@@ -71,6 +77,54 @@ pub enum Command {
         /// Replicas per stream (3 on a 3-node hub cluster).
         #[arg(long, default_value_t = 1)]
         replicas: usize,
+    },
+}
+
+/// `petrel admin` commands.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Group membership in Redis (`group:{g}:members`, `user:{u}:groups`); add and
+    /// remove announce the change on NATS `group.changed.{g}`, so gateways apply it at
+    /// once. See docs/groups.md.
+    Group {
+        /// A `petrel dev` directory to take the Redis and NATS URLs from.
+        #[arg(long = "dev", value_name = "DIR", default_value = ".petrel/dev")]
+        dev: PathBuf,
+        /// Redis URL instead of the dev one.
+        #[arg(long)]
+        redis: Option<String>,
+        /// NATS URL instead of the dev one (for the change announcement).
+        #[arg(long)]
+        nats: Option<String>,
+        /// add, remove or list.
+        #[command(subcommand)]
+        action: GroupAction,
+    },
+}
+
+/// `petrel admin group` actions.
+#[derive(Debug, Subcommand)]
+pub enum GroupAction {
+    /// Add users to a group.
+    Add {
+        /// Group id ([A-Za-z0-9_-]{1,64}).
+        group: String,
+        /// User ids.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Remove users from a group.
+    Remove {
+        /// Group id.
+        group: String,
+        /// User ids.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Print a group's members, one per line.
+    List {
+        /// Group id.
+        group: String,
     },
 }
 
@@ -106,11 +160,15 @@ pub struct ClientArgs {
 /// `petrel client` actions.
 #[derive(Debug, Subcommand)]
 pub enum ClientAction {
-    /// Send a direct message; prints the SendResult as one JSON object.
+    /// Send a message to a user (--to) or a group (--group); prints the SendResult as
+    /// one JSON object.
     Send {
         /// Recipient user id.
+        #[arg(long, required_unless_present = "group", conflicts_with = "group")]
+        to: Option<String>,
+        /// Group id (the user must be a member).
         #[arg(long)]
-        to: String,
+        group: Option<String>,
         /// Client message id (dedup key; reuse it to retry safely). Random by default.
         #[arg(long)]
         id: Option<String>,
@@ -179,7 +237,116 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Client(args) => client(args).await,
+        Command::Admin {
+            what:
+                AdminCommand::Group {
+                    dev,
+                    redis,
+                    nats,
+                    action,
+                },
+        } => admin_group(&dev, redis, nats, action).await,
     }
+}
+
+async fn admin_group(
+    dev: &std::path::Path,
+    redis: Option<String>,
+    nats: Option<String>,
+    action: GroupAction,
+) -> anyhow::Result<ExitCode> {
+    use petrel_core::GroupId;
+    let endpoints = if redis.is_none() || nats.is_none() {
+        Some(dev::Endpoints::read(dev)?)
+    } else {
+        None
+    };
+    let redis_url = redis
+        .or_else(|| endpoints.as_ref().and_then(|e| e.redis.clone()))
+        .context("no Redis: pass --redis URL (this petrel dev has none)")?;
+    let directory = crate::groups::Directory::new(Some(&redis_url))?;
+    let parse_group = |g: &str| GroupId::parse(g).map_err(|e| anyhow::anyhow!("group {g:?}: {e}"));
+    match action {
+        GroupAction::List { group } => {
+            let g = parse_group(&group)?;
+            let mut members: Vec<String> = directory
+                .members(&g)
+                .await
+                .with_context(|| format!("reading group {g} from {redis_url}"))?
+                .into_iter()
+                .map(|u| u.to_string())
+                .collect();
+            members.sort();
+            for m in members {
+                println!("{m}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        GroupAction::Add { group, users } => {
+            change_members(
+                &directory,
+                nats,
+                endpoints,
+                parse_group(&group)?,
+                &users,
+                true,
+            )
+            .await
+        }
+        GroupAction::Remove { group, users } => {
+            change_members(
+                &directory,
+                nats,
+                endpoints,
+                parse_group(&group)?,
+                &users,
+                false,
+            )
+            .await
+        }
+    }
+}
+
+/// Adds or removes `users` in `group`, printing one JSON line per user, then announces
+/// the change once.
+async fn change_members(
+    directory: &crate::groups::Directory,
+    nats: Option<String>,
+    endpoints: Option<dev::Endpoints>,
+    group: petrel_core::GroupId,
+    users: &[String],
+    add: bool,
+) -> anyhow::Result<ExitCode> {
+    let users: Vec<petrel_core::UserId> = users
+        .iter()
+        .map(|u| {
+            petrel_core::UserId::parse(u.as_str()).map_err(|e| anyhow::anyhow!("user {u:?}: {e}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let nats_url = nats
+        .or_else(|| endpoints.map(|e| e.nats_hub))
+        .context("no NATS: pass --nats URL")?;
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(nats_url.as_str())
+        .await
+        .with_context(|| format!("connecting to {nats_url}"))?;
+    for u in &users {
+        let changed = if add {
+            directory.add(&group, u).await
+        } else {
+            directory.remove(&group, u).await
+        }
+        .with_context(|| format!("updating group {group}"))?;
+        println!(
+            "{}",
+            json!({"group": group.as_str(), "user": u.as_str(), "member": add, "changed": changed})
+        );
+    }
+    crate::groups::announce(&client, &group)
+        .await
+        .context("announcing the change on NATS")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn shutdown_on_signal() -> anyhow::Result<CancellationToken> {
@@ -258,18 +425,24 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
     match &args.action {
         ClientAction::Send {
             to,
+            group,
             id,
             text,
             timeout,
         } => {
             let id = id.clone().unwrap_or_else(random_id);
             let wait = Duration::from_secs_f64(timeout.max(0.0));
-            let result = tokio::time::timeout(
-                wait,
-                client.send(to, &id, text.clone().into_bytes()),
-            )
-            .await
-            .map_err(|_| {
+            let content = text.clone().into_bytes();
+            let send = async {
+                match (to, group) {
+                    (_, Some(g)) => client.send_group(g, &id, content).await,
+                    (Some(u), None) => client.send(u, &id, content).await,
+                    (None, None) => Err(petrel_client::ClientError::Config(
+                        "pass --to USER or --group GROUP".into(),
+                    )),
+                }
+            };
+            let result = tokio::time::timeout(wait, send).await.map_err(|_| {
                 anyhow::anyhow!(
                     "no answer from the gateway within {timeout} s: the message may or may not be \
                          stored; retry with --id {id} (a retry is stored once)"

@@ -36,6 +36,17 @@ pub struct Config {
     /// Static files and dev tokens on the HTTP listener.
     #[serde(default)]
     pub web: WebSection,
+    /// Redis: group membership (and, later, presence).
+    #[serde(default)]
+    pub redis: RedisSection,
+}
+
+/// `[redis]`
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSection {
+    /// `redis://host:port/db` or `redis+unix:///path/to/socket`. Unset: no groups.
+    pub url: Option<String>,
 }
 
 /// `[gateway]`
@@ -279,7 +290,7 @@ impl LimitsSection {
 }
 
 const SECTIONS: &[&str] = &[
-    "gateway", "listen", "tls", "nats", "auth", "limits", "storage", "web",
+    "gateway", "listen", "tls", "nats", "auth", "limits", "storage", "web", "redis",
 ];
 
 impl Config {

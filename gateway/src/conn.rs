@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::hub::{Hub, LiveHandle, LiveItem, Lost};
+use crate::hub::{Hub, LiveHandle, LiveItem, LiveKey, Signal};
 
 /// Messages asked of the hub per fetch (a resume or a hole is filled page by page,
 /// each written before the next is fetched, so memory stays bounded).
@@ -133,6 +133,8 @@ pub struct Shared {
     pub hub: Arc<Hub>,
     /// Where sends go: durable at the edge, then forwarded to the hub.
     pub outbox: crate::outbox::Outbox,
+    /// Group membership (Redis).
+    pub groups: crate::groups::Directory,
     /// Frames queued toward one connection.
     pub send_queue_frames: usize,
     /// Bytes queued toward one connection (live messages) before it catches up instead.
@@ -211,7 +213,8 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
         let mut decoder = FrameDecoder::new(shared.session.max_frame_bytes);
         let write_timeout = shared.write_timeout;
         let (live_tx, mut live_rx) = mpsc::channel::<Arc<LiveItem>>(shared.send_queue_frames);
-        let lost = Arc::new(Lost::default());
+        let lost = Arc::new(Signal::default());
+        let groups_changed = Arc::new(Signal::default());
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut order = Order::new();
         let mut fetches = FuturesUnordered::new();
@@ -220,6 +223,9 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
         // Outcomes of this connection's sends, from the outbox (QUEUED, STORED, ...).
         let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel();
         let mut joined: Option<petrel_core::UserId> = None;
+        let mut my_handle: Option<LiveHandle> = None;
+        // When to read the user's groups again (the directory was unreachable).
+        let mut groups_retry: Option<Instant> = None;
         let mut actions: Vec<Action> = Vec::new();
         let mut last_seen = Instant::now();
         let mut peer_finished = false;
@@ -275,11 +281,19 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                             let handle = LiveHandle {
                                 tx,
                                 lost: lost.clone(),
+                                groups_changed: groups_changed.clone(),
                                 queued: queued.clone(),
                                 max_bytes: shared.send_queue_bytes,
                             };
-                            shared.hub.join(&identity.user, id, handle).await;
+                            shared
+                                .hub
+                                .join(&LiveKey::User(identity.user.clone()), id, handle.clone())
+                                .await;
                             joined = Some(identity.user.clone());
+                            groups_retry =
+                                refresh_groups(&shared, &mut session, &identity.user, id, &handle)
+                                    .await;
+                            my_handle = Some(handle);
                         }
                         // A cursor above everything stored on its subject comes from
                         // another incarnation of the stream: resume from what exists.
@@ -385,6 +399,16 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                 _ = shutdown.cancelled() => {
                     actions.extend(session.shutdown(ErrorCode::GoingAway, "gateway shutting down"));
                 }
+                _ = groups_changed.wait() => {
+                    if let (Some(user), Some(handle)) = (&joined, &my_handle) {
+                        groups_retry = refresh_groups(&shared, &mut session, user, id, handle).await;
+                    }
+                }
+                _ = sleep_until_opt(groups_retry) => {
+                    if let (Some(user), Some(handle)) = (&joined, &my_handle) {
+                        groups_retry = refresh_groups(&shared, &mut session, user, id, handle).await;
+                    }
+                }
                 _ = lost.wait() => {
                     // The live queue overflowed (a slow reader): catch up from the hub
                     // at the reader's pace instead of buffering without bound.
@@ -472,9 +496,63 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
             }
         };
         if let Some(user) = &joined {
-            shared.hub.leave(user, id);
+            shared.hub.leave(&LiveKey::User(user.clone()), id);
+            for g in session.groups() {
+                shared.hub.leave(&LiveKey::Group(g.clone()), id);
+            }
         }
         (end, joined.map(|u| u.to_string()))
+    }
+}
+
+/// Reads `user`'s groups from the directory and brings the session and the live
+/// subscriptions in line: joins groups added (delivery from now on; a Hello cursor,
+/// if any, was resumed), leaves groups removed. Returns when to try again if the
+/// directory could not be read.
+async fn refresh_groups(
+    shared: &Shared,
+    session: &mut Session,
+    user: &petrel_core::UserId,
+    id: u64,
+    handle: &LiveHandle,
+) -> Option<Instant> {
+    if !shared.groups.configured() {
+        return None;
+    }
+    let read = tokio::time::timeout(Duration::from_secs(1), shared.groups.user_groups(user)).await;
+    let groups = match read {
+        Ok(Ok(g)) => g,
+        Ok(Err(e)) => {
+            warn!(%user, error = %e, "cannot read the user's groups; trying again in 5 s");
+            return Some(Instant::now() + GROUPS_RETRY);
+        }
+        Err(_) => {
+            warn!(%user, "reading the user's groups timed out; trying again in 5 s");
+            return Some(Instant::now() + GROUPS_RETRY);
+        }
+    };
+    let (added, removed) = session.set_groups(groups);
+    for g in removed {
+        debug!(group = %g, "no longer a member; leaving the group");
+        shared.hub.leave(&LiveKey::Group(g), id);
+    }
+    for g in added {
+        debug!(group = %g, "member; joining the group");
+        shared
+            .hub
+            .join(&LiveKey::Group(g), id, handle.clone())
+            .await;
+    }
+    None
+}
+
+/// How soon to read a user's groups again after the directory failed.
+const GROUPS_RETRY: Duration = Duration::from_secs(5);
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -44,6 +44,9 @@ pub struct Endpoints {
     pub nats_hub: String,
     /// Leaf client URL.
     pub nats_leaf: String,
+    /// redis-server URL (unix socket): group membership.
+    #[serde(default)]
+    pub redis: Option<String>,
     /// SHA-256 (hex) of the certificate served at start; it rotates (see
     /// `{http}/cert-hashes` for the current and next).
     pub cert_sha256: String,
@@ -217,9 +220,13 @@ pub async fn run(
         .await
         .context("leaf node did not connect to the hub")?;
 
+    eprintln!("petrel dev: starting redis-server…");
+    let redis = crate::redis_process::RedisProcess::start(&dir.join("redis")).await?;
+
     ensure_secret(&dir)?;
     let config_path = write_gateway_config(&dir, "dev-edge", &leaf.client_url, web_dir.as_deref())?;
-    let cfg = Config::load(&config_path)?;
+    let mut cfg = Config::load(&config_path)?;
+    cfg.redis.url = Some(redis.url.clone());
     let gateway = Gateway::load(cfg).await?;
     if !gateway.wait_connected(Duration::from_secs(20)).await {
         anyhow::bail!(
@@ -236,6 +243,7 @@ pub async fn run(
         http: format!("http://{}", addrs.http),
         nats_hub: hub.client_url.clone(),
         nats_leaf: leaf.client_url.clone(),
+        redis: Some(redis.url.clone()),
         cert_sha256: gateway.cert_sha256(),
         gateway_id: "dev-edge".into(),
         pid: std::process::id(),
@@ -244,7 +252,7 @@ pub async fn run(
     std::fs::write(&tmp, serde_json::to_string_pretty(&endpoints)?)?;
     std::fs::rename(&tmp, &endpoints_path)?;
     eprintln!(
-        "petrel dev: ready\n  demo page  {}\n  quic       {}\n  webtransport {}\n  websocket  {} (plain: {})\n  http       {}\n  nats hub   {}\n  nats leaf  {}\n  cert sha256 {}\n  endpoints  {}\nPress Ctrl-C to stop.",
+        "petrel dev: ready\n  demo page  {}\n  quic       {}\n  webtransport {}\n  websocket  {} (plain: {})\n  http       {}\n  nats hub   {}\n  nats leaf  {}\n  redis      {}\n  cert sha256 {}\n  endpoints  {}\nPress Ctrl-C to stop.",
         if web_dir.is_some() {
             endpoints.http.clone()
         } else {
@@ -257,6 +265,7 @@ pub async fn run(
         endpoints.http,
         endpoints.nats_hub,
         endpoints.nats_leaf,
+        redis.url,
         endpoints.cert_sha256,
         endpoints_path.display()
     );
@@ -264,6 +273,7 @@ pub async fn run(
     let _ = std::fs::remove_file(&endpoints_path);
     leaf.stop().await;
     hub.stop().await;
+    redis.kill().await;
     eprintln!("petrel dev: stopped");
     result
 }

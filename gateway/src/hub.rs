@@ -2,7 +2,8 @@
 //! subscribing to the live re-publish of each connected user's inbox.
 //!
 //! Everything goes through the local leaf node. One core NATS subscription per user
-//! with at least one device connected here (reference-counted in
+//! with at least one device connected here, and one per group with a member connected
+//! here (reference-counted in
 //! [`petrel_core::route::Registry`]); the leaf forwards only what this edge subscribed
 //! to. Each live message is encoded into a Deliver frame once and the same bytes are
 //! queued to every device of the user. [`Hub::fetch`] reads a subject's messages after
@@ -19,7 +20,7 @@ use futures::StreamExt;
 use petrel_core::route::{Interest, Registry};
 use petrel_core::session::{PublishOutcome, PublishRequest};
 use petrel_core::wire::{Delivery, StoredMessage, encode_deliver};
-use petrel_core::{ErrorCode, Seq, UserId, subject};
+use petrel_core::{ErrorCode, GroupId, Seq, UserId, subject};
 use petrel_storage::EdgeStore;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
@@ -37,15 +38,16 @@ pub struct LiveItem {
     pub frame: Bytes,
 }
 
-/// Raised when a connection's live queue overflowed and a message was dropped; the
-/// connection then catches up from the hub.
+/// A flag with a wake-up, raised from anywhere and awaited by one connection: its
+/// live queue overflowed (it then catches up from the hub), or its user's group
+/// membership may have changed (it then re-reads it).
 #[derive(Debug, Default)]
-pub struct Lost {
+pub struct Signal {
     flag: AtomicBool,
     notify: tokio::sync::Notify,
 }
 
-impl Lost {
+impl Signal {
     /// Records a drop and wakes the connection.
     pub fn raise(&self) {
         self.flag.store(true, Ordering::Release);
@@ -69,7 +71,9 @@ pub struct LiveHandle {
     /// Bounded queue of live messages (bounded in count here, in bytes by `queued`).
     pub tx: mpsc::Sender<Arc<LiveItem>>,
     /// Raised when the queue overflowed.
-    pub lost: Arc<Lost>,
+    pub lost: Arc<Signal>,
+    /// Raised when the user's group membership may have changed.
+    pub groups_changed: Arc<Signal>,
     /// Bytes of frames in the queue; the connection subtracts what it takes out.
     pub queued: Arc<std::sync::atomic::AtomicUsize>,
     /// Most bytes the queue may hold.
@@ -94,6 +98,33 @@ impl LiveHandle {
 /// Stream holding the private and group messages.
 pub const MESSAGE_STREAM: &str = "USER_MESSAGES";
 
+/// What a live subscription is for: a user's inbox or a group.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LiveKey {
+    /// `live.msg.private.{user}`, for every connection of the user here.
+    User(UserId),
+    /// `live.msg.group.{group}`, for every connection here of a member.
+    Group(GroupId),
+}
+
+impl LiveKey {
+    fn live_subject(&self) -> String {
+        match self {
+            Self::User(u) => subject::live_private_inbox(u),
+            Self::Group(g) => subject::live_group_subject(g),
+        }
+    }
+}
+
+impl std::fmt::Display for LiveKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::User(u) => write!(f, "user {u}"),
+            Self::Group(g) => write!(f, "group {g}"),
+        }
+    }
+}
+
 struct UserSub {
     task: tokio::task::JoinHandle<()>,
     ready: watch::Receiver<bool>,
@@ -104,8 +135,8 @@ pub struct Hub {
     client: async_nats::Client,
     js: jetstream::Context,
     publish_timeout: Duration,
-    registry: Mutex<Registry<UserId, LiveHandle>>,
-    subs: Mutex<HashMap<UserId, UserSub>>,
+    registry: Mutex<Registry<LiveKey, LiveHandle>>,
+    subs: Mutex<HashMap<LiveKey, UserSub>>,
     store: Arc<EdgeStore>,
     overflows: std::sync::atomic::AtomicU64,
     /// Messages fetched for resumes and holes, by source, and cache read errors.
@@ -207,9 +238,27 @@ impl Hub {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Live subscriptions held (one per user with a device connected here).
+    /// Live subscriptions held (one per user with a device connected here, one per
+    /// group with a member connected here).
     pub fn live_subscriptions(&self) -> usize {
         self.registry.lock().map(|r| r.keys()).unwrap_or(0)
+    }
+
+    /// Of those, the group subscriptions.
+    pub fn group_subscriptions(&self) -> usize {
+        self.subs
+            .lock()
+            .map(|s| s.keys().filter(|k| matches!(k, LiveKey::Group(_))).count())
+            .unwrap_or(0)
+    }
+
+    /// Raises `groups_changed` on every connection registered under `key`.
+    pub fn signal_groups_changed(&self, key: &LiveKey) {
+        if let Ok(reg) = self.registry.lock() {
+            for (_, h) in reg.targets(key) {
+                h.groups_changed.raise();
+            }
+        }
     }
 
     /// Live messages dropped for a connection whose queue was full (each then caught
@@ -602,9 +651,9 @@ impl Hub {
         result
     }
 
-    /// Registers connection `conn` for `user`'s live messages; returns once the
+    /// Registers connection `conn` for live messages under `key`; returns once the
     /// subscription is known to the hub (or after a bounded wait if the hub is away).
-    pub async fn join(self: &Arc<Self>, user: &UserId, conn: u64, handle: LiveHandle) {
+    pub async fn join(self: &Arc<Self>, key: &LiveKey, conn: u64, handle: LiveHandle) {
         let mut ready = {
             let Ok(mut reg) = self.registry.lock() else {
                 return;
@@ -612,12 +661,12 @@ impl Hub {
             let Ok(mut subs) = self.subs.lock() else {
                 return;
             };
-            if reg.join(user, conn, handle) == Interest::Subscribe {
+            if reg.join(key, conn, handle) == Interest::Subscribe {
                 let (tx, rx) = watch::channel(false);
-                let task = tokio::spawn(self.clone().forward(user.clone(), tx));
-                subs.insert(user.clone(), UserSub { task, ready: rx });
+                let task = tokio::spawn(self.clone().forward(key.clone(), tx));
+                subs.insert(key.clone(), UserSub { task, ready: rx });
             }
-            match subs.get(user) {
+            match subs.get(key) {
                 Some(s) => s.ready.clone(),
                 None => return,
             }
@@ -626,18 +675,18 @@ impl Hub {
             .await
             .is_err()
         {
-            warn!(%user, "live subscription not confirmed by the hub within 5 s; continuing");
+            warn!(%key, "live subscription not confirmed by the hub within 5 s; continuing");
         }
     }
 
-    /// Unregisters `conn`; drops the user's subscription with the last connection.
-    pub fn leave(&self, user: &UserId, conn: u64) {
+    /// Unregisters `conn` from `key`; drops the subscription with the last connection.
+    pub fn leave(&self, key: &LiveKey, conn: u64) {
         let Ok(mut reg) = self.registry.lock() else {
             return;
         };
-        if reg.leave(user, conn) == Interest::Unsubscribe
+        if reg.leave(key, conn) == Interest::Unsubscribe
             && let Ok(mut subs) = self.subs.lock()
-            && let Some(sub) = subs.remove(user)
+            && let Some(sub) = subs.remove(key)
         {
             // Dropping the subscriber inside the task sends UNSUB to the leaf.
             sub.task.abort();
@@ -657,12 +706,12 @@ impl Hub {
         }
     }
 
-    async fn forward(self: Arc<Self>, user: UserId, ready: watch::Sender<bool>) {
-        let live = subject::live_private_inbox(&user);
+    async fn forward(self: Arc<Self>, key: LiveKey, ready: watch::Sender<bool>) {
+        let live = key.live_subject();
         let mut sub = match self.client.subscribe(live.clone()).await {
             Ok(s) => s,
             Err(e) => {
-                warn!(%user, error = %e, "cannot subscribe to live messages");
+                warn!(%key, error = %e, "cannot subscribe to live messages");
                 let _ = ready.send(true);
                 return;
             }
@@ -671,7 +720,7 @@ impl Hub {
         // SUB (as leaf interest) before the request on the same link, so when the
         // answer is back the hub knows this edge wants `live`.
         if let Err(e) = self.js.query_account().await {
-            debug!(%user, error = %e, "hub round trip failed; live interest not confirmed");
+            debug!(%key, error = %e, "hub round trip failed; live interest not confirmed");
         }
         let _ = ready.send(true);
         while let Some(msg) = sub.next().await {
@@ -702,7 +751,7 @@ impl Hub {
                 prev: delivery.prev_seq,
             });
             let targets: Vec<LiveHandle> = match self.registry.lock() {
-                Ok(reg) => reg.targets(&user).map(|(_, h)| h.clone()).collect(),
+                Ok(reg) => reg.targets(&key).map(|(_, h)| h.clone()).collect(),
                 Err(_) => return,
             };
             for t in targets {

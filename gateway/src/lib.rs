@@ -9,12 +9,14 @@
 //!   for [`conn`];
 //! - [`web`] — the HTTP listener: health, certificate hashes, dev tokens, static files;
 //! - [`hub`] — NATS: JetStream publishing, live subscriptions, fan-out;
+//! - [`groups`] — group membership from Redis (the group service's contract);
 //! - [`outbox`] — store-and-forward: sends made durable at the edge, forwarded to the
 //!   hub in order until stored (QUEUED while the hub is away);
 //! - [`provision`] — the hub's streams;
 //! - [`tls`] — the served certificate: PEM files reloaded on change, or self-signed
 //!   and rotated (development);
-//! - [`nats_process`], [`dev`] — real nats-server processes and the `petrel dev` topology;
+//! - [`nats_process`], [`redis_process`], [`dev`] — real nats-server and redis-server
+//!   processes and the `petrel dev` topology;
 //! - [`cli`] — the `petrel` command line.
 //!
 //! [`Gateway::load`] binds every socket and connects to the leaf; [`Gateway::run`]
@@ -24,11 +26,13 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod dev;
+pub mod groups;
 pub mod hub;
 pub mod nats_process;
 pub mod outbox;
 pub mod provision;
 pub mod quic;
+pub mod redis_process;
 pub mod tls;
 pub mod web;
 pub mod websocket;
@@ -209,8 +213,10 @@ impl Gateway {
             send_burst: cfg.limits.send_burst,
             handshake_timeout: cfg.limits.handshake_timeout(),
         });
+        let groups = groups::Directory::new(cfg.redis.url.as_deref())?;
         let shared = Arc::new(Shared {
             session,
+            groups,
             auth,
             hub,
             outbox,
@@ -314,14 +320,17 @@ impl Gateway {
         let forwarding = tokio::spawn(self.forwarding.run(forwarding_done.clone()));
         let resync =
             resync_on_reconnect(self.shared.hub.clone(), self.reconnects, shutdown.clone());
-        let (_, _, _, served, _, _, _) = tokio::join!(
+        let watch_groups =
+            watch_group_changes(self.nats.clone(), self.shared.clone(), shutdown.clone());
+        let (_, _, _, served, _, _, _, _) = tokio::join!(
             quic,
             ws,
             ws_plain,
             async { http.await },
             certs,
             trim,
-            resync
+            resync,
+            watch_groups
         );
         served.context("HTTP server")?;
         tracker.close();
@@ -338,6 +347,56 @@ impl Gateway {
         let _ = self.nats.flush().await;
         info!("gateway stopped");
         Ok(())
+    }
+}
+
+/// Follows `group.changed.*`: tells the connections here that may be affected (those
+/// receiving the group now, and those of its members now) to re-read their groups.
+async fn watch_group_changes(
+    nats: async_nats::Client,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    use futures::StreamExt;
+    if !shared.groups.configured() {
+        return;
+    }
+    let mut sub = match nats
+        .subscribe(petrel_core::subject::GROUP_CHANGED_ALL)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot follow group changes; membership is read at connect only");
+            return;
+        }
+    };
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            m = sub.next() => match m { Some(m) => m, None => return },
+        };
+        let Some(group) = msg
+            .subject
+            .as_str()
+            .strip_prefix("group.changed.")
+            .and_then(|g| petrel_core::GroupId::parse(g).ok())
+        else {
+            continue;
+        };
+        shared
+            .hub
+            .signal_groups_changed(&hub::LiveKey::Group(group.clone()));
+        match shared.groups.members(&group).await {
+            Ok(members) => {
+                for u in members {
+                    shared.hub.signal_groups_changed(&hub::LiveKey::User(u));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%group, error = %e, "reading the members of a changed group failed")
+            }
+        }
     }
 }
 

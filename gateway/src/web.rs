@@ -74,6 +74,7 @@ pub fn router(web: WebState, shared: Arc<Shared>) -> Router {
 async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
     let conns = s.shared.connections.load(Ordering::Relaxed);
     let subs = s.shared.hub.live_subscriptions();
+    let groups = s.shared.hub.group_subscriptions();
     let overflows = s.shared.hub.live_overflows();
     let f = &s.shared.hub.fetched;
     let (cache, hub, cache_errors) = (
@@ -83,7 +84,8 @@ async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
     );
     let o = &s.shared.outbox.stats;
     let counters = format!(
-        "connections={conns} live_subscriptions={subs} live_overflows={overflows} \
+        "connections={conns} live_subscriptions={subs} group_subscriptions={groups} \
+         live_overflows={overflows} \
          fetched_from_cache={cache} fetched_from_hub={hub} cache_errors={cache_errors} \
          outbox_depth={} sends_queued={} outbox_retries={} outbox_found_stored={} \
          outbox_corrupt={} outbox_refused={}\n",

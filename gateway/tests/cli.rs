@@ -469,7 +469,7 @@ fn two_dev_instances_side_by_side_and_kill_9_leaves_no_child() {
 fn help_explains_every_command() {
     let out = Command::new(PETREL).arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["dev", "token", "client", "gateway", "provision"] {
+    for cmd in ["dev", "token", "client", "gateway", "provision", "admin"] {
         assert!(text.contains(cmd), "--help does not mention {cmd}");
     }
     let out = Command::new(PETREL)
@@ -483,4 +483,59 @@ fn help_explains_every_command() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.toml"));
+}
+
+#[test]
+fn admin_group_membership_and_a_group_send_from_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let _dev = start_dev(&dir);
+    let admin = |args: &[&str]| {
+        Command::new(PETREL)
+            .args(["admin", "group", "--dev"])
+            .arg(&dir)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = admin(&["add", "crew", "ann", "ben"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out.stdout);
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["changed"], true);
+    let out = admin(&["list", "crew"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ann\nben\n");
+    let out = admin(&["add", "bad.group", "ann"]);
+    assert!(!out.status.success(), "an invalid group id is refused");
+
+    // ben listens; ann sends to the group; cid (not a member) is refused.
+    let listener = start_listener(&dir, "ben", "phone", "websocket", 1);
+    let sent = petrel_client(
+        &dir,
+        &["--user", "ann", "send", "--group", "crew", "hello crew"],
+    );
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    assert_eq!(json_lines(&sent.stdout)[0]["subject"], "msg.group.crew");
+    let got = listener.wait_with_output().unwrap();
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    let m = &json_lines(&got.stdout)[0];
+    assert_eq!(
+        (m["text"].as_str(), m["subject"].as_str()),
+        (Some("hello crew"), Some("msg.group.crew"))
+    );
+    let refused = petrel_client(&dir, &["--user", "cid", "send", "--group", "crew", "hi"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stdout).contains("FORBIDDEN"));
 }

@@ -39,6 +39,8 @@ pub struct Topology {
     pub hub: Option<NatsProcess>,
     hub_ports: (u16, u16),
     hub_leaf_url: String,
+    /// redis-server (group membership), on a unix socket.
+    pub redis: Option<petrel_gateway::redis_process::RedisProcess>,
     /// A client connected to the hub (for inspecting streams).
     pub hub_client: async_nats::Client,
     /// The edges.
@@ -84,7 +86,10 @@ impl Topology {
             hub.client_port().context("hub port")?,
             hub.leafnode_port().context("hub leafnode port")?,
         );
+        let redis =
+            petrel_gateway::redis_process::RedisProcess::start(&dir.path().join("redis")).await?;
         let mut topo = Self {
+            redis: Some(redis),
             dir,
             hub: Some(hub),
             hub_ports,
@@ -109,6 +114,7 @@ impl Topology {
         std::fs::create_dir_all(&edir)?;
         let leaf = self.start_edge_leaf(i, None).await?;
         let mut cfg = gateway_config(&edir, &format!("edge{i}"), &leaf.client_url)?;
+        cfg.redis.url = self.redis.as_ref().map(|r| r.url.clone());
         customize(&mut cfg, &edir)?;
         let gw = Gateway::load(cfg).await?;
         anyhow::ensure!(
@@ -155,6 +161,25 @@ impl Topology {
         let leaf = NatsProcess::start_leaf(dir, name, &self.hub_leaf_url, None).await?;
         wait_jetstream(&leaf.client_url, "hub", Duration::from_secs(30)).await?;
         Ok(leaf)
+    }
+
+    /// The group directory on this topology's Redis, as the group service would use it.
+    pub fn groups(&self) -> anyhow::Result<petrel_gateway::groups::Directory> {
+        petrel_gateway::groups::Directory::new(self.redis.as_ref().map(|r| r.url.as_str()))
+    }
+
+    /// Adds (or removes) `user` to `group` and announces the change, as the
+    /// application's group service does.
+    pub async fn set_member(&self, group: &str, user: &str, member: bool) -> anyhow::Result<()> {
+        let g = petrel_core::GroupId::parse(group)?;
+        let u = petrel_core::UserId::parse(user)?;
+        let dir = self.groups()?;
+        if member {
+            dir.add(&g, &u).await?;
+        } else {
+            dir.remove(&g, &u).await?;
+        }
+        petrel_gateway::groups::announce(&self.hub_client, &g).await
     }
 
     /// Stops the hub (SIGTERM); its JetStream data stays on disk.
@@ -341,6 +366,9 @@ impl Topology {
         }
         if let Some(h) = self.hub {
             h.stop().await;
+        }
+        if let Some(r) = self.redis {
+            r.kill().await;
         }
         self.dir
     }

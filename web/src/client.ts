@@ -105,7 +105,10 @@ export interface PetrelMessage {
   seq: bigint;
   from: string;
   fromDevice: string;
+  /** Recipient user; empty for a group message. */
   to: string;
+  /** The group, for a group message (subject `msg.group.{group}`). */
+  group?: string;
   timeMs: number;
   clientMsgId: string;
   contentType: string;
@@ -302,6 +305,26 @@ export class PetrelClient extends EventTarget {
     content: string | Uint8Array,
     options: { clientMsgId?: string; contentType?: string } = {},
   ): Promise<SendResult> {
+    return this.sendTo({ case: "user", value: to }, content, options);
+  }
+
+  /**
+   * Sends to a group the user is a member of (the group service keeps membership);
+   * a non-member's send is rejected with `ERROR_CODE_FORBIDDEN`.
+   */
+  sendToGroup(
+    group: string,
+    content: string | Uint8Array,
+    options: { clientMsgId?: string; contentType?: string } = {},
+  ): Promise<SendResult> {
+    return this.sendTo({ case: "group", value: group }, content, options);
+  }
+
+  private sendTo(
+    to: { case: "user"; value: string } | { case: "group"; value: string },
+    content: string | Uint8Array,
+    options: { clientMsgId?: string; contentType?: string },
+  ): Promise<SendResult> {
     const clientMsgId = options.clientMsgId ?? randomId();
     const bytes = typeof content === "string" ? textEncoder.encode(content) : content;
     const frame = encodeFrame(
@@ -312,7 +335,7 @@ export class PetrelClient extends EventTarget {
             case: "send",
             value: create(SendSchema, {
               clientMsgId,
-              to: { case: "user", value: to },
+              to,
               content: bytes,
               contentType: options.contentType ?? (typeof content === "string" ? "text/plain" : ""),
             }),
@@ -690,6 +713,7 @@ export class PetrelClient extends EventTarget {
       from: m.from,
       fromDevice: m.fromDevice,
       to: m.to,
+      ...(m.group ? { group: m.group } : {}),
       timeMs: Number(m.timeMs),
       clientMsgId: m.clientMsgId,
       contentType: m.contentType,
