@@ -323,3 +323,40 @@ test("history: a new device scrolls back through what was sent before it existed
   await nate.context.close();
   await mona.context.close();
 });
+
+test("groups: a browser's group message reaches a browser member and a CLI member; a non-member is refused", async () => {
+  // Membership as the group service would write it, through the admin CLI.
+  await new Promise((resolve, reject) => {
+    const admin = spawn(petrelBin, ["admin", "group", "--dev", devDir, "add", "crew", "olga", "pete", "quinn"], { stdio: "ignore" });
+    admin.on("exit", (code) => (code === 0 ? resolve() : reject(new Error(`petrel admin exited ${code}`))));
+  });
+  const olga = await openUser("olga");
+  const pete = await openUser("pete", { noWebTransport: true, expect: "websocket" });
+  const rita = await openUser("rita");
+  let listening;
+  const isListening = new Promise((r) => (listening = r));
+  const quinn = cli(["--user", "quinn", "--transport", "quic", "listen", "--count", "1", "--timeout", "30"], {
+    onStderr: (err) => err.includes("listening as") && listening(),
+  });
+  await isListening;
+  const got = pete.page.evaluate(
+    () =>
+      new Promise((resolve, reject) => {
+        setTimeout(() => reject(new Error("no group message within 10 s")), 10_000);
+        window.petrel.client.addEventListener("message", (e) => {
+          if (e.detail.group) resolve({ group: e.detail.group, subject: e.detail.subject, text: e.detail.text, from: e.detail.from });
+        });
+      }),
+  );
+  const r = await olga.page.evaluate(() => window.petrel.client.sendToGroup("crew", "hello crew"));
+  assert.equal(r.status, "stored", `${r.status} ${r.reason} ${r.detail}`);
+  assert.equal(r.subject, "msg.group.crew");
+  assert.deepEqual(await got, { group: "crew", subject: "msg.group.crew", text: "hello crew", from: "olga" });
+  const line = JSON.parse((await quinn.done)[0]);
+  assert.equal(line.subject, "msg.group.crew");
+  assert.equal(line.text, "hello crew");
+  const refused = await rita.page.evaluate(() => window.petrel.client.sendToGroup("crew", "let me in"));
+  assert.equal(refused.status, "rejected");
+  assert.equal(refused.reason, "FORBIDDEN");
+  for (const u of [olga, pete, rita]) await u.context.close();
+});
