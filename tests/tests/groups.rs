@@ -118,3 +118,47 @@ async fn a_group_across_two_edges_members_only_and_live_membership() -> anyhow::
     topo.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_resumes_a_group_from_its_cursor() -> anyhow::Result<()> {
+    let topo = Topology::start(2).await?;
+    for u in ["alice", "bob"] {
+        topo.set_member("team", u, true).await?;
+    }
+    let alice = topo.connect(0, Quic, "alice", "phone").await?;
+    let mut bob = topo.connect(1, Quic, "bob", "phone").await?;
+    for id in ["a", "b"] {
+        alice.send_group("team", id, id).await?;
+    }
+    let seen = expect_group_messages(&mut bob, &["a", "b"]).await?;
+    bob.close().await;
+    for id in ["c", "d", "e"] {
+        alice.send_group("team", id, id).await?;
+    }
+    // Back with the cursor: exactly what was missed, in order, then live.
+    let opts = petrel_client::ConnectOptions {
+        cursors: vec![(TEAM.to_string(), seen[1])],
+        ..petrel_client::ConnectOptions::new(topo.endpoint(1, Quic), topo.token("bob"), "phone")
+    };
+    let mut bob = Client::connect(opts).await?;
+    expect_group_messages(&mut bob, &["c", "d", "e"]).await?;
+    alice.send_group("team", "f", "f").await?;
+    expect_group_messages(&mut bob, &["f"]).await?;
+    // A cursor on a group bob is not in is dropped, not resumed.
+    let opts = petrel_client::ConnectOptions {
+        cursors: vec![("msg.group.other".to_string(), 0)],
+        ..petrel_client::ConnectOptions::new(topo.endpoint(1, Quic), topo.token("bob"), "tablet")
+    };
+    let tablet = Client::connect(opts).await?;
+    anyhow::ensure!(
+        tablet
+            .welcome()
+            .cursors
+            .iter()
+            .all(|(s, _)| s != "msg.group.other"),
+        "{:?}",
+        tablet.welcome().cursors
+    );
+    topo.stop().await;
+    Ok(())
+}
