@@ -479,26 +479,13 @@ impl Hub {
         msg_id: &str,
         since_ms: u64,
     ) -> Result<Option<Seq>, String> {
-        use jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+        use jetstream::consumer::DeliverPolicy;
         let start_time =
             time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(since_ms) * 1_000_000)
                 .map_err(|e| e.to_string())?;
-        let stream = self
-            .js
-            .get_stream_no_info(MESSAGE_STREAM)
-            .await
-            .map_err(|e| format!("stream {MESSAGE_STREAM}: {e}"))?;
-        let consumer = stream
-            .create_consumer(pull::Config {
-                filter_subject: subject.to_string(),
-                deliver_policy: DeliverPolicy::ByStartTime { start_time },
-                ack_policy: AckPolicy::None,
-                inactive_threshold: Duration::from_secs(30),
-                memory_storage: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("creating a consumer on {subject}: {e}"))?;
+        let (stream, consumer) = self
+            .read_consumer(subject, DeliverPolicy::ByStartTime { start_time })
+            .await?;
         let name = consumer.cached_info().name.clone();
         let mut pending = consumer.cached_info().num_pending as usize;
         let result = async {
@@ -566,31 +553,53 @@ impl Hub {
         }
     }
 
-    async fn fetch_from_hub(
+    /// A short-lived pull consumer reading `subject` of the message stream from
+    /// `start` (no acks, in memory, gone after 30 s idle); callers delete it when done.
+    async fn read_consumer(
         &self,
         subject: &str,
-        after: Seq,
-        limit: usize,
-    ) -> Result<(Vec<Delivery>, bool), String> {
-        use jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+        start: jetstream::consumer::DeliverPolicy,
+    ) -> Result<
+        (
+            jetstream::stream::Stream<()>,
+            jetstream::consumer::PullConsumer,
+        ),
+        String,
+    > {
         let stream = self
             .js
             .get_stream_no_info(MESSAGE_STREAM)
             .await
             .map_err(|e| format!("stream {MESSAGE_STREAM}: {e}"))?;
         let consumer = stream
-            .create_consumer(pull::Config {
+            .create_consumer(jetstream::consumer::pull::Config {
                 filter_subject: subject.to_string(),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: after.0 + 1,
-                },
-                ack_policy: AckPolicy::None,
+                deliver_policy: start,
+                ack_policy: jetstream::consumer::AckPolicy::None,
                 inactive_threshold: Duration::from_secs(30),
                 memory_storage: true,
                 ..Default::default()
             })
             .await
             .map_err(|e| format!("creating a consumer on {subject}: {e}"))?;
+        Ok((stream, consumer))
+    }
+
+    async fn fetch_from_hub(
+        &self,
+        subject: &str,
+        after: Seq,
+        limit: usize,
+    ) -> Result<(Vec<Delivery>, bool), String> {
+        use jetstream::consumer::DeliverPolicy;
+        let (stream, consumer) = self
+            .read_consumer(
+                subject,
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: after.0 + 1,
+                },
+            )
+            .await?;
         let name = consumer.cached_info().name.clone();
         let pending = consumer.cached_info().num_pending as usize;
         let result = async {

@@ -123,14 +123,7 @@ impl NatsProcess {
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true);
-        #[cfg(target_os = "linux")]
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd);
         let mut child = cmd.spawn().with_context(|| {
             format!(
                 "starting {} (install it with scripts/bootstrap.sh, or set NATS_SERVER_BIN)",
@@ -225,6 +218,18 @@ impl NatsProcess {
     /// Kills the server with SIGKILL and waits for it.
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;
+    }
+}
+
+/// Makes a child we spawn die with us, even on `kill -9` (Linux `PR_SET_PDEATHSIG`).
+pub fn die_with_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
     }
 }
 

@@ -38,14 +38,7 @@ impl RedisProcess {
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true);
-        #[cfg(target_os = "linux")]
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        crate::nats_process::die_with_parent(&mut cmd);
         let mut child = cmd
             .spawn()
             .context("starting redis-server (install it with scripts/bootstrap.sh)")?;

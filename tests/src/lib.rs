@@ -499,13 +499,7 @@ impl GatewayProcess {
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        petrel_gateway::nats_process::die_with_parent(&mut cmd);
         let mut child = cmd.spawn()?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
