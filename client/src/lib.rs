@@ -107,6 +107,9 @@ pub struct Message {
     pub to: String,
     /// The group, for a group message (subject `msg.group.{group}`).
     pub group: Option<String>,
+    /// A system notification (subject `notif.{category}.{user}`; `from` is the
+    /// category).
+    pub notification: Option<Box<Notification>>,
     /// Sender's device.
     pub from_device: String,
     /// Time accepted at the sender's gateway (ms since epoch).
@@ -117,6 +120,27 @@ pub struct Message {
     pub content: Bytes,
     /// Media type.
     pub content_type: String,
+}
+
+/// A system notification from a business service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    /// The service's id for it.
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// Body.
+    pub body: String,
+    /// What tapping it does (e.g. a deep link).
+    pub action: String,
+    /// Priority name: `PRIORITY_NORMAL`, `PRIORITY_LOW` or `PRIORITY_HIGH`.
+    pub priority: String,
+    /// Badge count (0 = leave as is).
+    pub badge: u32,
+    /// Extra key/value pairs, sorted by key.
+    pub data: Vec<(String, String)>,
+    /// Creation time at the service (ms since epoch).
+    pub time_ms: u64,
 }
 
 /// The answer to a send.
@@ -661,6 +685,22 @@ fn to_message(m: pb::Message) -> Message {
         from: m.from,
         to: m.to,
         group: (!m.group.is_empty()).then_some(m.group),
+        notification: m.notification.map(|n| {
+            let mut data: Vec<(String, String)> = n.data.into_iter().collect();
+            data.sort();
+            Box::new(Notification {
+                priority: pb::notification::Priority::try_from(n.priority)
+                    .map(|p| p.as_str_name().to_string())
+                    .unwrap_or_else(|_| format!("PRIORITY_{}", n.priority)),
+                id: n.id,
+                title: n.title,
+                body: n.body,
+                action: n.action,
+                badge: n.badge,
+                data,
+                time_ms: n.time_ms,
+            })
+        }),
         from_device: m.from_device,
         time_ms: m.time_ms,
         client_msg_id: m.client_msg_id,

@@ -333,7 +333,10 @@ impl Session {
                     // (`set_groups`), which drops those of other groups.
                     let own = subject::private_inbox(&identity.user);
                     for (subject, seq) in cursors {
-                        if subject == own || subject::group_of(&subject).is_some() {
+                        if subject == own
+                            || subject::group_of(&subject).is_some()
+                            || subject::is_notification_of(&subject, &identity.user)
+                        {
                             self.cursors.insert(subject, seq);
                         }
                     }
@@ -509,6 +512,7 @@ impl Session {
             content_type: send.content_type,
             time_ms: now.unix_ms,
             gateway_id: self.cfg.gateway_id.clone(),
+            notification: None,
         }
         .encode();
         let req = self.next_req;
@@ -590,6 +594,7 @@ impl Session {
     /// Whether `subject` is one `user` may read: its inbox or a group it is in.
     fn owns(&self, user: &UserId, subject: &str) -> bool {
         subject == subject::private_inbox(user)
+            || subject::is_notification_of(subject, user)
             || subject::group_of(subject).is_some_and(|g| self.groups.contains(&g))
     }
 

@@ -52,6 +52,22 @@ pub fn group_msg_id(sender: &UserId, id: &ClientMsgId) -> String {
     format!("gm:{sender}:{id}")
 }
 
+/// The live subjects of all of a user's notifications (any category).
+pub fn live_notifications(user: &UserId) -> String {
+    format!("{LIVE_PREFIX}notif.*.{user}")
+}
+
+/// Whether `subject` is one of `user`'s notification subjects
+/// (`notif.{category}.{user}` with a known category).
+pub fn is_notification_of(subject: &str, user: &UserId) -> bool {
+    subject
+        .strip_prefix("notif.")
+        .and_then(|r| r.split_once('.'))
+        .is_some_and(|(c, u)| {
+            u == user.as_str() && crate::wire::NOTIFICATION_CATEGORIES.contains(&c)
+        })
+}
+
 /// Strips the live prefix: `live.msg.private.bob` → `msg.private.bob`.
 pub fn stored_subject(live: &str) -> Option<&str> {
     live.strip_prefix(LIVE_PREFIX)
@@ -92,5 +108,9 @@ mod tests {
         assert_eq!(group_of("msg.group.team-1"), Some(g));
         assert_eq!(group_of("msg.group.a.b"), None, "validated");
         assert_eq!(group_of("msg.private.bob"), None);
+        assert_eq!(live_notifications(&bob), "live.notif.*.bob");
+        assert!(is_notification_of("notif.friend.bob", &bob));
+        assert!(!is_notification_of("notif.friend.bobby", &bob));
+        assert!(!is_notification_of("notif.other.bob", &bob));
     }
 }

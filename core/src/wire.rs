@@ -379,6 +379,91 @@ pub struct StoredMessage {
     pub time_ms: u64,
     /// Gateway that accepted it.
     pub gateway_id: String,
+    /// Set for a system notification (then `from` is the category, `content` empty).
+    pub notification: Option<Notification>,
+}
+
+/// A system notification published by a business service (see docs/notifications.md).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Notification {
+    /// The service's id (its `Nats-Msg-Id`).
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// Body.
+    pub body: String,
+    /// What tapping it does (e.g. a deep link).
+    pub action: String,
+    /// `petrel.v1.Notification.Priority` value (0 normal, 1 low, 2 high).
+    pub priority: i32,
+    /// Badge count (0 = leave as is).
+    pub badge: u32,
+    /// Extra key/value pairs, sorted by key.
+    pub data: Vec<(String, String)>,
+    /// Creation time at the service (ms since epoch).
+    pub time_ms: u64,
+}
+
+impl Notification {
+    fn from_pb(n: pb::Notification) -> Self {
+        let mut data: Vec<(String, String)> = n.data.into_iter().collect();
+        data.sort();
+        Self {
+            id: n.id,
+            title: n.title,
+            body: n.body,
+            action: n.action,
+            priority: n.priority,
+            badge: n.badge,
+            data,
+            time_ms: n.time_ms,
+        }
+    }
+
+    fn to_pb(&self) -> pb::Notification {
+        pb::Notification {
+            id: self.id.clone(),
+            title: self.title.clone(),
+            body: self.body.clone(),
+            action: self.action.clone(),
+            priority: self.priority,
+            badge: self.badge,
+            data: self.data.iter().cloned().collect(),
+            time_ms: self.time_ms,
+        }
+    }
+
+    /// Protobuf encoding, as business services publish it.
+    pub fn encode(&self) -> Bytes {
+        self.to_pb().encode_to_vec().into()
+    }
+}
+
+/// Categories of system notifications (`notif.{category}.{user}`).
+pub const NOTIFICATION_CATEGORIES: [&str; 4] = ["friend", "group", "user", "system"];
+
+/// Decodes a stored payload by the kind of its subject: a notification on
+/// `notif.{category}.{user}`, a message otherwise.
+pub fn decode_stored(subject: &str, bytes: Bytes) -> Result<StoredMessage, PayloadError> {
+    let Some(rest) = subject.strip_prefix("notif.") else {
+        return StoredMessage::decode(bytes);
+    };
+    let (category, user) = rest
+        .split_once('.')
+        .ok_or_else(|| PayloadError::Decode(format!("subject {subject:?}")))?;
+    let n = pb::Notification::decode(bytes).map_err(|e| PayloadError::Decode(e.to_string()))?;
+    let n = Notification::from_pb(n);
+    Ok(StoredMessage {
+        from: UserId::parse(category)?,
+        to: Recipient::User(UserId::parse(user)?),
+        from_device: String::new(),
+        client_msg_id: n.id.clone(),
+        content: Bytes::new(),
+        content_type: String::new(),
+        time_ms: n.time_ms,
+        gateway_id: String::new(),
+        notification: Some(n),
+    })
 }
 
 /// Why a stored payload could not be read.
@@ -430,6 +515,7 @@ impl StoredMessage {
             content_type: m.content_type,
             time_ms: m.time_ms,
             gateway_id: m.gateway_id,
+            notification: None,
         })
     }
 }
@@ -468,6 +554,7 @@ fn to_pb_message(d: &Delivery) -> pb::Message {
         content_type: d.message.content_type.clone(),
         from_device: d.message.from_device.clone(),
         prev_seq: d.prev_seq.0,
+        notification: d.message.notification.as_ref().map(Notification::to_pb),
     }
 }
 
@@ -549,6 +636,7 @@ mod tests {
                 content_type: "text/plain".into(),
                 time_ms: 1,
                 gateway_id: "edge".into(),
+                notification: None,
             },
         };
         let stored = StoredMessage::decode(d.message.encode()).unwrap();
@@ -562,5 +650,38 @@ mod tests {
         assert_eq!(del.messages[0].seq, 7);
         assert_eq!(del.messages[0].prev_seq, 3);
         assert_eq!(del.messages[0].from, "alice");
+    }
+
+    #[test]
+    fn notifications_decode_by_subject_and_reach_the_wire() {
+        let n = Notification {
+            id: "n1".into(),
+            title: "Friend request".into(),
+            body: "carol wants to be friends".into(),
+            action: "app://friends".into(),
+            priority: 2,
+            badge: 3,
+            data: vec![("from".into(), "carol".into())],
+            time_ms: 7,
+        };
+        let m = decode_stored("notif.friend.bob", n.encode()).unwrap();
+        assert_eq!(m.from.as_str(), "friend");
+        assert_eq!(m.to, Recipient::User(UserId::parse("bob").unwrap()));
+        assert_eq!(m.notification.as_ref(), Some(&n));
+        assert!(
+            decode_stored("notif.friend.a.b", n.encode()).is_err(),
+            "bad user id"
+        );
+        let d = Delivery {
+            subject: "notif.friend.bob".into(),
+            seq: Seq(4),
+            prev_seq: Seq(0),
+            message: m,
+        };
+        let pbm = to_pb_message(&d);
+        assert_eq!(
+            pbm.notification.map(|x| x.title),
+            Some("Friend request".into())
+        );
     }
 }

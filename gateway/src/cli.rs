@@ -100,6 +100,52 @@ pub enum AdminCommand {
         #[command(subcommand)]
         action: GroupAction,
     },
+    /// Publish a system notification to a user, as a business service does (stream
+    /// SYSTEM_NOTIFICATIONS, subject notif.{category}.{user}); prints where it was
+    /// stored. See docs/notifications.md.
+    Notify {
+        /// A `petrel dev` directory to take the NATS URL from.
+        #[arg(long = "dev", value_name = "DIR", default_value = ".petrel/dev")]
+        dev: PathBuf,
+        /// NATS URL instead of the dev one.
+        #[arg(long)]
+        nats: Option<String>,
+        /// Recipient user id.
+        #[arg(long)]
+        user: String,
+        /// Category.
+        #[arg(long, value_parser = petrel_core::wire::NOTIFICATION_CATEGORIES)]
+        category: String,
+        /// Title.
+        #[arg(long)]
+        title: String,
+        /// Body.
+        #[arg(long, default_value = "")]
+        body: String,
+        /// What tapping it does (e.g. a deep link).
+        #[arg(long, default_value = "")]
+        action: String,
+        /// Priority.
+        #[arg(long, value_enum, default_value = "normal")]
+        priority: Priority,
+        /// Badge count (0 = leave as is).
+        #[arg(long, default_value_t = 0)]
+        badge: u32,
+        /// Id (dedup key: publishing the same id again stores it once). Random by default.
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+/// Notification priorities for `petrel admin notify`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Priority {
+    /// Default.
+    Normal,
+    /// May be batched or shown quietly.
+    Low,
+    /// Should interrupt.
+    High,
 }
 
 /// `petrel admin group` actions.
@@ -246,6 +292,65 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     action,
                 },
         } => admin_group(&dev, redis, nats, action).await,
+        Command::Admin {
+            what:
+                AdminCommand::Notify {
+                    dev,
+                    nats,
+                    user,
+                    category,
+                    title,
+                    body,
+                    action,
+                    priority,
+                    badge,
+                    id,
+                },
+        } => {
+            let user = petrel_core::UserId::parse(user.as_str())
+                .map_err(|e| anyhow::anyhow!("user {user:?}: {e}"))?;
+            let id = id.unwrap_or_else(random_id);
+            petrel_core::ClientMsgId::parse(id.as_str())
+                .map_err(|e| anyhow::anyhow!("id {id:?}: {e}"))?;
+            let nats_url = match nats {
+                Some(n) => n,
+                None => dev::Endpoints::read(&dev)?.nats_hub,
+            };
+            let client = async_nats::ConnectOptions::new()
+                .connection_timeout(Duration::from_secs(5))
+                .connect(nats_url.as_str())
+                .await
+                .with_context(|| format!("connecting to {nats_url}"))?;
+            let n = petrel_core::wire::Notification {
+                id: id.clone(),
+                title,
+                body,
+                action,
+                priority: match priority {
+                    Priority::Normal => 0,
+                    Priority::Low => 1,
+                    Priority::High => 2,
+                },
+                badge,
+                data: Vec::new(),
+                time_ms: now_ms(),
+            };
+            let subject = format!("notif.{category}.{user}");
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+            let js = async_nats::jetstream::with_domain(client, "hub");
+            let ack = js
+                .publish_with_headers(subject.clone(), headers, n.encode())
+                .await
+                .context("publishing the notification")?
+                .await
+                .context("the hub did not store the notification")?;
+            println!(
+                "{}",
+                json!({"status": "stored", "subject": subject, "seq": ack.sequence, "id": id, "duplicate": ack.duplicate})
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -526,6 +631,11 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
                                 "subject": m.subject, "seq": m.seq, "prev_seq": m.prev_seq,
                                 "id": m.client_msg_id, "from_device": m.from_device, "time_ms": m.time_ms,
                                 "latency_ms": now_ms().saturating_sub(m.time_ms),
+                                "group": m.group,
+                                "notification": m.notification.as_ref().map(|n| json!({
+                                    "title": n.title, "body": n.body, "action": n.action,
+                                    "priority": n.priority, "badge": n.badge,
+                                })),
                             })
                         );
                         client.ack(&m.subject, m.seq).await?;

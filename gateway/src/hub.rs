@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use petrel_core::route::{Interest, Registry};
 use petrel_core::session::{PublishOutcome, PublishRequest};
-use petrel_core::wire::{Delivery, StoredMessage, encode_deliver};
+use petrel_core::wire::{Delivery, decode_stored, encode_deliver};
 use petrel_core::{ErrorCode, GroupId, Seq, UserId, subject};
 use petrel_storage::EdgeStore;
 use tokio::sync::{mpsc, watch};
@@ -108,11 +108,27 @@ pub enum LiveKey {
 }
 
 impl LiveKey {
-    fn live_subject(&self) -> String {
+    /// What to subscribe: a user's inbox and notifications, or a group's messages.
+    fn live_subjects(&self) -> Vec<String> {
         match self {
-            Self::User(u) => subject::live_private_inbox(u),
-            Self::Group(g) => subject::live_group_subject(g),
+            Self::User(u) => vec![
+                subject::live_private_inbox(u),
+                subject::live_notifications(u),
+            ],
+            Self::Group(g) => vec![subject::live_group_subject(g)],
         }
+    }
+}
+
+/// Stream holding system notifications.
+pub const NOTIFICATION_STREAM: &str = "SYSTEM_NOTIFICATIONS";
+
+/// The stream a stored subject lives in.
+fn stream_for(subject: &str) -> &'static str {
+    if subject.starts_with("notif.") {
+        NOTIFICATION_STREAM
+    } else {
+        MESSAGE_STREAM
     }
 }
 
@@ -182,7 +198,7 @@ pub fn parse_live(msg: &async_nats::Message) -> Result<Delivery, String> {
         return Err("no Nats-Sequence header".into());
     }
     let prev = num("Nats-Last-Sequence")?;
-    let message = StoredMessage::decode(msg.payload.clone()).map_err(|e| e.to_string())?;
+    let message = decode_stored(&stored_subject, msg.payload.clone()).map_err(|e| e.to_string())?;
     Ok(Delivery {
         subject: stored_subject,
         seq: Seq(seq),
@@ -441,7 +457,7 @@ impl Hub {
             if r.prev != prev {
                 break; // a hole in the cache: the hub fills it
             }
-            match StoredMessage::decode(r.payload) {
+            match decode_stored(subject, r.payload) {
                 Ok(message) => out.push(Delivery {
                     subject: subject.to_string(),
                     seq: Seq(r.seq),
@@ -541,11 +557,12 @@ impl Hub {
     /// The last sequence stored on `subject` (0: none).
     pub async fn last_seq(&self, subject: &str) -> Result<u64, String> {
         use jetstream::stream::DirectGetErrorKind;
+        let name = stream_for(subject);
         let stream = self
             .js
-            .get_stream_no_info(MESSAGE_STREAM)
+            .get_stream_no_info(name)
             .await
-            .map_err(|e| format!("stream {MESSAGE_STREAM}: {e}"))?;
+            .map_err(|e| format!("stream {name}: {e}"))?;
         match stream.direct_get_last_for_subject(subject).await {
             Ok(m) => Ok(m.sequence),
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(0),
@@ -566,11 +583,12 @@ impl Hub {
         ),
         String,
     > {
+        let name = stream_for(subject);
         let stream = self
             .js
-            .get_stream_no_info(MESSAGE_STREAM)
+            .get_stream_no_info(name)
             .await
-            .map_err(|e| format!("stream {MESSAGE_STREAM}: {e}"))?;
+            .map_err(|e| format!("stream {name}: {e}"))?;
         let consumer = stream
             .create_consumer(jetstream::consumer::pull::Config {
                 filter_subject: subject.to_string(),
@@ -633,7 +651,7 @@ impl Hub {
                 let info = msg.info().map_err(|e| format!("message info: {e}"))?;
                 let seq = Seq(info.stream_sequence);
                 more = info.pending > 0;
-                match StoredMessage::decode(msg.payload.clone()) {
+                match decode_stored(subject, msg.payload.clone()) {
                     Ok(message) => out.push(Delivery {
                         subject: subject.to_string(),
                         seq,
@@ -716,15 +734,18 @@ impl Hub {
     }
 
     async fn forward(self: Arc<Self>, key: LiveKey, ready: watch::Sender<bool>) {
-        let live = key.live_subject();
-        let mut sub = match self.client.subscribe(live.clone()).await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(%key, error = %e, "cannot subscribe to live messages");
-                let _ = ready.send(true);
-                return;
+        let mut subs = Vec::new();
+        for live in key.live_subjects() {
+            match self.client.subscribe(live).await {
+                Ok(s) => subs.push(s),
+                Err(e) => {
+                    warn!(%key, error = %e, "cannot subscribe to live messages");
+                    let _ = ready.send(true);
+                    return;
+                }
             }
-        };
+        }
+        let mut sub = futures::stream::select_all(subs);
         // Barrier: a JetStream API round trip through the leaf. The leaf forwards our
         // SUB (as leaf interest) before the request on the same link, so when the
         // answer is back the hub knows this edge wants `live`.

@@ -486,7 +486,7 @@ fn help_explains_every_command() {
 }
 
 #[test]
-fn admin_group_membership_and_a_group_send_from_the_cli() {
+fn admin_groups_and_notifications_from_the_cli() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("dev");
     let _dev = start_dev(&dir);
@@ -535,6 +535,42 @@ fn admin_group_membership_and_a_group_send_from_the_cli() {
         (m["text"].as_str(), m["subject"].as_str()),
         (Some("hello crew"), Some("msg.group.crew"))
     );
+    // A notification from the admin CLI reaches a listener of that user.
+    let listener = start_listener(&dir, "ann", "tablet", "quic", 1);
+    let out = Command::new(PETREL)
+        .args(["admin", "notify", "--dev"])
+        .arg(&dir)
+        .args([
+            "--user",
+            "ann",
+            "--category",
+            "system",
+            "--title",
+            "Welcome",
+            "--body",
+            "hi",
+            "--priority",
+            "high",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json_lines(&out.stdout)[0]["subject"], "notif.system.ann");
+    let got = listener.wait_with_output().unwrap();
+    let m = &json_lines(&got.stdout)[0];
+    assert_eq!(m["notification"]["title"], "Welcome");
+    assert_eq!(m["notification"]["priority"], "PRIORITY_HIGH");
+    let bad = Command::new(PETREL)
+        .args(["admin", "notify", "--dev"])
+        .arg(&dir)
+        .args(["--user", "ann", "--category", "spam", "--title", "x"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success(), "an unknown category is refused");
     let refused = petrel_client(&dir, &["--user", "cid", "send", "--group", "crew", "hi"]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stdout).contains("FORBIDDEN"));

@@ -109,6 +109,17 @@ export interface PetrelMessage {
   to: string;
   /** The group, for a group message (subject `msg.group.{group}`). */
   group?: string;
+  /** A system notification (subject `notif.{category}.{user}`; `from` is the category). */
+  notification?: {
+    id: string;
+    title: string;
+    body: string;
+    action: string;
+    priority: "normal" | "low" | "high";
+    badge: number;
+    data: Record<string, string>;
+    timeMs: number;
+  };
   timeMs: number;
   clientMsgId: string;
   contentType: string;
@@ -714,6 +725,20 @@ export class PetrelClient extends EventTarget {
       fromDevice: m.fromDevice,
       to: m.to,
       ...(m.group ? { group: m.group } : {}),
+      ...(m.notification
+        ? {
+            notification: {
+              id: m.notification.id,
+              title: m.notification.title,
+              body: m.notification.body,
+              action: m.notification.action,
+              priority: (["normal", "low", "high"] as const)[m.notification.priority] ?? "normal",
+              badge: m.notification.badge,
+              data: { ...m.notification.data },
+              timeMs: Number(m.notification.timeMs),
+            },
+          }
+        : {}),
       timeMs: Number(m.timeMs),
       clientMsgId: m.clientMsgId,
       contentType: m.contentType,

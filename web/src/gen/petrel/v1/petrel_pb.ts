@@ -18,7 +18,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file petrel/v1/petrel.proto.
  */
 export const file_petrel_v1_petrel: GenFile = /*@__PURE__*/
-  fileDesc("ChZwZXRyZWwvdjEvcGV0cmVsLnByb3RvEglwZXRyZWwudjEiugEKC0NsaWVudEZyYW1lEiEKBWhlbGxvGAEgASgLMhAucGV0cmVsLnYxLkhlbGxvSAASHwoEc2VuZBgCIAEoCzIPLnBldHJlbC52MS5TZW5kSAASHQoDYWNrGAMgASgLMg4ucGV0cmVsLnYxLkFja0gAEh8KBHBpbmcYBCABKAsyDy5wZXRyZWwudjEuUGluZ0gAEh8KBHN5bmMYBSABKAsyDy5wZXRyZWwudjEuU3luY0gAQgYKBGtpbmQibwoEU3luYxISCgpyZXF1ZXN0X2lkGAEgASgEEg8KB3N1YmplY3QYAiABKAkSFAoMbmV3ZXN0X2ZpcnN0GAMgASgIEg4KBmJlZm9yZRgEIAEoBBINCgVhZnRlchgFIAEoBBINCgVsaW1pdBgGIAEoDSKZAQoJU3luY0JhdGNoEhIKCnJlcXVlc3RfaWQYASABKAQSDwoHc3ViamVjdBgCIAEoCRIkCghtZXNzYWdlcxgDIAMoCzISLnBldHJlbC52MS5NZXNzYWdlEgwKBG1vcmUYBCABKAgSIwoFZXJyb3IYBSABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg4KBmRldGFpbBgGIAEoCSJkCgVIZWxsbxINCgV0b2tlbhgBIAEoCRIOCgZkZXZpY2UYAiABKAkSIgoHY3Vyc29ycxgDIAMoCzIRLnBldHJlbC52MS5DdXJzb3ISGAoQcHJvdG9jb2xfdmVyc2lvbhgEIAEoDSImCgZDdXJzb3ISDwoHc3ViamVjdBgBIAEoCRILCgNzZXEYAiABKAQiawoEU2VuZBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEg4KBHVzZXIYAiABKAlIABIPCgVncm91cBgDIAEoCUgAEg8KB2NvbnRlbnQYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJQgQKAnRvIikKA0FjaxIiCgdjdXJzb3JzGAEgAygLMhEucGV0cmVsLnYxLkN1cnNvciIVCgRQaW5nEg0KBW5vbmNlGAEgASgEIoECCgtTZXJ2ZXJGcmFtZRIlCgd3ZWxjb21lGAEgASgLMhIucGV0cmVsLnYxLldlbGNvbWVIABIsCgtzZW5kX3Jlc3VsdBgCIAEoCzIVLnBldHJlbC52MS5TZW5kUmVzdWx0SAASJQoHZGVsaXZlchgDIAEoCzISLnBldHJlbC52MS5EZWxpdmVySAASHwoEcG9uZxgEIAEoCzIPLnBldHJlbC52MS5Qb25nSAASIQoFZXJyb3IYBSABKAsyEC5wZXRyZWwudjEuRXJyb3JIABIqCgpzeW5jX2JhdGNoGAkgASgLMhQucGV0cmVsLnYxLlN5bmNCYXRjaEgAQgYKBGtpbmQipwEKB1dlbGNvbWUSDAoEdXNlchgBIAEoCRIOCgZkZXZpY2UYAiABKAkSFQoNY29ubmVjdGlvbl9pZBgDIAEoCRIXCg9tYXhfZnJhbWVfYnl0ZXMYBCABKA0SFgoOc2VydmVyX3RpbWVfbXMYBSABKAQSEgoKZ2F0ZXdheV9pZBgGIAEoCRIiCgdjdXJzb3JzGAcgAygLMhEucGV0cmVsLnYxLkN1cnNvciKlAgoKU2VuZFJlc3VsdBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEiwKBnN0YXR1cxgCIAEoDjIcLnBldHJlbC52MS5TZW5kUmVzdWx0LlN0YXR1cxIPCgdzdWJqZWN0GAMgASgJEgsKA3NlcRgEIAEoBBIOCgZtc2dfaWQYBSABKAkSJAoGcmVhc29uGAYgASgOMhQucGV0cmVsLnYxLkVycm9yQ29kZRIOCgZkZXRhaWwYByABKAkSEQoJZHVwbGljYXRlGAggASgIIlsKBlN0YXR1cxIWChJTVEFUVVNfVU5TUEVDSUZJRUQQABIRCg1TVEFUVVNfU1RPUkVEEAESEQoNU1RBVFVTX1FVRVVFRBACEhMKD1NUQVRVU19SRUpFQ1RFRBADIi8KB0RlbGl2ZXISJAoIbWVzc2FnZXMYASADKAsyEi5wZXRyZWwudjEuTWVzc2FnZSLGAQoHTWVzc2FnZRIPCgdzdWJqZWN0GAEgASgJEgsKA3NlcRgCIAEoBBIMCgRmcm9tGAMgASgJEgoKAnRvGAQgASgJEg8KB3RpbWVfbXMYBSABKAQSFQoNY2xpZW50X21zZ19pZBgGIAEoCRIPCgdjb250ZW50GAcgASgMEhQKDGNvbnRlbnRfdHlwZRgIIAEoCRITCgtmcm9tX2RldmljZRgJIAEoCRIQCghwcmV2X3NlcRgKIAEoBBINCgVncm91cBgLIAEoCSItCgRQb25nEg0KBW5vbmNlGAEgASgEEhYKDnNlcnZlcl90aW1lX21zGAIgASgEIksKBUVycm9yEiIKBGNvZGUYASABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg8KB21lc3NhZ2UYAiABKAkSDQoFZmF0YWwYAyABKAgisAEKDVN0b3JlZE1lc3NhZ2USDAoEZnJvbRgBIAEoCRIKCgJ0bxgCIAEoCRIVCg1jbGllbnRfbXNnX2lkGAMgASgJEg8KB2NvbnRlbnQYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJEg8KB3RpbWVfbXMYBiABKAQSEwoLZnJvbV9kZXZpY2UYByABKAkSEgoKZ2F0ZXdheV9pZBgIIAEoCRINCgVncm91cBgJIAEoCSrYAwoJRXJyb3JDb2RlEhoKFkVSUk9SX0NPREVfVU5TUEVDSUZJRUQQABIYChRFUlJPUl9DT0RFX0JBRF9GUkFNRRABEh4KGkVSUk9SX0NPREVfRlJBTUVfVE9PX0xBUkdFEAISHAoYRVJST1JfQ09ERV9VTktOT1dOX0ZSQU1FEAMSFwoTRVJST1JfQ09ERV9QUk9UT0NPTBAEEh4KGkVSUk9SX0NPREVfVU5BVVRIRU5USUNBVEVEEAUSHAoYRVJST1JfQ09ERV9UT0tFTl9FWFBJUkVEEAYSGQoVRVJST1JfQ09ERV9JTlZBTElEX0lEEAcSIAocRVJST1JfQ09ERV9IQU5EU0hBS0VfVElNRU9VVBAIEh4KGkVSUk9SX0NPREVfSU5WQUxJRF9NRVNTQUdFEAkSGgoWRVJST1JfQ09ERV9VTkFWQUlMQUJMRRAKEhwKGEVSUk9SX0NPREVfU0xPV19DT05TVU1FUhALEhkKFUVSUk9SX0NPREVfR09JTkdfQVdBWRAMEhsKF0VSUk9SX0NPREVfUkFURV9MSU1JVEVEEA0SFwoTRVJST1JfQ09ERV9JTlRFUk5BTBAOEhgKFEVSUk9SX0NPREVfRk9SQklEREVOEA9iBnByb3RvMw");
+  fileDesc("ChZwZXRyZWwvdjEvcGV0cmVsLnByb3RvEglwZXRyZWwudjEiugEKC0NsaWVudEZyYW1lEiEKBWhlbGxvGAEgASgLMhAucGV0cmVsLnYxLkhlbGxvSAASHwoEc2VuZBgCIAEoCzIPLnBldHJlbC52MS5TZW5kSAASHQoDYWNrGAMgASgLMg4ucGV0cmVsLnYxLkFja0gAEh8KBHBpbmcYBCABKAsyDy5wZXRyZWwudjEuUGluZ0gAEh8KBHN5bmMYBSABKAsyDy5wZXRyZWwudjEuU3luY0gAQgYKBGtpbmQibwoEU3luYxISCgpyZXF1ZXN0X2lkGAEgASgEEg8KB3N1YmplY3QYAiABKAkSFAoMbmV3ZXN0X2ZpcnN0GAMgASgIEg4KBmJlZm9yZRgEIAEoBBINCgVhZnRlchgFIAEoBBINCgVsaW1pdBgGIAEoDSKZAQoJU3luY0JhdGNoEhIKCnJlcXVlc3RfaWQYASABKAQSDwoHc3ViamVjdBgCIAEoCRIkCghtZXNzYWdlcxgDIAMoCzISLnBldHJlbC52MS5NZXNzYWdlEgwKBG1vcmUYBCABKAgSIwoFZXJyb3IYBSABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg4KBmRldGFpbBgGIAEoCSJkCgVIZWxsbxINCgV0b2tlbhgBIAEoCRIOCgZkZXZpY2UYAiABKAkSIgoHY3Vyc29ycxgDIAMoCzIRLnBldHJlbC52MS5DdXJzb3ISGAoQcHJvdG9jb2xfdmVyc2lvbhgEIAEoDSImCgZDdXJzb3ISDwoHc3ViamVjdBgBIAEoCRILCgNzZXEYAiABKAQiawoEU2VuZBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEg4KBHVzZXIYAiABKAlIABIPCgVncm91cBgDIAEoCUgAEg8KB2NvbnRlbnQYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJQgQKAnRvIikKA0FjaxIiCgdjdXJzb3JzGAEgAygLMhEucGV0cmVsLnYxLkN1cnNvciIVCgRQaW5nEg0KBW5vbmNlGAEgASgEIoECCgtTZXJ2ZXJGcmFtZRIlCgd3ZWxjb21lGAEgASgLMhIucGV0cmVsLnYxLldlbGNvbWVIABIsCgtzZW5kX3Jlc3VsdBgCIAEoCzIVLnBldHJlbC52MS5TZW5kUmVzdWx0SAASJQoHZGVsaXZlchgDIAEoCzISLnBldHJlbC52MS5EZWxpdmVySAASHwoEcG9uZxgEIAEoCzIPLnBldHJlbC52MS5Qb25nSAASIQoFZXJyb3IYBSABKAsyEC5wZXRyZWwudjEuRXJyb3JIABIqCgpzeW5jX2JhdGNoGAkgASgLMhQucGV0cmVsLnYxLlN5bmNCYXRjaEgAQgYKBGtpbmQipwEKB1dlbGNvbWUSDAoEdXNlchgBIAEoCRIOCgZkZXZpY2UYAiABKAkSFQoNY29ubmVjdGlvbl9pZBgDIAEoCRIXCg9tYXhfZnJhbWVfYnl0ZXMYBCABKA0SFgoOc2VydmVyX3RpbWVfbXMYBSABKAQSEgoKZ2F0ZXdheV9pZBgGIAEoCRIiCgdjdXJzb3JzGAcgAygLMhEucGV0cmVsLnYxLkN1cnNvciKlAgoKU2VuZFJlc3VsdBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEiwKBnN0YXR1cxgCIAEoDjIcLnBldHJlbC52MS5TZW5kUmVzdWx0LlN0YXR1cxIPCgdzdWJqZWN0GAMgASgJEgsKA3NlcRgEIAEoBBIOCgZtc2dfaWQYBSABKAkSJAoGcmVhc29uGAYgASgOMhQucGV0cmVsLnYxLkVycm9yQ29kZRIOCgZkZXRhaWwYByABKAkSEQoJZHVwbGljYXRlGAggASgIIlsKBlN0YXR1cxIWChJTVEFUVVNfVU5TUEVDSUZJRUQQABIRCg1TVEFUVVNfU1RPUkVEEAESEQoNU1RBVFVTX1FVRVVFRBACEhMKD1NUQVRVU19SRUpFQ1RFRBADIi8KB0RlbGl2ZXISJAoIbWVzc2FnZXMYASADKAsyEi5wZXRyZWwudjEuTWVzc2FnZSL1AQoHTWVzc2FnZRIPCgdzdWJqZWN0GAEgASgJEgsKA3NlcRgCIAEoBBIMCgRmcm9tGAMgASgJEgoKAnRvGAQgASgJEg8KB3RpbWVfbXMYBSABKAQSFQoNY2xpZW50X21zZ19pZBgGIAEoCRIPCgdjb250ZW50GAcgASgMEhQKDGNvbnRlbnRfdHlwZRgIIAEoCRITCgtmcm9tX2RldmljZRgJIAEoCRIQCghwcmV2X3NlcRgKIAEoBBINCgVncm91cBgLIAEoCRItCgxub3RpZmljYXRpb24YDCABKAsyFy5wZXRyZWwudjEuTm90aWZpY2F0aW9uIr8CCgxOb3RpZmljYXRpb24SCgoCaWQYASABKAkSDQoFdGl0bGUYAiABKAkSDAoEYm9keRgDIAEoCRIOCgZhY3Rpb24YBCABKAkSMgoIcHJpb3JpdHkYBSABKA4yIC5wZXRyZWwudjEuTm90aWZpY2F0aW9uLlByaW9yaXR5Eg0KBWJhZGdlGAYgASgNEi8KBGRhdGEYByADKAsyIS5wZXRyZWwudjEuTm90aWZpY2F0aW9uLkRhdGFFbnRyeRIPCgd0aW1lX21zGAggASgEGisKCURhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkQKCFByaW9yaXR5EhMKD1BSSU9SSVRZX05PUk1BTBAAEhAKDFBSSU9SSVRZX0xPVxABEhEKDVBSSU9SSVRZX0hJR0gQAiItCgRQb25nEg0KBW5vbmNlGAEgASgEEhYKDnNlcnZlcl90aW1lX21zGAIgASgEIksKBUVycm9yEiIKBGNvZGUYASABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg8KB21lc3NhZ2UYAiABKAkSDQoFZmF0YWwYAyABKAgisAEKDVN0b3JlZE1lc3NhZ2USDAoEZnJvbRgBIAEoCRIKCgJ0bxgCIAEoCRIVCg1jbGllbnRfbXNnX2lkGAMgASgJEg8KB2NvbnRlbnQYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJEg8KB3RpbWVfbXMYBiABKAQSEwoLZnJvbV9kZXZpY2UYByABKAkSEgoKZ2F0ZXdheV9pZBgIIAEoCRINCgVncm91cBgJIAEoCSrYAwoJRXJyb3JDb2RlEhoKFkVSUk9SX0NPREVfVU5TUEVDSUZJRUQQABIYChRFUlJPUl9DT0RFX0JBRF9GUkFNRRABEh4KGkVSUk9SX0NPREVfRlJBTUVfVE9PX0xBUkdFEAISHAoYRVJST1JfQ09ERV9VTktOT1dOX0ZSQU1FEAMSFwoTRVJST1JfQ09ERV9QUk9UT0NPTBAEEh4KGkVSUk9SX0NPREVfVU5BVVRIRU5USUNBVEVEEAUSHAoYRVJST1JfQ09ERV9UT0tFTl9FWFBJUkVEEAYSGQoVRVJST1JfQ09ERV9JTlZBTElEX0lEEAcSIAocRVJST1JfQ09ERV9IQU5EU0hBS0VfVElNRU9VVBAIEh4KGkVSUk9SX0NPREVfSU5WQUxJRF9NRVNTQUdFEAkSGgoWRVJST1JfQ09ERV9VTkFWQUlMQUJMRRAKEhwKGEVSUk9SX0NPREVfU0xPV19DT05TVU1FUhALEhkKFUVSUk9SX0NPREVfR09JTkdfQVdBWRAMEhsKF0VSUk9SX0NPREVfUkFURV9MSU1JVEVEEA0SFwoTRVJST1JfQ09ERV9JTlRFUk5BTBAOEhgKFEVSUk9SX0NPREVfRk9SQklEREVOEA9iBnByb3RvMw");
 
 /**
  * @generated from message petrel.v1.ClientFrame
@@ -607,6 +607,14 @@ export type Message = Message$1<"petrel.v1.Message"> & {
    * @generated from field: string group = 11;
    */
   group: string;
+
+  /**
+   * A system notification (subject "notif.{category}.{user}"; `from` is the category,
+   * `content` is empty).
+   *
+   * @generated from field: petrel.v1.Notification notification = 12;
+   */
+  notification?: Notification | undefined;
 };
 
 /**
@@ -615,6 +623,96 @@ export type Message = Message$1<"petrel.v1.Message"> & {
  */
 export const MessageSchema: GenMessage<Message> = /*@__PURE__*/
   messageDesc(file_petrel_v1_petrel, 12);
+
+/**
+ * A system notification. Business services publish it (this protobuf, binary) to
+ * `notif.{category}.{user}` in stream SYSTEM_NOTIFICATIONS, with `Nats-Msg-Id` = `id`;
+ * categories: friend, group, user, system. See docs/notifications.md.
+ *
+ * @generated from message petrel.v1.Notification
+ */
+export type Notification = Message$1<"petrel.v1.Notification"> & {
+  /**
+   * The service's id for it (also its Nats-Msg-Id: a retried publish is stored once).
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string title = 2;
+   */
+  title: string;
+
+  /**
+   * @generated from field: string body = 3;
+   */
+  body: string;
+
+  /**
+   * What tapping it does, e.g. a deep link "app://friends/requests".
+   *
+   * @generated from field: string action = 4;
+   */
+  action: string;
+
+  /**
+   * @generated from field: petrel.v1.Notification.Priority priority = 5;
+   */
+  priority: Notification_Priority;
+
+  /**
+   * Badge count to show, 0 = leave as is.
+   *
+   * @generated from field: uint32 badge = 6;
+   */
+  badge: number;
+
+  /**
+   * @generated from field: map<string, string> data = 7;
+   */
+  data: { [key: string]: string };
+
+  /**
+   * When the service created it, milliseconds since the Unix epoch.
+   *
+   * @generated from field: uint64 time_ms = 8;
+   */
+  timeMs: bigint;
+};
+
+/**
+ * Describes the message petrel.v1.Notification.
+ * Use `create(NotificationSchema)` to create a new message.
+ */
+export const NotificationSchema: GenMessage<Notification> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 13);
+
+/**
+ * @generated from enum petrel.v1.Notification.Priority
+ */
+export enum Notification_Priority {
+  /**
+   * @generated from enum value: PRIORITY_NORMAL = 0;
+   */
+  NORMAL = 0,
+
+  /**
+   * @generated from enum value: PRIORITY_LOW = 1;
+   */
+  LOW = 1,
+
+  /**
+   * @generated from enum value: PRIORITY_HIGH = 2;
+   */
+  HIGH = 2,
+}
+
+/**
+ * Describes the enum petrel.v1.Notification.Priority.
+ */
+export const Notification_PrioritySchema: GenEnum<Notification_Priority> = /*@__PURE__*/
+  enumDesc(file_petrel_v1_petrel, 13, 0);
 
 /**
  * @generated from message petrel.v1.Pong
@@ -636,7 +734,7 @@ export type Pong = Message$1<"petrel.v1.Pong"> & {
  * Use `create(PongSchema)` to create a new message.
  */
 export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 13);
+  messageDesc(file_petrel_v1_petrel, 14);
 
 /**
  * @generated from message petrel.v1.Error
@@ -665,7 +763,7 @@ export type Error = Message$1<"petrel.v1.Error"> & {
  * Use `create(ErrorSchema)` to create a new message.
  */
 export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 14);
+  messageDesc(file_petrel_v1_petrel, 15);
 
 /**
  * What the gateway stores in JetStream (msg.private.*). Business services and the
@@ -729,7 +827,7 @@ export type StoredMessage = Message$1<"petrel.v1.StoredMessage"> & {
  * Use `create(StoredMessageSchema)` to create a new message.
  */
 export const StoredMessageSchema: GenMessage<StoredMessage> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 15);
+  messageDesc(file_petrel_v1_petrel, 16);
 
 /**
  * One code per client-facing error. On WebSocket the close code is 4000 + code;
