@@ -110,6 +110,8 @@ pub struct Message {
     /// A system notification (subject `notif.{category}.{user}`; `from` is the
     /// category).
     pub notification: Option<Box<Notification>>,
+    /// A receipt about a message this user sent (`from` is the reader).
+    pub receipt: Option<Receipt>,
     /// Sender's device.
     pub from_device: String,
     /// Time accepted at the sender's gateway (ms since epoch).
@@ -120,6 +122,28 @@ pub struct Message {
     pub content: Bytes,
     /// Media type.
     pub content_type: String,
+}
+
+/// Delivered or read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptKind {
+    /// The message reached a device of the recipient.
+    Delivered,
+    /// The recipient read it.
+    Read,
+}
+
+/// A receipt about a message this user sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// Delivered or read.
+    pub kind: ReceiptKind,
+    /// The message's id (this user's client_msg_id).
+    pub client_msg_id: String,
+    /// Where the recipient got it: its inbox and sequence.
+    pub subject: String,
+    /// Sequence there.
+    pub seq: u64,
 }
 
 /// A system notification from a business service.
@@ -474,6 +498,25 @@ impl Client {
         self.sender().send_group(group, id, content).await
     }
 
+    /// Tells the sender of `message` (a direct message in this user's inbox) that it
+    /// was delivered or read. Stored in the sender's inbox; not answered.
+    pub async fn receipt(&self, kind: ReceiptKind, message: &Message) -> Result<(), ClientError> {
+        let frame = client_frame(pb::client_frame::Kind::Receipt(pb::Receipt {
+            kind: match kind {
+                ReceiptKind::Delivered => pb::receipt::Kind::Delivered,
+                ReceiptKind::Read => pb::receipt::Kind::Read,
+            } as i32,
+            subject: message.subject.clone(),
+            seq: message.seq,
+            sender: message.from.clone(),
+            client_msg_id: message.client_msg_id.clone(),
+        }));
+        self.cmd
+            .send(Cmd::Frame(frame))
+            .await
+            .map_err(|_| ClientError::Closed("connection closed".into()))
+    }
+
     /// A page of history on `subject`: newest first (messages before `from`; 0 = from
     /// the newest) or oldest first (after `from`). Independent of live delivery and
     /// cursors.
@@ -685,6 +728,16 @@ fn to_message(m: pb::Message) -> Message {
         from: m.from,
         to: m.to,
         group: (!m.group.is_empty()).then_some(m.group),
+        receipt: m.receipt.map(|r| Receipt {
+            kind: if r.kind == pb::receipt::Kind::Read as i32 {
+                ReceiptKind::Read
+            } else {
+                ReceiptKind::Delivered
+            },
+            client_msg_id: r.client_msg_id,
+            subject: r.subject,
+            seq: r.seq,
+        }),
         notification: m.notification.map(|n| {
             let mut data: Vec<(String, String)> = n.data.into_iter().collect();
             data.sort();

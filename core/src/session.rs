@@ -154,6 +154,8 @@ struct Pending {
     client_msg_id: ClientMsgId,
     subject: String,
     msg_id: String,
+    /// Whether the client expects a SendResult (receipts get none).
+    answer: bool,
 }
 
 /// One client connection's protocol state.
@@ -423,6 +425,15 @@ impl Session {
                     }));
                 }
             }
+            (State::Joining(id) | State::Active(id), Command::Receipt(r)) => {
+                let reader = id.user.clone();
+                self.on_receipt(&mut out, reader, r, now);
+            }
+            (_, Command::Invalid { code, detail }) => out.push(Action::Reply(Reply::Error {
+                code,
+                message: detail,
+                fatal: false,
+            })),
             (_, Command::Ping(nonce)) => out.push(Action::Reply(Reply::Pong {
                 nonce,
                 server_time_ms: now.unix_ms,
@@ -513,6 +524,7 @@ impl Session {
             time_ms: now.unix_ms,
             gateway_id: self.cfg.gateway_id.clone(),
             notification: None,
+            receipt: None,
         }
         .encode();
         let req = self.next_req;
@@ -523,6 +535,7 @@ impl Session {
                 client_msg_id: send.id,
                 subject: copies[0].subject.clone(),
                 msg_id: copies[0].msg_id.clone(),
+                answer: true,
             },
         );
         out.push(Action::Publish(PublishRequest {
@@ -532,11 +545,90 @@ impl Session {
         }));
     }
 
+    /// A receipt from the reader: stored in the original sender's inbox (through the
+    /// outbox like a Send, but not answered). Only about the reader's own inbox, and
+    /// within the send rate.
+    fn on_receipt(
+        &mut self,
+        out: &mut Vec<Action>,
+        reader: UserId,
+        r: crate::wire::Receipt,
+        now: Now,
+    ) {
+        let refuse = |code, message: String| {
+            Action::Reply(Reply::Error {
+                code,
+                message,
+                fatal: false,
+            })
+        };
+        if r.subject != subject::private_inbox(&reader) {
+            out.push(refuse(
+                ErrorCode::Protocol,
+                format!(
+                    "receipts are about messages in one's own inbox, not {:?}",
+                    r.subject
+                ),
+            ));
+            return;
+        }
+        if !self
+            .sends
+            .take(now.mono, self.cfg.send_rate_per_sec, self.cfg.send_burst)
+        {
+            out.push(refuse(
+                ErrorCode::RateLimited,
+                "too many sends and receipts per second".into(),
+            ));
+            return;
+        }
+        let copy = Copy {
+            subject: subject::private_inbox(&r.sender),
+            msg_id: subject::receipt_msg_id(&reader, r.kind.as_str(), &r.sender, &r.client_msg_id),
+        };
+        let payload = StoredMessage {
+            from: reader,
+            to: Recipient::User(r.sender.clone()),
+            from_device: self
+                .identity()
+                .map(|i| i.device.to_string())
+                .unwrap_or_default(),
+            client_msg_id: r.client_msg_id.to_string(),
+            content: Bytes::new(),
+            content_type: String::new(),
+            time_ms: now.unix_ms,
+            gateway_id: self.cfg.gateway_id.clone(),
+            notification: None,
+            receipt: Some(r.clone()),
+        }
+        .encode();
+        let req = self.next_req;
+        self.next_req += 1;
+        self.inflight.insert(
+            req,
+            Pending {
+                client_msg_id: r.client_msg_id,
+                subject: copy.subject.clone(),
+                msg_id: copy.msg_id.clone(),
+                answer: false,
+            },
+        );
+        out.push(Action::Publish(PublishRequest {
+            req,
+            copies: vec![copy],
+            payload,
+        }));
+    }
+
     /// The hub (or the edge's outbox) answered a publish.
     pub fn on_published(&mut self, req: u64, outcome: PublishOutcome) -> Vec<Action> {
         let mut out = Vec::new();
         let p = match outcome {
             PublishOutcome::Queued => match self.inflight.remove(&req) {
+                Some(p) if !p.answer => {
+                    self.queued.insert(req, p);
+                    return out;
+                }
                 Some(p) => {
                     let status = SendStatus::Queued {
                         subject: p.subject.clone(),
@@ -563,7 +655,7 @@ impl Session {
                 None => return out,
             },
         };
-        if self.is_closed() {
+        if self.is_closed() || !p.answer {
             return out;
         }
         let status = match outcome {

@@ -68,6 +68,12 @@ pub fn is_notification_of(subject: &str, user: &UserId) -> bool {
         })
 }
 
+/// `Nats-Msg-Id` of a receipt: one per reader, kind and message, so a repeated receipt
+/// is stored once.
+pub fn receipt_msg_id(reader: &UserId, kind: &str, sender: &UserId, id: &ClientMsgId) -> String {
+    format!("rc:{reader}:{kind}:{sender}:{id}")
+}
+
 /// Strips the live prefix: `live.msg.private.bob` → `msg.private.bob`.
 pub fn stored_subject(live: &str) -> Option<&str> {
     live.strip_prefix(LIVE_PREFIX)

@@ -40,6 +40,87 @@ pub enum Command {
     Ping(u64),
     /// A page of history.
     Sync(SyncRequest),
+    /// A delivered/read receipt about a message the user received.
+    Receipt(Receipt),
+    /// A frame that is well-formed but carries an invalid field: answered with a
+    /// non-fatal Error.
+    Invalid {
+        /// Code.
+        code: ErrorCode,
+        /// Detail.
+        detail: String,
+    },
+}
+
+/// Delivered or read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReceiptKind {
+    /// The message reached a device.
+    Delivered,
+    /// The user read it.
+    Read,
+}
+
+impl ReceiptKind {
+    /// Short name, used in message ids.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Read => "read",
+        }
+    }
+}
+
+/// A receipt: `kind` for the message `client_msg_id` from `sender`, which the reader
+/// got on `subject` at `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// Delivered or read.
+    pub kind: ReceiptKind,
+    /// Where the reader got it (its inbox).
+    pub subject: String,
+    /// Its sequence there.
+    pub seq: Seq,
+    /// The original sender.
+    pub sender: UserId,
+    /// The original sender's message id.
+    pub client_msg_id: ClientMsgId,
+}
+
+impl Receipt {
+    fn from_pb(r: pb::Receipt) -> Result<Self, (ErrorCode, String)> {
+        let kind = match pb::receipt::Kind::try_from(r.kind) {
+            Ok(pb::receipt::Kind::Delivered) => ReceiptKind::Delivered,
+            Ok(pb::receipt::Kind::Read) => ReceiptKind::Read,
+            _ => {
+                return Err((
+                    ErrorCode::Protocol,
+                    "receipt kind must be DELIVERED or READ".into(),
+                ));
+            }
+        };
+        Ok(Self {
+            kind,
+            subject: truncate(&r.subject, 200),
+            seq: Seq(r.seq),
+            sender: UserId::parse(r.sender).map_err(|e| (ErrorCode::InvalidId, e.to_string()))?,
+            client_msg_id: ClientMsgId::parse(r.client_msg_id)
+                .map_err(|e| (ErrorCode::InvalidId, e.to_string()))?,
+        })
+    }
+
+    fn to_pb(&self) -> pb::Receipt {
+        pb::Receipt {
+            kind: match self.kind {
+                ReceiptKind::Delivered => pb::receipt::Kind::Delivered,
+                ReceiptKind::Read => pb::receipt::Kind::Read,
+            } as i32,
+            subject: self.subject.clone(),
+            seq: self.seq.0,
+            sender: self.sender.to_string(),
+            client_msg_id: self.client_msg_id.to_string(),
+        }
+    }
 }
 
 /// Most messages in one history page.
@@ -163,6 +244,10 @@ pub fn decode_command(frame: Bytes) -> Result<Command, WireError> {
         }
         Kind::Ack(a) => Command::Ack(cursors(a.cursors)),
         Kind::Ping(p) => Command::Ping(p.nonce),
+        Kind::Receipt(r) => match Receipt::from_pb(r) {
+            Ok(r) => Command::Receipt(r),
+            Err((code, detail)) => Command::Invalid { code, detail },
+        },
         Kind::Sync(s) => Command::Sync(SyncRequest {
             request_id: s.request_id,
             subject: s.subject,
@@ -381,6 +466,8 @@ pub struct StoredMessage {
     pub gateway_id: String,
     /// Set for a system notification (then `from` is the category, `content` empty).
     pub notification: Option<Notification>,
+    /// Set for a receipt (then `from` is the reader, `to` the original sender).
+    pub receipt: Option<Receipt>,
 }
 
 /// A system notification published by a business service (see docs/notifications.md).
@@ -463,6 +550,7 @@ pub fn decode_stored(subject: &str, bytes: Bytes) -> Result<StoredMessage, Paylo
         time_ms: n.time_ms,
         gateway_id: String::new(),
         notification: Some(n),
+        receipt: None,
     })
 }
 
@@ -493,6 +581,7 @@ impl StoredMessage {
             time_ms: self.time_ms,
             from_device: self.from_device.clone(),
             gateway_id: self.gateway_id.clone(),
+            receipt: self.receipt.as_ref().map(Receipt::to_pb),
         }
         .encode_to_vec()
         .into()
@@ -516,6 +605,10 @@ impl StoredMessage {
             time_ms: m.time_ms,
             gateway_id: m.gateway_id,
             notification: None,
+            receipt: match m.receipt {
+                Some(r) => Some(Receipt::from_pb(r).map_err(|(_, e)| PayloadError::Decode(e))?),
+                None => None,
+            },
         })
     }
 }
@@ -555,6 +648,7 @@ fn to_pb_message(d: &Delivery) -> pb::Message {
         from_device: d.message.from_device.clone(),
         prev_seq: d.prev_seq.0,
         notification: d.message.notification.as_ref().map(Notification::to_pb),
+        receipt: d.message.receipt.as_ref().map(Receipt::to_pb),
     }
 }
 
@@ -637,6 +731,7 @@ mod tests {
                 time_ms: 1,
                 gateway_id: "edge".into(),
                 notification: None,
+                receipt: None,
             },
         };
         let stored = StoredMessage::decode(d.message.encode()).unwrap();

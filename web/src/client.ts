@@ -24,6 +24,8 @@ import {
   AckSchema,
   PingSchema,
   SyncSchema,
+  ReceiptSchema,
+  Receipt_Kind,
   type SyncBatch,
 } from "./gen/petrel/v1/petrel_pb.js";
 import { FrameDecoder, encodeFrame } from "./frame.js";
@@ -109,6 +111,8 @@ export interface PetrelMessage {
   to: string;
   /** The group, for a group message (subject `msg.group.{group}`). */
   group?: string;
+  /** A receipt about a message this user sent (`from` is the reader). */
+  receipt?: { kind: "delivered" | "read"; clientMsgId: string; subject: string; seq: bigint };
   /** A system notification (subject `notif.{category}.{user}`; `from` is the category). */
   notification?: {
     id: string;
@@ -365,6 +369,34 @@ export class PetrelClient extends EventTarget {
       // the reconnect.
       this.conn?.write(frame).catch(() => {});
     });
+  }
+
+  /**
+   * Tells the sender of `message` (a direct message in this user's inbox) that it was
+   * delivered or read. Stored in the sender's inbox; not answered. Resolves once
+   * written (or rejects when not connected).
+   */
+  async receipt(kind: "delivered" | "read", message: PetrelMessage): Promise<void> {
+    const conn = this.conn;
+    if (!conn || this._state !== "open") throw new PetrelError("CLOSED", "not connected");
+    const frame = encodeFrame(
+      toBinary(
+        ClientFrameSchema,
+        create(ClientFrameSchema, {
+          kind: {
+            case: "receipt",
+            value: create(ReceiptSchema, {
+              kind: kind === "read" ? Receipt_Kind.READ : Receipt_Kind.DELIVERED,
+              subject: message.subject,
+              seq: message.seq,
+              sender: message.from,
+              clientMsgId: message.clientMsgId,
+            }),
+          },
+        }),
+      ),
+    );
+    await conn.write(frame);
   }
 
   /**
@@ -725,6 +757,16 @@ export class PetrelClient extends EventTarget {
       fromDevice: m.fromDevice,
       to: m.to,
       ...(m.group ? { group: m.group } : {}),
+      ...(m.receipt
+        ? {
+            receipt: {
+              kind: m.receipt.kind === Receipt_Kind.READ ? ("read" as const) : ("delivered" as const),
+              clientMsgId: m.receipt.clientMsgId,
+              subject: m.receipt.subject,
+              seq: m.receipt.seq,
+            },
+          }
+        : {}),
       ...(m.notification
         ? {
             notification: {

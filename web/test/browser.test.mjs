@@ -360,3 +360,33 @@ test("groups: a browser's group message reaches a browser member and a CLI membe
   assert.equal(refused.reason, "FORBIDDEN");
   for (const u of [olga, pete, rita]) await u.context.close();
 });
+
+test("receipts: a browser reader's read receipt reaches the browser sender", async () => {
+  const sara = await openUser("sara");
+  const tom = await openUser("tom");
+  const receipt = sara.page.evaluate(
+    () =>
+      new Promise((resolve, reject) => {
+        setTimeout(() => reject(new Error("no receipt within 10 s")), 10_000);
+        window.petrel.client.addEventListener("message", (e) => {
+          if (e.detail.receipt) resolve({ from: e.detail.from, kind: e.detail.receipt.kind, id: e.detail.receipt.clientMsgId });
+        });
+      }),
+  );
+  const seen = tom.page.evaluate(
+    () =>
+      new Promise((resolve) => {
+        window.petrel.client.addEventListener("message", (e) => {
+          if (e.detail.clientMsgId === "r-1" && !e.detail.outgoing) {
+            window.petrel.client.receipt("read", e.detail).then(() => resolve(true));
+          }
+        });
+      }),
+  );
+  const r = await sara.page.evaluate(() => window.petrel.client.send("tom", "read me", { clientMsgId: "r-1" }));
+  assert.equal(r.status, "stored");
+  assert.equal(await seen, true);
+  assert.deepEqual(await receipt, { from: "tom", kind: "read", id: "r-1" });
+  await sara.context.close();
+  await tom.context.close();
+});

@@ -18,7 +18,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file petrel/v1/petrel.proto.
  */
 export const file_petrel_v1_petrel: GenFile = /*@__PURE__*/
-  fileDesc("ChZwZXRyZWwvdjEvcGV0cmVsLnByb3RvEglwZXRyZWwudjEiugEKC0NsaWVudEZyYW1lEiEKBWhlbGxvGAEgASgLMhAucGV0cmVsLnYxLkhlbGxvSAASHwoEc2VuZBgCIAEoCzIPLnBldHJlbC52MS5TZW5kSAASHQoDYWNrGAMgASgLMg4ucGV0cmVsLnYxLkFja0gAEh8KBHBpbmcYBCABKAsyDy5wZXRyZWwudjEuUGluZ0gAEh8KBHN5bmMYBSABKAsyDy5wZXRyZWwudjEuU3luY0gAQgYKBGtpbmQibwoEU3luYxISCgpyZXF1ZXN0X2lkGAEgASgEEg8KB3N1YmplY3QYAiABKAkSFAoMbmV3ZXN0X2ZpcnN0GAMgASgIEg4KBmJlZm9yZRgEIAEoBBINCgVhZnRlchgFIAEoBBINCgVsaW1pdBgGIAEoDSKZAQoJU3luY0JhdGNoEhIKCnJlcXVlc3RfaWQYASABKAQSDwoHc3ViamVjdBgCIAEoCRIkCghtZXNzYWdlcxgDIAMoCzISLnBldHJlbC52MS5NZXNzYWdlEgwKBG1vcmUYBCABKAgSIwoFZXJyb3IYBSABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg4KBmRldGFpbBgGIAEoCSJkCgVIZWxsbxINCgV0b2tlbhgBIAEoCRIOCgZkZXZpY2UYAiABKAkSIgoHY3Vyc29ycxgDIAMoCzIRLnBldHJlbC52MS5DdXJzb3ISGAoQcHJvdG9jb2xfdmVyc2lvbhgEIAEoDSImCgZDdXJzb3ISDwoHc3ViamVjdBgBIAEoCRILCgNzZXEYAiABKAQiawoEU2VuZBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEg4KBHVzZXIYAiABKAlIABIPCgVncm91cBgDIAEoCUgAEg8KB2NvbnRlbnQYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJQgQKAnRvIikKA0FjaxIiCgdjdXJzb3JzGAEgAygLMhEucGV0cmVsLnYxLkN1cnNvciIVCgRQaW5nEg0KBW5vbmNlGAEgASgEIoECCgtTZXJ2ZXJGcmFtZRIlCgd3ZWxjb21lGAEgASgLMhIucGV0cmVsLnYxLldlbGNvbWVIABIsCgtzZW5kX3Jlc3VsdBgCIAEoCzIVLnBldHJlbC52MS5TZW5kUmVzdWx0SAASJQoHZGVsaXZlchgDIAEoCzISLnBldHJlbC52MS5EZWxpdmVySAASHwoEcG9uZxgEIAEoCzIPLnBldHJlbC52MS5Qb25nSAASIQoFZXJyb3IYBSABKAsyEC5wZXRyZWwudjEuRXJyb3JIABIqCgpzeW5jX2JhdGNoGAkgASgLMhQucGV0cmVsLnYxLlN5bmNCYXRjaEgAQgYKBGtpbmQipwEKB1dlbGNvbWUSDAoEdXNlchgBIAEoCRIOCgZkZXZpY2UYAiABKAkSFQoNY29ubmVjdGlvbl9pZBgDIAEoCRIXCg9tYXhfZnJhbWVfYnl0ZXMYBCABKA0SFgoOc2VydmVyX3RpbWVfbXMYBSABKAQSEgoKZ2F0ZXdheV9pZBgGIAEoCRIiCgdjdXJzb3JzGAcgAygLMhEucGV0cmVsLnYxLkN1cnNvciKlAgoKU2VuZFJlc3VsdBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEiwKBnN0YXR1cxgCIAEoDjIcLnBldHJlbC52MS5TZW5kUmVzdWx0LlN0YXR1cxIPCgdzdWJqZWN0GAMgASgJEgsKA3NlcRgEIAEoBBIOCgZtc2dfaWQYBSABKAkSJAoGcmVhc29uGAYgASgOMhQucGV0cmVsLnYxLkVycm9yQ29kZRIOCgZkZXRhaWwYByABKAkSEQoJZHVwbGljYXRlGAggASgIIlsKBlN0YXR1cxIWChJTVEFUVVNfVU5TUEVDSUZJRUQQABIRCg1TVEFUVVNfU1RPUkVEEAESEQoNU1RBVFVTX1FVRVVFRBACEhMKD1NUQVRVU19SRUpFQ1RFRBADIi8KB0RlbGl2ZXISJAoIbWVzc2FnZXMYASADKAsyEi5wZXRyZWwudjEuTWVzc2FnZSL1AQoHTWVzc2FnZRIPCgdzdWJqZWN0GAEgASgJEgsKA3NlcRgCIAEoBBIMCgRmcm9tGAMgASgJEgoKAnRvGAQgASgJEg8KB3RpbWVfbXMYBSABKAQSFQoNY2xpZW50X21zZ19pZBgGIAEoCRIPCgdjb250ZW50GAcgASgMEhQKDGNvbnRlbnRfdHlwZRgIIAEoCRITCgtmcm9tX2RldmljZRgJIAEoCRIQCghwcmV2X3NlcRgKIAEoBBINCgVncm91cBgLIAEoCRItCgxub3RpZmljYXRpb24YDCABKAsyFy5wZXRyZWwudjEuTm90aWZpY2F0aW9uIr8CCgxOb3RpZmljYXRpb24SCgoCaWQYASABKAkSDQoFdGl0bGUYAiABKAkSDAoEYm9keRgDIAEoCRIOCgZhY3Rpb24YBCABKAkSMgoIcHJpb3JpdHkYBSABKA4yIC5wZXRyZWwudjEuTm90aWZpY2F0aW9uLlByaW9yaXR5Eg0KBWJhZGdlGAYgASgNEi8KBGRhdGEYByADKAsyIS5wZXRyZWwudjEuTm90aWZpY2F0aW9uLkRhdGFFbnRyeRIPCgd0aW1lX21zGAggASgEGisKCURhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkQKCFByaW9yaXR5EhMKD1BSSU9SSVRZX05PUk1BTBAAEhAKDFBSSU9SSVRZX0xPVxABEhEKDVBSSU9SSVRZX0hJR0gQAiItCgRQb25nEg0KBW5vbmNlGAEgASgEEhYKDnNlcnZlcl90aW1lX21zGAIgASgEIksKBUVycm9yEiIKBGNvZGUYASABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg8KB21lc3NhZ2UYAiABKAkSDQoFZmF0YWwYAyABKAgisAEKDVN0b3JlZE1lc3NhZ2USDAoEZnJvbRgBIAEoCRIKCgJ0bxgCIAEoCRIVCg1jbGllbnRfbXNnX2lkGAMgASgJEg8KB2NvbnRlbnQYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJEg8KB3RpbWVfbXMYBiABKAQSEwoLZnJvbV9kZXZpY2UYByABKAkSEgoKZ2F0ZXdheV9pZBgIIAEoCRINCgVncm91cBgJIAEoCSrYAwoJRXJyb3JDb2RlEhoKFkVSUk9SX0NPREVfVU5TUEVDSUZJRUQQABIYChRFUlJPUl9DT0RFX0JBRF9GUkFNRRABEh4KGkVSUk9SX0NPREVfRlJBTUVfVE9PX0xBUkdFEAISHAoYRVJST1JfQ09ERV9VTktOT1dOX0ZSQU1FEAMSFwoTRVJST1JfQ09ERV9QUk9UT0NPTBAEEh4KGkVSUk9SX0NPREVfVU5BVVRIRU5USUNBVEVEEAUSHAoYRVJST1JfQ09ERV9UT0tFTl9FWFBJUkVEEAYSGQoVRVJST1JfQ09ERV9JTlZBTElEX0lEEAcSIAocRVJST1JfQ09ERV9IQU5EU0hBS0VfVElNRU9VVBAIEh4KGkVSUk9SX0NPREVfSU5WQUxJRF9NRVNTQUdFEAkSGgoWRVJST1JfQ09ERV9VTkFWQUlMQUJMRRAKEhwKGEVSUk9SX0NPREVfU0xPV19DT05TVU1FUhALEhkKFUVSUk9SX0NPREVfR09JTkdfQVdBWRAMEhsKF0VSUk9SX0NPREVfUkFURV9MSU1JVEVEEA0SFwoTRVJST1JfQ09ERV9JTlRFUk5BTBAOEhgKFEVSUk9SX0NPREVfRk9SQklEREVOEA9iBnByb3RvMw");
+  fileDesc("ChZwZXRyZWwvdjEvcGV0cmVsLnByb3RvEglwZXRyZWwudjEi4QEKC0NsaWVudEZyYW1lEiEKBWhlbGxvGAEgASgLMhAucGV0cmVsLnYxLkhlbGxvSAASHwoEc2VuZBgCIAEoCzIPLnBldHJlbC52MS5TZW5kSAASHQoDYWNrGAMgASgLMg4ucGV0cmVsLnYxLkFja0gAEh8KBHBpbmcYBCABKAsyDy5wZXRyZWwudjEuUGluZ0gAEh8KBHN5bmMYBSABKAsyDy5wZXRyZWwudjEuU3luY0gAEiUKB3JlY2VpcHQYByABKAsyEi5wZXRyZWwudjEuUmVjZWlwdEgAQgYKBGtpbmQitgEKB1JlY2VpcHQSJQoEa2luZBgBIAEoDjIXLnBldHJlbC52MS5SZWNlaXB0LktpbmQSDwoHc3ViamVjdBgCIAEoCRILCgNzZXEYAyABKAQSDgoGc2VuZGVyGAQgASgJEhUKDWNsaWVudF9tc2dfaWQYBSABKAkiPwoES2luZBIUChBLSU5EX1VOU1BFQ0lGSUVEEAASEgoOS0lORF9ERUxJVkVSRUQQARINCglLSU5EX1JFQUQQAiJvCgRTeW5jEhIKCnJlcXVlc3RfaWQYASABKAQSDwoHc3ViamVjdBgCIAEoCRIUCgxuZXdlc3RfZmlyc3QYAyABKAgSDgoGYmVmb3JlGAQgASgEEg0KBWFmdGVyGAUgASgEEg0KBWxpbWl0GAYgASgNIpkBCglTeW5jQmF0Y2gSEgoKcmVxdWVzdF9pZBgBIAEoBBIPCgdzdWJqZWN0GAIgASgJEiQKCG1lc3NhZ2VzGAMgAygLMhIucGV0cmVsLnYxLk1lc3NhZ2USDAoEbW9yZRgEIAEoCBIjCgVlcnJvchgFIAEoDjIULnBldHJlbC52MS5FcnJvckNvZGUSDgoGZGV0YWlsGAYgASgJImQKBUhlbGxvEg0KBXRva2VuGAEgASgJEg4KBmRldmljZRgCIAEoCRIiCgdjdXJzb3JzGAMgAygLMhEucGV0cmVsLnYxLkN1cnNvchIYChBwcm90b2NvbF92ZXJzaW9uGAQgASgNIiYKBkN1cnNvchIPCgdzdWJqZWN0GAEgASgJEgsKA3NlcRgCIAEoBCJrCgRTZW5kEhUKDWNsaWVudF9tc2dfaWQYASABKAkSDgoEdXNlchgCIAEoCUgAEg8KBWdyb3VwGAMgASgJSAASDwoHY29udGVudBgEIAEoDBIUCgxjb250ZW50X3R5cGUYBSABKAlCBAoCdG8iKQoDQWNrEiIKB2N1cnNvcnMYASADKAsyES5wZXRyZWwudjEuQ3Vyc29yIhUKBFBpbmcSDQoFbm9uY2UYASABKAQigQIKC1NlcnZlckZyYW1lEiUKB3dlbGNvbWUYASABKAsyEi5wZXRyZWwudjEuV2VsY29tZUgAEiwKC3NlbmRfcmVzdWx0GAIgASgLMhUucGV0cmVsLnYxLlNlbmRSZXN1bHRIABIlCgdkZWxpdmVyGAMgASgLMhIucGV0cmVsLnYxLkRlbGl2ZXJIABIfCgRwb25nGAQgASgLMg8ucGV0cmVsLnYxLlBvbmdIABIhCgVlcnJvchgFIAEoCzIQLnBldHJlbC52MS5FcnJvckgAEioKCnN5bmNfYmF0Y2gYCSABKAsyFC5wZXRyZWwudjEuU3luY0JhdGNoSABCBgoEa2luZCKnAQoHV2VsY29tZRIMCgR1c2VyGAEgASgJEg4KBmRldmljZRgCIAEoCRIVCg1jb25uZWN0aW9uX2lkGAMgASgJEhcKD21heF9mcmFtZV9ieXRlcxgEIAEoDRIWCg5zZXJ2ZXJfdGltZV9tcxgFIAEoBBISCgpnYXRld2F5X2lkGAYgASgJEiIKB2N1cnNvcnMYByADKAsyES5wZXRyZWwudjEuQ3Vyc29yIqUCCgpTZW5kUmVzdWx0EhUKDWNsaWVudF9tc2dfaWQYASABKAkSLAoGc3RhdHVzGAIgASgOMhwucGV0cmVsLnYxLlNlbmRSZXN1bHQuU3RhdHVzEg8KB3N1YmplY3QYAyABKAkSCwoDc2VxGAQgASgEEg4KBm1zZ19pZBgFIAEoCRIkCgZyZWFzb24YBiABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg4KBmRldGFpbBgHIAEoCRIRCglkdXBsaWNhdGUYCCABKAgiWwoGU3RhdHVzEhYKElNUQVRVU19VTlNQRUNJRklFRBAAEhEKDVNUQVRVU19TVE9SRUQQARIRCg1TVEFUVVNfUVVFVUVEEAISEwoPU1RBVFVTX1JFSkVDVEVEEAMiLwoHRGVsaXZlchIkCghtZXNzYWdlcxgBIAMoCzISLnBldHJlbC52MS5NZXNzYWdlIpoCCgdNZXNzYWdlEg8KB3N1YmplY3QYASABKAkSCwoDc2VxGAIgASgEEgwKBGZyb20YAyABKAkSCgoCdG8YBCABKAkSDwoHdGltZV9tcxgFIAEoBBIVCg1jbGllbnRfbXNnX2lkGAYgASgJEg8KB2NvbnRlbnQYByABKAwSFAoMY29udGVudF90eXBlGAggASgJEhMKC2Zyb21fZGV2aWNlGAkgASgJEhAKCHByZXZfc2VxGAogASgEEg0KBWdyb3VwGAsgASgJEi0KDG5vdGlmaWNhdGlvbhgMIAEoCzIXLnBldHJlbC52MS5Ob3RpZmljYXRpb24SIwoHcmVjZWlwdBgNIAEoCzISLnBldHJlbC52MS5SZWNlaXB0Ir8CCgxOb3RpZmljYXRpb24SCgoCaWQYASABKAkSDQoFdGl0bGUYAiABKAkSDAoEYm9keRgDIAEoCRIOCgZhY3Rpb24YBCABKAkSMgoIcHJpb3JpdHkYBSABKA4yIC5wZXRyZWwudjEuTm90aWZpY2F0aW9uLlByaW9yaXR5Eg0KBWJhZGdlGAYgASgNEi8KBGRhdGEYByADKAsyIS5wZXRyZWwudjEuTm90aWZpY2F0aW9uLkRhdGFFbnRyeRIPCgd0aW1lX21zGAggASgEGisKCURhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkQKCFByaW9yaXR5EhMKD1BSSU9SSVRZX05PUk1BTBAAEhAKDFBSSU9SSVRZX0xPVxABEhEKDVBSSU9SSVRZX0hJR0gQAiItCgRQb25nEg0KBW5vbmNlGAEgASgEEhYKDnNlcnZlcl90aW1lX21zGAIgASgEIksKBUVycm9yEiIKBGNvZGUYASABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg8KB21lc3NhZ2UYAiABKAkSDQoFZmF0YWwYAyABKAgi1QEKDVN0b3JlZE1lc3NhZ2USDAoEZnJvbRgBIAEoCRIKCgJ0bxgCIAEoCRIVCg1jbGllbnRfbXNnX2lkGAMgASgJEg8KB2NvbnRlbnQYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJEg8KB3RpbWVfbXMYBiABKAQSEwoLZnJvbV9kZXZpY2UYByABKAkSEgoKZ2F0ZXdheV9pZBgIIAEoCRINCgVncm91cBgJIAEoCRIjCgdyZWNlaXB0GAogASgLMhIucGV0cmVsLnYxLlJlY2VpcHQq2AMKCUVycm9yQ29kZRIaChZFUlJPUl9DT0RFX1VOU1BFQ0lGSUVEEAASGAoURVJST1JfQ09ERV9CQURfRlJBTUUQARIeChpFUlJPUl9DT0RFX0ZSQU1FX1RPT19MQVJHRRACEhwKGEVSUk9SX0NPREVfVU5LTk9XTl9GUkFNRRADEhcKE0VSUk9SX0NPREVfUFJPVE9DT0wQBBIeChpFUlJPUl9DT0RFX1VOQVVUSEVOVElDQVRFRBAFEhwKGEVSUk9SX0NPREVfVE9LRU5fRVhQSVJFRBAGEhkKFUVSUk9SX0NPREVfSU5WQUxJRF9JRBAHEiAKHEVSUk9SX0NPREVfSEFORFNIQUtFX1RJTUVPVVQQCBIeChpFUlJPUl9DT0RFX0lOVkFMSURfTUVTU0FHRRAJEhoKFkVSUk9SX0NPREVfVU5BVkFJTEFCTEUQChIcChhFUlJPUl9DT0RFX1NMT1dfQ09OU1VNRVIQCxIZChVFUlJPUl9DT0RFX0dPSU5HX0FXQVkQDBIbChdFUlJPUl9DT0RFX1JBVEVfTElNSVRFRBANEhcKE0VSUk9SX0NPREVfSU5URVJOQUwQDhIYChRFUlJPUl9DT0RFX0ZPUkJJRERFThAPYgZwcm90bzM");
 
 /**
  * @generated from message petrel.v1.ClientFrame
@@ -53,12 +53,18 @@ export type ClientFrame = Message$1<"petrel.v1.ClientFrame"> & {
     case: "ping";
   } | {
     /**
-     * 6: Typing, 7: ReadReceipt, 8: RegisterPushToken (later issues).
-     *
      * @generated from field: petrel.v1.Sync sync = 5;
      */
     value: Sync;
     case: "sync";
+  } | {
+    /**
+     * 6: Typing, 8: RegisterPushToken (later).
+     *
+     * @generated from field: petrel.v1.Receipt receipt = 7;
+     */
+    value: Receipt;
+    case: "receipt";
   } | { case: undefined; value?: undefined };
 };
 
@@ -68,6 +74,78 @@ export type ClientFrame = Message$1<"petrel.v1.ClientFrame"> & {
  */
 export const ClientFrameSchema: GenMessage<ClientFrame> = /*@__PURE__*/
   messageDesc(file_petrel_v1_petrel, 0);
+
+/**
+ * "I received / read this message": sent by the recipient about a direct message it got
+ * (on its own inbox), stored in the original sender's inbox and delivered to the
+ * sender's devices like a message (so an offline sender sees it later). No answer;
+ * a repeated receipt is stored once.
+ *
+ * @generated from message petrel.v1.Receipt
+ */
+export type Receipt = Message$1<"petrel.v1.Receipt"> & {
+  /**
+   * @generated from field: petrel.v1.Receipt.Kind kind = 1;
+   */
+  kind: Receipt_Kind;
+
+  /**
+   * Where the reader got the message: its inbox subject and sequence.
+   *
+   * @generated from field: string subject = 2;
+   */
+  subject: string;
+
+  /**
+   * @generated from field: uint64 seq = 3;
+   */
+  seq: bigint;
+
+  /**
+   * The original sender and its client_msg_id (from the delivered Message).
+   *
+   * @generated from field: string sender = 4;
+   */
+  sender: string;
+
+  /**
+   * @generated from field: string client_msg_id = 5;
+   */
+  clientMsgId: string;
+};
+
+/**
+ * Describes the message petrel.v1.Receipt.
+ * Use `create(ReceiptSchema)` to create a new message.
+ */
+export const ReceiptSchema: GenMessage<Receipt> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 1);
+
+/**
+ * @generated from enum petrel.v1.Receipt.Kind
+ */
+export enum Receipt_Kind {
+  /**
+   * @generated from enum value: KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: KIND_DELIVERED = 1;
+   */
+  DELIVERED = 1,
+
+  /**
+   * @generated from enum value: KIND_READ = 2;
+   */
+  READ = 2,
+}
+
+/**
+ * Describes the enum petrel.v1.Receipt.Kind.
+ */
+export const Receipt_KindSchema: GenEnum<Receipt_Kind> = /*@__PURE__*/
+  enumDesc(file_petrel_v1_petrel, 1, 0);
 
 /**
  * A page of history on one subject, for scrolling back (newest_first, messages with
@@ -115,7 +193,7 @@ export type Sync = Message$1<"petrel.v1.Sync"> & {
  * Use `create(SyncSchema)` to create a new message.
  */
 export const SyncSchema: GenMessage<Sync> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 1);
+  messageDesc(file_petrel_v1_petrel, 2);
 
 /**
  * The answer to a Sync: messages in the order asked for; `more` when the page was full
@@ -160,7 +238,7 @@ export type SyncBatch = Message$1<"petrel.v1.SyncBatch"> & {
  * Use `create(SyncBatchSchema)` to create a new message.
  */
 export const SyncBatchSchema: GenMessage<SyncBatch> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 2);
+  messageDesc(file_petrel_v1_petrel, 3);
 
 /**
  * First frame of every connection. Nothing else is accepted before it.
@@ -202,7 +280,7 @@ export type Hello = Message$1<"petrel.v1.Hello"> & {
  * Use `create(HelloSchema)` to create a new message.
  */
 export const HelloSchema: GenMessage<Hello> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 3);
+  messageDesc(file_petrel_v1_petrel, 4);
 
 /**
  * @generated from message petrel.v1.Cursor
@@ -224,7 +302,7 @@ export type Cursor = Message$1<"petrel.v1.Cursor"> & {
  * Use `create(CursorSchema)` to create a new message.
  */
 export const CursorSchema: GenMessage<Cursor> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 4);
+  messageDesc(file_petrel_v1_petrel, 5);
 
 /**
  * A message from the connected user to a conversation.
@@ -278,7 +356,7 @@ export type Send = Message$1<"petrel.v1.Send"> & {
  * Use `create(SendSchema)` to create a new message.
  */
 export const SendSchema: GenMessage<Send> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 5);
+  messageDesc(file_petrel_v1_petrel, 6);
 
 /**
  * Cumulative acknowledgement: every message up to `seq` on `subject` is processed.
@@ -297,7 +375,7 @@ export type Ack = Message$1<"petrel.v1.Ack"> & {
  * Use `create(AckSchema)` to create a new message.
  */
 export const AckSchema: GenMessage<Ack> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 6);
+  messageDesc(file_petrel_v1_petrel, 7);
 
 /**
  * @generated from message petrel.v1.Ping
@@ -314,7 +392,7 @@ export type Ping = Message$1<"petrel.v1.Ping"> & {
  * Use `create(PingSchema)` to create a new message.
  */
 export const PingSchema: GenMessage<Ping> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 7);
+  messageDesc(file_petrel_v1_petrel, 8);
 
 /**
  * @generated from message petrel.v1.ServerFrame
@@ -369,7 +447,7 @@ export type ServerFrame = Message$1<"petrel.v1.ServerFrame"> & {
  * Use `create(ServerFrameSchema)` to create a new message.
  */
 export const ServerFrameSchema: GenMessage<ServerFrame> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 8);
+  messageDesc(file_petrel_v1_petrel, 9);
 
 /**
  * @generated from message petrel.v1.Welcome
@@ -427,7 +505,7 @@ export type Welcome = Message$1<"petrel.v1.Welcome"> & {
  * Use `create(WelcomeSchema)` to create a new message.
  */
 export const WelcomeSchema: GenMessage<Welcome> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 9);
+  messageDesc(file_petrel_v1_petrel, 10);
 
 /**
  * @generated from message petrel.v1.SendResult
@@ -483,7 +561,7 @@ export type SendResult = Message$1<"petrel.v1.SendResult"> & {
  * Use `create(SendResultSchema)` to create a new message.
  */
 export const SendResultSchema: GenMessage<SendResult> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 10);
+  messageDesc(file_petrel_v1_petrel, 11);
 
 /**
  * @generated from enum petrel.v1.SendResult.Status
@@ -520,7 +598,7 @@ export enum SendResult_Status {
  * Describes the enum petrel.v1.SendResult.Status.
  */
 export const SendResult_StatusSchema: GenEnum<SendResult_Status> = /*@__PURE__*/
-  enumDesc(file_petrel_v1_petrel, 10, 0);
+  enumDesc(file_petrel_v1_petrel, 11, 0);
 
 /**
  * One or more delivered messages, in order per subject.
@@ -539,7 +617,7 @@ export type Deliver = Message$1<"petrel.v1.Deliver"> & {
  * Use `create(DeliverSchema)` to create a new message.
  */
 export const DeliverSchema: GenMessage<Deliver> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 11);
+  messageDesc(file_petrel_v1_petrel, 12);
 
 /**
  * @generated from message petrel.v1.Message
@@ -615,6 +693,13 @@ export type Message = Message$1<"petrel.v1.Message"> & {
    * @generated from field: petrel.v1.Notification notification = 12;
    */
   notification?: Notification | undefined;
+
+  /**
+   * A receipt about a message this user sent (`from` is the reader; `content` empty).
+   *
+   * @generated from field: petrel.v1.Receipt receipt = 13;
+   */
+  receipt?: Receipt | undefined;
 };
 
 /**
@@ -622,7 +707,7 @@ export type Message = Message$1<"petrel.v1.Message"> & {
  * Use `create(MessageSchema)` to create a new message.
  */
 export const MessageSchema: GenMessage<Message> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 12);
+  messageDesc(file_petrel_v1_petrel, 13);
 
 /**
  * A system notification. Business services publish it (this protobuf, binary) to
@@ -686,7 +771,7 @@ export type Notification = Message$1<"petrel.v1.Notification"> & {
  * Use `create(NotificationSchema)` to create a new message.
  */
 export const NotificationSchema: GenMessage<Notification> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 13);
+  messageDesc(file_petrel_v1_petrel, 14);
 
 /**
  * @generated from enum petrel.v1.Notification.Priority
@@ -712,7 +797,7 @@ export enum Notification_Priority {
  * Describes the enum petrel.v1.Notification.Priority.
  */
 export const Notification_PrioritySchema: GenEnum<Notification_Priority> = /*@__PURE__*/
-  enumDesc(file_petrel_v1_petrel, 13, 0);
+  enumDesc(file_petrel_v1_petrel, 14, 0);
 
 /**
  * @generated from message petrel.v1.Pong
@@ -734,7 +819,7 @@ export type Pong = Message$1<"petrel.v1.Pong"> & {
  * Use `create(PongSchema)` to create a new message.
  */
 export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 14);
+  messageDesc(file_petrel_v1_petrel, 15);
 
 /**
  * @generated from message petrel.v1.Error
@@ -763,7 +848,7 @@ export type Error = Message$1<"petrel.v1.Error"> & {
  * Use `create(ErrorSchema)` to create a new message.
  */
 export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 15);
+  messageDesc(file_petrel_v1_petrel, 16);
 
 /**
  * What the gateway stores in JetStream (msg.private.*). Business services and the
@@ -820,6 +905,13 @@ export type StoredMessage = Message$1<"petrel.v1.StoredMessage"> & {
    * @generated from field: string group = 9;
    */
   group: string;
+
+  /**
+   * Set when this stored message is a receipt (`from` = reader, `to` = original sender).
+   *
+   * @generated from field: petrel.v1.Receipt receipt = 10;
+   */
+  receipt?: Receipt | undefined;
 };
 
 /**
@@ -827,7 +919,7 @@ export type StoredMessage = Message$1<"petrel.v1.StoredMessage"> & {
  * Use `create(StoredMessageSchema)` to create a new message.
  */
 export const StoredMessageSchema: GenMessage<StoredMessage> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 16);
+  messageDesc(file_petrel_v1_petrel, 17);
 
 /**
  * One code per client-facing error. On WebSocket the close code is 4000 + code;

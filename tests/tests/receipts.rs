@@ -1,0 +1,86 @@
+//! Delivered and read receipts: sent by the recipient, stored in the original
+//! sender's inbox, delivered to the sender's devices, and resumed by a sender that was
+//! offline when they were sent.
+
+use std::time::Duration;
+
+use petrel_client::{Client, ConnectOptions, Event, ReceiptKind, TransportKind::*};
+use petrel_tests::{Topology, next_message_on};
+
+async fn next_receipt(c: &mut Client) -> anyhow::Result<petrel_client::Message> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), c.next_event()).await {
+            Ok(Some(Event::Message(m))) if m.receipt.is_some() => return Ok(m),
+            Ok(Some(Event::Message(_))) => {}
+            Ok(other) => anyhow::bail!("unexpected {other:?}"),
+            Err(_) => anyhow::bail!("no receipt within 10 s"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_reach_the_sender_also_after_it_reconnects() -> anyhow::Result<()> {
+    let topo = Topology::start(2).await?;
+    let mut alice = topo.connect(0, Quic, "alice", "phone").await?;
+    let mut bob = topo.connect(1, WebSocket, "bob", "phone").await?;
+    alice.send("bob", "m1", "hello").await?;
+    let m1 = next_message_on(&mut bob, "msg.private.bob", 10).await?;
+    bob.receipt(ReceiptKind::Delivered, &m1).await?;
+    bob.receipt(ReceiptKind::Read, &m1).await?;
+    // A repeated receipt is stored once.
+    bob.receipt(ReceiptKind::Read, &m1).await?;
+    for want in [ReceiptKind::Delivered, ReceiptKind::Read] {
+        let r = next_receipt(&mut alice).await?;
+        let rc = r.receipt.as_ref().unwrap();
+        anyhow::ensure!(r.from == "bob" && r.subject == "msg.private.alice");
+        anyhow::ensure!(
+            rc.kind == want && rc.client_msg_id == "m1" && rc.seq == m1.seq,
+            "{rc:?}"
+        );
+    }
+    let cursor = {
+        anyhow::ensure!(
+            tokio::time::timeout(Duration::from_millis(300), next_receipt(&mut alice))
+                .await
+                .is_err(),
+            "the repeated read receipt was stored once"
+        );
+        alice.close().await;
+        // The last sequence alice processed on her inbox: the read receipt.
+        let js = async_nats::jetstream::with_domain(topo.hub_client.clone(), "hub");
+        let stream = js.get_stream("USER_MESSAGES").await?;
+        stream
+            .direct_get_last_for_subject("msg.private.alice")
+            .await?
+            .sequence
+    };
+
+    // alice is offline: bob reads m2.
+    let sender = topo.connect(1, Quic, "alice", "laptop").await?;
+    sender.send("bob", "m2", "second").await?;
+    sender.close().await;
+    let m2 = next_message_on(&mut bob, "msg.private.bob", 10).await?;
+    bob.receipt(ReceiptKind::Read, &m2).await?;
+    // Receipts about someone else's inbox are refused (non-fatal).
+    let mut forged = m2.clone();
+    forged.subject = "msg.private.carol".into();
+    bob.receipt(ReceiptKind::Read, &forged).await?;
+    match tokio::time::timeout(Duration::from_secs(5), bob.next_event()).await {
+        Ok(Some(Event::Error { code, .. })) => anyhow::ensure!(code == "ERROR_CODE_PROTOCOL"),
+        other => anyhow::bail!("expected an error for the forged receipt, got {other:?}"),
+    }
+    // alice's phone comes back with its cursor and finds the read receipt for m2.
+    let opts = ConnectOptions {
+        cursors: vec![("msg.private.alice".into(), cursor)],
+        ..ConnectOptions::new(topo.endpoint(0, Quic), topo.token("alice"), "phone")
+    };
+    let mut alice = Client::connect(opts).await?;
+    let r = next_receipt(&mut alice).await?;
+    let rc = r.receipt.as_ref().unwrap();
+    anyhow::ensure!(
+        rc.kind == ReceiptKind::Read && rc.client_msg_id == "m2",
+        "{rc:?}"
+    );
+    topo.stop().await;
+    Ok(())
+}
