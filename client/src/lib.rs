@@ -111,7 +111,7 @@ pub struct Message {
     /// category).
     pub notification: Option<Box<Notification>>,
     /// A receipt about a message this user sent (`from` is the reader).
-    pub receipt: Option<Receipt>,
+    pub receipt: Option<Box<Receipt>>,
     /// Sender's device.
     pub from_device: String,
     /// Time accepted at the sender's gateway (ms since epoch).
@@ -728,15 +728,17 @@ fn to_message(m: pb::Message) -> Message {
         from: m.from,
         to: m.to,
         group: (!m.group.is_empty()).then_some(m.group),
-        receipt: m.receipt.map(|r| Receipt {
-            kind: if r.kind == pb::receipt::Kind::Read as i32 {
-                ReceiptKind::Read
-            } else {
-                ReceiptKind::Delivered
-            },
-            client_msg_id: r.client_msg_id,
-            subject: r.subject,
-            seq: r.seq,
+        receipt: m.receipt.map(|r| {
+            Box::new(Receipt {
+                kind: if r.kind == pb::receipt::Kind::Read as i32 {
+                    ReceiptKind::Read
+                } else {
+                    ReceiptKind::Delivered
+                },
+                client_msg_id: r.client_msg_id,
+                subject: r.subject,
+                seq: r.seq,
+            })
         }),
         notification: m.notification.map(|n| {
             let mut data: Vec<(String, String)> = n.data.into_iter().collect();
