@@ -208,6 +208,15 @@ pub enum Event {
         /// The result.
         result: SendResult,
     },
+    /// `from` is (no longer) typing, to this user or in `group`. Live only.
+    Typing {
+        /// Who.
+        from: String,
+        /// The group, or `None` for the direct conversation with `from`.
+        group: Option<String>,
+        /// Typing now.
+        typing: bool,
+    },
     /// A non-fatal error frame.
     Error {
         /// Code name.
@@ -496,6 +505,23 @@ impl Client {
         content: impl Into<Bytes>,
     ) -> Result<SendResult, ClientError> {
         self.sender().send_group(group, id, content).await
+    }
+
+    /// Says this user is (no longer) typing to a user or in a group. Live only, not
+    /// answered; the gateway drops more than 5 a second.
+    pub async fn typing(&self, to: To<'_>, typing: bool) -> Result<(), ClientError> {
+        let to = match to {
+            To::User(u) => pb::typing::To::User(u.to_string()),
+            To::Group(g) => pb::typing::To::Group(g.to_string()),
+        };
+        let frame = client_frame(pb::client_frame::Kind::Typing(pb::Typing {
+            to: Some(to),
+            typing,
+        }));
+        self.cmd
+            .send(Cmd::Frame(frame))
+            .await
+            .map_err(|_| ClientError::Closed("connection closed".into()))
     }
 
     /// Tells the sender of `message` (a direct message in this user's inbox) that it
@@ -837,6 +863,14 @@ async fn handle(
             .send(Event::Error {
                 code: code_name(e.code),
                 message: e.message,
+            })
+            .await
+            .is_ok(),
+        Kind::Typing(t) => events
+            .send(Event::Typing {
+                from: t.from,
+                group: (!t.group.is_empty()).then_some(t.group),
+                typing: t.typing,
             })
             .await
             .is_ok(),

@@ -133,6 +133,13 @@ pub enum Action {
     /// Register this connection for live delivery of the user's inbox; report back
     /// with [`Session::on_joined`].
     Join(Identity),
+    /// Publish `frame` on core NATS `subject` (ephemeral: typing); not stored, no answer.
+    Signal {
+        /// Subject.
+        subject: String,
+        /// An encoded server frame for the receivers.
+        frame: Bytes,
+    },
     /// Persist these cursors (cumulative acknowledgements).
     SaveCursors(Vec<(String, Seq)>),
     /// Read a page of history and answer with a SyncBatch.
@@ -177,7 +184,11 @@ pub struct Session {
     /// When the token expires (monotonic); the connection is closed then.
     expires: Option<Instant>,
     sends: Bucket,
+    typing: Bucket,
 }
+
+/// Typing events per second per connection (and burst).
+const TYPING_RATE: u32 = 5;
 
 /// Token bucket for the send rate.
 #[derive(Debug)]
@@ -226,6 +237,10 @@ impl Session {
             expires: None,
             sends: Bucket {
                 tokens: burst,
+                last: now.mono,
+            },
+            typing: Bucket {
+                tokens: f64::from(TYPING_RATE),
                 last: now.mono,
             },
         }
@@ -423,6 +438,25 @@ impl Session {
                             format!("cannot read {:?}: not a subject of this user", req.subject),
                         )),
                     }));
+                }
+            }
+            (State::Joining(id) | State::Active(id), Command::Typing { to, typing }) => {
+                // Ephemeral: over the rate, or to a group it is not in, it is dropped
+                // without a word.
+                if !self.typing.take(now.mono, TYPING_RATE, TYPING_RATE) {
+                    return out;
+                }
+                let from = id.user.clone();
+                match to {
+                    Recipient::User(u) => out.push(Action::Signal {
+                        subject: subject::typing_user(&u),
+                        frame: crate::wire::encode_typing_event(&from, None, typing),
+                    }),
+                    Recipient::Group(g) if self.groups.contains(&g) => out.push(Action::Signal {
+                        subject: subject::typing_group(&g),
+                        frame: crate::wire::encode_typing_event(&from, Some(&g), typing),
+                    }),
+                    Recipient::Group(_) => {}
                 }
             }
             (State::Joining(id) | State::Active(id), Command::Receipt(r)) => {

@@ -74,6 +74,16 @@ pub fn receipt_msg_id(reader: &UserId, kind: &str, sender: &UserId, id: &ClientM
     format!("rc:{reader}:{kind}:{sender}:{id}")
 }
 
+/// Core NATS subject (no stream captures it: never stored) for typing events to a user.
+pub fn typing_user(user: &UserId) -> String {
+    format!("typing.user.{user}")
+}
+
+/// Core NATS subject for typing events in a group.
+pub fn typing_group(group: &GroupId) -> String {
+    format!("typing.group.{group}")
+}
+
 /// Strips the live prefix: `live.msg.private.bob` → `msg.private.bob`.
 pub fn stored_subject(live: &str) -> Option<&str> {
     live.strip_prefix(LIVE_PREFIX)

@@ -42,6 +42,13 @@ pub enum Command {
     Sync(SyncRequest),
     /// A delivered/read receipt about a message the user received.
     Receipt(Receipt),
+    /// Typing started or stopped in a conversation.
+    Typing {
+        /// The other party or the group.
+        to: Recipient,
+        /// Typing now.
+        typing: bool,
+    },
     /// A frame that is well-formed but carries an invalid field: answered with a
     /// non-fatal Error.
     Invalid {
@@ -244,6 +251,28 @@ pub fn decode_command(frame: Bytes) -> Result<Command, WireError> {
         }
         Kind::Ack(a) => Command::Ack(cursors(a.cursors)),
         Kind::Ping(p) => Command::Ping(p.nonce),
+        Kind::Typing(t) => {
+            let to = match t.to {
+                Some(pb::typing::To::User(u)) => UserId::parse(u).map(Recipient::User),
+                Some(pb::typing::To::Group(g)) => GroupId::parse(g).map(Recipient::Group),
+                None => {
+                    return Ok(Command::Invalid {
+                        code: ErrorCode::Protocol,
+                        detail: "typing without a conversation".into(),
+                    });
+                }
+            };
+            match to {
+                Ok(to) => Command::Typing {
+                    to,
+                    typing: t.typing,
+                },
+                Err(e) => Command::Invalid {
+                    code: ErrorCode::InvalidId,
+                    detail: e.to_string(),
+                },
+            }
+        }
         Kind::Receipt(r) => match Receipt::from_pb(r) {
             Ok(r) => Command::Receipt(r),
             Err((code, detail)) => Command::Invalid { code, detail },
@@ -650,6 +679,19 @@ fn to_pb_message(d: &Delivery) -> pb::Message {
         notification: d.message.notification.as_ref().map(Notification::to_pb),
         receipt: d.message.receipt.as_ref().map(Receipt::to_pb),
     }
+}
+
+/// A TypingEvent frame: `from` is typing (or stopped) in the direct conversation with
+/// the receiver, or in `group`. Encoded once by the typer's edge; receiving edges
+/// forward the bytes.
+pub fn encode_typing_event(from: &UserId, group: Option<&GroupId>, typing: bool) -> Bytes {
+    encode_frame(&pb::ServerFrame {
+        kind: Some(pb::server_frame::Kind::Typing(pb::TypingEvent {
+            from: from.to_string(),
+            group: group.map(|g| g.to_string()).unwrap_or_default(),
+            typing,
+        })),
+    })
 }
 
 /// Encodes deliveries as one Deliver frame. Called once per message for all

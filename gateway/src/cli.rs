@@ -645,7 +645,7 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
                         }
                     }
                     Some(Event::Error { code, message }) => eprintln!("warning: {code}: {message}"),
-                    Some(Event::SendResult { .. }) => {}
+                    Some(Event::SendResult { .. } | Event::Typing { .. }) => {}
                     Some(Event::Closed { reason }) => bail!("connection closed: {reason}"),
                     None => bail!("connection closed"),
                 }

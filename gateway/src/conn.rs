@@ -325,6 +325,7 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                             fetches.push(fetch(shared.hub.clone(), f, Duration::ZERO));
                         }
                     }
+                    Action::Signal { subject, frame } => shared.hub.signal(subject, frame).await,
                     Action::SaveCursors(cursors) => {
                         if let Some(identity) = session.identity() {
                             let device_key = format!("{}/{}", identity.user, identity.device);
@@ -455,6 +456,14 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                     let mut next = Some(item);
                     while let Some(item) = next.take() {
                         queued.fetch_sub(item.frame.len(), Ordering::AcqRel);
+                        // Ephemeral (typing): no sequence, written as it comes.
+                        if item.seq.0 == 0 {
+                            batch.extend_from_slice(&item.frame);
+                            if batch.len() < MAX_BATCH {
+                                next = live_rx.try_recv().ok();
+                            }
+                            continue;
+                        }
                         match order.on_live(&item.subject, item.seq, item.prev) {
                             Live::Deliver => batch.extend_from_slice(&item.frame),
                             Live::Skip => {}

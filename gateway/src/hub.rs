@@ -114,8 +114,9 @@ impl LiveKey {
             Self::User(u) => vec![
                 subject::live_private_inbox(u),
                 subject::live_notifications(u),
+                subject::typing_user(u),
             ],
-            Self::Group(g) => vec![subject::live_group_subject(g)],
+            Self::Group(g) => vec![subject::live_group_subject(g), subject::typing_group(g)],
         }
     }
 }
@@ -475,6 +476,13 @@ impl Hub {
         out
     }
 
+    /// Publishes an ephemeral frame (typing) on core NATS; lost if the link is down.
+    pub async fn signal(&self, subject: String, frame: bytes::Bytes) {
+        if let Err(e) = self.client.publish(subject, frame).await {
+            debug!(error = %e, "publishing a typing event failed");
+        }
+    }
+
     /// Tells every connection to re-check its subjects from what it has delivered, as
     /// after a lost live message: called when the hub is reachable again, since live
     /// re-publishes sent while the link was down never arrived.
@@ -754,6 +762,22 @@ impl Hub {
         }
         let _ = ready.send(true);
         while let Some(msg) = sub.next().await {
+            if msg.subject.as_str().starts_with("typing.") {
+                // Ephemeral: the frame as the typer's edge encoded it, to whoever is
+                // here now; a full queue drops it (no catch-up for typing).
+                let item = Arc::new(LiveItem {
+                    subject: String::new(),
+                    seq: Seq(0),
+                    prev: Seq(0),
+                    frame: msg.payload.clone(),
+                });
+                if let Ok(reg) = self.registry.lock() {
+                    for (_, t) in reg.targets(&key) {
+                        let _ = t.offer(&item);
+                    }
+                }
+                continue;
+            }
             let delivery = match parse_live(&msg) {
                 Ok(d) => d,
                 Err(e) => {

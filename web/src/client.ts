@@ -24,6 +24,7 @@ import {
   AckSchema,
   PingSchema,
   SyncSchema,
+  TypingSchema,
   ReceiptSchema,
   Receipt_Kind,
   type SyncBatch,
@@ -211,7 +212,8 @@ function statusName(s: SendResult_Status): SendResult["status"] {
  * after connect: dropped connections, refused reconnects), `fallback` (detail:
  * {@link PetrelError}: why WebTransport failed when WebSocket was used instead),
  * `sendresult` (detail: {@link SendResult}: the final `stored` of a send that
- * resolved as `queued` while the hub was unreachable).
+ * resolved as `queued` while the hub was unreachable), `typing` (detail: {from,
+ * group?, typing}).
  */
 export class PetrelClient extends EventTarget {
   private readonly opts: Required<
@@ -369,6 +371,25 @@ export class PetrelClient extends EventTarget {
       // the reconnect.
       this.conn?.write(frame).catch(() => {});
     });
+  }
+
+  /**
+   * Says this user is (no longer) typing to `to` (a user, or `{ group }`). Live only;
+   * the gateway drops more than 5 a second. Others get a `typing` event.
+   */
+  async typing(to: string | { group: string }, typing = true): Promise<void> {
+    const conn = this.conn;
+    if (!conn || this._state !== "open") throw new PetrelError("CLOSED", "not connected");
+    const target =
+      typeof to === "string" ? ({ case: "user", value: to } as const) : ({ case: "group", value: to.group } as const);
+    await conn.write(
+      encodeFrame(
+        toBinary(
+          ClientFrameSchema,
+          create(ClientFrameSchema, { kind: { case: "typing", value: create(TypingSchema, { to: target, typing }) } }),
+        ),
+      ),
+    );
   }
 
   /**
@@ -697,6 +718,13 @@ export class PetrelClient extends EventTarget {
       case "sendResult":
         this.onSendResult(f.kind.value);
         return null;
+      case "typing": {
+        const t = f.kind.value;
+        this.dispatchEvent(
+          new CustomEvent("typing", { detail: { from: t.from, group: t.group || undefined, typing: t.typing } }),
+        );
+        return null;
+      }
       case "deliver":
         for (const m of f.kind.value.messages) this.onMessage(m);
         return null;

@@ -390,3 +390,19 @@ test("receipts: a browser reader's read receipt reaches the browser sender", asy
   await sara.context.close();
   await tom.context.close();
 });
+
+test("typing: a WebTransport user's typing shows on a WebSocket user's page", async () => {
+  const uma = await openUser("uma");
+  const vic = await openUser("vic", { noWebTransport: true, expect: "websocket" });
+  const seen = vic.page.evaluate(
+    () =>
+      new Promise((resolve, reject) => {
+        setTimeout(() => reject(new Error("no typing event within 10 s")), 10_000);
+        window.petrel.client.addEventListener("typing", (e) => resolve(e.detail));
+      }),
+  );
+  await uma.page.evaluate(() => window.petrel.client.typing("vic", true));
+  assert.deepEqual(await seen, { from: "uma", group: undefined, typing: true });
+  await uma.context.close();
+  await vic.context.close();
+});

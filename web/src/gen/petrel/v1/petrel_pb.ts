@@ -18,7 +18,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file petrel/v1/petrel.proto.
  */
 export const file_petrel_v1_petrel: GenFile = /*@__PURE__*/
-  fileDesc("ChZwZXRyZWwvdjEvcGV0cmVsLnByb3RvEglwZXRyZWwudjEi4QEKC0NsaWVudEZyYW1lEiEKBWhlbGxvGAEgASgLMhAucGV0cmVsLnYxLkhlbGxvSAASHwoEc2VuZBgCIAEoCzIPLnBldHJlbC52MS5TZW5kSAASHQoDYWNrGAMgASgLMg4ucGV0cmVsLnYxLkFja0gAEh8KBHBpbmcYBCABKAsyDy5wZXRyZWwudjEuUGluZ0gAEh8KBHN5bmMYBSABKAsyDy5wZXRyZWwudjEuU3luY0gAEiUKB3JlY2VpcHQYByABKAsyEi5wZXRyZWwudjEuUmVjZWlwdEgAQgYKBGtpbmQitgEKB1JlY2VpcHQSJQoEa2luZBgBIAEoDjIXLnBldHJlbC52MS5SZWNlaXB0LktpbmQSDwoHc3ViamVjdBgCIAEoCRILCgNzZXEYAyABKAQSDgoGc2VuZGVyGAQgASgJEhUKDWNsaWVudF9tc2dfaWQYBSABKAkiPwoES2luZBIUChBLSU5EX1VOU1BFQ0lGSUVEEAASEgoOS0lORF9ERUxJVkVSRUQQARINCglLSU5EX1JFQUQQAiJvCgRTeW5jEhIKCnJlcXVlc3RfaWQYASABKAQSDwoHc3ViamVjdBgCIAEoCRIUCgxuZXdlc3RfZmlyc3QYAyABKAgSDgoGYmVmb3JlGAQgASgEEg0KBWFmdGVyGAUgASgEEg0KBWxpbWl0GAYgASgNIpkBCglTeW5jQmF0Y2gSEgoKcmVxdWVzdF9pZBgBIAEoBBIPCgdzdWJqZWN0GAIgASgJEiQKCG1lc3NhZ2VzGAMgAygLMhIucGV0cmVsLnYxLk1lc3NhZ2USDAoEbW9yZRgEIAEoCBIjCgVlcnJvchgFIAEoDjIULnBldHJlbC52MS5FcnJvckNvZGUSDgoGZGV0YWlsGAYgASgJImQKBUhlbGxvEg0KBXRva2VuGAEgASgJEg4KBmRldmljZRgCIAEoCRIiCgdjdXJzb3JzGAMgAygLMhEucGV0cmVsLnYxLkN1cnNvchIYChBwcm90b2NvbF92ZXJzaW9uGAQgASgNIiYKBkN1cnNvchIPCgdzdWJqZWN0GAEgASgJEgsKA3NlcRgCIAEoBCJrCgRTZW5kEhUKDWNsaWVudF9tc2dfaWQYASABKAkSDgoEdXNlchgCIAEoCUgAEg8KBWdyb3VwGAMgASgJSAASDwoHY29udGVudBgEIAEoDBIUCgxjb250ZW50X3R5cGUYBSABKAlCBAoCdG8iKQoDQWNrEiIKB2N1cnNvcnMYASADKAsyES5wZXRyZWwudjEuQ3Vyc29yIhUKBFBpbmcSDQoFbm9uY2UYASABKAQigQIKC1NlcnZlckZyYW1lEiUKB3dlbGNvbWUYASABKAsyEi5wZXRyZWwudjEuV2VsY29tZUgAEiwKC3NlbmRfcmVzdWx0GAIgASgLMhUucGV0cmVsLnYxLlNlbmRSZXN1bHRIABIlCgdkZWxpdmVyGAMgASgLMhIucGV0cmVsLnYxLkRlbGl2ZXJIABIfCgRwb25nGAQgASgLMg8ucGV0cmVsLnYxLlBvbmdIABIhCgVlcnJvchgFIAEoCzIQLnBldHJlbC52MS5FcnJvckgAEioKCnN5bmNfYmF0Y2gYCSABKAsyFC5wZXRyZWwudjEuU3luY0JhdGNoSABCBgoEa2luZCKnAQoHV2VsY29tZRIMCgR1c2VyGAEgASgJEg4KBmRldmljZRgCIAEoCRIVCg1jb25uZWN0aW9uX2lkGAMgASgJEhcKD21heF9mcmFtZV9ieXRlcxgEIAEoDRIWCg5zZXJ2ZXJfdGltZV9tcxgFIAEoBBISCgpnYXRld2F5X2lkGAYgASgJEiIKB2N1cnNvcnMYByADKAsyES5wZXRyZWwudjEuQ3Vyc29yIqUCCgpTZW5kUmVzdWx0EhUKDWNsaWVudF9tc2dfaWQYASABKAkSLAoGc3RhdHVzGAIgASgOMhwucGV0cmVsLnYxLlNlbmRSZXN1bHQuU3RhdHVzEg8KB3N1YmplY3QYAyABKAkSCwoDc2VxGAQgASgEEg4KBm1zZ19pZBgFIAEoCRIkCgZyZWFzb24YBiABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg4KBmRldGFpbBgHIAEoCRIRCglkdXBsaWNhdGUYCCABKAgiWwoGU3RhdHVzEhYKElNUQVRVU19VTlNQRUNJRklFRBAAEhEKDVNUQVRVU19TVE9SRUQQARIRCg1TVEFUVVNfUVVFVUVEEAISEwoPU1RBVFVTX1JFSkVDVEVEEAMiLwoHRGVsaXZlchIkCghtZXNzYWdlcxgBIAMoCzISLnBldHJlbC52MS5NZXNzYWdlIpoCCgdNZXNzYWdlEg8KB3N1YmplY3QYASABKAkSCwoDc2VxGAIgASgEEgwKBGZyb20YAyABKAkSCgoCdG8YBCABKAkSDwoHdGltZV9tcxgFIAEoBBIVCg1jbGllbnRfbXNnX2lkGAYgASgJEg8KB2NvbnRlbnQYByABKAwSFAoMY29udGVudF90eXBlGAggASgJEhMKC2Zyb21fZGV2aWNlGAkgASgJEhAKCHByZXZfc2VxGAogASgEEg0KBWdyb3VwGAsgASgJEi0KDG5vdGlmaWNhdGlvbhgMIAEoCzIXLnBldHJlbC52MS5Ob3RpZmljYXRpb24SIwoHcmVjZWlwdBgNIAEoCzISLnBldHJlbC52MS5SZWNlaXB0Ir8CCgxOb3RpZmljYXRpb24SCgoCaWQYASABKAkSDQoFdGl0bGUYAiABKAkSDAoEYm9keRgDIAEoCRIOCgZhY3Rpb24YBCABKAkSMgoIcHJpb3JpdHkYBSABKA4yIC5wZXRyZWwudjEuTm90aWZpY2F0aW9uLlByaW9yaXR5Eg0KBWJhZGdlGAYgASgNEi8KBGRhdGEYByADKAsyIS5wZXRyZWwudjEuTm90aWZpY2F0aW9uLkRhdGFFbnRyeRIPCgd0aW1lX21zGAggASgEGisKCURhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkQKCFByaW9yaXR5EhMKD1BSSU9SSVRZX05PUk1BTBAAEhAKDFBSSU9SSVRZX0xPVxABEhEKDVBSSU9SSVRZX0hJR0gQAiItCgRQb25nEg0KBW5vbmNlGAEgASgEEhYKDnNlcnZlcl90aW1lX21zGAIgASgEIksKBUVycm9yEiIKBGNvZGUYASABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg8KB21lc3NhZ2UYAiABKAkSDQoFZmF0YWwYAyABKAgi1QEKDVN0b3JlZE1lc3NhZ2USDAoEZnJvbRgBIAEoCRIKCgJ0bxgCIAEoCRIVCg1jbGllbnRfbXNnX2lkGAMgASgJEg8KB2NvbnRlbnQYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJEg8KB3RpbWVfbXMYBiABKAQSEwoLZnJvbV9kZXZpY2UYByABKAkSEgoKZ2F0ZXdheV9pZBgIIAEoCRINCgVncm91cBgJIAEoCRIjCgdyZWNlaXB0GAogASgLMhIucGV0cmVsLnYxLlJlY2VpcHQq2AMKCUVycm9yQ29kZRIaChZFUlJPUl9DT0RFX1VOU1BFQ0lGSUVEEAASGAoURVJST1JfQ09ERV9CQURfRlJBTUUQARIeChpFUlJPUl9DT0RFX0ZSQU1FX1RPT19MQVJHRRACEhwKGEVSUk9SX0NPREVfVU5LTk9XTl9GUkFNRRADEhcKE0VSUk9SX0NPREVfUFJPVE9DT0wQBBIeChpFUlJPUl9DT0RFX1VOQVVUSEVOVElDQVRFRBAFEhwKGEVSUk9SX0NPREVfVE9LRU5fRVhQSVJFRBAGEhkKFUVSUk9SX0NPREVfSU5WQUxJRF9JRBAHEiAKHEVSUk9SX0NPREVfSEFORFNIQUtFX1RJTUVPVVQQCBIeChpFUlJPUl9DT0RFX0lOVkFMSURfTUVTU0FHRRAJEhoKFkVSUk9SX0NPREVfVU5BVkFJTEFCTEUQChIcChhFUlJPUl9DT0RFX1NMT1dfQ09OU1VNRVIQCxIZChVFUlJPUl9DT0RFX0dPSU5HX0FXQVkQDBIbChdFUlJPUl9DT0RFX1JBVEVfTElNSVRFRBANEhcKE0VSUk9SX0NPREVfSU5URVJOQUwQDhIYChRFUlJPUl9DT0RFX0ZPUkJJRERFThAPYgZwcm90bzM");
+  fileDesc("ChZwZXRyZWwvdjEvcGV0cmVsLnByb3RvEglwZXRyZWwudjEihgIKC0NsaWVudEZyYW1lEiEKBWhlbGxvGAEgASgLMhAucGV0cmVsLnYxLkhlbGxvSAASHwoEc2VuZBgCIAEoCzIPLnBldHJlbC52MS5TZW5kSAASHQoDYWNrGAMgASgLMg4ucGV0cmVsLnYxLkFja0gAEh8KBHBpbmcYBCABKAsyDy5wZXRyZWwudjEuUGluZ0gAEh8KBHN5bmMYBSABKAsyDy5wZXRyZWwudjEuU3luY0gAEiMKBnR5cGluZxgGIAEoCzIRLnBldHJlbC52MS5UeXBpbmdIABIlCgdyZWNlaXB0GAcgASgLMhIucGV0cmVsLnYxLlJlY2VpcHRIAEIGCgRraW5kIj8KBlR5cGluZxIOCgR1c2VyGAEgASgJSAASDwoFZ3JvdXAYAiABKAlIABIOCgZ0eXBpbmcYAyABKAhCBAoCdG8iOgoLVHlwaW5nRXZlbnQSDAoEZnJvbRgBIAEoCRINCgVncm91cBgCIAEoCRIOCgZ0eXBpbmcYAyABKAgitgEKB1JlY2VpcHQSJQoEa2luZBgBIAEoDjIXLnBldHJlbC52MS5SZWNlaXB0LktpbmQSDwoHc3ViamVjdBgCIAEoCRILCgNzZXEYAyABKAQSDgoGc2VuZGVyGAQgASgJEhUKDWNsaWVudF9tc2dfaWQYBSABKAkiPwoES2luZBIUChBLSU5EX1VOU1BFQ0lGSUVEEAASEgoOS0lORF9ERUxJVkVSRUQQARINCglLSU5EX1JFQUQQAiJvCgRTeW5jEhIKCnJlcXVlc3RfaWQYASABKAQSDwoHc3ViamVjdBgCIAEoCRIUCgxuZXdlc3RfZmlyc3QYAyABKAgSDgoGYmVmb3JlGAQgASgEEg0KBWFmdGVyGAUgASgEEg0KBWxpbWl0GAYgASgNIpkBCglTeW5jQmF0Y2gSEgoKcmVxdWVzdF9pZBgBIAEoBBIPCgdzdWJqZWN0GAIgASgJEiQKCG1lc3NhZ2VzGAMgAygLMhIucGV0cmVsLnYxLk1lc3NhZ2USDAoEbW9yZRgEIAEoCBIjCgVlcnJvchgFIAEoDjIULnBldHJlbC52MS5FcnJvckNvZGUSDgoGZGV0YWlsGAYgASgJImQKBUhlbGxvEg0KBXRva2VuGAEgASgJEg4KBmRldmljZRgCIAEoCRIiCgdjdXJzb3JzGAMgAygLMhEucGV0cmVsLnYxLkN1cnNvchIYChBwcm90b2NvbF92ZXJzaW9uGAQgASgNIiYKBkN1cnNvchIPCgdzdWJqZWN0GAEgASgJEgsKA3NlcRgCIAEoBCJrCgRTZW5kEhUKDWNsaWVudF9tc2dfaWQYASABKAkSDgoEdXNlchgCIAEoCUgAEg8KBWdyb3VwGAMgASgJSAASDwoHY29udGVudBgEIAEoDBIUCgxjb250ZW50X3R5cGUYBSABKAlCBAoCdG8iKQoDQWNrEiIKB2N1cnNvcnMYASADKAsyES5wZXRyZWwudjEuQ3Vyc29yIhUKBFBpbmcSDQoFbm9uY2UYASABKAQiqwIKC1NlcnZlckZyYW1lEiUKB3dlbGNvbWUYASABKAsyEi5wZXRyZWwudjEuV2VsY29tZUgAEiwKC3NlbmRfcmVzdWx0GAIgASgLMhUucGV0cmVsLnYxLlNlbmRSZXN1bHRIABIlCgdkZWxpdmVyGAMgASgLMhIucGV0cmVsLnYxLkRlbGl2ZXJIABIfCgRwb25nGAQgASgLMg8ucGV0cmVsLnYxLlBvbmdIABIhCgVlcnJvchgFIAEoCzIQLnBldHJlbC52MS5FcnJvckgAEioKCnN5bmNfYmF0Y2gYCSABKAsyFC5wZXRyZWwudjEuU3luY0JhdGNoSAASKAoGdHlwaW5nGAggASgLMhYucGV0cmVsLnYxLlR5cGluZ0V2ZW50SABCBgoEa2luZCKnAQoHV2VsY29tZRIMCgR1c2VyGAEgASgJEg4KBmRldmljZRgCIAEoCRIVCg1jb25uZWN0aW9uX2lkGAMgASgJEhcKD21heF9mcmFtZV9ieXRlcxgEIAEoDRIWCg5zZXJ2ZXJfdGltZV9tcxgFIAEoBBISCgpnYXRld2F5X2lkGAYgASgJEiIKB2N1cnNvcnMYByADKAsyES5wZXRyZWwudjEuQ3Vyc29yIqUCCgpTZW5kUmVzdWx0EhUKDWNsaWVudF9tc2dfaWQYASABKAkSLAoGc3RhdHVzGAIgASgOMhwucGV0cmVsLnYxLlNlbmRSZXN1bHQuU3RhdHVzEg8KB3N1YmplY3QYAyABKAkSCwoDc2VxGAQgASgEEg4KBm1zZ19pZBgFIAEoCRIkCgZyZWFzb24YBiABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg4KBmRldGFpbBgHIAEoCRIRCglkdXBsaWNhdGUYCCABKAgiWwoGU3RhdHVzEhYKElNUQVRVU19VTlNQRUNJRklFRBAAEhEKDVNUQVRVU19TVE9SRUQQARIRCg1TVEFUVVNfUVVFVUVEEAISEwoPU1RBVFVTX1JFSkVDVEVEEAMiLwoHRGVsaXZlchIkCghtZXNzYWdlcxgBIAMoCzISLnBldHJlbC52MS5NZXNzYWdlIpoCCgdNZXNzYWdlEg8KB3N1YmplY3QYASABKAkSCwoDc2VxGAIgASgEEgwKBGZyb20YAyABKAkSCgoCdG8YBCABKAkSDwoHdGltZV9tcxgFIAEoBBIVCg1jbGllbnRfbXNnX2lkGAYgASgJEg8KB2NvbnRlbnQYByABKAwSFAoMY29udGVudF90eXBlGAggASgJEhMKC2Zyb21fZGV2aWNlGAkgASgJEhAKCHByZXZfc2VxGAogASgEEg0KBWdyb3VwGAsgASgJEi0KDG5vdGlmaWNhdGlvbhgMIAEoCzIXLnBldHJlbC52MS5Ob3RpZmljYXRpb24SIwoHcmVjZWlwdBgNIAEoCzISLnBldHJlbC52MS5SZWNlaXB0Ir8CCgxOb3RpZmljYXRpb24SCgoCaWQYASABKAkSDQoFdGl0bGUYAiABKAkSDAoEYm9keRgDIAEoCRIOCgZhY3Rpb24YBCABKAkSMgoIcHJpb3JpdHkYBSABKA4yIC5wZXRyZWwudjEuTm90aWZpY2F0aW9uLlByaW9yaXR5Eg0KBWJhZGdlGAYgASgNEi8KBGRhdGEYByADKAsyIS5wZXRyZWwudjEuTm90aWZpY2F0aW9uLkRhdGFFbnRyeRIPCgd0aW1lX21zGAggASgEGisKCURhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkQKCFByaW9yaXR5EhMKD1BSSU9SSVRZX05PUk1BTBAAEhAKDFBSSU9SSVRZX0xPVxABEhEKDVBSSU9SSVRZX0hJR0gQAiItCgRQb25nEg0KBW5vbmNlGAEgASgEEhYKDnNlcnZlcl90aW1lX21zGAIgASgEIksKBUVycm9yEiIKBGNvZGUYASABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg8KB21lc3NhZ2UYAiABKAkSDQoFZmF0YWwYAyABKAgi1QEKDVN0b3JlZE1lc3NhZ2USDAoEZnJvbRgBIAEoCRIKCgJ0bxgCIAEoCRIVCg1jbGllbnRfbXNnX2lkGAMgASgJEg8KB2NvbnRlbnQYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJEg8KB3RpbWVfbXMYBiABKAQSEwoLZnJvbV9kZXZpY2UYByABKAkSEgoKZ2F0ZXdheV9pZBgIIAEoCRINCgVncm91cBgJIAEoCRIjCgdyZWNlaXB0GAogASgLMhIucGV0cmVsLnYxLlJlY2VpcHQq2AMKCUVycm9yQ29kZRIaChZFUlJPUl9DT0RFX1VOU1BFQ0lGSUVEEAASGAoURVJST1JfQ09ERV9CQURfRlJBTUUQARIeChpFUlJPUl9DT0RFX0ZSQU1FX1RPT19MQVJHRRACEhwKGEVSUk9SX0NPREVfVU5LTk9XTl9GUkFNRRADEhcKE0VSUk9SX0NPREVfUFJPVE9DT0wQBBIeChpFUlJPUl9DT0RFX1VOQVVUSEVOVElDQVRFRBAFEhwKGEVSUk9SX0NPREVfVE9LRU5fRVhQSVJFRBAGEhkKFUVSUk9SX0NPREVfSU5WQUxJRF9JRBAHEiAKHEVSUk9SX0NPREVfSEFORFNIQUtFX1RJTUVPVVQQCBIeChpFUlJPUl9DT0RFX0lOVkFMSURfTUVTU0FHRRAJEhoKFkVSUk9SX0NPREVfVU5BVkFJTEFCTEUQChIcChhFUlJPUl9DT0RFX1NMT1dfQ09OU1VNRVIQCxIZChVFUlJPUl9DT0RFX0dPSU5HX0FXQVkQDBIbChdFUlJPUl9DT0RFX1JBVEVfTElNSVRFRBANEhcKE0VSUk9SX0NPREVfSU5URVJOQUwQDhIYChRFUlJPUl9DT0RFX0ZPUkJJRERFThAPYgZwcm90bzM");
 
 /**
  * @generated from message petrel.v1.ClientFrame
@@ -59,7 +59,13 @@ export type ClientFrame = Message$1<"petrel.v1.ClientFrame"> & {
     case: "sync";
   } | {
     /**
-     * 6: Typing, 8: RegisterPushToken (later).
+     * @generated from field: petrel.v1.Typing typing = 6;
+     */
+    value: Typing;
+    case: "typing";
+  } | {
+    /**
+     * 8: RegisterPushToken (later).
      *
      * @generated from field: petrel.v1.Receipt receipt = 7;
      */
@@ -74,6 +80,74 @@ export type ClientFrame = Message$1<"petrel.v1.ClientFrame"> & {
  */
 export const ClientFrameSchema: GenMessage<ClientFrame> = /*@__PURE__*/
   messageDesc(file_petrel_v1_petrel, 0);
+
+/**
+ * "I am (not) typing" in a conversation with a user or in a group. Live only: never
+ * stored, dropped when a queue is full, at most 5 per second per connection (more are
+ * dropped silently).
+ *
+ * @generated from message petrel.v1.Typing
+ */
+export type Typing = Message$1<"petrel.v1.Typing"> & {
+  /**
+   * @generated from oneof petrel.v1.Typing.to
+   */
+  to: {
+    /**
+     * @generated from field: string user = 1;
+     */
+    value: string;
+    case: "user";
+  } | {
+    /**
+     * @generated from field: string group = 2;
+     */
+    value: string;
+    case: "group";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * @generated from field: bool typing = 3;
+   */
+  typing: boolean;
+};
+
+/**
+ * Describes the message petrel.v1.Typing.
+ * Use `create(TypingSchema)` to create a new message.
+ */
+export const TypingSchema: GenMessage<Typing> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 1);
+
+/**
+ * Someone is (no longer) typing: `from` in the direct conversation with them, or in
+ * `group`.
+ *
+ * @generated from message petrel.v1.TypingEvent
+ */
+export type TypingEvent = Message$1<"petrel.v1.TypingEvent"> & {
+  /**
+   * @generated from field: string from = 1;
+   */
+  from: string;
+
+  /**
+   * @generated from field: string group = 2;
+   */
+  group: string;
+
+  /**
+   * @generated from field: bool typing = 3;
+   */
+  typing: boolean;
+};
+
+/**
+ * Describes the message petrel.v1.TypingEvent.
+ * Use `create(TypingEventSchema)` to create a new message.
+ */
+export const TypingEventSchema: GenMessage<TypingEvent> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 2);
 
 /**
  * "I received / read this message": sent by the recipient about a direct message it got
@@ -119,7 +193,7 @@ export type Receipt = Message$1<"petrel.v1.Receipt"> & {
  * Use `create(ReceiptSchema)` to create a new message.
  */
 export const ReceiptSchema: GenMessage<Receipt> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 1);
+  messageDesc(file_petrel_v1_petrel, 3);
 
 /**
  * @generated from enum petrel.v1.Receipt.Kind
@@ -145,7 +219,7 @@ export enum Receipt_Kind {
  * Describes the enum petrel.v1.Receipt.Kind.
  */
 export const Receipt_KindSchema: GenEnum<Receipt_Kind> = /*@__PURE__*/
-  enumDesc(file_petrel_v1_petrel, 1, 0);
+  enumDesc(file_petrel_v1_petrel, 3, 0);
 
 /**
  * A page of history on one subject, for scrolling back (newest_first, messages with
@@ -193,7 +267,7 @@ export type Sync = Message$1<"petrel.v1.Sync"> & {
  * Use `create(SyncSchema)` to create a new message.
  */
 export const SyncSchema: GenMessage<Sync> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 2);
+  messageDesc(file_petrel_v1_petrel, 4);
 
 /**
  * The answer to a Sync: messages in the order asked for; `more` when the page was full
@@ -238,7 +312,7 @@ export type SyncBatch = Message$1<"petrel.v1.SyncBatch"> & {
  * Use `create(SyncBatchSchema)` to create a new message.
  */
 export const SyncBatchSchema: GenMessage<SyncBatch> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 3);
+  messageDesc(file_petrel_v1_petrel, 5);
 
 /**
  * First frame of every connection. Nothing else is accepted before it.
@@ -280,7 +354,7 @@ export type Hello = Message$1<"petrel.v1.Hello"> & {
  * Use `create(HelloSchema)` to create a new message.
  */
 export const HelloSchema: GenMessage<Hello> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 4);
+  messageDesc(file_petrel_v1_petrel, 6);
 
 /**
  * @generated from message petrel.v1.Cursor
@@ -302,7 +376,7 @@ export type Cursor = Message$1<"petrel.v1.Cursor"> & {
  * Use `create(CursorSchema)` to create a new message.
  */
 export const CursorSchema: GenMessage<Cursor> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 5);
+  messageDesc(file_petrel_v1_petrel, 7);
 
 /**
  * A message from the connected user to a conversation.
@@ -356,7 +430,7 @@ export type Send = Message$1<"petrel.v1.Send"> & {
  * Use `create(SendSchema)` to create a new message.
  */
 export const SendSchema: GenMessage<Send> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 6);
+  messageDesc(file_petrel_v1_petrel, 8);
 
 /**
  * Cumulative acknowledgement: every message up to `seq` on `subject` is processed.
@@ -375,7 +449,7 @@ export type Ack = Message$1<"petrel.v1.Ack"> & {
  * Use `create(AckSchema)` to create a new message.
  */
 export const AckSchema: GenMessage<Ack> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 7);
+  messageDesc(file_petrel_v1_petrel, 9);
 
 /**
  * @generated from message petrel.v1.Ping
@@ -392,7 +466,7 @@ export type Ping = Message$1<"petrel.v1.Ping"> & {
  * Use `create(PingSchema)` to create a new message.
  */
 export const PingSchema: GenMessage<Ping> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 8);
+  messageDesc(file_petrel_v1_petrel, 10);
 
 /**
  * @generated from message petrel.v1.ServerFrame
@@ -433,12 +507,18 @@ export type ServerFrame = Message$1<"petrel.v1.ServerFrame"> & {
     case: "error";
   } | {
     /**
-     * 6: Notification, 7: Presence, 8: Typing, 10: GoAway (later issues).
-     *
      * @generated from field: petrel.v1.SyncBatch sync_batch = 9;
      */
     value: SyncBatch;
     case: "syncBatch";
+  } | {
+    /**
+     * 6: (notifications travel in Deliver), 7: Presence, 10: GoAway (later).
+     *
+     * @generated from field: petrel.v1.TypingEvent typing = 8;
+     */
+    value: TypingEvent;
+    case: "typing";
   } | { case: undefined; value?: undefined };
 };
 
@@ -447,7 +527,7 @@ export type ServerFrame = Message$1<"petrel.v1.ServerFrame"> & {
  * Use `create(ServerFrameSchema)` to create a new message.
  */
 export const ServerFrameSchema: GenMessage<ServerFrame> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 9);
+  messageDesc(file_petrel_v1_petrel, 11);
 
 /**
  * @generated from message petrel.v1.Welcome
@@ -505,7 +585,7 @@ export type Welcome = Message$1<"petrel.v1.Welcome"> & {
  * Use `create(WelcomeSchema)` to create a new message.
  */
 export const WelcomeSchema: GenMessage<Welcome> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 10);
+  messageDesc(file_petrel_v1_petrel, 12);
 
 /**
  * @generated from message petrel.v1.SendResult
@@ -561,7 +641,7 @@ export type SendResult = Message$1<"petrel.v1.SendResult"> & {
  * Use `create(SendResultSchema)` to create a new message.
  */
 export const SendResultSchema: GenMessage<SendResult> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 11);
+  messageDesc(file_petrel_v1_petrel, 13);
 
 /**
  * @generated from enum petrel.v1.SendResult.Status
@@ -598,7 +678,7 @@ export enum SendResult_Status {
  * Describes the enum petrel.v1.SendResult.Status.
  */
 export const SendResult_StatusSchema: GenEnum<SendResult_Status> = /*@__PURE__*/
-  enumDesc(file_petrel_v1_petrel, 11, 0);
+  enumDesc(file_petrel_v1_petrel, 13, 0);
 
 /**
  * One or more delivered messages, in order per subject.
@@ -617,7 +697,7 @@ export type Deliver = Message$1<"petrel.v1.Deliver"> & {
  * Use `create(DeliverSchema)` to create a new message.
  */
 export const DeliverSchema: GenMessage<Deliver> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 12);
+  messageDesc(file_petrel_v1_petrel, 14);
 
 /**
  * @generated from message petrel.v1.Message
@@ -707,7 +787,7 @@ export type Message = Message$1<"petrel.v1.Message"> & {
  * Use `create(MessageSchema)` to create a new message.
  */
 export const MessageSchema: GenMessage<Message> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 13);
+  messageDesc(file_petrel_v1_petrel, 15);
 
 /**
  * A system notification. Business services publish it (this protobuf, binary) to
@@ -771,7 +851,7 @@ export type Notification = Message$1<"petrel.v1.Notification"> & {
  * Use `create(NotificationSchema)` to create a new message.
  */
 export const NotificationSchema: GenMessage<Notification> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 14);
+  messageDesc(file_petrel_v1_petrel, 16);
 
 /**
  * @generated from enum petrel.v1.Notification.Priority
@@ -797,7 +877,7 @@ export enum Notification_Priority {
  * Describes the enum petrel.v1.Notification.Priority.
  */
 export const Notification_PrioritySchema: GenEnum<Notification_Priority> = /*@__PURE__*/
-  enumDesc(file_petrel_v1_petrel, 14, 0);
+  enumDesc(file_petrel_v1_petrel, 16, 0);
 
 /**
  * @generated from message petrel.v1.Pong
@@ -819,7 +899,7 @@ export type Pong = Message$1<"petrel.v1.Pong"> & {
  * Use `create(PongSchema)` to create a new message.
  */
 export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 15);
+  messageDesc(file_petrel_v1_petrel, 17);
 
 /**
  * @generated from message petrel.v1.Error
@@ -848,7 +928,7 @@ export type Error = Message$1<"petrel.v1.Error"> & {
  * Use `create(ErrorSchema)` to create a new message.
  */
 export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 16);
+  messageDesc(file_petrel_v1_petrel, 18);
 
 /**
  * What the gateway stores in JetStream (msg.private.*). Business services and the
@@ -919,7 +999,7 @@ export type StoredMessage = Message$1<"petrel.v1.StoredMessage"> & {
  * Use `create(StoredMessageSchema)` to create a new message.
  */
 export const StoredMessageSchema: GenMessage<StoredMessage> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 17);
+  messageDesc(file_petrel_v1_petrel, 19);
 
 /**
  * One code per client-facing error. On WebSocket the close code is 4000 + code;

@@ -1,0 +1,71 @@
+//! Typing indicators: live only (core NATS, never in a stream), to the other party
+//! across edges and to a group's members, rate-limited.
+
+use std::time::Duration;
+
+use petrel_client::{Client, Event, To, TransportKind::*};
+use petrel_tests::Topology;
+
+async fn next_typing(c: &mut Client, ms: u64) -> Option<(String, Option<String>, bool)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+    loop {
+        match tokio::time::timeout_at(deadline, c.next_event()).await {
+            Ok(Some(Event::Typing {
+                from,
+                group,
+                typing,
+            })) => return Some((from, group, typing)),
+            Ok(Some(_)) => {}
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_reaches_the_other_party_and_is_never_stored() -> anyhow::Result<()> {
+    let topo = Topology::start(2).await?;
+    topo.set_member("team", "alice", true).await?;
+    topo.set_member("team", "bob", true).await?;
+    let mut alice = topo.connect(0, Quic, "alice", "phone").await?;
+    let mut bob = topo.connect(1, WebSocket, "bob", "phone").await?;
+    let mut carol = topo.connect(1, Quic, "carol", "phone").await?;
+    let stored_before = topo.subject_counts(">").await?;
+
+    alice.typing(To::User("bob"), true).await?;
+    anyhow::ensure!(
+        next_typing(&mut bob, 5_000).await == Some(("alice".into(), None, true)),
+        "bob sees alice typing"
+    );
+    alice.typing(To::User("bob"), false).await?;
+    anyhow::ensure!(next_typing(&mut bob, 5_000).await == Some(("alice".into(), None, false)));
+    // In a group: members only (carol is not one and gets nothing).
+    bob.typing(To::Group("team"), true).await?;
+    anyhow::ensure!(
+        next_typing(&mut alice, 5_000).await == Some(("bob".into(), Some("team".into()), true))
+    );
+    anyhow::ensure!(next_typing(&mut carol, 300).await.is_none());
+    // A non-member's typing in the group goes nowhere.
+    carol.typing(To::Group("team"), true).await?;
+    anyhow::ensure!(next_typing(&mut alice, 300).await.is_none());
+
+    // Rate limit: of 50 in a burst, at most the burst (5) plus what refills arrive.
+    for i in 0..50 {
+        alice.typing(To::User("bob"), i % 2 == 0).await?;
+    }
+    let mut got = 0;
+    while next_typing(&mut bob, 500).await.is_some() {
+        got += 1;
+    }
+    anyhow::ensure!(
+        (1..=10).contains(&got),
+        "{got} of 50 typing events passed the limit"
+    );
+
+    // Nothing of it is in any stream.
+    anyhow::ensure!(topo.subject_counts(">").await? == stored_before);
+    let js = async_nats::jetstream::with_domain(topo.hub_client.clone(), "hub");
+    let mut status = js.get_stream("ONLINE_STATUS").await?;
+    anyhow::ensure!(status.info().await?.state.messages == 0);
+    topo.stop().await;
+    Ok(())
+}
