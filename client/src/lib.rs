@@ -217,6 +217,14 @@ pub enum Event {
         /// Typing now.
         typing: bool,
     },
+    /// A watched user's presence (after [`Client::watch`]): `ONLINE`, `OFFLINE` or
+    /// `UNKNOWN` (the directory cannot be read).
+    Presence {
+        /// Who.
+        user: String,
+        /// `ONLINE`, `OFFLINE` or `UNKNOWN`.
+        state: String,
+    },
     /// A non-fatal error frame.
     Error {
         /// Code name.
@@ -505,6 +513,18 @@ impl Client {
         content: impl Into<Bytes>,
     ) -> Result<SendResult, ClientError> {
         self.sender().send_group(group, id, content).await
+    }
+
+    /// Follows these users' presence (replacing any earlier list; at most 256): one
+    /// [`Event::Presence`] each now, then one per change.
+    pub async fn watch(&self, users: &[&str]) -> Result<(), ClientError> {
+        let frame = client_frame(pb::client_frame::Kind::Watch(pb::Watch {
+            users: users.iter().map(|u| u.to_string()).collect(),
+        }));
+        self.cmd
+            .send(Cmd::Frame(frame))
+            .await
+            .map_err(|_| ClientError::Closed("connection closed".into()))
     }
 
     /// Says this user is (no longer) typing to a user or in a group. Live only, not
@@ -863,6 +883,18 @@ async fn handle(
             .send(Event::Error {
                 code: code_name(e.code),
                 message: e.message,
+            })
+            .await
+            .is_ok(),
+        Kind::Presence(p) => events
+            .send(Event::Presence {
+                user: p.user,
+                state: match pb::presence::State::try_from(p.state) {
+                    Ok(pb::presence::State::Online) => "ONLINE",
+                    Ok(pb::presence::State::Offline) => "OFFLINE",
+                    _ => "UNKNOWN",
+                }
+                .to_string(),
             })
             .await
             .is_ok(),

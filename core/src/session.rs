@@ -140,6 +140,8 @@ pub enum Action {
         /// An encoded server frame for the receivers.
         frame: Bytes,
     },
+    /// Follow exactly these users' presence from now on.
+    Watch(Vec<UserId>),
     /// Persist these cursors (cumulative acknowledgements).
     SaveCursors(Vec<(String, Seq)>),
     /// Read a page of history and answer with a SyncBatch.
@@ -439,6 +441,9 @@ impl Session {
                         )),
                     }));
                 }
+            }
+            (State::Joining(_) | State::Active(_), Command::Watch(users)) => {
+                out.push(Action::Watch(users));
             }
             (State::Joining(id) | State::Active(id), Command::Typing { to, typing }) => {
                 // Ephemeral: over the rate, or to a group it is not in, it is dropped

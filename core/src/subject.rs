@@ -84,6 +84,11 @@ pub fn typing_group(group: &GroupId) -> String {
     format!("typing.group.{group}")
 }
 
+/// Core NATS subject of a user's online/offline events.
+pub fn presence_events(user: &UserId) -> String {
+    format!("presence.{user}")
+}
+
 /// Strips the live prefix: `live.msg.private.bob` → `msg.private.bob`.
 pub fn stored_subject(live: &str) -> Option<&str> {
     live.strip_prefix(LIVE_PREFIX)

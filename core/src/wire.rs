@@ -42,6 +42,8 @@ pub enum Command {
     Sync(SyncRequest),
     /// A delivered/read receipt about a message the user received.
     Receipt(Receipt),
+    /// Follow these users' presence (replacing the earlier list).
+    Watch(Vec<UserId>),
     /// Typing started or stopped in a conversation.
     Typing {
         /// The other party or the group.
@@ -128,6 +130,35 @@ impl Receipt {
             client_msg_id: self.client_msg_id.to_string(),
         }
     }
+}
+
+/// Most users one connection may watch.
+pub const MAX_WATCH: usize = 256;
+
+/// A user's presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceState {
+    /// The directory cannot be read.
+    Unknown,
+    /// At least one device connected.
+    Online,
+    /// No device connected.
+    Offline,
+}
+
+/// A Presence frame for `user`.
+pub fn encode_presence(user: &UserId, state: PresenceState) -> Bytes {
+    let state = match state {
+        PresenceState::Unknown => pb::presence::State::Unknown,
+        PresenceState::Online => pb::presence::State::Online,
+        PresenceState::Offline => pb::presence::State::Offline,
+    };
+    encode_frame(&pb::ServerFrame {
+        kind: Some(pb::server_frame::Kind::Presence(pb::Presence {
+            user: user.to_string(),
+            state: state as i32,
+        })),
+    })
 }
 
 /// Most messages in one history page.
@@ -251,6 +282,26 @@ pub fn decode_command(frame: Bytes) -> Result<Command, WireError> {
         }
         Kind::Ack(a) => Command::Ack(cursors(a.cursors)),
         Kind::Ping(p) => Command::Ping(p.nonce),
+        Kind::Watch(w) => {
+            if w.users.len() > MAX_WATCH {
+                return Ok(Command::Invalid {
+                    code: ErrorCode::InvalidMessage,
+                    detail: format!("at most {MAX_WATCH} users may be watched"),
+                });
+            }
+            match w
+                .users
+                .into_iter()
+                .map(UserId::parse)
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(users) => Command::Watch(users),
+                Err(e) => Command::Invalid {
+                    code: ErrorCode::InvalidId,
+                    detail: e.to_string(),
+                },
+            }
+        }
         Kind::Typing(t) => {
             let to = match t.to {
                 Some(pb::typing::To::User(u)) => UserId::parse(u).map(Recipient::User),

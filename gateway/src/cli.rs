@@ -645,7 +645,9 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
                         }
                     }
                     Some(Event::Error { code, message }) => eprintln!("warning: {code}: {message}"),
-                    Some(Event::SendResult { .. } | Event::Typing { .. }) => {}
+                    Some(
+                        Event::SendResult { .. } | Event::Typing { .. } | Event::Presence { .. },
+                    ) => {}
                     Some(Event::Closed { reason }) => bail!("connection closed: {reason}"),
                     None => bail!("connection closed"),
                 }

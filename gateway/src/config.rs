@@ -42,11 +42,24 @@ pub struct Config {
 }
 
 /// `[redis]`
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSection {
-    /// `redis://host:port/db` or `redis+unix:///path/to/socket`. Unset: no groups.
+    /// `redis://host:port/db` or `redis+unix:///path/to/socket`. Unset: no groups,
+    /// presence always unknown.
     pub url: Option<String>,
+    /// Seconds between re-writes of this gateway's devices in the presence directory
+    /// (a device of a crashed gateway ages out after three).
+    pub presence_heartbeat_secs: u64,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        Self {
+            url: None,
+            presence_heartbeat_secs: 20,
+        }
+    }
 }
 
 /// `[gateway]`

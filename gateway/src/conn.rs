@@ -135,6 +135,8 @@ pub struct Shared {
     pub outbox: crate::outbox::Outbox,
     /// Group membership (Redis).
     pub groups: crate::groups::Directory,
+    /// The presence directory (Redis).
+    pub presence: Arc<crate::presence::Presence>,
     /// Frames queued toward one connection.
     pub send_queue_frames: usize,
     /// Bytes queued toward one connection (live messages) before it catches up instead.
@@ -224,6 +226,8 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
         let (outcomes_tx, mut outcomes) = mpsc::unbounded_channel();
         let mut joined: Option<petrel_core::UserId> = None;
         let mut my_handle: Option<LiveHandle> = None;
+        let mut device = String::new();
+        let mut watched: std::collections::HashSet<petrel_core::UserId> = Default::default();
         // When to read the user's groups again (the directory was unreachable).
         let mut groups_retry: Option<Instant> = None;
         let mut actions: Vec<Action> = Vec::new();
@@ -290,6 +294,8 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                                 .join(&LiveKey::User(identity.user.clone()), id, handle.clone())
                                 .await;
                             joined = Some(identity.user.clone());
+                            device = identity.device.to_string();
+                            shared.presence.connected(&identity.user, &device).await;
                             groups_retry =
                                 refresh_groups(&shared, &mut session, &identity.user, id, &handle)
                                     .await;
@@ -326,6 +332,34 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                         }
                     }
                     Action::Signal { subject, frame } => shared.hub.signal(subject, frame).await,
+                    Action::Watch(users) => {
+                        let Some(handle) = &my_handle else { continue };
+                        let wanted: std::collections::HashSet<_> = users.iter().cloned().collect();
+                        for u in watched.difference(&wanted) {
+                            shared.hub.leave(&LiveKey::Presence(u.clone()), id);
+                        }
+                        for u in wanted.difference(&watched) {
+                            shared
+                                .hub
+                                .join(&LiveKey::Presence(u.clone()), id, handle.clone())
+                                .await;
+                        }
+                        watched = wanted;
+                        // Subscribed first, then the state now: no change falls between.
+                        let states = futures::future::join_all(
+                            users.iter().map(|u| shared.presence.state(u)),
+                        )
+                        .await;
+                        let mut frames = BytesMut::new();
+                        for (u, state) in users.iter().zip(states) {
+                            frames.extend_from_slice(&petrel_core::wire::encode_presence(u, state));
+                        }
+                        if !frames.is_empty()
+                            && let Err(e) = write(&mut writer, frames.freeze(), write_timeout).await
+                        {
+                            break 'conn e.into();
+                        }
+                    }
                     Action::SaveCursors(cursors) => {
                         if let Some(identity) = session.identity() {
                             let device_key = format!("{}/{}", identity.user, identity.device);
@@ -504,7 +538,11 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                 }
             }
         };
+        for u in &watched {
+            shared.hub.leave(&LiveKey::Presence(u.clone()), id);
+        }
         if let Some(user) = &joined {
+            shared.presence.disconnected(user, &device).await;
             shared.hub.leave(&LiveKey::User(user.clone()), id);
             for g in session.groups() {
                 shared.hub.leave(&LiveKey::Group(g.clone()), id);

@@ -76,6 +76,11 @@ impl Directory {
         self.conn.clone().ok_or(DirectoryError::NotConfigured)
     }
 
+    /// A handle on the connection (cheap clone), if Redis is configured.
+    pub fn connection(&self) -> Option<ConnectionManager> {
+        self.conn.clone()
+    }
+
     /// Whether a Redis is configured at all.
     pub fn configured(&self) -> bool {
         self.conn.is_some()

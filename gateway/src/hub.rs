@@ -105,6 +105,8 @@ pub enum LiveKey {
     User(UserId),
     /// `live.msg.group.{group}`, for every connection here of a member.
     Group(GroupId),
+    /// `presence.{user}`, for every connection here watching the user.
+    Presence(UserId),
 }
 
 impl LiveKey {
@@ -117,6 +119,7 @@ impl LiveKey {
                 subject::typing_user(u),
             ],
             Self::Group(g) => vec![subject::live_group_subject(g), subject::typing_group(g)],
+            Self::Presence(u) => vec![subject::presence_events(u)],
         }
     }
 }
@@ -138,6 +141,7 @@ impl std::fmt::Display for LiveKey {
         match self {
             Self::User(u) => write!(f, "user {u}"),
             Self::Group(g) => write!(f, "group {g}"),
+            Self::Presence(u) => write!(f, "presence of {u}"),
         }
     }
 }
@@ -762,9 +766,11 @@ impl Hub {
         }
         let _ = ready.send(true);
         while let Some(msg) = sub.next().await {
-            if msg.subject.as_str().starts_with("typing.") {
-                // Ephemeral: the frame as the typer's edge encoded it, to whoever is
-                // here now; a full queue drops it (no catch-up for typing).
+            if msg.subject.as_str().starts_with("typing.")
+                || msg.subject.as_str().starts_with("presence.")
+            {
+                // Ephemeral (typing, presence events): the frame as the sending edge
+                // encoded it, to whoever is here now; a full queue drops it.
                 let item = Arc::new(LiveItem {
                     subject: String::new(),
                     seq: Seq(0),

@@ -10,6 +10,7 @@
 //! - [`web`] — the HTTP listener: health, certificate hashes, dev tokens, static files;
 //! - [`hub`] — NATS: JetStream publishing, live subscriptions, fan-out;
 //! - [`groups`] — group membership from Redis (the group service's contract);
+//! - [`presence`] — the presence directory in Redis and online/offline events;
 //! - [`outbox`] — store-and-forward: sends made durable at the edge, forwarded to the
 //!   hub in order until stored (QUEUED while the hub is away);
 //! - [`provision`] — the hub's streams;
@@ -30,6 +31,7 @@ pub mod groups;
 pub mod hub;
 pub mod nats_process;
 pub mod outbox;
+pub mod presence;
 pub mod provision;
 pub mod quic;
 pub mod redis_process;
@@ -214,9 +216,16 @@ impl Gateway {
             handshake_timeout: cfg.limits.handshake_timeout(),
         });
         let groups = groups::Directory::new(cfg.redis.url.as_deref())?;
+        let presence = Arc::new(presence::Presence::new(
+            groups.clone(),
+            nats.clone(),
+            cfg.gateway.id.clone(),
+            Duration::from_secs(cfg.redis.presence_heartbeat_secs.max(1)),
+        ));
         let shared = Arc::new(Shared {
             session,
             groups,
+            presence,
             auth,
             hub,
             outbox,
@@ -322,7 +331,9 @@ impl Gateway {
             resync_on_reconnect(self.shared.hub.clone(), self.reconnects, shutdown.clone());
         let watch_groups =
             watch_group_changes(self.nats.clone(), self.shared.clone(), shutdown.clone());
-        let (_, _, _, served, _, _, _, _) = tokio::join!(
+        let heartbeat = self.shared.presence.heartbeat(shutdown.clone());
+        let (_, _, _, _, served, _, _, _, _) = tokio::join!(
+            heartbeat,
             quic,
             ws,
             ws_plain,

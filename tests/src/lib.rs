@@ -182,6 +182,22 @@ impl Topology {
         petrel_gateway::groups::announce(&self.hub_client, &g).await
     }
 
+    /// Kills redis-server (SIGKILL): its data is gone (no persistence), like a crash.
+    pub async fn kill_redis(&mut self) {
+        if let Some(r) = self.redis.take() {
+            r.kill().await;
+        }
+    }
+
+    /// Starts redis-server again on the same socket (empty).
+    pub async fn restart_redis(&mut self) -> anyhow::Result<()> {
+        self.redis = Some(
+            petrel_gateway::redis_process::RedisProcess::start(&self.dir.path().join("redis"))
+                .await?,
+        );
+        Ok(())
+    }
+
     /// Stops the hub (SIGTERM); its JetStream data stays on disk.
     pub async fn stop_hub(&mut self) {
         if let Some(h) = self.hub.take() {

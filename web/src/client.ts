@@ -25,6 +25,8 @@ import {
   PingSchema,
   SyncSchema,
   TypingSchema,
+  WatchSchema,
+  Presence_State,
   ReceiptSchema,
   Receipt_Kind,
   type SyncBatch,
@@ -213,7 +215,7 @@ function statusName(s: SendResult_Status): SendResult["status"] {
  * {@link PetrelError}: why WebTransport failed when WebSocket was used instead),
  * `sendresult` (detail: {@link SendResult}: the final `stored` of a send that
  * resolved as `queued` while the hub was unreachable), `typing` (detail: {from,
- * group?, typing}).
+ * group?, typing}), `presence` (detail: {user, state}, after `watch()`).
  */
 export class PetrelClient extends EventTarget {
   private readonly opts: Required<
@@ -371,6 +373,21 @@ export class PetrelClient extends EventTarget {
       // the reconnect.
       this.conn?.write(frame).catch(() => {});
     });
+  }
+
+  /**
+   * Follows these users' presence (replacing any earlier list; at most 256): a
+   * `presence` event ({user, state: "online" | "offline" | "unknown"}) for each now,
+   * then one per change.
+   */
+  async watch(users: string[]): Promise<void> {
+    const conn = this.conn;
+    if (!conn || this._state !== "open") throw new PetrelError("CLOSED", "not connected");
+    await conn.write(
+      encodeFrame(
+        toBinary(ClientFrameSchema, create(ClientFrameSchema, { kind: { case: "watch", value: create(WatchSchema, { users }) } })),
+      ),
+    );
   }
 
   /**
@@ -718,6 +735,12 @@ export class PetrelClient extends EventTarget {
       case "sendResult":
         this.onSendResult(f.kind.value);
         return null;
+      case "presence": {
+        const p = f.kind.value;
+        const state = p.state === Presence_State.ONLINE ? "online" : p.state === Presence_State.OFFLINE ? "offline" : "unknown";
+        this.dispatchEvent(new CustomEvent("presence", { detail: { user: p.user, state } }));
+        return null;
+      }
       case "typing": {
         const t = f.kind.value;
         this.dispatchEvent(

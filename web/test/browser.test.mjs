@@ -406,3 +406,31 @@ test("typing: a WebTransport user's typing shows on a WebSocket user's page", as
   await uma.context.close();
   await vic.context.close();
 });
+
+test("presence: a browser watching a user sees it come online and go offline", async () => {
+  const wendy = await openUser("wendy");
+  const first = await wendy.page.evaluate(
+    () =>
+      new Promise((resolve, reject) => {
+        setTimeout(() => reject(new Error("no presence answer within 5 s")), 5_000);
+        window.petrel.client.addEventListener("presence", (e) => resolve(e.detail), { once: true });
+        window.petrel.client.watch(["xena"]);
+      }),
+  );
+  assert.deepEqual(first, { user: "xena", state: "offline" });
+  const next = () =>
+    wendy.page.evaluate(
+      () =>
+        new Promise((resolve, reject) => {
+          setTimeout(() => reject(new Error("no presence change within 10 s")), 10_000);
+          window.petrel.client.addEventListener("presence", (e) => resolve(e.detail.state), { once: true });
+        }),
+    );
+  const online = next();
+  const xena = await openUser("xena", { noWebTransport: true, expect: "websocket" });
+  assert.equal(await online, "online");
+  const offline = next();
+  await xena.context.close();
+  assert.equal(await offline, "offline");
+  await wendy.context.close();
+});

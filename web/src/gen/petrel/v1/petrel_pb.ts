@@ -18,7 +18,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file petrel/v1/petrel.proto.
  */
 export const file_petrel_v1_petrel: GenFile = /*@__PURE__*/
-  fileDesc("ChZwZXRyZWwvdjEvcGV0cmVsLnByb3RvEglwZXRyZWwudjEihgIKC0NsaWVudEZyYW1lEiEKBWhlbGxvGAEgASgLMhAucGV0cmVsLnYxLkhlbGxvSAASHwoEc2VuZBgCIAEoCzIPLnBldHJlbC52MS5TZW5kSAASHQoDYWNrGAMgASgLMg4ucGV0cmVsLnYxLkFja0gAEh8KBHBpbmcYBCABKAsyDy5wZXRyZWwudjEuUGluZ0gAEh8KBHN5bmMYBSABKAsyDy5wZXRyZWwudjEuU3luY0gAEiMKBnR5cGluZxgGIAEoCzIRLnBldHJlbC52MS5UeXBpbmdIABIlCgdyZWNlaXB0GAcgASgLMhIucGV0cmVsLnYxLlJlY2VpcHRIAEIGCgRraW5kIj8KBlR5cGluZxIOCgR1c2VyGAEgASgJSAASDwoFZ3JvdXAYAiABKAlIABIOCgZ0eXBpbmcYAyABKAhCBAoCdG8iOgoLVHlwaW5nRXZlbnQSDAoEZnJvbRgBIAEoCRINCgVncm91cBgCIAEoCRIOCgZ0eXBpbmcYAyABKAgitgEKB1JlY2VpcHQSJQoEa2luZBgBIAEoDjIXLnBldHJlbC52MS5SZWNlaXB0LktpbmQSDwoHc3ViamVjdBgCIAEoCRILCgNzZXEYAyABKAQSDgoGc2VuZGVyGAQgASgJEhUKDWNsaWVudF9tc2dfaWQYBSABKAkiPwoES2luZBIUChBLSU5EX1VOU1BFQ0lGSUVEEAASEgoOS0lORF9ERUxJVkVSRUQQARINCglLSU5EX1JFQUQQAiJvCgRTeW5jEhIKCnJlcXVlc3RfaWQYASABKAQSDwoHc3ViamVjdBgCIAEoCRIUCgxuZXdlc3RfZmlyc3QYAyABKAgSDgoGYmVmb3JlGAQgASgEEg0KBWFmdGVyGAUgASgEEg0KBWxpbWl0GAYgASgNIpkBCglTeW5jQmF0Y2gSEgoKcmVxdWVzdF9pZBgBIAEoBBIPCgdzdWJqZWN0GAIgASgJEiQKCG1lc3NhZ2VzGAMgAygLMhIucGV0cmVsLnYxLk1lc3NhZ2USDAoEbW9yZRgEIAEoCBIjCgVlcnJvchgFIAEoDjIULnBldHJlbC52MS5FcnJvckNvZGUSDgoGZGV0YWlsGAYgASgJImQKBUhlbGxvEg0KBXRva2VuGAEgASgJEg4KBmRldmljZRgCIAEoCRIiCgdjdXJzb3JzGAMgAygLMhEucGV0cmVsLnYxLkN1cnNvchIYChBwcm90b2NvbF92ZXJzaW9uGAQgASgNIiYKBkN1cnNvchIPCgdzdWJqZWN0GAEgASgJEgsKA3NlcRgCIAEoBCJrCgRTZW5kEhUKDWNsaWVudF9tc2dfaWQYASABKAkSDgoEdXNlchgCIAEoCUgAEg8KBWdyb3VwGAMgASgJSAASDwoHY29udGVudBgEIAEoDBIUCgxjb250ZW50X3R5cGUYBSABKAlCBAoCdG8iKQoDQWNrEiIKB2N1cnNvcnMYASADKAsyES5wZXRyZWwudjEuQ3Vyc29yIhUKBFBpbmcSDQoFbm9uY2UYASABKAQiqwIKC1NlcnZlckZyYW1lEiUKB3dlbGNvbWUYASABKAsyEi5wZXRyZWwudjEuV2VsY29tZUgAEiwKC3NlbmRfcmVzdWx0GAIgASgLMhUucGV0cmVsLnYxLlNlbmRSZXN1bHRIABIlCgdkZWxpdmVyGAMgASgLMhIucGV0cmVsLnYxLkRlbGl2ZXJIABIfCgRwb25nGAQgASgLMg8ucGV0cmVsLnYxLlBvbmdIABIhCgVlcnJvchgFIAEoCzIQLnBldHJlbC52MS5FcnJvckgAEioKCnN5bmNfYmF0Y2gYCSABKAsyFC5wZXRyZWwudjEuU3luY0JhdGNoSAASKAoGdHlwaW5nGAggASgLMhYucGV0cmVsLnYxLlR5cGluZ0V2ZW50SABCBgoEa2luZCKnAQoHV2VsY29tZRIMCgR1c2VyGAEgASgJEg4KBmRldmljZRgCIAEoCRIVCg1jb25uZWN0aW9uX2lkGAMgASgJEhcKD21heF9mcmFtZV9ieXRlcxgEIAEoDRIWCg5zZXJ2ZXJfdGltZV9tcxgFIAEoBBISCgpnYXRld2F5X2lkGAYgASgJEiIKB2N1cnNvcnMYByADKAsyES5wZXRyZWwudjEuQ3Vyc29yIqUCCgpTZW5kUmVzdWx0EhUKDWNsaWVudF9tc2dfaWQYASABKAkSLAoGc3RhdHVzGAIgASgOMhwucGV0cmVsLnYxLlNlbmRSZXN1bHQuU3RhdHVzEg8KB3N1YmplY3QYAyABKAkSCwoDc2VxGAQgASgEEg4KBm1zZ19pZBgFIAEoCRIkCgZyZWFzb24YBiABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg4KBmRldGFpbBgHIAEoCRIRCglkdXBsaWNhdGUYCCABKAgiWwoGU3RhdHVzEhYKElNUQVRVU19VTlNQRUNJRklFRBAAEhEKDVNUQVRVU19TVE9SRUQQARIRCg1TVEFUVVNfUVVFVUVEEAISEwoPU1RBVFVTX1JFSkVDVEVEEAMiLwoHRGVsaXZlchIkCghtZXNzYWdlcxgBIAMoCzISLnBldHJlbC52MS5NZXNzYWdlIpoCCgdNZXNzYWdlEg8KB3N1YmplY3QYASABKAkSCwoDc2VxGAIgASgEEgwKBGZyb20YAyABKAkSCgoCdG8YBCABKAkSDwoHdGltZV9tcxgFIAEoBBIVCg1jbGllbnRfbXNnX2lkGAYgASgJEg8KB2NvbnRlbnQYByABKAwSFAoMY29udGVudF90eXBlGAggASgJEhMKC2Zyb21fZGV2aWNlGAkgASgJEhAKCHByZXZfc2VxGAogASgEEg0KBWdyb3VwGAsgASgJEi0KDG5vdGlmaWNhdGlvbhgMIAEoCzIXLnBldHJlbC52MS5Ob3RpZmljYXRpb24SIwoHcmVjZWlwdBgNIAEoCzISLnBldHJlbC52MS5SZWNlaXB0Ir8CCgxOb3RpZmljYXRpb24SCgoCaWQYASABKAkSDQoFdGl0bGUYAiABKAkSDAoEYm9keRgDIAEoCRIOCgZhY3Rpb24YBCABKAkSMgoIcHJpb3JpdHkYBSABKA4yIC5wZXRyZWwudjEuTm90aWZpY2F0aW9uLlByaW9yaXR5Eg0KBWJhZGdlGAYgASgNEi8KBGRhdGEYByADKAsyIS5wZXRyZWwudjEuTm90aWZpY2F0aW9uLkRhdGFFbnRyeRIPCgd0aW1lX21zGAggASgEGisKCURhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkQKCFByaW9yaXR5EhMKD1BSSU9SSVRZX05PUk1BTBAAEhAKDFBSSU9SSVRZX0xPVxABEhEKDVBSSU9SSVRZX0hJR0gQAiItCgRQb25nEg0KBW5vbmNlGAEgASgEEhYKDnNlcnZlcl90aW1lX21zGAIgASgEIksKBUVycm9yEiIKBGNvZGUYASABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg8KB21lc3NhZ2UYAiABKAkSDQoFZmF0YWwYAyABKAgi1QEKDVN0b3JlZE1lc3NhZ2USDAoEZnJvbRgBIAEoCRIKCgJ0bxgCIAEoCRIVCg1jbGllbnRfbXNnX2lkGAMgASgJEg8KB2NvbnRlbnQYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJEg8KB3RpbWVfbXMYBiABKAQSEwoLZnJvbV9kZXZpY2UYByABKAkSEgoKZ2F0ZXdheV9pZBgIIAEoCRINCgVncm91cBgJIAEoCRIjCgdyZWNlaXB0GAogASgLMhIucGV0cmVsLnYxLlJlY2VpcHQq2AMKCUVycm9yQ29kZRIaChZFUlJPUl9DT0RFX1VOU1BFQ0lGSUVEEAASGAoURVJST1JfQ09ERV9CQURfRlJBTUUQARIeChpFUlJPUl9DT0RFX0ZSQU1FX1RPT19MQVJHRRACEhwKGEVSUk9SX0NPREVfVU5LTk9XTl9GUkFNRRADEhcKE0VSUk9SX0NPREVfUFJPVE9DT0wQBBIeChpFUlJPUl9DT0RFX1VOQVVUSEVOVElDQVRFRBAFEhwKGEVSUk9SX0NPREVfVE9LRU5fRVhQSVJFRBAGEhkKFUVSUk9SX0NPREVfSU5WQUxJRF9JRBAHEiAKHEVSUk9SX0NPREVfSEFORFNIQUtFX1RJTUVPVVQQCBIeChpFUlJPUl9DT0RFX0lOVkFMSURfTUVTU0FHRRAJEhoKFkVSUk9SX0NPREVfVU5BVkFJTEFCTEUQChIcChhFUlJPUl9DT0RFX1NMT1dfQ09OU1VNRVIQCxIZChVFUlJPUl9DT0RFX0dPSU5HX0FXQVkQDBIbChdFUlJPUl9DT0RFX1JBVEVfTElNSVRFRBANEhcKE0VSUk9SX0NPREVfSU5URVJOQUwQDhIYChRFUlJPUl9DT0RFX0ZPUkJJRERFThAPYgZwcm90bzM");
+  fileDesc("ChZwZXRyZWwvdjEvcGV0cmVsLnByb3RvEglwZXRyZWwudjEiqQIKC0NsaWVudEZyYW1lEiEKBWhlbGxvGAEgASgLMhAucGV0cmVsLnYxLkhlbGxvSAASHwoEc2VuZBgCIAEoCzIPLnBldHJlbC52MS5TZW5kSAASHQoDYWNrGAMgASgLMg4ucGV0cmVsLnYxLkFja0gAEh8KBHBpbmcYBCABKAsyDy5wZXRyZWwudjEuUGluZ0gAEh8KBHN5bmMYBSABKAsyDy5wZXRyZWwudjEuU3luY0gAEiMKBnR5cGluZxgGIAEoCzIRLnBldHJlbC52MS5UeXBpbmdIABIlCgdyZWNlaXB0GAcgASgLMhIucGV0cmVsLnYxLlJlY2VpcHRIABIhCgV3YXRjaBgJIAEoCzIQLnBldHJlbC52MS5XYXRjaEgAQgYKBGtpbmQiFgoFV2F0Y2gSDQoFdXNlcnMYASADKAkigwEKCFByZXNlbmNlEgwKBHVzZXIYASABKAkSKAoFc3RhdGUYAiABKA4yGS5wZXRyZWwudjEuUHJlc2VuY2UuU3RhdGUiPwoFU3RhdGUSEQoNU1RBVEVfVU5LTk9XThAAEhAKDFNUQVRFX09OTElORRABEhEKDVNUQVRFX09GRkxJTkUQAiI/CgZUeXBpbmcSDgoEdXNlchgBIAEoCUgAEg8KBWdyb3VwGAIgASgJSAASDgoGdHlwaW5nGAMgASgIQgQKAnRvIjoKC1R5cGluZ0V2ZW50EgwKBGZyb20YASABKAkSDQoFZ3JvdXAYAiABKAkSDgoGdHlwaW5nGAMgASgIIrYBCgdSZWNlaXB0EiUKBGtpbmQYASABKA4yFy5wZXRyZWwudjEuUmVjZWlwdC5LaW5kEg8KB3N1YmplY3QYAiABKAkSCwoDc2VxGAMgASgEEg4KBnNlbmRlchgEIAEoCRIVCg1jbGllbnRfbXNnX2lkGAUgASgJIj8KBEtpbmQSFAoQS0lORF9VTlNQRUNJRklFRBAAEhIKDktJTkRfREVMSVZFUkVEEAESDQoJS0lORF9SRUFEEAIibwoEU3luYxISCgpyZXF1ZXN0X2lkGAEgASgEEg8KB3N1YmplY3QYAiABKAkSFAoMbmV3ZXN0X2ZpcnN0GAMgASgIEg4KBmJlZm9yZRgEIAEoBBINCgVhZnRlchgFIAEoBBINCgVsaW1pdBgGIAEoDSKZAQoJU3luY0JhdGNoEhIKCnJlcXVlc3RfaWQYASABKAQSDwoHc3ViamVjdBgCIAEoCRIkCghtZXNzYWdlcxgDIAMoCzISLnBldHJlbC52MS5NZXNzYWdlEgwKBG1vcmUYBCABKAgSIwoFZXJyb3IYBSABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg4KBmRldGFpbBgGIAEoCSJkCgVIZWxsbxINCgV0b2tlbhgBIAEoCRIOCgZkZXZpY2UYAiABKAkSIgoHY3Vyc29ycxgDIAMoCzIRLnBldHJlbC52MS5DdXJzb3ISGAoQcHJvdG9jb2xfdmVyc2lvbhgEIAEoDSImCgZDdXJzb3ISDwoHc3ViamVjdBgBIAEoCRILCgNzZXEYAiABKAQiawoEU2VuZBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEg4KBHVzZXIYAiABKAlIABIPCgVncm91cBgDIAEoCUgAEg8KB2NvbnRlbnQYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJQgQKAnRvIikKA0FjaxIiCgdjdXJzb3JzGAEgAygLMhEucGV0cmVsLnYxLkN1cnNvciIVCgRQaW5nEg0KBW5vbmNlGAEgASgEItQCCgtTZXJ2ZXJGcmFtZRIlCgd3ZWxjb21lGAEgASgLMhIucGV0cmVsLnYxLldlbGNvbWVIABIsCgtzZW5kX3Jlc3VsdBgCIAEoCzIVLnBldHJlbC52MS5TZW5kUmVzdWx0SAASJQoHZGVsaXZlchgDIAEoCzISLnBldHJlbC52MS5EZWxpdmVySAASHwoEcG9uZxgEIAEoCzIPLnBldHJlbC52MS5Qb25nSAASIQoFZXJyb3IYBSABKAsyEC5wZXRyZWwudjEuRXJyb3JIABIqCgpzeW5jX2JhdGNoGAkgASgLMhQucGV0cmVsLnYxLlN5bmNCYXRjaEgAEigKBnR5cGluZxgIIAEoCzIWLnBldHJlbC52MS5UeXBpbmdFdmVudEgAEicKCHByZXNlbmNlGAcgASgLMhMucGV0cmVsLnYxLlByZXNlbmNlSABCBgoEa2luZCKnAQoHV2VsY29tZRIMCgR1c2VyGAEgASgJEg4KBmRldmljZRgCIAEoCRIVCg1jb25uZWN0aW9uX2lkGAMgASgJEhcKD21heF9mcmFtZV9ieXRlcxgEIAEoDRIWCg5zZXJ2ZXJfdGltZV9tcxgFIAEoBBISCgpnYXRld2F5X2lkGAYgASgJEiIKB2N1cnNvcnMYByADKAsyES5wZXRyZWwudjEuQ3Vyc29yIqUCCgpTZW5kUmVzdWx0EhUKDWNsaWVudF9tc2dfaWQYASABKAkSLAoGc3RhdHVzGAIgASgOMhwucGV0cmVsLnYxLlNlbmRSZXN1bHQuU3RhdHVzEg8KB3N1YmplY3QYAyABKAkSCwoDc2VxGAQgASgEEg4KBm1zZ19pZBgFIAEoCRIkCgZyZWFzb24YBiABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg4KBmRldGFpbBgHIAEoCRIRCglkdXBsaWNhdGUYCCABKAgiWwoGU3RhdHVzEhYKElNUQVRVU19VTlNQRUNJRklFRBAAEhEKDVNUQVRVU19TVE9SRUQQARIRCg1TVEFUVVNfUVVFVUVEEAISEwoPU1RBVFVTX1JFSkVDVEVEEAMiLwoHRGVsaXZlchIkCghtZXNzYWdlcxgBIAMoCzISLnBldHJlbC52MS5NZXNzYWdlIpoCCgdNZXNzYWdlEg8KB3N1YmplY3QYASABKAkSCwoDc2VxGAIgASgEEgwKBGZyb20YAyABKAkSCgoCdG8YBCABKAkSDwoHdGltZV9tcxgFIAEoBBIVCg1jbGllbnRfbXNnX2lkGAYgASgJEg8KB2NvbnRlbnQYByABKAwSFAoMY29udGVudF90eXBlGAggASgJEhMKC2Zyb21fZGV2aWNlGAkgASgJEhAKCHByZXZfc2VxGAogASgEEg0KBWdyb3VwGAsgASgJEi0KDG5vdGlmaWNhdGlvbhgMIAEoCzIXLnBldHJlbC52MS5Ob3RpZmljYXRpb24SIwoHcmVjZWlwdBgNIAEoCzISLnBldHJlbC52MS5SZWNlaXB0Ir8CCgxOb3RpZmljYXRpb24SCgoCaWQYASABKAkSDQoFdGl0bGUYAiABKAkSDAoEYm9keRgDIAEoCRIOCgZhY3Rpb24YBCABKAkSMgoIcHJpb3JpdHkYBSABKA4yIC5wZXRyZWwudjEuTm90aWZpY2F0aW9uLlByaW9yaXR5Eg0KBWJhZGdlGAYgASgNEi8KBGRhdGEYByADKAsyIS5wZXRyZWwudjEuTm90aWZpY2F0aW9uLkRhdGFFbnRyeRIPCgd0aW1lX21zGAggASgEGisKCURhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkQKCFByaW9yaXR5EhMKD1BSSU9SSVRZX05PUk1BTBAAEhAKDFBSSU9SSVRZX0xPVxABEhEKDVBSSU9SSVRZX0hJR0gQAiItCgRQb25nEg0KBW5vbmNlGAEgASgEEhYKDnNlcnZlcl90aW1lX21zGAIgASgEIksKBUVycm9yEiIKBGNvZGUYASABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg8KB21lc3NhZ2UYAiABKAkSDQoFZmF0YWwYAyABKAgi1QEKDVN0b3JlZE1lc3NhZ2USDAoEZnJvbRgBIAEoCRIKCgJ0bxgCIAEoCRIVCg1jbGllbnRfbXNnX2lkGAMgASgJEg8KB2NvbnRlbnQYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJEg8KB3RpbWVfbXMYBiABKAQSEwoLZnJvbV9kZXZpY2UYByABKAkSEgoKZ2F0ZXdheV9pZBgIIAEoCRINCgVncm91cBgJIAEoCRIjCgdyZWNlaXB0GAogASgLMhIucGV0cmVsLnYxLlJlY2VpcHQq2AMKCUVycm9yQ29kZRIaChZFUlJPUl9DT0RFX1VOU1BFQ0lGSUVEEAASGAoURVJST1JfQ09ERV9CQURfRlJBTUUQARIeChpFUlJPUl9DT0RFX0ZSQU1FX1RPT19MQVJHRRACEhwKGEVSUk9SX0NPREVfVU5LTk9XTl9GUkFNRRADEhcKE0VSUk9SX0NPREVfUFJPVE9DT0wQBBIeChpFUlJPUl9DT0RFX1VOQVVUSEVOVElDQVRFRBAFEhwKGEVSUk9SX0NPREVfVE9LRU5fRVhQSVJFRBAGEhkKFUVSUk9SX0NPREVfSU5WQUxJRF9JRBAHEiAKHEVSUk9SX0NPREVfSEFORFNIQUtFX1RJTUVPVVQQCBIeChpFUlJPUl9DT0RFX0lOVkFMSURfTUVTU0FHRRAJEhoKFkVSUk9SX0NPREVfVU5BVkFJTEFCTEUQChIcChhFUlJPUl9DT0RFX1NMT1dfQ09OU1VNRVIQCxIZChVFUlJPUl9DT0RFX0dPSU5HX0FXQVkQDBIbChdFUlJPUl9DT0RFX1JBVEVfTElNSVRFRBANEhcKE0VSUk9SX0NPREVfSU5URVJOQUwQDhIYChRFUlJPUl9DT0RFX0ZPUkJJRERFThAPYgZwcm90bzM");
 
 /**
  * @generated from message petrel.v1.ClientFrame
@@ -65,12 +65,18 @@ export type ClientFrame = Message$1<"petrel.v1.ClientFrame"> & {
     case: "typing";
   } | {
     /**
-     * 8: RegisterPushToken (later).
-     *
      * @generated from field: petrel.v1.Receipt receipt = 7;
      */
     value: Receipt;
     case: "receipt";
+  } | {
+    /**
+     * 8: RegisterPushToken (later).
+     *
+     * @generated from field: petrel.v1.Watch watch = 9;
+     */
+    value: Watch;
+    case: "watch";
   } | { case: undefined; value?: undefined };
 };
 
@@ -80,6 +86,78 @@ export type ClientFrame = Message$1<"petrel.v1.ClientFrame"> & {
  */
 export const ClientFrameSchema: GenMessage<ClientFrame> = /*@__PURE__*/
   messageDesc(file_petrel_v1_petrel, 0);
+
+/**
+ * The users whose presence this connection follows (the user's contacts), replacing
+ * any earlier list; at most 256. Answered by one Presence per user (its state now),
+ * then a Presence whenever one goes online or offline. An empty list stops it.
+ *
+ * @generated from message petrel.v1.Watch
+ */
+export type Watch = Message$1<"petrel.v1.Watch"> & {
+  /**
+   * @generated from field: repeated string users = 1;
+   */
+  users: string[];
+};
+
+/**
+ * Describes the message petrel.v1.Watch.
+ * Use `create(WatchSchema)` to create a new message.
+ */
+export const WatchSchema: GenMessage<Watch> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 1);
+
+/**
+ * A watched user's presence: online while any of its devices is connected to some
+ * edge. UNKNOWN when the presence directory (Redis) cannot be read.
+ *
+ * @generated from message petrel.v1.Presence
+ */
+export type Presence = Message$1<"petrel.v1.Presence"> & {
+  /**
+   * @generated from field: string user = 1;
+   */
+  user: string;
+
+  /**
+   * @generated from field: petrel.v1.Presence.State state = 2;
+   */
+  state: Presence_State;
+};
+
+/**
+ * Describes the message petrel.v1.Presence.
+ * Use `create(PresenceSchema)` to create a new message.
+ */
+export const PresenceSchema: GenMessage<Presence> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 2);
+
+/**
+ * @generated from enum petrel.v1.Presence.State
+ */
+export enum Presence_State {
+  /**
+   * @generated from enum value: STATE_UNKNOWN = 0;
+   */
+  UNKNOWN = 0,
+
+  /**
+   * @generated from enum value: STATE_ONLINE = 1;
+   */
+  ONLINE = 1,
+
+  /**
+   * @generated from enum value: STATE_OFFLINE = 2;
+   */
+  OFFLINE = 2,
+}
+
+/**
+ * Describes the enum petrel.v1.Presence.State.
+ */
+export const Presence_StateSchema: GenEnum<Presence_State> = /*@__PURE__*/
+  enumDesc(file_petrel_v1_petrel, 2, 0);
 
 /**
  * "I am (not) typing" in a conversation with a user or in a group. Live only: never
@@ -117,7 +195,7 @@ export type Typing = Message$1<"petrel.v1.Typing"> & {
  * Use `create(TypingSchema)` to create a new message.
  */
 export const TypingSchema: GenMessage<Typing> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 1);
+  messageDesc(file_petrel_v1_petrel, 3);
 
 /**
  * Someone is (no longer) typing: `from` in the direct conversation with them, or in
@@ -147,7 +225,7 @@ export type TypingEvent = Message$1<"petrel.v1.TypingEvent"> & {
  * Use `create(TypingEventSchema)` to create a new message.
  */
 export const TypingEventSchema: GenMessage<TypingEvent> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 2);
+  messageDesc(file_petrel_v1_petrel, 4);
 
 /**
  * "I received / read this message": sent by the recipient about a direct message it got
@@ -193,7 +271,7 @@ export type Receipt = Message$1<"petrel.v1.Receipt"> & {
  * Use `create(ReceiptSchema)` to create a new message.
  */
 export const ReceiptSchema: GenMessage<Receipt> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 3);
+  messageDesc(file_petrel_v1_petrel, 5);
 
 /**
  * @generated from enum petrel.v1.Receipt.Kind
@@ -219,7 +297,7 @@ export enum Receipt_Kind {
  * Describes the enum petrel.v1.Receipt.Kind.
  */
 export const Receipt_KindSchema: GenEnum<Receipt_Kind> = /*@__PURE__*/
-  enumDesc(file_petrel_v1_petrel, 3, 0);
+  enumDesc(file_petrel_v1_petrel, 5, 0);
 
 /**
  * A page of history on one subject, for scrolling back (newest_first, messages with
@@ -267,7 +345,7 @@ export type Sync = Message$1<"petrel.v1.Sync"> & {
  * Use `create(SyncSchema)` to create a new message.
  */
 export const SyncSchema: GenMessage<Sync> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 4);
+  messageDesc(file_petrel_v1_petrel, 6);
 
 /**
  * The answer to a Sync: messages in the order asked for; `more` when the page was full
@@ -312,7 +390,7 @@ export type SyncBatch = Message$1<"petrel.v1.SyncBatch"> & {
  * Use `create(SyncBatchSchema)` to create a new message.
  */
 export const SyncBatchSchema: GenMessage<SyncBatch> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 5);
+  messageDesc(file_petrel_v1_petrel, 7);
 
 /**
  * First frame of every connection. Nothing else is accepted before it.
@@ -354,7 +432,7 @@ export type Hello = Message$1<"petrel.v1.Hello"> & {
  * Use `create(HelloSchema)` to create a new message.
  */
 export const HelloSchema: GenMessage<Hello> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 6);
+  messageDesc(file_petrel_v1_petrel, 8);
 
 /**
  * @generated from message petrel.v1.Cursor
@@ -376,7 +454,7 @@ export type Cursor = Message$1<"petrel.v1.Cursor"> & {
  * Use `create(CursorSchema)` to create a new message.
  */
 export const CursorSchema: GenMessage<Cursor> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 7);
+  messageDesc(file_petrel_v1_petrel, 9);
 
 /**
  * A message from the connected user to a conversation.
@@ -430,7 +508,7 @@ export type Send = Message$1<"petrel.v1.Send"> & {
  * Use `create(SendSchema)` to create a new message.
  */
 export const SendSchema: GenMessage<Send> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 8);
+  messageDesc(file_petrel_v1_petrel, 10);
 
 /**
  * Cumulative acknowledgement: every message up to `seq` on `subject` is processed.
@@ -449,7 +527,7 @@ export type Ack = Message$1<"petrel.v1.Ack"> & {
  * Use `create(AckSchema)` to create a new message.
  */
 export const AckSchema: GenMessage<Ack> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 9);
+  messageDesc(file_petrel_v1_petrel, 11);
 
 /**
  * @generated from message petrel.v1.Ping
@@ -466,7 +544,7 @@ export type Ping = Message$1<"petrel.v1.Ping"> & {
  * Use `create(PingSchema)` to create a new message.
  */
 export const PingSchema: GenMessage<Ping> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 10);
+  messageDesc(file_petrel_v1_petrel, 12);
 
 /**
  * @generated from message petrel.v1.ServerFrame
@@ -513,12 +591,18 @@ export type ServerFrame = Message$1<"petrel.v1.ServerFrame"> & {
     case: "syncBatch";
   } | {
     /**
-     * 6: (notifications travel in Deliver), 7: Presence, 10: GoAway (later).
-     *
      * @generated from field: petrel.v1.TypingEvent typing = 8;
      */
     value: TypingEvent;
     case: "typing";
+  } | {
+    /**
+     * 6: (notifications travel in Deliver), 10: GoAway (later).
+     *
+     * @generated from field: petrel.v1.Presence presence = 7;
+     */
+    value: Presence;
+    case: "presence";
   } | { case: undefined; value?: undefined };
 };
 
@@ -527,7 +611,7 @@ export type ServerFrame = Message$1<"petrel.v1.ServerFrame"> & {
  * Use `create(ServerFrameSchema)` to create a new message.
  */
 export const ServerFrameSchema: GenMessage<ServerFrame> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 11);
+  messageDesc(file_petrel_v1_petrel, 13);
 
 /**
  * @generated from message petrel.v1.Welcome
@@ -585,7 +669,7 @@ export type Welcome = Message$1<"petrel.v1.Welcome"> & {
  * Use `create(WelcomeSchema)` to create a new message.
  */
 export const WelcomeSchema: GenMessage<Welcome> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 12);
+  messageDesc(file_petrel_v1_petrel, 14);
 
 /**
  * @generated from message petrel.v1.SendResult
@@ -641,7 +725,7 @@ export type SendResult = Message$1<"petrel.v1.SendResult"> & {
  * Use `create(SendResultSchema)` to create a new message.
  */
 export const SendResultSchema: GenMessage<SendResult> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 13);
+  messageDesc(file_petrel_v1_petrel, 15);
 
 /**
  * @generated from enum petrel.v1.SendResult.Status
@@ -678,7 +762,7 @@ export enum SendResult_Status {
  * Describes the enum petrel.v1.SendResult.Status.
  */
 export const SendResult_StatusSchema: GenEnum<SendResult_Status> = /*@__PURE__*/
-  enumDesc(file_petrel_v1_petrel, 13, 0);
+  enumDesc(file_petrel_v1_petrel, 15, 0);
 
 /**
  * One or more delivered messages, in order per subject.
@@ -697,7 +781,7 @@ export type Deliver = Message$1<"petrel.v1.Deliver"> & {
  * Use `create(DeliverSchema)` to create a new message.
  */
 export const DeliverSchema: GenMessage<Deliver> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 14);
+  messageDesc(file_petrel_v1_petrel, 16);
 
 /**
  * @generated from message petrel.v1.Message
@@ -787,7 +871,7 @@ export type Message = Message$1<"petrel.v1.Message"> & {
  * Use `create(MessageSchema)` to create a new message.
  */
 export const MessageSchema: GenMessage<Message> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 15);
+  messageDesc(file_petrel_v1_petrel, 17);
 
 /**
  * A system notification. Business services publish it (this protobuf, binary) to
@@ -851,7 +935,7 @@ export type Notification = Message$1<"petrel.v1.Notification"> & {
  * Use `create(NotificationSchema)` to create a new message.
  */
 export const NotificationSchema: GenMessage<Notification> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 16);
+  messageDesc(file_petrel_v1_petrel, 18);
 
 /**
  * @generated from enum petrel.v1.Notification.Priority
@@ -877,7 +961,7 @@ export enum Notification_Priority {
  * Describes the enum petrel.v1.Notification.Priority.
  */
 export const Notification_PrioritySchema: GenEnum<Notification_Priority> = /*@__PURE__*/
-  enumDesc(file_petrel_v1_petrel, 16, 0);
+  enumDesc(file_petrel_v1_petrel, 18, 0);
 
 /**
  * @generated from message petrel.v1.Pong
@@ -899,7 +983,7 @@ export type Pong = Message$1<"petrel.v1.Pong"> & {
  * Use `create(PongSchema)` to create a new message.
  */
 export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 17);
+  messageDesc(file_petrel_v1_petrel, 19);
 
 /**
  * @generated from message petrel.v1.Error
@@ -928,7 +1012,7 @@ export type Error = Message$1<"petrel.v1.Error"> & {
  * Use `create(ErrorSchema)` to create a new message.
  */
 export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 18);
+  messageDesc(file_petrel_v1_petrel, 20);
 
 /**
  * What the gateway stores in JetStream (msg.private.*). Business services and the
@@ -999,7 +1083,7 @@ export type StoredMessage = Message$1<"petrel.v1.StoredMessage"> & {
  * Use `create(StoredMessageSchema)` to create a new message.
  */
 export const StoredMessageSchema: GenMessage<StoredMessage> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 19);
+  messageDesc(file_petrel_v1_petrel, 21);
 
 /**
  * One code per client-facing error. On WebSocket the close code is 4000 + code;
