@@ -9,6 +9,14 @@ const tabDevice = sessionStorage.getItem("petrel-demo-device") ??
 sessionStorage.setItem("petrel-demo-device", tabDevice);
 
 const shown = new Set();
+const presence = new Map();
+let typingTimer;
+let lastTyping = 0;
+
+/** "bob" → a user, "#team" → a group. */
+function target(to) {
+  return to.startsWith("#") ? { group: to.slice(1) } : to;
+}
 
 function transcriptKey(user) {
   return `petrel-demo-transcript:${user}:${tabDevice}`;
@@ -66,10 +74,34 @@ async function signIn(user, options = {}) {
   window.petrel.user = user;
   client.addEventListener("message", (e) => {
     const m = e.detail;
+    if (m.receipt) {
+      // "read" on the row of our message it is about.
+      const li = document.querySelector(`li[data-id="mine:${CSS.escape(m.receipt.clientMsgId)}"] .meta`);
+      if (li && m.receipt.kind === "read") li.textContent = `${li.textContent.replace(/ ✓✓.*$/, "")} ✓✓ read by ${m.from}`;
+      return;
+    }
+    if (m.notification) {
+      render({ id: m.id, from: `🔔 ${m.from}`, text: `${m.notification.title} — ${m.notification.body}`, seq: String(m.seq), mine: false });
+      return;
+    }
     // Our own messages come back as the copy in our inbox (to every device of ours,
     // this one included): one row per client message id, whichever shows up first.
-    if (m.outgoing) render({ id: `mine:${m.clientMsgId}`, to: m.to, text: m.text, mine: true });
-    else render({ id: m.id, from: m.from, to: m.to, text: m.text, seq: String(m.seq), mine: false });
+    if (m.outgoing) render({ id: `mine:${m.clientMsgId}`, to: m.group ? `#${m.group}` : m.to, text: m.text, mine: true });
+    else {
+      render({ id: m.id, from: m.group ? `${m.from} #${m.group}` : m.from, to: m.to, text: m.text, seq: String(m.seq), mine: false });
+      if (!m.group) client.receipt("read", m).catch(() => {});
+    }
+  });
+  client.addEventListener("typing", (e) => {
+    const t = e.detail;
+    const where = t.group ? ` in #${t.group}` : "";
+    $("#typing").textContent = t.typing ? `${t.from} is typing${where}…` : "";
+    clearTimeout(typingTimer);
+    if (t.typing) typingTimer = setTimeout(() => ($("#typing").textContent = ""), 4000);
+  });
+  client.addEventListener("presence", (e) => {
+    presence.set(e.detail.user, e.detail.state);
+    $("#presence").textContent = [...presence].map(([u, st]) => `${st === "online" ? "●" : st === "offline" ? "○" : "?"} ${u}`).join("  ");
   });
   client.addEventListener("state", (e) => {
     $("#state").textContent = e.detail.state;
@@ -98,7 +130,8 @@ async function signIn(user, options = {}) {
 async function send(to, text) {
   const client = window.petrel.client;
   if (!client) throw new Error("sign in first");
-  const r = await client.send(to, text);
+  const t = target(to);
+  const r = typeof t === "string" ? await client.send(t, text) : await client.sendToGroup(t.group, text);
   if (r.status === "rejected") {
     showError({ code: r.reason, message: r.detail });
   } else {
@@ -139,6 +172,18 @@ $("#older").addEventListener("click", () => loadOlder().catch(showError));
 $("#signin").addEventListener("submit", (e) => {
   e.preventDefault();
   signIn(new FormData(e.target).get("user")).catch(() => {});
+});
+$("#compose").elements.text.addEventListener("input", () => {
+  const to = $("#compose").elements.to.value;
+  if (!window.petrel.client || !to || Date.now() - lastTyping < 2000) return;
+  lastTyping = Date.now();
+  window.petrel.client.typing(target(to), true).catch(() => {});
+});
+$("#watch").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const users = String(new FormData(e.target).get("users")).split(/[\s,]+/).filter(Boolean);
+  presence.clear();
+  window.petrel.client?.watch(users).catch(showError);
 });
 $("#compose").addEventListener("submit", (e) => {
   e.preventDefault();

@@ -434,3 +434,32 @@ test("presence: a browser watching a user sees it come online and go offline", a
   assert.equal(await offline, "offline");
   await wendy.context.close();
 });
+
+test("the demo page shows group messages, typing, presence and read receipts", async () => {
+  await new Promise((resolve, reject) => {
+    const admin = spawn(petrelBin, ["admin", "group", "--dev", devDir, "add", "demo", "yara", "zane"], { stdio: "ignore" });
+    admin.on("exit", (code) => (code === 0 ? resolve() : reject(new Error(`petrel admin exited ${code}`))));
+  });
+  const yara = await openUser("yara");
+  const zane = await openUser("zane");
+  // Presence: zane watches yara through the form.
+  await zane.page.fill("#watch input[name=users]", "yara");
+  await zane.page.click("#watch button");
+  await zane.page.waitForFunction(() => document.querySelector("#presence").textContent.includes("● yara"));
+  // Typing: yara types to zane.
+  await yara.page.fill("#compose input[name=to]", "zane");
+  await yara.page.type("#compose input[name=text]", "hel");
+  await zane.page.waitForFunction(() => document.querySelector("#typing").textContent.startsWith("yara is typing"));
+  // A direct message is read by zane's page: yara's row says so.
+  await yara.page.fill("#compose input[name=text]", "hello zane");
+  await yara.page.click("#compose button");
+  await waitRow(zane.page, "yara: hello zane");
+  await yara.page.waitForFunction(() => [...document.querySelectorAll("#messages li.mine .meta")].some((m) => m.textContent.includes("read by zane")));
+  // A group message through the form ("#demo").
+  await yara.page.fill("#compose input[name=to]", "#demo");
+  await yara.page.fill("#compose input[name=text]", "hello group");
+  await yara.page.click("#compose button");
+  await waitRow(zane.page, "yara #demo: hello group");
+  await yara.context.close();
+  await zane.context.close();
+});
