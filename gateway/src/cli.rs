@@ -224,6 +224,27 @@ pub enum ClientAction {
         #[arg(long, default_value_t = 15.0)]
         timeout: f64,
     },
+    /// Follow users' presence: prints one JSON object per state (now, then each change).
+    Watch {
+        /// User ids, comma-separated (at most 256).
+        #[arg(long, value_delimiter = ',', required = true)]
+        users: Vec<String>,
+        /// Exit after this many seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
+    /// Say you are (or, with --stop, no longer are) typing to a user or in a group.
+    Typing {
+        /// User id.
+        #[arg(long, required_unless_present = "group", conflicts_with = "group")]
+        to: Option<String>,
+        /// Group id.
+        #[arg(long)]
+        group: Option<String>,
+        /// Stopped typing.
+        #[arg(long)]
+        stop: bool,
+    },
     /// Print one JSON object per delivered message.
     Listen {
         /// Resume state: the last processed sequence per subject, read before
@@ -584,6 +605,41 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
             };
             client.close().await;
             Ok(code)
+        }
+        ClientAction::Watch { users, timeout } => {
+            let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+            client.watch(&refs).await?;
+            let deadline = timeout.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+            loop {
+                let event = match deadline {
+                    Some(d) => match tokio::time::timeout_at(d.into(), client.next_event()).await {
+                        Ok(e) => e,
+                        Err(_) => break,
+                    },
+                    None => client.next_event().await,
+                };
+                match event {
+                    Some(Event::Presence { user, state }) => {
+                        println!("{}", json!({"user": user, "state": state}));
+                    }
+                    Some(Event::Error { code, message }) => bail!("{code}: {message}"),
+                    Some(Event::Closed { reason }) => bail!("connection closed: {reason}"),
+                    None => bail!("connection closed"),
+                    Some(_) => {}
+                }
+            }
+            client.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientAction::Typing { to, group, stop } => {
+            let target = match (to, group) {
+                (_, Some(g)) => petrel_client::To::Group(g),
+                (Some(u), None) => petrel_client::To::User(u),
+                (None, None) => bail!("pass --to USER or --group GROUP"),
+            };
+            client.typing(target, !stop).await?;
+            client.close().await;
+            Ok(ExitCode::SUCCESS)
         }
         ClientAction::Listen {
             count,

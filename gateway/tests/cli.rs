@@ -571,6 +571,39 @@ fn admin_groups_and_notifications_from_the_cli() {
         .output()
         .unwrap();
     assert!(!bad.status.success(), "an unknown category is refused");
+    // Presence from the CLI: ben is offline now (his listener ended).
+    let watched = petrel_client(
+        &dir,
+        &[
+            "--user",
+            "ann",
+            "watch",
+            "--users",
+            "ben,bad.id",
+            "--timeout",
+            "2",
+        ],
+    );
+    assert!(
+        !watched.status.success(),
+        "an invalid user id in the list is refused"
+    );
+    let watched = petrel_client(
+        &dir,
+        &["--user", "ann", "watch", "--users", "ben", "--timeout", "1"],
+    );
+    assert!(
+        watched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
+    assert_eq!(json_lines(&watched.stdout)[0]["state"], "OFFLINE");
+    let typed = petrel_client(&dir, &["--user", "ann", "typing", "--group", "crew"]);
+    assert!(
+        typed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&typed.stderr)
+    );
     let refused = petrel_client(&dir, &["--user", "cid", "send", "--group", "crew", "hi"]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stdout).contains("FORBIDDEN"));
