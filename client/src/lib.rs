@@ -388,6 +388,8 @@ pub struct Client {
     transport: TransportKind,
     stats: Arc<Stats>,
     driver: tokio::task::JoinHandle<()>,
+    /// The QUIC connection, for datagrams (typing); `None` on WebSocket.
+    datagrams: Option<quinn::Connection>,
 }
 
 mod prost_free {
@@ -459,6 +461,7 @@ impl Client {
         for (subject, seq) in &welcome.cursors {
             seen.insert(subject.clone(), *seq);
         }
+        let datagrams = reader.datagram_connection();
         let driver = tokio::spawn(drive(
             reader,
             writer,
@@ -475,6 +478,7 @@ impl Client {
             transport: opts.endpoint.transport,
             stats,
             driver,
+            datagrams,
         })
     }
 
@@ -538,6 +542,16 @@ impl Client {
             to: Some(to),
             typing,
         }));
+        // Unreliable and unordered is fine for typing: a datagram where QUIC offers
+        // one, so a lost packet never holds up the stream.
+        if let Some(conn) = &self.datagrams
+            && conn
+                .max_datagram_size()
+                .is_some_and(|max| frame.len() <= max)
+            && conn.send_datagram(frame.clone()).is_ok()
+        {
+            return Ok(());
+        }
         self.cmd
             .send(Cmd::Frame(frame))
             .await
@@ -644,6 +658,17 @@ impl Client {
     }
 }
 
+/// The next QUIC datagram; never ready on WebSocket or once the connection is over.
+async fn next_datagram(conn: Option<&quinn::Connection>) -> Option<Bytes> {
+    match conn {
+        Some(c) => match c.read_datagram().await {
+            Ok(d) => Some(d),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
 async fn next_frame(
     reader: &mut RawReader,
     decoder: &mut FrameDecoder,
@@ -683,6 +708,7 @@ async fn drive(
     stats: Arc<Stats>,
     mut seen: HashMap<String, u64>,
 ) {
+    let datagrams = reader.datagram_connection();
     let mut pending: HashMap<String, Vec<oneshot::Sender<SendResult>>> = HashMap::new();
     // Keeps the connection inside the gateway's idle timeout (60 s by default) when
     // nothing else is sent. QUIC has its own keep-alive too; WebSocket relies on this.
@@ -735,6 +761,18 @@ async fn drive(
                     Ok(Err(e)) => e.to_string(),
                     _ => "writer stopped".into(),
                 });
+            }
+            Some(d) = next_datagram(datagrams.as_ref()) => {
+                // A datagram carries one whole frame (typing from the gateway).
+                let mut one = FrameDecoder::new(4096);
+                one.push(&d);
+                if let Ok(Some(frame)) = one.next_frame()
+                    && let Ok(f) = decode_server(frame)
+                    && let Some(kind @ pb::server_frame::Kind::Typing(_)) = f.kind
+                    && !handle(kind, &mut pending, &events, &stats, &mut seen).await
+                {
+                    break Some("event receiver dropped".into());
+                }
             }
             frame = next_frame(&mut reader, &mut decoder) => match frame {
                 Ok(Some(kind)) => {

@@ -242,6 +242,14 @@ impl RawWriter {
 }
 
 impl RawReader {
+    /// The QUIC connection (for datagrams), or `None` on WebSocket.
+    pub fn datagram_connection(&self) -> Option<quinn::Connection> {
+        match self {
+            Self::Quic(_, conn) => Some(conn.clone()),
+            _ => None,
+        }
+    }
+
     /// Reads the next bytes of the frame stream.
     pub async fn read(&mut self) -> Result<Read, ClientError> {
         match self {

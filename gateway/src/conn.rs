@@ -109,12 +109,22 @@ pub enum TransportError {
 pub trait FrameReader: Send {
     /// Next chunk of bytes; `None` when the client finished cleanly. Must be cancel-safe.
     fn recv(&mut self) -> impl Future<Output = Result<Option<Bytes>, TransportError>> + Send;
+    /// The session to read unreliable datagrams from (QUIC, WebTransport); `None` on
+    /// transports without them.
+    fn datagrams(&self) -> Option<web_transport_quinn::Session> {
+        None
+    }
 }
 
 /// Sends bytes to the client.
 pub trait FrameWriter: Send {
     /// Writes encoded frames.
     fn send(&mut self, data: Bytes) -> impl Future<Output = Result<(), TransportError>> + Send;
+    /// Sends one encoded frame as an unreliable datagram, if the transport has them
+    /// and it fits; false: send it on the stream instead.
+    fn send_datagram(&mut self, _frame: Bytes) -> bool {
+        false
+    }
     /// Flushes what was written and closes with `code`.
     fn close(self, code: ErrorCode, reason: &str) -> impl Future<Output = ()> + Send;
     /// Closes at once with `code`, without waiting for what is unwritten (the client
@@ -148,6 +158,10 @@ pub struct Shared {
     pub write_timeout: Duration,
     /// Live connection count.
     pub connections: AtomicU64,
+    /// Datagrams received from clients (typing).
+    pub datagrams_in: AtomicU64,
+    /// Frames sent to clients as datagrams (typing).
+    pub datagrams_out: AtomicU64,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -213,6 +227,7 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
             Now::system(),
         );
         let mut decoder = FrameDecoder::new(shared.session.max_frame_bytes);
+        let datagrams = reader.datagrams();
         let write_timeout = shared.write_timeout;
         let (live_tx, mut live_rx) = mpsc::channel::<Arc<LiveItem>>(shared.send_queue_frames);
         let lost = Arc::new(Signal::default());
@@ -490,9 +505,14 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                     let mut next = Some(item);
                     while let Some(item) = next.take() {
                         queued.fetch_sub(item.frame.len(), Ordering::AcqRel);
-                        // Ephemeral (typing): no sequence, written as it comes.
+                        // Ephemeral (typing, presence): no sequence, written as it
+                        // comes; typing as a datagram where the transport has them.
                         if item.seq.0 == 0 {
-                            batch.extend_from_slice(&item.frame);
+                            if !(item.datagram && writer.send_datagram(item.frame.clone())) {
+                                batch.extend_from_slice(&item.frame);
+                            } else {
+                                shared.datagrams_out.fetch_add(1, Ordering::Relaxed);
+                            }
                             if batch.len() < MAX_BATCH {
                                 next = live_rx.try_recv().ok();
                             }
@@ -514,6 +534,18 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                         && let Err(e) = write(&mut writer, batch.freeze(), write_timeout).await
                     {
                         break e.into();
+                    }
+                }
+                Some(d) = next_datagram(datagrams.as_ref()) => {
+                    // Only typing travels unreliably; anything else on a datagram is
+                    // ignored (it needs the ordered stream).
+                    shared.datagrams_in.fetch_add(1, Ordering::Relaxed);
+                    let mut one = FrameDecoder::new(4096);
+                    one.push(&d);
+                    if let Ok(Some(frame)) = one.next_frame()
+                        && let Ok(cmd @ petrel_core::wire::Command::Typing { .. }) = decode_command(frame)
+                    {
+                        actions.extend(session.on_command(cmd, Now::system()));
                     }
                 }
                 r = reader.recv(), if session.wants_frames() && !peer_finished => match r {
@@ -595,6 +627,18 @@ async fn refresh_groups(
 
 /// How soon to read a user's groups again after the directory failed.
 const GROUPS_RETRY: Duration = Duration::from_secs(5);
+
+/// The next datagram from the client; never ready without datagrams or once the
+/// session is over (the stream reader reports that).
+async fn next_datagram(session: Option<&web_transport_quinn::Session>) -> Option<Bytes> {
+    match session {
+        Some(s) => match s.read_datagram().await {
+            Ok(d) => Some(d),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
 
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {

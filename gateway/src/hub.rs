@@ -36,6 +36,8 @@ pub struct LiveItem {
     pub prev: Seq,
     /// The Deliver frame.
     pub frame: Bytes,
+    /// May go as an unreliable datagram (typing).
+    pub datagram: bool,
 }
 
 /// A flag with a wake-up, raised from anywhere and awaited by one connection: its
@@ -776,6 +778,7 @@ impl Hub {
                     seq: Seq(0),
                     prev: Seq(0),
                     frame: msg.payload.clone(),
+                    datagram: msg.subject.as_str().starts_with("typing."),
                 });
                 if let Ok(reg) = self.registry.lock() {
                     for (_, t) in reg.targets(&key) {
@@ -805,6 +808,7 @@ impl Hub {
                 warn!(error = %e, "writing the edge cache failed");
             }
             let item = Arc::new(LiveItem {
+                datagram: false,
                 frame: encode_deliver(std::slice::from_ref(&delivery)),
                 subject: delivery.subject,
                 seq: delivery.seq,

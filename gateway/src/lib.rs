@@ -234,6 +234,8 @@ impl Gateway {
             idle_timeout: cfg.limits.idle_timeout(),
             write_timeout: Duration::from_secs(cfg.limits.write_timeout_secs.max(1)),
             connections: AtomicU64::new(0),
+            datagrams_in: AtomicU64::new(0),
+            datagrams_out: AtomicU64::new(0),
         });
         Ok(Self {
             shared,

@@ -28,13 +28,17 @@ pub const ALPN_H3: &[u8] = b"h3";
 /// The path of WebTransport sessions: `https://host:port/wt`.
 pub const WEBTRANSPORT_PATH: &str = "/wt";
 
-/// Reading half: the control stream.
-pub struct QuicReader(pub RecvStream);
+/// Reading half: the control stream and the session (for datagrams).
+pub struct QuicReader(pub RecvStream, pub Session);
 
 /// Writing half: the control stream and its session (for the close code).
 pub struct QuicWriter(pub SendStream, pub Session);
 
 impl FrameReader for QuicReader {
+    fn datagrams(&self) -> Option<Session> {
+        Some(self.1.clone())
+    }
+
     async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
         match self.0.read_chunk(64 * 1024, true).await {
             Ok(Some(c)) => Ok(Some(c.bytes)),
@@ -45,6 +49,10 @@ impl FrameReader for QuicReader {
 }
 
 impl FrameWriter for QuicWriter {
+    fn send_datagram(&mut self, frame: Bytes) -> bool {
+        frame.len() <= self.1.max_datagram_size() && self.1.send_datagram(frame).is_ok()
+    }
+
     async fn abort(&mut self, code: ErrorCode, reason: &str) {
         self.1.close(code.quic_close_code(), reason.as_bytes());
     }
@@ -127,7 +135,7 @@ pub async fn serve(
                 id: next_id(),
                 transport,
                 peer,
-                reader: QuicReader(recv),
+                reader: QuicReader(recv, session.clone()),
                 writer: QuicWriter(send, session),
                 shared,
                 shutdown,

@@ -88,13 +88,15 @@ async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
          live_overflows={overflows} \
          fetched_from_cache={cache} fetched_from_hub={hub} cache_errors={cache_errors} \
          outbox_depth={} sends_queued={} outbox_retries={} outbox_found_stored={} \
-         outbox_corrupt={} outbox_refused={}\n",
+         outbox_corrupt={} outbox_refused={} datagrams_in={} datagrams_out={}\n",
         o.depth.load(Ordering::Relaxed),
         o.queued.load(Ordering::Relaxed),
         o.retries.load(Ordering::Relaxed),
         o.found_stored.load(Ordering::Relaxed),
         o.corrupt.load(Ordering::Relaxed),
         o.refused.load(Ordering::Relaxed),
+        s.shared.datagrams_in.load(Ordering::Relaxed),
+        s.shared.datagrams_out.load(Ordering::Relaxed),
     );
     // Not ready without the leaf (a load balancer should prefer edges linked to the
     // hub), though sends are still accepted into the outbox meanwhile.

@@ -38,10 +38,20 @@ async fn typing_reaches_the_other_party_and_is_never_stored() -> anyhow::Result<
     );
     alice.typing(To::User("bob"), false).await?;
     anyhow::ensure!(next_typing(&mut bob, 5_000).await == Some(("alice".into(), None, false)));
+    // alice is on QUIC: her typing went to her edge as a datagram.
+    anyhow::ensure!(
+        topo.counter(0, "datagrams_in").await? >= 2,
+        "typing in by datagram"
+    );
     // In a group: members only (carol is not one and gets nothing).
     bob.typing(To::Group("team"), true).await?;
     anyhow::ensure!(
         next_typing(&mut alice, 5_000).await == Some(("bob".into(), Some("team".into()), true))
+    );
+    // ... and reached alice (QUIC) as a datagram, bob (WebSocket) on the stream.
+    anyhow::ensure!(
+        topo.counter(0, "datagrams_out").await? >= 1,
+        "typing out by datagram"
     );
     anyhow::ensure!(next_typing(&mut carol, 300).await.is_none());
     // A non-member's typing in the group goes nowhere.

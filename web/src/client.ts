@@ -399,14 +399,15 @@ export class PetrelClient extends EventTarget {
     if (!conn || this._state !== "open") throw new PetrelError("CLOSED", "not connected");
     const target =
       typeof to === "string" ? ({ case: "user", value: to } as const) : ({ case: "group", value: to.group } as const);
-    await conn.write(
-      encodeFrame(
-        toBinary(
-          ClientFrameSchema,
-          create(ClientFrameSchema, { kind: { case: "typing", value: create(TypingSchema, { to: target, typing }) } }),
-        ),
+    const frame = encodeFrame(
+      toBinary(
+        ClientFrameSchema,
+        create(ClientFrameSchema, { kind: { case: "typing", value: create(TypingSchema, { to: target, typing }) } }),
       ),
     );
+    // Unreliable is fine for typing: a datagram on WebTransport, never holding up the stream.
+    if (conn.sendDatagram?.(frame)) return;
+    await conn.write(frame);
   }
 
   /**
@@ -526,6 +527,7 @@ export class PetrelClient extends EventTarget {
       this.backoff = 0;
       this.setState("open");
       void this.readLoop(conn);
+      void this.datagramLoop(conn);
       this.startPings(conn);
       // Unanswered sends go out again, in their original order; the gateway
       // answers a repeated id with the stored result.
@@ -682,6 +684,24 @@ export class PetrelClient extends EventTarget {
   private handover: { decoder: FrameDecoder; chunks: AsyncIterator<Uint8Array> } | null = null;
 
   // ---- reading ----
+
+  /** Typing events arriving as datagrams (one whole frame each). */
+  private async datagramLoop(conn: Conn): Promise<void> {
+    if (!conn.datagrams) return;
+    for await (const d of conn.datagrams()) {
+      if (this.conn !== conn) return;
+      const decoder = new FrameDecoder(4096);
+      decoder.push(d);
+      try {
+        const frame = decoder.next();
+        if (!frame) continue;
+        const f = fromBinary(ServerFrameSchema, frame);
+        if (f.kind.case === "typing") this.onFrame(f);
+      } catch {
+        /* not a frame: ignore */
+      }
+    }
+  }
 
   private async readLoop(conn: Conn): Promise<void> {
     const h = this.handover;

@@ -18,6 +18,10 @@ export interface Conn {
   write(data: Uint8Array): Promise<void>;
   /** Received chunks; ends when the connection closes. */
   chunks(): AsyncIterable<Uint8Array>;
+  /** Sends an unreliable datagram (WebTransport); false when there are none or it does not fit. */
+  sendDatagram?(data: Uint8Array): boolean;
+  /** Received datagrams (WebTransport); ends when the session closes. */
+  datagrams?(): AsyncIterable<Uint8Array>;
   /** Closes from this side. */
   close(code?: number, reason?: string): void;
   /** Settles when the connection has ended, however. */
@@ -90,9 +94,29 @@ export async function openWebTransport(url: string, certHashes: string[], timeou
   const stream = await wt.createBidirectionalStream();
   const writer = stream.writable.getWriter();
   const reader = stream.readable.getReader();
+  const dgWriter = wt.datagrams.writable.getWriter();
   return {
     kind: "webtransport",
     write: (data) => writer.write(data),
+    sendDatagram(data) {
+      const max = (wt.datagrams as { maxDatagramSize?: number }).maxDatagramSize ?? 0;
+      if (data.length > max) return false;
+      dgWriter.write(data).catch(() => {});
+      return true;
+    },
+    async *datagrams() {
+      const r = wt.datagrams.readable.getReader();
+      for (;;) {
+        let x: ReadableStreamReadResult<Uint8Array>;
+        try {
+          x = await r.read();
+        } catch {
+          return;
+        }
+        if (x.done) return;
+        yield x.value;
+      }
+    },
     async *chunks() {
       for (;;) {
         let r: ReadableStreamReadResult<Uint8Array>;

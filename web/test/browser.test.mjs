@@ -403,8 +403,28 @@ test("typing: a WebTransport user's typing shows on a WebSocket user's page", as
   );
   await uma.page.evaluate(() => window.petrel.client.typing("vic", true));
   assert.deepEqual(await seen, { from: "uma", group: undefined, typing: true });
+  // Between two WebTransport pages typing travels as datagrams both ways.
+  const counters = async () => {
+    const body = await (await fetch(`${ep.http}/readyz`)).text();
+    const n = (k) => Number(body.match(new RegExp(`${k}=(\\d+)`))?.[1] ?? NaN);
+    return { in: n("datagrams_in"), out: n("datagrams_out") };
+  };
+  const before = await counters();
+  const wes = await openUser("wes");
+  const wesSees = wes.page.evaluate(
+    () =>
+      new Promise((resolve, reject) => {
+        setTimeout(() => reject(new Error("no typing event within 10 s")), 10_000);
+        window.petrel.client.addEventListener("typing", (e) => resolve(e.detail.from));
+      }),
+  );
+  await uma.page.evaluate(() => window.petrel.client.typing("wes", true));
+  assert.equal(await wesSees, "uma");
+  const after = await counters();
+  assert.ok(after.in > before.in && after.out > before.out, `datagrams ${JSON.stringify(before)} -> ${JSON.stringify(after)}`);
   await uma.context.close();
   await vic.context.close();
+  await wes.context.close();
 });
 
 test("presence: a browser watching a user sees it come online and go offline", async () => {
