@@ -64,6 +64,9 @@ pub enum ClientError {
     Protocol(String),
 }
 
+/// Delivery streams asked for by default (see [`ConnectOptions::delivery_streams`]).
+pub const DEFAULT_DELIVERY_STREAMS: u32 = 8;
+
 /// What `connect` needs.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
@@ -77,6 +80,10 @@ pub struct ConnectOptions {
     pub cursors: Vec<(String, u64)>,
     /// Maximum frame size accepted from the gateway.
     pub max_frame_bytes: usize,
+    /// QUIC: how many unidirectional streams to take deliveries on (one conversation's
+    /// lost packet then holds up only the conversations sharing its stream); 0 keeps
+    /// everything on the control stream. Ignored on WebSocket.
+    pub delivery_streams: u32,
 }
 
 impl ConnectOptions {
@@ -88,6 +95,7 @@ impl ConnectOptions {
             device: device.into(),
             cursors: Vec::new(),
             max_frame_bytes: 1024 * 1024,
+            delivery_streams: DEFAULT_DELIVERY_STREAMS,
         }
     }
 }
@@ -255,6 +263,8 @@ pub struct Welcome {
     /// Where delivery resumes per subject; below the client's own cursor when the
     /// stream was recreated (move state files back to it).
     pub cursors: Vec<(String, u64)>,
+    /// Delivery streams the gateway may open besides the control stream.
+    pub delivery_streams: u32,
 }
 
 /// Where a send goes.
@@ -428,6 +438,7 @@ impl Client {
                 })
                 .collect(),
             protocol_version: petrel_proto::PROTOCOL_VERSION,
+            delivery_streams: opts.delivery_streams,
         }));
         writer.write(hello).await?;
         let mut decoder = FrameDecoder::new(opts.max_frame_bytes);
@@ -441,6 +452,7 @@ impl Client {
                         connection_id: w.connection_id,
                         gateway_id: w.gateway_id,
                         max_frame_bytes: w.max_frame_bytes,
+                        delivery_streams: w.delivery_streams,
                     };
                 }
                 Some(pb::server_frame::Kind::Error(e)) => {
@@ -462,10 +474,21 @@ impl Client {
             seen.insert(subject.clone(), *seq);
         }
         let datagrams = reader.datagram_connection();
+        // Read only after Welcome: what the gateway sent on delivery streams waits in
+        // QUIC until then, so nothing is handed to the app before Welcome.
+        let deliveries = match (&datagrams, welcome.delivery_streams) {
+            (Some(conn), n) if n > 0 => {
+                Some(DeliveryStreams::start(conn.clone(), opts.max_frame_bytes))
+            }
+            _ => None,
+        };
         let driver = tokio::spawn(drive(
-            reader,
+            Reading {
+                reader,
+                decoder,
+                deliveries,
+            },
             writer,
-            decoder,
             cmd_rx,
             ev_tx,
             stats.clone(),
@@ -699,15 +722,96 @@ async fn next_frame(
     }
 }
 
+/// Everything the gateway's frames arrive on: the control stream and, on QUIC, the
+/// delivery streams.
+struct Reading {
+    reader: RawReader,
+    decoder: FrameDecoder,
+    deliveries: Option<DeliveryStreams>,
+}
+
+/// Reads the delivery streams the gateway opens: one task accepts them, one task per
+/// stream splits its frames; all of them go to `rx` in each stream's order. The
+/// channel is bounded, so an app that stops reading events stops the stream reads,
+/// and QUIC flow control pushes back on the gateway.
+struct DeliveryStreams {
+    rx: mpsc::Receiver<Result<pb::server_frame::Kind, ClientError>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl DeliveryStreams {
+    fn start(conn: quinn::Connection, max_frame_bytes: usize) -> Self {
+        let (tx, rx) = mpsc::channel(64);
+        let accept = tokio::spawn(async move {
+            let mut readers = tokio::task::JoinSet::new();
+            // Ends when the connection does; dropping `readers` stops the rest.
+            while let Ok(mut recv) = conn.accept_uni().await {
+                let tx = tx.clone();
+                readers.spawn(async move {
+                    let mut decoder = FrameDecoder::new(max_frame_bytes);
+                    loop {
+                        let item = match decoder.next_frame() {
+                            Ok(Some(frame)) => match decode_server(frame) {
+                                Ok(pb::ServerFrame { kind: Some(k) }) => Ok(k),
+                                Ok(_) => continue, // newer than this client: skip it
+                                Err(e) => Err(ClientError::Protocol(e)),
+                            },
+                            Ok(None) => match recv.read_chunk(64 * 1024, true).await {
+                                Ok(Some(c)) => {
+                                    decoder.push(&c.bytes);
+                                    continue;
+                                }
+                                // Finished, reset or the connection ended: the
+                                // control stream reports why.
+                                _ => return,
+                            },
+                            Err(e) => Err(ClientError::Protocol(format!("delivery stream: {e}"))),
+                        };
+                        let fatal = item.is_err();
+                        if tx.send(item).await.is_err() || fatal {
+                            return;
+                        }
+                    }
+                });
+                while readers.try_join_next().is_some() {}
+            }
+        });
+        Self { rx, accept }
+    }
+}
+
+impl Drop for DeliveryStreams {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// The next frame from a delivery stream; never ready without them.
+async fn next_delivery(
+    d: Option<&mut DeliveryStreams>,
+) -> Option<Result<pb::server_frame::Kind, ClientError>> {
+    match d {
+        Some(d) => match d.rx.recv().await {
+            Some(r) => Some(r),
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
 async fn drive(
-    mut reader: RawReader,
+    reading: Reading,
     mut writer: RawWriter,
-    mut decoder: FrameDecoder,
     mut cmds: mpsc::Receiver<Cmd>,
     events: mpsc::Sender<Event>,
     stats: Arc<Stats>,
     mut seen: HashMap<String, u64>,
 ) {
+    let Reading {
+        mut reader,
+        mut decoder,
+        mut deliveries,
+    } = reading;
     let datagrams = reader.datagram_connection();
     let mut pending: HashMap<String, Vec<oneshot::Sender<SendResult>>> = HashMap::new();
     // Keeps the connection inside the gateway's idle timeout (60 s by default) when
@@ -774,6 +878,14 @@ async fn drive(
                     break Some("event receiver dropped".into());
                 }
             }
+            Some(frame) = next_delivery(deliveries.as_mut()) => match frame {
+                Ok(kind) => {
+                    if !handle(kind, &mut pending, &events, &stats, &mut seen).await {
+                        break Some("event receiver dropped".into());
+                    }
+                }
+                Err(e) => break Some(e.to_string()),
+            },
             frame = next_frame(&mut reader, &mut decoder) => match frame {
                 Ok(Some(kind)) => {
                     if let pb::server_frame::Kind::SyncBatch(b) = kind {

@@ -180,6 +180,8 @@ pub struct Session {
     /// the in-flight budget: they are durable, and the outbox has its own bound).
     queued: HashMap<u64, Pending>,
     cursors: HashMap<String, Seq>,
+    /// Delivery streams: asked for in Hello (capped), then what the transport granted.
+    delivery_streams: u32,
     /// Groups the user is a member of (from the group directory, kept current by the
     /// gateway): what it may send to, read and acknowledge besides its inbox.
     groups: HashSet<GroupId>,
@@ -235,6 +237,7 @@ impl Session {
             inflight: HashMap::new(),
             queued: HashMap::new(),
             cursors: HashMap::new(),
+            delivery_streams: 0,
             groups: HashSet::new(),
             expires: None,
             sends: Bucket {
@@ -345,6 +348,7 @@ impl Session {
                     token,
                     device,
                     cursors,
+                    delivery_streams,
                 },
             ) => match self.auth.verify(&token, &device) {
                 Ok(identity) => {
@@ -361,6 +365,7 @@ impl Session {
                     }
                     let left = identity.expires_at.saturating_sub(now.unix_ms / 1000);
                     self.expires = Some(now.mono + Duration::from_secs(left));
+                    self.delivery_streams = delivery_streams.min(crate::wire::MAX_DELIVERY_STREAMS);
                     self.state = State::Joining(identity.clone());
                     out.push(Action::Join(identity));
                 }
@@ -752,6 +757,17 @@ impl Session {
         self.cursors.iter().map(|(k, v)| (k.as_str(), *v))
     }
 
+    /// Delivery streams the client asked for in Hello (capped).
+    pub fn delivery_streams(&self) -> u32 {
+        self.delivery_streams
+    }
+
+    /// What the transport granted of [`Session::delivery_streams`] (fewer, or none on
+    /// WebSocket); Welcome reports it.
+    pub fn grant_delivery_streams(&mut self, granted: u32) {
+        self.delivery_streams = granted.min(self.delivery_streams);
+    }
+
     /// Live delivery is in place: write Welcome.
     pub fn on_joined(&mut self, now: Now) -> Vec<Action> {
         let mut out = Vec::new();
@@ -764,6 +780,7 @@ impl Session {
                 max_frame_bytes: self.cfg.max_frame_bytes as u32,
                 server_time_ms: now.unix_ms,
                 gateway_id: self.cfg.gateway_id.clone(),
+                delivery_streams: self.delivery_streams,
                 cursors: {
                     let mut c: Vec<(String, Seq)> =
                         self.cursors.iter().map(|(k, v)| (k.clone(), *v)).collect();

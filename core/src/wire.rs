@@ -22,6 +22,9 @@ pub enum Command {
         device: String,
         /// Resume cursors as sent (validated by the session).
         cursors: Vec<(String, Seq)>,
+        /// Delivery streams the client reads (capped by the session at
+        /// [`MAX_DELIVERY_STREAMS`]).
+        delivery_streams: u32,
     },
     /// Send a direct message.
     Send(SendCommand),
@@ -134,6 +137,11 @@ impl Receipt {
 
 /// Most users one connection may watch.
 pub const MAX_WATCH: usize = 256;
+
+/// Most unidirectional delivery streams the gateway opens toward one client (QUIC and
+/// WebTransport): enough to keep conversations from holding each other up, few enough
+/// to stay well inside the peers' stream limits.
+pub const MAX_DELIVERY_STREAMS: u32 = 16;
 
 /// A user's presence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,6 +256,7 @@ pub fn decode_command(frame: Bytes) -> Result<Command, WireError> {
             token: h.token,
             device: h.device,
             cursors: cursors(h.cursors),
+            delivery_streams: h.delivery_streams,
         },
         Kind::Send(s) => {
             // Echoed back verbatim so the client can match the answer; the frame size
@@ -392,6 +401,8 @@ pub enum Reply {
         gateway_id: String,
         /// Where delivery resumes per subject (see the .proto).
         cursors: Vec<(String, Seq)>,
+        /// Delivery streams granted (see the .proto).
+        delivery_streams: u32,
     },
     /// Result of a Send.
     SendResult {
@@ -443,7 +454,9 @@ pub fn encode_reply(reply: &Reply) -> Bytes {
             server_time_ms,
             gateway_id,
             cursors,
+            delivery_streams,
         } => Kind::Welcome(pb::Welcome {
+            delivery_streams: *delivery_streams,
             cursors: cursors
                 .iter()
                 .map(|(subject, seq)| pb::Cursor {

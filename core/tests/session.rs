@@ -57,6 +57,7 @@ fn hello(user: &str) -> Command {
         token: token(user),
         device: "phone".into(),
         cursors: vec![],
+        delivery_streams: 0,
     }
 }
 
@@ -90,6 +91,43 @@ fn hello_joins_then_welcomes() {
         s.deadline()
             .is_some_and(|d| d > clock.0 + Duration::from_secs(60))
     );
+}
+
+#[test]
+fn delivery_streams_are_capped_then_granted_by_the_transport() {
+    let clock = Clock(Instant::now(), 1_000);
+    let ask = |n: u32| Command::Hello {
+        token: token("alice"),
+        device: "phone".into(),
+        cursors: vec![],
+        delivery_streams: n,
+    };
+    let welcome_streams = |out: &[Action]| match out {
+        [
+            Action::Reply(Reply::Welcome {
+                delivery_streams, ..
+            }),
+        ] => *delivery_streams,
+        other => panic!("expected Welcome, got {other:?}"),
+    };
+    // Asked for more than the cap: capped; the transport grants all of that.
+    let mut s = session(&clock);
+    s.on_command(ask(1000), clock.now());
+    assert_eq!(
+        s.delivery_streams(),
+        petrel_core::wire::MAX_DELIVERY_STREAMS
+    );
+    s.grant_delivery_streams(u32::MAX);
+    assert_eq!(
+        welcome_streams(&s.on_joined(clock.now())),
+        petrel_core::wire::MAX_DELIVERY_STREAMS
+    );
+    // WebSocket grants none, whatever was asked.
+    let mut s = session(&clock);
+    s.on_command(ask(8), clock.now());
+    assert_eq!(s.delivery_streams(), 8);
+    s.grant_delivery_streams(0);
+    assert_eq!(welcome_streams(&s.on_joined(clock.now())), 0);
 }
 
 #[test]
@@ -133,6 +171,7 @@ fn bad_tokens_are_refused_with_their_codes() {
             token: "x.y.z".into(),
             device: "d".into(),
             cursors: vec![],
+            delivery_streams: 0,
         },
         clock.now(),
     );
@@ -143,6 +182,7 @@ fn bad_tokens_are_refused_with_their_codes() {
             token: token("alice"),
             device: "a.b".into(),
             cursors: vec![],
+            delivery_streams: 0,
         },
         clock.now(),
     );

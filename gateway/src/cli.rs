@@ -189,6 +189,10 @@ pub struct ClientArgs {
     /// Transport: quic or websocket.
     #[arg(long, default_value = "quic")]
     pub transport: TransportKind,
+    /// QUIC: unidirectional streams to take deliveries on, one conversation per stream
+    /// (0: everything on the control stream; the gateway grants at most 16).
+    #[arg(long, value_name = "N", default_value_t = petrel_client::DEFAULT_DELIVERY_STREAMS)]
+    pub delivery_streams: u32,
     /// Token to use instead of minting a dev token.
     #[arg(long)]
     pub token: Option<String>,
@@ -527,6 +531,7 @@ async fn connect(args: &ClientArgs, cursors: Vec<(String, u64)>) -> anyhow::Resu
     };
     let mut opts = ConnectOptions::new(endpoint, token, args.device.clone());
     opts.cursors = cursors;
+    opts.delivery_streams = args.delivery_streams;
     Client::connect(opts)
         .await
         .with_context(|| format!("connecting as {} over {}", args.user, args.transport))

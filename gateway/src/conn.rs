@@ -44,7 +44,24 @@ async fn write<W: FrameWriter>(
     data: Bytes,
     limit: Duration,
 ) -> Result<(), TransportError> {
-    match tokio::time::timeout(limit, w.send(data)).await {
+    write_on(w, None, data, limit).await
+}
+
+/// [`write`] on delivery stream `stream`, or on the control stream for `None`.
+async fn write_on<W: FrameWriter>(
+    w: &mut W,
+    stream: Option<usize>,
+    data: Bytes,
+    limit: Duration,
+) -> Result<(), TransportError> {
+    let sent = tokio::time::timeout(limit, async {
+        match stream {
+            Some(i) => w.send_delivery(i, data).await,
+            None => w.send(data).await,
+        }
+    })
+    .await;
+    match sent {
         Ok(r) => r,
         Err(_) => {
             w.abort(ErrorCode::SlowConsumer, "not reading: write timed out")
@@ -91,6 +108,31 @@ fn encode_pages(items: &[Delivery]) -> Vec<Bytes> {
     frames
 }
 
+/// Frames gathered from the live queue, one buffer per stream they go on, written
+/// with one write each.
+#[derive(Default)]
+struct Batch {
+    parts: Vec<(Option<usize>, BytesMut)>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn push(&mut self, stream: Option<usize>, frame: &[u8]) {
+        self.bytes += frame.len();
+        match self.parts.iter_mut().find(|(s, _)| *s == stream) {
+            Some((_, buf)) => buf.extend_from_slice(frame),
+            None => self.parts.push((stream, BytesMut::from(frame))),
+        }
+    }
+
+    async fn write<W: FrameWriter>(self, w: &mut W, limit: Duration) -> Result<(), TransportError> {
+        for (stream, buf) in self.parts {
+            write_on(w, stream, buf.freeze(), limit).await?;
+        }
+        Ok(())
+    }
+}
+
 /// Why reading from a transport failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -124,6 +166,23 @@ pub trait FrameWriter: Send {
     /// and it fits; false: send it on the stream instead.
     fn send_datagram(&mut self, _frame: Bytes) -> bool {
         false
+    }
+    /// Sets up to `n` delivery streams (see `quic`); returns how many this transport
+    /// grants: none by default (everything on the one stream).
+    fn grant_delivery_streams(&mut self, _n: u32) -> u32 {
+        0
+    }
+    /// The delivery stream that carries `subject`; `None`: the control stream.
+    fn delivery_stream(&self, _subject: &str) -> Option<usize> {
+        None
+    }
+    /// Writes encoded Deliver frames on delivery stream `i`.
+    fn send_delivery(
+        &mut self,
+        _i: usize,
+        data: Bytes,
+    ) -> impl Future<Output = Result<(), TransportError>> + Send {
+        self.send(data)
     }
     /// Flushes what was written and closes with `code`.
     fn close(self, code: ErrorCode, reason: &str) -> impl Future<Output = ()> + Send;
@@ -315,6 +374,8 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                                 refresh_groups(&shared, &mut session, &identity.user, id, &handle)
                                     .await;
                             my_handle = Some(handle);
+                            let granted = writer.grant_delivery_streams(session.delivery_streams());
+                            session.grant_delivery_streams(granted);
                         }
                         // A cursor above everything stored on its subject comes from
                         // another incarnation of the stream: resume from what exists.
@@ -479,8 +540,9 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                                 .into_iter()
                                 .filter(|d| order.on_fetched(&d.subject, d.seq))
                                 .collect();
+                            let stream = writer.delivery_stream(&f.subject);
                             for frame in encode_pages(&fresh) {
-                                if let Err(e) = write(&mut writer, frame, write_timeout).await {
+                                if let Err(e) = write_on(&mut writer, stream, frame, write_timeout).await {
                                     break 'conn e.into();
                                 }
                             }
@@ -501,7 +563,7 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                 Some(item) = live_rx.recv() => {
                     // Coalesce whatever else is queued into one write; each message
                     // goes through the delivery order (duplicates, holes, catch-up).
-                    let mut batch = BytesMut::new();
+                    let mut batch = Batch::default();
                     let mut next = Some(item);
                     while let Some(item) = next.take() {
                         queued.fetch_sub(item.frame.len(), Ordering::AcqRel);
@@ -509,30 +571,30 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                         // comes; typing as a datagram where the transport has them.
                         if item.seq.0 == 0 {
                             if !(item.datagram && writer.send_datagram(item.frame.clone())) {
-                                batch.extend_from_slice(&item.frame);
+                                batch.push(None, &item.frame);
                             } else {
                                 shared.datagrams_out.fetch_add(1, Ordering::Relaxed);
                             }
-                            if batch.len() < MAX_BATCH {
+                            if batch.bytes < MAX_BATCH {
                                 next = live_rx.try_recv().ok();
                             }
                             continue;
                         }
                         match order.on_live(&item.subject, item.seq, item.prev) {
-                            Live::Deliver => batch.extend_from_slice(&item.frame),
+                            Live::Deliver => {
+                                batch.push(writer.delivery_stream(&item.subject), &item.frame)
+                            }
                             Live::Skip => {}
                             Live::Fetch(f) => {
                                 debug!(subject = %f.subject, after = %f.after, seq = %item.seq, "hole before a live message; fetching it");
                                 fetches.push(fetch(shared.hub.clone(), f, Duration::ZERO));
                             }
                         }
-                        if batch.len() < MAX_BATCH {
+                        if batch.bytes < MAX_BATCH {
                             next = live_rx.try_recv().ok();
                         }
                     }
-                    if !batch.is_empty()
-                        && let Err(e) = write(&mut writer, batch.freeze(), write_timeout).await
-                    {
+                    if let Err(e) = batch.write(&mut writer, write_timeout).await {
                         break e.into();
                     }
                 }

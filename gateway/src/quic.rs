@@ -6,6 +6,13 @@
 //! rest is the same: the client opens one bidirectional stream, the control stream,
 //! carrying the length-prefixed frames; the close code is the error code. Idle
 //! detection and keep-alive are QUIC's own.
+//!
+//! Delivery streams: when Hello asks for them, Deliver frames go on up to that many
+//! unidirectional streams the gateway opens on first use, a subject always on the same
+//! one (by hash), so a packet lost in one conversation holds up only the conversations
+//! sharing its stream, and the order within a subject is kept. The control stream has
+//! the higher send priority: answers (SendResult, SyncBatch) are not queued behind a
+//! backlog of deliveries.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,8 +38,27 @@ pub const WEBTRANSPORT_PATH: &str = "/wt";
 /// Reading half: the control stream and the session (for datagrams).
 pub struct QuicReader(pub RecvStream, pub Session);
 
-/// Writing half: the control stream and its session (for the close code).
-pub struct QuicWriter(pub SendStream, pub Session);
+/// Writing half: the control stream, its session (for the close code and opening
+/// delivery streams) and the delivery streams opened so far.
+pub struct QuicWriter {
+    control: SendStream,
+    session: Session,
+    /// One slot per granted delivery stream; opened on its first frame.
+    deliveries: Vec<Option<SendStream>>,
+}
+
+impl QuicWriter {
+    /// A writer on the control stream `control` of `session`, no delivery streams yet.
+    pub fn new(control: SendStream, session: Session) -> Self {
+        // Answers before bulk deliveries (quinn sends higher priorities first).
+        let _ = control.set_priority(1);
+        Self {
+            control,
+            session,
+            deliveries: Vec::new(),
+        }
+    }
+}
 
 impl FrameReader for QuicReader {
     fn datagrams(&self) -> Option<Session> {
@@ -50,28 +76,77 @@ impl FrameReader for QuicReader {
 
 impl FrameWriter for QuicWriter {
     fn send_datagram(&mut self, frame: Bytes) -> bool {
-        frame.len() <= self.1.max_datagram_size() && self.1.send_datagram(frame).is_ok()
+        frame.len() <= self.session.max_datagram_size() && self.session.send_datagram(frame).is_ok()
+    }
+
+    fn grant_delivery_streams(&mut self, n: u32) -> u32 {
+        self.deliveries = (0..n).map(|_| None).collect();
+        n
+    }
+
+    fn delivery_stream(&self, subject: &str) -> Option<usize> {
+        use std::hash::{Hash, Hasher};
+        if self.deliveries.is_empty() {
+            return None;
+        }
+        // Fixed keys: the same subject maps to the same stream for the whole
+        // connection (that is what keeps a subject's order).
+        let mut h = std::hash::DefaultHasher::new();
+        subject.hash(&mut h);
+        Some((h.finish() % self.deliveries.len() as u64) as usize)
+    }
+
+    async fn send_delivery(&mut self, i: usize, data: Bytes) -> Result<(), TransportError> {
+        let Some(slot) = self.deliveries.get_mut(i) else {
+            return self.send(data).await;
+        };
+        let stream = match slot {
+            Some(s) => s,
+            None => {
+                // Waits while the client's stream limit is used up; the caller's
+                // write timeout bounds that like any other blocked write.
+                let s =
+                    self.session.open_uni().await.map_err(|e| {
+                        TransportError::Io(format!("opening a delivery stream: {e}"))
+                    })?;
+                slot.insert(s)
+            }
+        };
+        stream
+            .write_chunk(data)
+            .await
+            .map_err(|e| TransportError::Io(e.to_string()))
     }
 
     async fn abort(&mut self, code: ErrorCode, reason: &str) {
-        self.1.close(code.quic_close_code(), reason.as_bytes());
+        self.session
+            .close(code.quic_close_code(), reason.as_bytes());
     }
 
     async fn send(&mut self, data: Bytes) -> Result<(), TransportError> {
-        self.0
+        self.control
             .write_chunk(data)
             .await
             .map_err(|e| TransportError::Io(e.to_string()))
     }
 
     async fn close(mut self, code: ErrorCode, reason: &str) {
-        let _ = self.0.finish();
+        let _ = self.control.finish();
+        for s in self.deliveries.iter_mut().flatten() {
+            let _ = s.finish();
+        }
         // Give the last frames (the Error frame) a moment to be acknowledged: closing
         // the connection at once would discard unacknowledged stream data.
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.0.stopped()).await;
-        self.1.close(code.quic_close_code(), reason.as_bytes());
+        let all_stopped = futures::future::join_all(
+            std::iter::once(&self.control)
+                .chain(self.deliveries.iter().flatten())
+                .map(|s| s.stopped()),
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), all_stopped).await;
+        self.session
+            .close(code.quic_close_code(), reason.as_bytes());
         // WebTransport writes a close capsule before closing the connection.
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.1.closed()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.session.closed()).await;
     }
 }
 
@@ -81,9 +156,10 @@ pub fn transport_config(idle: Duration) -> quinn::TransportConfig {
     if let Ok(idle) = quinn::IdleTimeout::try_from(idle) {
         t.max_idle_timeout(Some(idle));
     }
-    // One control stream per connection today, a few more later; never an unbounded
-    // number. HTTP/3 needs three unidirectional streams of its own (control, QPACK
-    // encoder and decoder) before WebTransport starts.
+    // Streams the client may open: one control stream, never an unbounded number.
+    // HTTP/3 needs three unidirectional streams of its own (control, QPACK encoder and
+    // decoder) before WebTransport starts. (Delivery streams are opened by the
+    // gateway; the client's limit applies to those.)
     // What quinn buffers toward one client that has not acknowledged it (default
     // 10 MiB): a stalled client holds at most this. 2 MiB still fills ~160 Mbit/s at
     // 100 ms RTT, plenty for messaging.
@@ -136,7 +212,7 @@ pub async fn serve(
                 transport,
                 peer,
                 reader: QuicReader(recv, session.clone()),
-                writer: QuicWriter(send, session),
+                writer: QuicWriter::new(send, session),
                 shared,
                 shutdown,
             }

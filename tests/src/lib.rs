@@ -289,13 +289,29 @@ impl Topology {
     }
 
     /// A raw QUIC connection to `edge` for `user`/`device` that has said Hello and read
-    /// its Welcome (for tests that then misbehave, e.g. never read again).
+    /// its Welcome (for tests that then misbehave, e.g. never read again). It asks for
+    /// delivery streams as the SDK does, and never reads those either.
     pub async fn raw_welcomed(
         &self,
         edge: usize,
         user: &str,
         device: &str,
     ) -> anyhow::Result<(petrel_client::RawReader, petrel_client::RawWriter)> {
+        let r = self
+            .raw_hello(edge, user, device, petrel_client::DEFAULT_DELIVERY_STREAMS)
+            .await?;
+        Ok((r.reader, r.writer))
+    }
+
+    /// A raw QUIC connection to `edge` that said Hello asking for `delivery_streams`
+    /// and read its Welcome.
+    pub async fn raw_hello(
+        &self,
+        edge: usize,
+        user: &str,
+        device: &str,
+        delivery_streams: u32,
+    ) -> anyhow::Result<RawSession> {
         use petrel_client::Read;
         use petrel_proto::{FrameDecoder, encode_frame, pb};
         use prost::Message as _;
@@ -306,6 +322,7 @@ impl Topology {
             device: device.into(),
             cursors: vec![],
             protocol_version: 1,
+            delivery_streams,
         };
         writer
             .write(encode_frame(&pb::ClientFrame {
@@ -318,10 +335,15 @@ impl Topology {
                 Read::Data(d) => {
                     decoder.push(&d);
                     while let Some(f) = decoder.next_frame()? {
-                        if let Some(pb::server_frame::Kind::Welcome(_)) =
+                        if let Some(pb::server_frame::Kind::Welcome(welcome)) =
                             pb::ServerFrame::decode(f)?.kind
                         {
-                            return Ok((reader, writer));
+                            return Ok(RawSession {
+                                reader,
+                                writer,
+                                welcome,
+                                decoder,
+                            });
                         }
                     }
                 }
@@ -388,6 +410,18 @@ impl Topology {
         }
         self.dir
     }
+}
+
+/// A raw QUIC connection after Welcome (see [`Topology::raw_hello`]).
+pub struct RawSession {
+    /// The control stream, read side (and the connection, for delivery streams).
+    pub reader: petrel_client::RawReader,
+    /// The control stream, write side.
+    pub writer: petrel_client::RawWriter,
+    /// What Welcome said.
+    pub welcome: petrel_proto::pb::Welcome,
+    /// The control stream's decoder, holding whatever followed Welcome.
+    pub decoder: petrel_proto::FrameDecoder,
 }
 
 /// Waits for the next message event, failing after `secs`.

@@ -202,6 +202,7 @@ fn hello(t: &Topology) -> Bytes {
             device: "d".into(),
             cursors: vec![],
             protocol_version: 1,
+            delivery_streams: 0,
         })),
     })
 }

@@ -86,6 +86,12 @@ export interface PetrelOptions {
   transport?: "auto" | TransportKind;
   /** How long to wait for WebTransport before falling back (ms, default 3000). */
   webTransportTimeoutMs?: number;
+  /**
+   * WebTransport: how many unidirectional streams to take deliveries on (default 8;
+   * 0 keeps everything on the control stream). Each conversation keeps to one
+   * stream, so a lost packet in one does not hold up the others.
+   */
+  deliveryStreams?: number;
   /** How long to wait for a connection and Welcome (ms, default 10000). */
   connectTimeoutMs?: number;
   /** Reconnect after a drop (default true). */
@@ -157,6 +163,8 @@ export interface Welcome {
   connectionId: string;
   gatewayId: string;
   transport: TransportKind;
+  /** Delivery streams the gateway may open besides the control stream (0 on WebSocket). */
+  deliveryStreams: number;
 }
 
 /** Connection state. */
@@ -258,6 +266,7 @@ export class PetrelClient extends EventTarget {
     this.opts = {
       transport: "auto",
       webTransportTimeoutMs: 3000,
+      deliveryStreams: 8,
       connectTimeoutMs: 10000,
       reconnect: true,
       initialBackoffMs: 250,
@@ -528,6 +537,9 @@ export class PetrelClient extends EventTarget {
       this.setState("open");
       void this.readLoop(conn);
       void this.datagramLoop(conn);
+      // Read only after Welcome: what came on delivery streams meanwhile waited in
+      // the browser, so nothing reaches the app before Welcome.
+      if (welcome.deliveryStreams > 0) void this.deliveryLoop(conn);
       this.startPings(conn);
       // Unanswered sends go out again, in their original order; the gateway
       // answers a repeated id with the stored result.
@@ -625,6 +637,7 @@ export class PetrelClient extends EventTarget {
           token,
           device: this.device(),
           protocolVersion: PROTOCOL_VERSION,
+          deliveryStreams: conn.deliveryStreams ? this.opts.deliveryStreams : 0,
           cursors: [...this.cursors].map(([subject, seq]) => create(CursorSchema, { subject, seq })),
         }),
       },
@@ -657,6 +670,7 @@ export class PetrelClient extends EventTarget {
             connectionId: w.connectionId,
             gatewayId: w.gatewayId,
             transport: conn.kind,
+            deliveryStreams: w.deliveryStreams,
           };
         }
         if (f.kind.case === "error") {
@@ -700,6 +714,35 @@ export class PetrelClient extends EventTarget {
       } catch {
         /* not a frame: ignore */
       }
+    }
+  }
+
+  /** Deliveries on the streams the gateway opens, each read in its own order. */
+  private async deliveryLoop(conn: Conn): Promise<void> {
+    if (!conn.deliveryStreams) return;
+    for await (const stream of conn.deliveryStreams()) {
+      if (this.conn !== conn) return;
+      void (async () => {
+        const decoder = new FrameDecoder(MAX_SERVER_FRAME);
+        try {
+          for await (const chunk of stream) {
+            if (this.conn !== conn) return;
+            this.lastHeard = Date.now();
+            decoder.push(chunk);
+            for (let frame = decoder.next(); frame; frame = decoder.next()) {
+              const fatal = this.onFrame(fromBinary(ServerFrameSchema, frame));
+              if (fatal) {
+                conn.close();
+                return;
+              }
+            }
+          }
+        } catch {
+          // A broken frame on a delivery stream: the connection is not to be
+          // trusted; reconnecting resumes from the cursors.
+          if (this.conn === conn) conn.close();
+        }
+      })();
     }
   }
 

@@ -1,6 +1,7 @@
 // The two browser transports behind one small interface: a reliable, ordered byte
 // stream plus a close code. WebTransport uses one bidirectional stream (the control
-// stream) of a session on the gateway's QUIC port; WebSocket uses binary messages.
+// stream) of a session on the gateway's QUIC port, plus the unidirectional streams the
+// gateway opens for deliveries and datagrams for typing; WebSocket uses binary messages.
 
 /** Which transport a connection uses. */
 export type TransportKind = "webtransport" | "websocket";
@@ -22,6 +23,8 @@ export interface Conn {
   sendDatagram?(data: Uint8Array): boolean;
   /** Received datagrams (WebTransport); ends when the session closes. */
   datagrams?(): AsyncIterable<Uint8Array>;
+  /** Unidirectional streams the gateway opens for deliveries (WebTransport), each as its chunks. */
+  deliveryStreams?(): AsyncIterable<AsyncIterable<Uint8Array>>;
   /** Closes from this side. */
   close(code?: number, reason?: string): void;
   /** Settles when the connection has ended, however. */
@@ -105,28 +108,22 @@ export async function openWebTransport(url: string, certHashes: string[], timeou
       return true;
     },
     async *datagrams() {
-      const r = wt.datagrams.readable.getReader();
+      yield* readAll(wt.datagrams.readable.getReader());
+    },
+    async *chunks() {
+      yield* readAll(reader);
+    },
+    async *deliveryStreams() {
+      const incoming = wt.incomingUnidirectionalStreams.getReader();
       for (;;) {
-        let x: ReadableStreamReadResult<Uint8Array>;
+        let x: ReadableStreamReadResult<ReadableStream<Uint8Array>>;
         try {
-          x = await r.read();
+          x = await incoming.read();
         } catch {
           return;
         }
         if (x.done) return;
-        yield x.value;
-      }
-    },
-    async *chunks() {
-      for (;;) {
-        let r: ReadableStreamReadResult<Uint8Array>;
-        try {
-          r = await reader.read();
-        } catch {
-          return;
-        }
-        if (r.done) return;
-        yield r.value;
+        yield readAll(x.value.getReader());
       }
     },
     close(code = 0, reason = "") {
@@ -138,6 +135,20 @@ export async function openWebTransport(url: string, certHashes: string[], timeou
     },
     closed,
   };
+}
+
+/** A stream's chunks until it ends or fails (a failed stream ends the same way: the connection reports why). */
+async function* readAll(reader: ReadableStreamDefaultReader<Uint8Array>): AsyncGenerator<Uint8Array> {
+  for (;;) {
+    let r: ReadableStreamReadResult<Uint8Array>;
+    try {
+      r = await reader.read();
+    } catch {
+      return;
+    }
+    if (r.done) return;
+    yield r.value;
+  }
 }
 
 /** Opens a WebSocket carrying binary frames. */

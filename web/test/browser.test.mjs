@@ -65,6 +65,8 @@ test("two browsers chat both ways over WebTransport", async () => {
   const bob = await openUser("bob");
   assert.equal(await alice.page.evaluate(() => window.petrel.client.transport), "webtransport");
   assert.equal(await alice.page.locator("#transport").textContent(), "webtransport");
+  // Deliveries come on the streams the gateway opens (8 asked, 8 granted).
+  assert.equal(await alice.page.evaluate(() => window.petrel.client.welcome.deliveryStreams), 8);
   await send(alice.page, "bob", "hi bob, from a browser");
   await waitRow(bob.page, "alice: hi bob, from a browser");
   await send(bob.page, "alice", "hi alice");
@@ -86,6 +88,7 @@ test("without WebTransport the SDK falls back to WebSocket and chats with a WebT
   const wsUser = await openUser("dave", { noWebTransport: true, expect: "websocket" });
   const wtUser = await openUser("erin");
   assert.equal(await wsUser.page.evaluate(() => window.petrel.webTransportAvailable()), false);
+  assert.equal(await wsUser.page.evaluate(() => window.petrel.client.welcome.deliveryStreams), 0);
   await send(wsUser.page, "erin", "from websocket");
   await waitRow(wtUser.page, "dave: from websocket");
   await send(wtUser.page, "dave", "from webtransport");
@@ -359,6 +362,41 @@ test("groups: a browser's group message reaches a browser member and a CLI membe
   assert.equal(refused.status, "rejected");
   assert.equal(refused.reason, "FORBIDDEN");
   for (const u of [olga, pete, rita]) await u.context.close();
+});
+
+test("delivery streams: a WebTransport member gets a group and direct messages interleaved, each conversation in order", async () => {
+  await new Promise((resolve, reject) => {
+    const admin = spawn(petrelBin, ["admin", "group", "--dev", devDir, "add", "lanes", "sam", "tess"], { stdio: "ignore" });
+    admin.on("exit", (code) => (code === 0 ? resolve() : reject(new Error(`petrel admin exited ${code}`))));
+  });
+  const sam = await openUser("sam");
+  const tess = await openUser("tess");
+  const got = tess.page.evaluate(
+    () =>
+      new Promise((resolve, reject) => {
+        const seen = { dm: [], group: [] };
+        setTimeout(() => reject(new Error(`only ${JSON.stringify(seen)} within 15 s`)), 15_000);
+        window.petrel.client.addEventListener("message", (e) => {
+          const m = e.detail;
+          if (m.from !== "sam") return;
+          (m.group ? seen.group : seen.dm).push(m.text);
+          if (seen.dm.length === 10 && seen.group.length === 10) resolve(seen);
+        });
+      }),
+  );
+  await sam.page.evaluate(async () => {
+    const c = window.petrel.client;
+    const sends = [];
+    for (let i = 0; i < 10; i++) {
+      sends.push(c.send("tess", `dm ${i}`), c.sendToGroup("lanes", `group ${i}`));
+    }
+    await Promise.all(sends);
+  });
+  const seen = await got;
+  assert.deepEqual(seen.dm, Array.from({ length: 10 }, (_, i) => `dm ${i}`));
+  assert.deepEqual(seen.group, Array.from({ length: 10 }, (_, i) => `group ${i}`));
+  assert.equal(await tess.page.evaluate(() => window.petrel.client.stats.duplicatesDropped), 0);
+  for (const u of [sam, tess]) await u.context.close();
 });
 
 test("receipts: a browser reader's read receipt reaches the browser sender", async () => {
