@@ -41,26 +41,39 @@ type FetchResult = (Fetch, Result<(Vec<Delivery>, bool), String>);
 /// otherwise be held forever).
 async fn write<W: FrameWriter>(
     w: &mut W,
-    data: Bytes,
-    limit: Duration,
+    frame: Bytes,
+    cfg: &WriteCfg,
 ) -> Result<(), TransportError> {
-    write_on(w, None, data, limit).await
+    write_on(w, None, frame, 1, cfg).await
 }
 
-/// [`write`] on delivery stream `stream`, or on the control stream for `None`.
+/// How writes to one connection are bounded and counted.
+struct WriteCfg {
+    limit: Duration,
+    metrics: crate::metrics::TransportMetrics,
+}
+
+/// [`write`] of `frames` frames on delivery stream `stream`, or on the control stream
+/// for `None`.
 async fn write_on<W: FrameWriter>(
     w: &mut W,
     stream: Option<usize>,
     data: Bytes,
-    limit: Duration,
+    frames: u64,
+    cfg: &WriteCfg,
 ) -> Result<(), TransportError> {
-    let sent = tokio::time::timeout(limit, async {
+    let len = data.len() as u64;
+    let sent = tokio::time::timeout(cfg.limit, async {
         match stream {
             Some(i) => w.send_delivery(i, data).await,
             None => w.send(data).await,
         }
     })
     .await;
+    if let Ok(Ok(())) = sent {
+        cfg.metrics.frames_out.inc_by(frames);
+        cfg.metrics.bytes_out.inc_by(len);
+    }
     match sent {
         Ok(r) => r,
         Err(_) => {
@@ -112,22 +125,38 @@ fn encode_pages(items: &[Delivery]) -> Vec<Bytes> {
 /// with one write each.
 #[derive(Default)]
 struct Batch {
-    parts: Vec<(Option<usize>, BytesMut)>,
+    parts: Vec<(Option<usize>, BytesMut, u64)>,
     bytes: usize,
+    /// When the hub stored each message in the batch (for the delivery latency).
+    stored_at: Vec<std::time::SystemTime>,
 }
 
 impl Batch {
     fn push(&mut self, stream: Option<usize>, frame: &[u8]) {
         self.bytes += frame.len();
-        match self.parts.iter_mut().find(|(s, _)| *s == stream) {
-            Some((_, buf)) => buf.extend_from_slice(frame),
-            None => self.parts.push((stream, BytesMut::from(frame))),
+        match self.parts.iter_mut().find(|(s, _, _)| *s == stream) {
+            Some((_, buf, n)) => {
+                buf.extend_from_slice(frame);
+                *n += 1;
+            }
+            None => self.parts.push((stream, BytesMut::from(frame), 1)),
         }
     }
 
-    async fn write<W: FrameWriter>(self, w: &mut W, limit: Duration) -> Result<(), TransportError> {
-        for (stream, buf) in self.parts {
-            write_on(w, stream, buf.freeze(), limit).await?;
+    async fn write<W: FrameWriter>(
+        self,
+        w: &mut W,
+        cfg: &WriteCfg,
+        latency: &prometheus_client::metrics::histogram::Histogram,
+    ) -> Result<(), TransportError> {
+        for (stream, buf, frames) in self.parts {
+            write_on(w, stream, buf.freeze(), frames, cfg).await?;
+        }
+        let now = std::time::SystemTime::now();
+        for at in self.stored_at {
+            if let Ok(d) = now.duration_since(at) {
+                latency.observe(d.as_secs_f64());
+            }
         }
         Ok(())
     }
@@ -217,6 +246,8 @@ pub struct Shared {
     pub write_timeout: Duration,
     /// Live connection count.
     pub connections: AtomicU64,
+    /// Prometheus metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Datagrams received from clients (typing).
     pub datagrams_in: AtomicU64,
     /// Frames sent to clients as datagrams (typing).
@@ -257,12 +288,33 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
         let span = info_span!("conn", id = self.id, transport = self.transport, peer = %self.peer);
         async move {
             let shared = self.shared.clone();
+            let transport = self.transport;
+            let m = &shared.metrics;
+            let label = crate::metrics::TransportLabel { transport };
             shared.connections.fetch_add(1, Ordering::Relaxed);
+            m.connects.get_or_create(&label).inc();
+            m.connections.get_or_create(&label).inc();
             let (end, user) = self.drive().await;
             shared.connections.fetch_sub(1, Ordering::Relaxed);
+            m.connections.get_or_create(&label).dec();
+            let reason = match &end {
+                End::Client => "client",
+                End::Closed(..) => "gateway",
+                End::Broken(_) => "lost",
+            };
+            m.disconnects
+                .get_or_create(&crate::metrics::DisconnectLabels { transport, reason })
+                .inc();
             match end {
                 End::Client => debug!(?user, "closed by client"),
-                End::Closed(code, why) => info!(?user, %code, %why, "closed by gateway"),
+                End::Closed(code, why) => {
+                    if code == ErrorCode::SlowConsumer {
+                        m.slow_consumers
+                            .get_or_create(&crate::metrics::SlowLabel { action: "closed" })
+                            .inc();
+                    }
+                    info!(?user, %code, %why, "closed by gateway")
+                }
                 End::Broken(e) => debug!(?user, error = %e, "connection lost"),
             }
         }
@@ -273,6 +325,7 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
     async fn drive(self) -> (End, Option<String>) {
         let Connection {
             id,
+            transport,
             mut reader,
             mut writer,
             shared,
@@ -287,7 +340,10 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
         );
         let mut decoder = FrameDecoder::new(shared.session.max_frame_bytes);
         let datagrams = reader.datagrams();
-        let write_timeout = shared.write_timeout;
+        let wcfg = WriteCfg {
+            limit: shared.write_timeout,
+            metrics: shared.metrics.transport(transport),
+        };
         let (live_tx, mut live_rx) = mpsc::channel::<Arc<LiveItem>>(shared.send_queue_frames);
         let lost = Arc::new(Signal::default());
         let groups_changed = Arc::new(Signal::default());
@@ -312,10 +368,13 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
             // Hand over buffered frames while the session has budget for them.
             while session.wants_frames() {
                 match decoder.next_frame() {
-                    Ok(Some(frame)) => match decode_command(frame) {
-                        Ok(cmd) => actions.extend(session.on_command(cmd, Now::system())),
-                        Err(e) => actions.extend(session.on_wire_error(e)),
-                    },
+                    Ok(Some(frame)) => {
+                        wcfg.metrics.frames_in.inc();
+                        match decode_command(frame) {
+                            Ok(cmd) => actions.extend(session.on_command(cmd, Now::system())),
+                            Err(e) => actions.extend(session.on_wire_error(e)),
+                        }
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         let code = match e {
@@ -343,9 +402,8 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                 i += 1;
                 match action {
                     Action::Reply(reply) => {
-                        if let Err(e) =
-                            write(&mut writer, encode_reply(&reply), write_timeout).await
-                        {
+                        count_reply(&shared.metrics, &reply);
+                        if let Err(e) = write(&mut writer, encode_reply(&reply), &wcfg).await {
                             break 'conn e.into();
                         }
                     }
@@ -431,7 +489,14 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                             frames.extend_from_slice(&petrel_core::wire::encode_presence(u, state));
                         }
                         if !frames.is_empty()
-                            && let Err(e) = write(&mut writer, frames.freeze(), write_timeout).await
+                            && let Err(e) = write_on(
+                                &mut writer,
+                                None,
+                                frames.freeze(),
+                                users.len() as u64,
+                                &wcfg,
+                            )
+                            .await
                         {
                             break 'conn e.into();
                         }
@@ -460,9 +525,7 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                                     format!("at most {MAX_SYNCS} history requests at a time"),
                                 )),
                             };
-                            if let Err(e) =
-                                write(&mut writer, encode_reply(&busy), write_timeout).await
-                            {
+                            if let Err(e) = write(&mut writer, encode_reply(&busy), &wcfg).await {
                                 break 'conn e.into();
                             }
                         } else {
@@ -494,6 +557,22 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                         }
                     }
                     Action::Close(code, why) => {
+                        if joined.is_none()
+                            && matches!(
+                                code,
+                                ErrorCode::Unauthenticated
+                                    | ErrorCode::TokenExpired
+                                    | ErrorCode::InvalidId
+                            )
+                        {
+                            shared
+                                .metrics
+                                .auth_failures
+                                .get_or_create(&crate::metrics::CodeLabel {
+                                    code: code.as_str(),
+                                })
+                                .inc();
+                        }
                         writer.close(code, &why).await;
                         break 'conn End::Closed(code, why);
                     }
@@ -524,12 +603,17 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                     // The live queue overflowed (a slow reader): catch up from the hub
                     // at the reader's pace instead of buffering without bound.
                     debug!("live queue overflowed; catching up from the hub");
+                    shared
+                        .metrics
+                        .slow_consumers
+                        .get_or_create(&crate::metrics::SlowLabel { action: "catch_up" })
+                        .inc();
                     for f in order.lost() {
                         fetches.push(fetch(shared.hub.clone(), f, Duration::ZERO));
                     }
                 }
                 Some(reply) = syncs.next(), if !syncs.is_empty() => {
-                    if let Err(e) = write(&mut writer, encode_reply(&reply), write_timeout).await {
+                    if let Err(e) = write(&mut writer, encode_reply(&reply), &wcfg).await {
                         break e.into();
                     }
                 }
@@ -542,7 +626,7 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                                 .collect();
                             let stream = writer.delivery_stream(&f.subject);
                             for frame in encode_pages(&fresh) {
-                                if let Err(e) = write_on(&mut writer, stream, frame, write_timeout).await {
+                                if let Err(e) = write_on(&mut writer, stream, frame, 1, &wcfg).await {
                                     break 'conn e.into();
                                 }
                             }
@@ -582,7 +666,8 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                         }
                         match order.on_live(&item.subject, item.seq, item.prev) {
                             Live::Deliver => {
-                                batch.push(writer.delivery_stream(&item.subject), &item.frame)
+                                batch.push(writer.delivery_stream(&item.subject), &item.frame);
+                                batch.stored_at.extend(item.stored_at);
                             }
                             Live::Skip => {}
                             Live::Fetch(f) => {
@@ -594,7 +679,7 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                             next = live_rx.try_recv().ok();
                         }
                     }
-                    if let Err(e) = batch.write(&mut writer, write_timeout).await {
+                    if let Err(e) = batch.write(&mut writer, &wcfg, &shared.metrics.delivery_latency).await {
                         break e.into();
                     }
                 }
@@ -613,6 +698,7 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
                 r = reader.recv(), if session.wants_frames() && !peer_finished => match r {
                     Ok(Some(data)) => {
                         last_seen = Instant::now();
+                        wcfg.metrics.bytes_in.inc_by(data.len() as u64);
                         decoder.push(&data);
                     }
                     Ok(None) => peer_finished = true,
@@ -685,6 +771,22 @@ async fn refresh_groups(
             .await;
     }
     None
+}
+
+/// Counts a SendResult by its outcome.
+fn count_reply(m: &crate::metrics::Metrics, reply: &Reply) {
+    use petrel_core::wire::SendStatus;
+    let Reply::SendResult { status, .. } = reply else {
+        return;
+    };
+    let (result, reason) = match status {
+        SendStatus::Stored { .. } => ("stored", ""),
+        SendStatus::Queued { .. } => ("queued", ""),
+        SendStatus::Rejected { code, .. } => ("rejected", code.as_str()),
+    };
+    m.sends
+        .get_or_create(&crate::metrics::SendLabels { result, reason })
+        .inc();
 }
 
 /// How soon to read a user's groups again after the directory failed.

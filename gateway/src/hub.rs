@@ -38,6 +38,16 @@ pub struct LiveItem {
     pub frame: Bytes,
     /// May go as an unreliable datagram (typing).
     pub datagram: bool,
+    /// When the hub stored it (`Nats-Time-Stamp`), for the delivery latency.
+    pub stored_at: Option<std::time::SystemTime>,
+}
+
+/// The hub's storage time of a re-published message (`Nats-Time-Stamp`, RFC 3339).
+pub fn stored_at(msg: &async_nats::Message) -> Option<std::time::SystemTime> {
+    let v = msg.headers.as_ref()?.get("Nats-Time-Stamp")?;
+    let t = time::OffsetDateTime::parse(v.as_str(), &time::format_description::well_known::Rfc3339)
+        .ok()?;
+    Some(t.into())
 }
 
 /// A flag with a wake-up, raised from anywhere and awaited by one connection: its
@@ -158,6 +168,7 @@ pub struct Hub {
     client: async_nats::Client,
     js: jetstream::Context,
     publish_timeout: Duration,
+    publish_latency: prometheus_client::metrics::histogram::Histogram,
     registry: Mutex<Registry<LiveKey, LiveHandle>>,
     subs: Mutex<HashMap<LiveKey, UserSub>>,
     store: Arc<EdgeStore>,
@@ -241,6 +252,7 @@ impl Hub {
         domain: &str,
         publish_timeout: Duration,
         store: Arc<EdgeStore>,
+        publish_latency: prometheus_client::metrics::histogram::Histogram,
     ) -> Self {
         let mut js = jetstream::with_domain(client.clone(), domain);
         js.set_timeout(publish_timeout);
@@ -248,6 +260,7 @@ impl Hub {
             client,
             js,
             publish_timeout,
+            publish_latency,
             registry: Mutex::new(Registry::default()),
             subs: Mutex::new(HashMap::new()),
             store,
@@ -314,6 +327,8 @@ impl Hub {
             code: ErrorCode::Unavailable,
             detail,
         };
+        let started = std::time::Instant::now();
+        let latency = self.publish_latency.clone();
         let sent = async {
             let mut acks = Vec::with_capacity(req.copies.len());
             for copy in &req.copies {
@@ -338,6 +353,7 @@ impl Hub {
             for ack in acks {
                 match tokio::time::timeout(timeout, ack).await {
                     Ok(Ok(ack)) => {
+                        latency.observe(started.elapsed().as_secs_f64());
                         first.get_or_insert((ack.sequence, ack.duplicate));
                     }
                     Ok(Err(e)) => {
@@ -779,6 +795,7 @@ impl Hub {
                     prev: Seq(0),
                     frame: msg.payload.clone(),
                     datagram: msg.subject.as_str().starts_with("typing."),
+                    stored_at: None,
                 });
                 if let Ok(reg) = self.registry.lock() {
                     for (_, t) in reg.targets(&key) {
@@ -809,6 +826,7 @@ impl Hub {
             }
             let item = Arc::new(LiveItem {
                 datagram: false,
+                stored_at: stored_at(&msg),
                 frame: encode_deliver(std::slice::from_ref(&delivery)),
                 subject: delivery.subject,
                 seq: delivery.seq,

@@ -29,6 +29,7 @@ pub mod conn;
 pub mod dev;
 pub mod groups;
 pub mod hub;
+pub mod metrics;
 pub mod nats_process;
 pub mod outbox;
 pub mod presence;
@@ -143,11 +144,13 @@ impl Gateway {
             .connect(cfg.nats.url.as_str())
             .await
             .with_context(|| format!("connecting to NATS at {}", cfg.nats.url))?;
+        let mut metrics = metrics::Metrics::new();
         let hub = Arc::new(Hub::new(
             nats.clone(),
             &cfg.nats.domain,
             Duration::from_secs(cfg.nats.publish_timeout_secs),
             store,
+            metrics.publish_latency.clone(),
         ));
         let (outbox, forwarding) = outbox::outbox(
             hub.clone(),
@@ -222,7 +225,12 @@ impl Gateway {
             cfg.gateway.id.clone(),
             Duration::from_secs(cfg.redis.presence_heartbeat_secs.max(1)),
         ));
+        metrics.register_collector(metrics::GatewayCollector {
+            hub: hub.clone(),
+            outbox: outbox.stats.clone(),
+        });
         let shared = Arc::new(Shared {
+            metrics: Arc::new(metrics),
             session,
             groups,
             presence,

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `/healthz` | process is up |
 //! | `/readyz` | connected to the leaf; connection and subscription counts |
+//! | `/metrics` | Prometheus metrics (OpenMetrics text; see `metrics`) |
 //! | `/cert-hashes` | SHA-256 of the current and next certificate, for WebTransport `serverCertificateHashes` (CORS open) |
 //! | `/client-config` | the WebTransport and WebSocket URLs for the host the page was loaded from |
 //! | `/dev/token?user=U[&device=D][&ttl=SECS]` | a token signed with the HS256 secret — only with `web.dev_tokens` |
@@ -61,6 +62,7 @@ pub fn router(web: WebState, shared: Arc<Shared>) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .route("/cert-hashes", get(cert_hashes))
         .route("/client-config", get(client_config))
         .route("/dev/token", get(dev_token))
@@ -69,6 +71,18 @@ pub fn router(web: WebState, shared: Arc<Shared>) -> Router {
         router = router.fallback_service(tower_http::services::ServeDir::new(dir));
     }
     router
+}
+
+/// Prometheus scrape (OpenMetrics text).
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.shared.metrics.encode(),
+    )
+        .into_response()
 }
 
 async fn ready(State(s): State<AppState>) -> (StatusCode, String) {

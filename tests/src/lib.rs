@@ -352,6 +352,27 @@ impl Topology {
         }
     }
 
+    /// Polls `/metrics` of edge `edge` until the sample `series` (exact text, labels
+    /// included) satisfies `ok`, at most 10 s; returns its last value.
+    pub async fn wait_metric(
+        &self,
+        edge: usize,
+        series: &str,
+        ok: impl Fn(f64) -> bool,
+    ) -> anyhow::Result<f64> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = metric_sample(&self.http_get(edge, "/metrics").await?, series);
+            match v {
+                Some(v) if ok(v) => return Ok(v),
+                _ if tokio::time::Instant::now() >= deadline => {
+                    anyhow::bail!("{series} is {v:?} after 10 s")
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
     /// GET `path` on edge `edge`'s HTTP endpoint; returns the body.
     pub async fn http_get(&self, edge: usize, path: &str) -> anyhow::Result<String> {
         let addr = self.edges[edge].addrs.http.to_string();
@@ -454,6 +475,15 @@ pub async fn next_message_on(
             return Ok(m);
         }
     }
+}
+
+/// The value of the sample `series` (`name{labels}`, exactly as encoded) in a
+/// Prometheus/OpenMetrics text, if present.
+pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        if k == series { v.parse().ok() } else { None }
+    })
 }
 
 /// The `petrel` binary built alongside the tests (`target/<profile>/petrel`).
