@@ -16,6 +16,7 @@
 //!     trust: Trust::from_hex_sha256(&"00".repeat(32))?,
 //!     server_name: None,
 //!     connect_timeout: std::time::Duration::from_secs(5),
+//!     local_ip: None,
 //! };
 //! let mut client = Client::connect(ConnectOptions::new(endpoint, "JWT", "phone")).await?;
 //! let result = client.send("bob", "msg-1", "hello").await?;

@@ -63,6 +63,9 @@ pub struct Endpoint {
     pub server_name: Option<String>,
     /// Time allowed for the transport and TLS handshakes.
     pub connect_timeout: Duration,
+    /// Local address to connect from (any port); `None`: the system's choice. Load
+    /// generators spread many connections over 127.0.0.x this way.
+    pub local_ip: Option<std::net::IpAddr>,
 }
 
 type WsStream = WebSocketStream<TlsStream<TcpStream>>;
@@ -146,15 +149,14 @@ async fn connect_inner(ep: &Endpoint) -> Result<(RawReader, RawWriter), ClientEr
             let mut transport = quinn::TransportConfig::default();
             transport.keep_alive_interval(Some(Duration::from_secs(10)));
             cfg.transport_config(Arc::new(transport));
-            let bind: SocketAddr = if addr.is_ipv6() {
-                "[::]:0"
-                    .parse()
-                    .map_err(|_| ClientError::Config("bind".into()))?
-            } else {
-                "0.0.0.0:0"
-                    .parse()
-                    .map_err(|_| ClientError::Config("bind".into()))?
-            };
+            let bind = SocketAddr::new(
+                ep.local_ip.unwrap_or(if addr.is_ipv6() {
+                    std::net::Ipv6Addr::UNSPECIFIED.into()
+                } else {
+                    std::net::Ipv4Addr::UNSPECIFIED.into()
+                }),
+                0,
+            );
             let mut endpoint =
                 quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
             endpoint.set_default_client_config(cfg);
@@ -175,9 +177,21 @@ async fn connect_inner(ep: &Endpoint) -> Result<(RawReader, RawWriter), ClientEr
         TransportKind::WebSocket => {
             let tls = client_config(&ep.trust, &[b"http/1.1"])?;
             let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
-            let tcp = TcpStream::connect(addr)
-                .await
-                .map_err(|e| ClientError::Connect(format!("TCP connect {addr}: {e}")))?;
+            let tcp = match ep.local_ip {
+                None => TcpStream::connect(addr).await,
+                Some(ip) => {
+                    let s = if addr.is_ipv6() {
+                        tokio::net::TcpSocket::new_v6()
+                    } else {
+                        tokio::net::TcpSocket::new_v4()
+                    }
+                    .map_err(|e| ClientError::Connect(format!("TCP socket: {e}")))?;
+                    s.bind(SocketAddr::new(ip, 0))
+                        .map_err(|e| ClientError::Connect(format!("bind {ip}: {e}")))?;
+                    s.connect(addr).await
+                }
+            }
+            .map_err(|e| ClientError::Connect(format!("TCP connect {addr}: {e}")))?;
             let _ = tcp.set_nodelay(true);
             let name = rustls::pki_types::ServerName::try_from(server_name)
                 .map_err(|e| ClientError::Config(format!("bad server name: {e}")))?;

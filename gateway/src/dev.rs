@@ -54,6 +54,28 @@ pub struct Endpoints {
     pub gateway_id: String,
     /// Process id of `petrel dev`.
     pub pid: u32,
+    /// Every edge (`petrel dev --edges N`); the first is the one above.
+    #[serde(default)]
+    pub edges: Vec<EdgeEndpoints>,
+}
+
+/// One edge of a `petrel dev` topology: its leaf and gateway.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EdgeEndpoints {
+    /// Gateway id.
+    pub gateway_id: String,
+    /// Native QUIC, `host:port`.
+    pub quic: String,
+    /// WebSocket URL (TLS).
+    pub websocket: String,
+    /// Plain WebSocket URL (loopback).
+    pub websocket_plain: Option<String>,
+    /// Gateway HTTP base URL.
+    pub http: String,
+    /// The edge's leaf client URL.
+    pub nats_leaf: String,
+    /// SHA-256 (hex) of its certificate at start.
+    pub cert_sha256: String,
 }
 
 impl Endpoints {
@@ -189,8 +211,10 @@ dev_tokens = true
 pub async fn run(
     dir: &Path,
     web_dir: Option<&Path>,
+    edges: usize,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=16).contains(&edges), "--edges must be 1 to 16");
     let web_dir = match web_dir {
         Some(d) => Some(
             d.canonicalize()
@@ -214,39 +238,73 @@ pub async fn run(
         .leafnode_url
         .clone()
         .context("hub has no leafnode port")?;
-    eprintln!("petrel dev: starting leaf nats-server…");
-    let leaf = NatsProcess::start_leaf(&dir.join("leaf"), "leaf", &hub_leaf, None).await?;
-    wait_jetstream(&leaf.client_url, "hub", Duration::from_secs(20))
-        .await
-        .context("leaf node did not connect to the hub")?;
-
     eprintln!("petrel dev: starting redis-server…");
     let redis = crate::redis_process::RedisProcess::start(&dir.join("redis")).await?;
-
     ensure_secret(&dir)?;
-    let config_path = write_gateway_config(&dir, "dev-edge", &leaf.client_url, web_dir.as_deref())?;
-    let mut cfg = Config::load(&config_path)?;
-    cfg.redis.url = Some(redis.url.clone());
-    let gateway = Gateway::load(cfg).await?;
-    if !gateway.wait_connected(Duration::from_secs(20)).await {
-        anyhow::bail!(
-            "the gateway did not connect to the leaf at {}",
-            leaf.client_url
-        );
+
+    // Edge 0 lives in DIR itself (as it always has); more edges in DIR/edge-N.
+    let mut leafs = Vec::new();
+    let mut gateways = Vec::new();
+    let mut edge_eps = Vec::new();
+    for i in 0..edges {
+        let (edge_dir, id) = if i == 0 {
+            (dir.clone(), "dev-edge".to_string())
+        } else {
+            let d = dir.join(format!("edge-{i}"));
+            std::fs::create_dir_all(&d)?;
+            std::fs::copy(secret_path(&dir), secret_path(&d))?;
+            (d, format!("dev-edge-{i}"))
+        };
+        eprintln!("petrel dev: starting leaf nats-server for {id}…");
+        // Server names must differ: the hub tells leaf nodes apart by them.
+        let leaf_name = if i == 0 {
+            "leaf".to_string()
+        } else {
+            format!("leaf{i}")
+        };
+        let leaf =
+            NatsProcess::start_leaf(&edge_dir.join("leaf"), &leaf_name, &hub_leaf, None).await?;
+        wait_jetstream(&leaf.client_url, "hub", Duration::from_secs(20))
+            .await
+            .context("leaf node did not connect to the hub")?;
+        let config_path =
+            write_gateway_config(&edge_dir, &id, &leaf.client_url, web_dir.as_deref())?;
+        let mut cfg = Config::load(&config_path)?;
+        cfg.redis.url = Some(redis.url.clone());
+        let gateway = Gateway::load(cfg).await?;
+        if !gateway.wait_connected(Duration::from_secs(20)).await {
+            anyhow::bail!(
+                "the gateway did not connect to the leaf at {}",
+                leaf.client_url
+            );
+        }
+        let addrs = gateway.addrs();
+        edge_eps.push(EdgeEndpoints {
+            gateway_id: id,
+            quic: addrs.quic.to_string(),
+            websocket: format!("wss://{}/ws", addrs.websocket),
+            websocket_plain: addrs.websocket_plain.map(|a| format!("ws://{a}/ws")),
+            http: format!("http://{}", addrs.http),
+            nats_leaf: leaf.client_url.clone(),
+            cert_sha256: gateway.cert_sha256(),
+        });
+        leafs.push(leaf);
+        gateways.push(gateway);
     }
-    let addrs = gateway.addrs();
+    let first = edge_eps[0].clone();
     let endpoints = Endpoints {
-        quic: addrs.quic.to_string(),
-        webtransport: format!("https://{}{}", addrs.quic, crate::quic::WEBTRANSPORT_PATH),
-        websocket: format!("wss://{}/ws", addrs.websocket),
-        websocket_plain: addrs.websocket_plain.map(|a| format!("ws://{a}/ws")),
-        http: format!("http://{}", addrs.http),
+        quic: first.quic.clone(),
+        webtransport: format!("https://{}{}", first.quic, crate::quic::WEBTRANSPORT_PATH),
+        websocket: first.websocket.clone(),
+        websocket_plain: first.websocket_plain.clone(),
+        http: first.http.clone(),
         nats_hub: hub.client_url.clone(),
-        nats_leaf: leaf.client_url.clone(),
+        nats_leaf: first.nats_leaf.clone(),
         redis: Some(redis.url.clone()),
-        cert_sha256: gateway.cert_sha256(),
-        gateway_id: "dev-edge".into(),
+        cert_sha256: first.cert_sha256.clone(),
+        gateway_id: first.gateway_id.clone(),
         pid: std::process::id(),
+        edges: edge_eps,
     };
     let tmp = dir.join("endpoints.json.tmp");
     std::fs::write(&tmp, serde_json::to_string_pretty(&endpoints)?)?;
@@ -269,11 +327,17 @@ pub async fn run(
         endpoints.cert_sha256,
         endpoints_path.display()
     );
-    let result = gateway.run(shutdown).await;
+    if edges > 1 {
+        eprintln!("petrel dev: {edges} edges, see `edges` in endpoints.json");
+    }
+    let results =
+        futures::future::join_all(gateways.into_iter().map(|g| g.run(shutdown.clone()))).await;
     let _ = std::fs::remove_file(&endpoints_path);
-    leaf.stop().await;
+    for leaf in leafs {
+        leaf.stop().await;
+    }
     hub.stop().await;
     redis.kill().await;
     eprintln!("petrel dev: stopped");
-    result
+    results.into_iter().collect()
 }

@@ -18,12 +18,14 @@
 //!   and rotated (development);
 //! - [`nats_process`], [`redis_process`], [`dev`] — real nats-server and redis-server
 //!   processes and the `petrel dev` topology;
-//! - [`cli`] — the `petrel` command line.
+//! - [`metrics`] — Prometheus metrics (`/metrics`).
+//!
+//! The `petrel` command line is the `cli/` package; load generation and the
+//! impairment proxy are `bench/`.
 //!
 //! [`Gateway::load`] binds every socket and connects to the leaf; [`Gateway::run`]
 //! serves until the shutdown token is cancelled, then drains connections.
 
-pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod dev;

@@ -257,6 +257,7 @@ impl Topology {
                 .unwrap_or(Trust::CertSha256([0; 32])),
             server_name: Some("localhost".into()),
             connect_timeout: Duration::from_secs(10),
+            local_ip: None,
         }
     }
 
@@ -627,6 +628,7 @@ impl GatewayProcess {
             trust: Trust::from_hex_sha256(&self.cert_sha256).unwrap_or(Trust::CertSha256([0; 32])),
             server_name: Some("localhost".into()),
             connect_timeout: Duration::from_secs(10),
+            local_ip: None,
         }
     }
 

@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use petrel_gateway::cli::{Cli, run};
+mod cli;
+
+use cli::{Cli, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

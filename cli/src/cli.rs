@@ -10,8 +10,8 @@ use petrel_client::{Client, ConnectOptions, Endpoint, Event, SendResult, Transpo
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::dev::{self, Endpoints};
-use crate::{Config, Gateway, provision};
+use petrel_gateway::dev::{self, Endpoints};
+use petrel_gateway::{Config, Gateway, provision};
 
 /// Petrel: an edge gateway for real-time messaging (native QUIC, WebSocket) in front
 /// of a NATS leaf node and a JetStream hub.
@@ -36,6 +36,10 @@ pub enum Command {
         /// `web/dist`, built by `npm run build` in `web/`).
         #[arg(long, value_name = "DIR")]
         web_dir: Option<PathBuf>,
+        /// Edges (leaf node + gateway each) on the one hub; the first is the one at the
+        /// top of endpoints.json, all of them under `edges`.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        edges: usize,
     },
     /// Print a dev token (HS256, signed with the dev secret of a `petrel dev` directory).
     Token {
@@ -54,6 +58,12 @@ pub enum Command {
     },
     /// Connect as a user: send a message or listen for messages.
     Client(ClientArgs),
+    /// Measure under load: scenarios pairs, fanout, idle, resume, ingest, per
+    /// transport, against a fresh `petrel dev` topology (or `--dev DIR`).
+    Bench(petrel_bench::scenario::BenchArgs),
+    /// The weak-network proxy: forward UDP (QUIC) or TCP (WebSocket) to a gateway with
+    /// loss, delay, jitter, reordering, a bandwidth limit and address switches.
+    Impair(ImpairArgs),
     /// Run the gateway with a config file (see deploy/gateway.example.toml).
     Gateway {
         /// TOML config file; PETREL_{SECTION}_{KEY} variables override its keys.
@@ -268,9 +278,13 @@ pub enum ClientAction {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Dev { dir, web_dir } => {
+        Command::Dev {
+            dir,
+            web_dir,
+            edges,
+        } => {
             let shutdown = shutdown_on_signal()?;
-            dev::run(&dir, web_dir.as_deref(), shutdown).await?;
+            dev::run(&dir, web_dir.as_deref(), edges, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Token {
@@ -308,6 +322,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Client(args) => client(args).await,
+        Command::Bench(args) => {
+            petrel_bench::scenario::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Impair(args) => impair(args).await,
         Command::Admin {
             what:
                 AdminCommand::Group {
@@ -394,7 +413,7 @@ async fn admin_group(
     let redis_url = redis
         .or_else(|| endpoints.as_ref().and_then(|e| e.redis.clone()))
         .context("no Redis: pass --redis URL (this petrel dev has none)")?;
-    let directory = crate::groups::Directory::new(Some(&redis_url))?;
+    let directory = petrel_gateway::groups::Directory::new(Some(&redis_url))?;
     let parse_group = |g: &str| GroupId::parse(g).map_err(|e| anyhow::anyhow!("group {g:?}: {e}"));
     match action {
         GroupAction::List { group } => {
@@ -440,7 +459,7 @@ async fn admin_group(
 /// Adds or removes `users` in `group`, printing one JSON line per user, then announces
 /// the change once.
 async fn change_members(
-    directory: &crate::groups::Directory,
+    directory: &petrel_gateway::groups::Directory,
     nats: Option<String>,
     endpoints: Option<dev::Endpoints>,
     group: petrel_core::GroupId,
@@ -473,7 +492,7 @@ async fn change_members(
             json!({"group": group.as_str(), "user": u.as_str(), "member": add, "changed": changed})
         );
     }
-    crate::groups::announce(&client, &group)
+    petrel_gateway::groups::announce(&client, &group)
         .await
         .context("announcing the change on NATS")?;
     Ok(ExitCode::SUCCESS)
@@ -528,6 +547,7 @@ async fn connect(args: &ClientArgs, cursors: Vec<(String, u64)>) -> anyhow::Resu
         trust,
         server_name: Some("localhost".into()),
         connect_timeout: Duration::from_secs(10),
+        local_ip: None,
     };
     let mut opts = ConnectOptions::new(endpoint, token, args.device.clone());
     opts.cursors = cursors;
@@ -717,4 +737,56 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `petrel impair`.
+#[derive(Debug, Args)]
+pub struct ImpairArgs {
+    /// Proxy UDP (QUIC, WebTransport) instead of TCP (WebSocket).
+    #[arg(long)]
+    pub udp: bool,
+    /// Address to listen on (port 0: any free port; the bound one is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// The gateway's address (its QUIC port with --udp, its WebSocket port without).
+    #[arg(long)]
+    pub to: std::net::SocketAddr,
+    /// What to do to the traffic, e.g. `loss=10%,delay=100ms,jitter=10ms,reorder=1%,rate=2mbit,switch=30s,seed=7`.
+    /// Delay is one way (100ms: a 200 ms round trip). TCP loss stalls the stream for a
+    /// retransmission instead of dropping bytes; a switch moves UDP flows to a new
+    /// source address and cuts TCP connections.
+    #[arg(long, default_value = "")]
+    pub spec: petrel_bench::impair::Impairment,
+}
+
+async fn impair(args: ImpairArgs) -> anyhow::Result<ExitCode> {
+    use petrel_bench::impair::{tcp::TcpProxy, udp::UdpProxy};
+    use std::sync::atomic::Ordering;
+    let stop = shutdown_on_signal()?;
+    let (addr, stats) = if args.udp {
+        let p = UdpProxy::bind(args.listen, args.to, args.spec.clone()).await?;
+        (p.local_addr(), p.run(stop.clone(), 0))
+    } else {
+        let p = TcpProxy::bind(args.listen, args.to, args.spec.clone()).await?;
+        (p.local_addr(), p.run(stop.clone(), 0))
+    };
+    println!(
+        "{}",
+        json!({"listen": addr.to_string(), "to": args.to.to_string(), "protocol": if args.udp {"udp"} else {"tcp"}, "spec": args.spec.to_string()})
+    );
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => eprintln!(
+                "petrel impair: flows {} forwarded {} dropped {} switches {}",
+                stats.flows.load(Ordering::Relaxed),
+                stats.forwarded.load(Ordering::Relaxed),
+                stats.dropped.load(Ordering::Relaxed),
+                stats.switches.load(Ordering::Relaxed),
+            ),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,419 @@
+//! The scenarios of `petrel bench`, their command-line arguments, and what they share:
+//! connecting many clients, receiving and tallying, showing progress.
+
+mod fanout;
+mod idle;
+mod ingest;
+mod pairs;
+mod resume;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use petrel_client::{Client, ConnectOptions, Event, TransportKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::hist::Latency;
+use crate::impair::{Impairment, Proxies};
+use crate::report::Report;
+use crate::topo::Target;
+
+/// `petrel bench`: measure a Petrel topology under load.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[command(subcommand)]
+    pub scenario: Scenario,
+    /// Transports to measure, comma-separated (each gets its own run and report).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "quic,websocket",
+        global = true
+    )]
+    pub transport: Vec<TransportKind>,
+    /// Measure a running `petrel dev` (its directory) instead of starting a fresh one.
+    #[arg(long, value_name = "DIR", global = true)]
+    pub dev: Option<std::path::PathBuf>,
+    /// Print one JSON object per report on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Spread client connections over this many loopback source addresses
+    /// (127.0.0.2 …), so that many connections do not run out of ports.
+    #[arg(long, default_value_t = 8, value_name = "N", global = true)]
+    pub sources: usize,
+    /// Put the impairment proxy between the clients and the gateway, e.g.
+    /// `loss=10%,delay=100ms,jitter=10ms,switch=30s,seed=7` (see `petrel impair --help`).
+    #[arg(long, value_name = "SPEC", global = true)]
+    pub impair: Option<Impairment>,
+}
+
+/// A scenario.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Scenario {
+    /// N pairs exchanging direct messages at a set total rate, across two edges:
+    /// end-to-end latency (send call → app), lost and duplicated messages.
+    Pairs {
+        /// Sender/receiver pairs.
+        #[arg(long, default_value_t = 50)]
+        pairs: usize,
+        /// Messages per second, all pairs together.
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Message size, bytes.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+    },
+    /// One sender to one group of M members connected to one edge: deliveries per
+    /// second and latency.
+    Fanout {
+        /// Group members (connections).
+        #[arg(long, default_value_t = 1000)]
+        members: usize,
+        /// Group messages per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Message size, bytes.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+    },
+    /// N idle connections: the gateway's memory per connection (the kernel's socket
+    /// memory is reported separately).
+    Idle {
+        /// Connections.
+        #[arg(long, default_value_t = 5000)]
+        connections: usize,
+    },
+    /// A client comes back after missing K messages: time until all K are delivered.
+    Resume {
+        /// Messages missed.
+        #[arg(long, default_value_t = 1000)]
+        missed: usize,
+        /// Repetitions.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// No other device of the user stays connected, so the edge has not cached
+        /// the inbox and the messages come from the hub.
+        #[arg(long)]
+        cold: bool,
+    },
+    /// Sends stored per second: S senders pipelining group messages.
+    Ingest {
+        /// Sending connections.
+        #[arg(long, default_value_t = 4)]
+        senders: usize,
+        /// Messages in all.
+        #[arg(long, default_value_t = 50_000)]
+        messages: u64,
+        /// Message size, bytes.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+    },
+}
+
+impl Scenario {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Pairs { .. } => "pairs",
+            Self::Fanout { .. } => "fanout",
+            Self::Idle { .. } => "idle",
+            Self::Resume { .. } => "resume",
+            Self::Ingest { .. } => "ingest",
+        }
+    }
+
+    fn edges(&self) -> usize {
+        match self {
+            Self::Pairs { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Runs `args`: one report per transport, printed as they complete.
+pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<Report>> {
+    let fds = crate::topo::raise_fd_limit();
+    tracing::debug!(fds, "open-file limit");
+    let target = match &args.dev {
+        Some(dir) => Target::existing(dir)?,
+        None => {
+            eprintln!(
+                "petrel bench: starting a {}-edge petrel dev topology…",
+                args.scenario.edges()
+            );
+            Target::spawn(args.scenario.edges()).await?
+        }
+    };
+    let mut reports = Vec::new();
+    let mut failure = None;
+    for (i, transport) in args.transport.iter().enumerate() {
+        let ctx = Ctx {
+            target: &target,
+            transport: *transport,
+            sources: args.sources,
+            run: format!("r{}{}", std::process::id() % 10_000, i),
+            proxies: match &args.impair {
+                Some(imp) => Some(Proxies::start(&target, *transport, imp.clone()).await?),
+                None => None,
+            },
+        };
+        eprintln!(
+            "petrel bench: {} over {transport}{}…",
+            args.scenario.name(),
+            args.impair
+                .as_ref()
+                .map(|i| format!(" through the impairment proxy ({i})"))
+                .unwrap_or_default()
+        );
+        let r = match &args.scenario {
+            Scenario::Pairs {
+                pairs,
+                rate,
+                duration,
+                size,
+            } => pairs::run(&ctx, *pairs, *rate, *duration, *size).await,
+            Scenario::Fanout {
+                members,
+                rate,
+                duration,
+                size,
+            } => fanout::run(&ctx, *members, *rate, *duration, *size).await,
+            Scenario::Idle { connections } => idle::run(&ctx, *connections).await,
+            Scenario::Resume {
+                missed,
+                rounds,
+                cold,
+            } => resume::run(&ctx, *missed, *rounds, *cold).await,
+            Scenario::Ingest {
+                senders,
+                messages,
+                size,
+            } => ingest::run(&ctx, *senders, *messages, *size).await,
+        };
+        let proxy_figures = ctx.proxies.map(|p| {
+            let sum =
+                |f: fn(&crate::impair::Stats) -> u64| p.stats.iter().map(|s| f(s)).sum::<u64>();
+            let figures = (
+                sum(|s| s.dropped.load(Ordering::Relaxed)),
+                sum(|s| s.switches.load(Ordering::Relaxed)),
+                sum(|s| s.flows.load(Ordering::Relaxed)),
+            );
+            p.stop();
+            figures
+        });
+        match r {
+            Ok(mut report) => {
+                if let Some(imp) = &args.impair {
+                    report.set("impairment", imp.to_string());
+                }
+                if let Some((dropped, switches, flows)) = proxy_figures {
+                    report.set("proxy_dropped", dropped);
+                    report.set("proxy_switches", switches);
+                    report.set("proxy_flows", flows);
+                }
+                if args.json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    report.print();
+                }
+                reports.push(report);
+            }
+            Err(e) => {
+                failure = Some(e.context(format!("{} over {transport}", args.scenario.name())));
+                break;
+            }
+        }
+    }
+    target.stop().await;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(reports),
+    }
+}
+
+/// What a scenario runs against.
+pub(crate) struct Ctx<'a> {
+    pub target: &'a Target,
+    pub transport: TransportKind,
+    pub sources: usize,
+    /// Unique per run: prefixes user ids and message ids, so runs against one
+    /// long-lived `petrel dev` do not see each other's messages.
+    pub run: String,
+    /// The impairment proxy in front of each edge, if any.
+    pub proxies: Option<Proxies>,
+}
+
+impl Ctx<'_> {
+    /// Connects `user` to edge `edge` (through the proxy when there is one).
+    pub async fn connect(
+        &self,
+        edge: usize,
+        user: &str,
+        i: usize,
+        cursors: Vec<(String, u64)>,
+    ) -> anyhow::Result<Client> {
+        let mut endpoint = self.target.endpoint(
+            edge,
+            self.transport,
+            crate::topo::source_ip(i, self.sources),
+        )?;
+        if let Some(p) = &self.proxies {
+            endpoint.address = p.address(edge, &endpoint.address);
+        }
+        let mut opts = ConnectOptions::new(endpoint, self.target.token(user)?, "bench");
+        opts.cursors = cursors;
+        Client::connect(opts)
+            .await
+            .with_context(|| format!("connecting {user}"))
+    }
+
+    /// Connects `n` users named by `name(i)` to `edge`, a few at a time, with progress.
+    pub async fn connect_many(
+        &self,
+        edge: usize,
+        n: usize,
+        name: impl Fn(usize) -> String,
+    ) -> anyhow::Result<Vec<Client>> {
+        let pb = progress(n as u64, "connecting");
+        let clients: Vec<anyhow::Result<Client>> = futures::stream::iter(0..n)
+            .map(|i| {
+                let user = name(i);
+                let pb = pb.clone();
+                async move {
+                    let c = self.connect(edge, &user, i, Vec::new()).await;
+                    pb.inc(1);
+                    c
+                }
+            })
+            .buffered(32)
+            .collect()
+            .await;
+        pb.finish_and_clear();
+        clients.into_iter().collect()
+    }
+
+    /// Puts `users` in `group` (Redis, as the group service would).
+    pub async fn set_group(&self, group: &str, users: &[String]) -> anyhow::Result<()> {
+        let url = self
+            .target
+            .endpoints
+            .redis
+            .clone()
+            .context("this petrel dev has no Redis")?;
+        let dir = petrel_gateway::groups::Directory::new(Some(&url))?;
+        let g = petrel_core::GroupId::parse(group)?;
+        for u in users {
+            dir.add(&g, &petrel_core::UserId::parse(u.as_str())?)
+                .await
+                .with_context(|| format!("adding {u} to {group}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+pub(crate) fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec})",
+    ) {
+        pb.set_style(style);
+    }
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// What one receiving client saw.
+#[derive(Default)]
+pub(crate) struct Tally {
+    pub delivered: u64,
+    pub duplicates: u64,
+    pub latency: Latency,
+    pub last: Option<Instant>,
+    pub wire_duplicates: u64,
+}
+
+impl Tally {
+    pub fn add(&mut self, o: &Tally) {
+        self.delivered += o.delivered;
+        self.duplicates += o.duplicates;
+        self.wire_duplicates += o.wire_duplicates;
+        self.latency.merge(&o.latency);
+        self.last = self.last.max(o.last);
+    }
+}
+
+/// Reads `client`'s events until `stop`, tallying the messages `keep` accepts;
+/// `count` goes up by one per new one. Everything else is drained (a client whose
+/// events are not read stalls).
+pub(crate) fn receive(
+    mut client: Client,
+    keep: impl Fn(&petrel_client::Message) -> bool + Send + 'static,
+    count: Arc<AtomicU64>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<Tally> {
+    tokio::spawn(async move {
+        let mut t = Tally::default();
+        let mut seen: HashSet<(String, u64)> = HashSet::new();
+        loop {
+            let ev = tokio::select! {
+                _ = stop.cancelled() => break,
+                ev = client.next_event() => ev,
+            };
+            match ev {
+                Some(Event::Message(m)) if keep(&m) => {
+                    let age = crate::age(&m.content);
+                    if seen.insert((m.subject, m.seq)) {
+                        if let Some(age) = age {
+                            t.latency.record(age);
+                        }
+                        t.delivered += 1;
+                        t.last = Some(Instant::now());
+                        count.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        t.duplicates += 1;
+                    }
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        t.wire_duplicates = client.stats().duplicates_dropped.load(Ordering::Relaxed);
+        client.close().await;
+        t
+    })
+}
+
+/// Waits until `count` reaches `want`, or nothing new arrived for `quiet`; shows
+/// progress. Returns the count.
+pub(crate) async fn wait_for(count: &AtomicU64, want: u64, quiet: Duration, what: &str) -> u64 {
+    let pb = progress(want, what);
+    let mut last = count.load(Ordering::Relaxed);
+    let mut last_change = Instant::now();
+    loop {
+        let now = count.load(Ordering::Relaxed);
+        pb.set_position(now);
+        if now >= want {
+            break;
+        }
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        } else if last_change.elapsed() >= quiet {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pb.finish_and_clear();
+    count.load(Ordering::Relaxed)
+}
