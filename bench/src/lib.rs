@@ -9,6 +9,8 @@
 //!   driving Rust SDK clients and producing a [`report::Report`];
 //! - [`hist`] — HdrHistogram latencies and their percentiles;
 //! - [`report`] — one result per scenario and transport, printed or as JSON;
+//! - [`peers`] — the same measurements of what users would pick instead (nats-server's
+//!   WebSocket listener, Mosquitto over MQTT, raw async-nats), for `--compare`;
 //! - [`impair`] — the UDP and TCP proxy that adds loss, delay, jitter, reordering, a
 //!   bandwidth limit and address changes, seeded so a run can be repeated.
 //!
@@ -18,6 +20,7 @@
 
 pub mod hist;
 pub mod impair;
+pub mod peers;
 pub mod report;
 pub mod scenario;
 pub mod topo;

@@ -129,7 +129,8 @@ impl Report {
 /// Prints `a` against `b` as a ratio line.
 pub fn compare(what: &str, ours: f64, peer: f64, peer_name: &str) {
     if peer > 0.0 {
-        println!(
+        // On stderr: stdout stays one JSON object per line with --json.
+        eprintln!(
             "  {what}: petrel {ours:.2} vs {peer_name} {peer:.2} = {:.2}x",
             ours / peer
         );

@@ -31,7 +31,11 @@ impl Target {
         let dir = tmp.path().to_path_buf();
         let exe = std::env::current_exe().context("locating the petrel binary")?;
         let log = std::fs::File::create(dir.join("dev.log"))?;
-        let child = tokio::process::Command::new(exe)
+        let mut cmd = tokio::process::Command::new(exe);
+        // Killed with us, however we end (a bench interrupted with Ctrl-C or killed
+        // must not leave a topology running).
+        petrel_gateway::nats_process::die_with_parent(&mut cmd);
+        let child = cmd
             .arg("dev")
             .arg("--dir")
             .arg(&dir)

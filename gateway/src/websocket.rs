@@ -151,6 +151,11 @@ async fn run<S: Io>(
     // One message may hold at most one maximal frame plus its prefix.
     config.max_message_size = Some(max + 8);
     config.max_frame_size = Some(max + 8);
+    // tungstenite reads in 128 KiB chunks and buffers writes up to 128 KiB by default:
+    // per idle connection that is most of its memory. Messaging frames are small; the
+    // gateway writes whole batches and flushes each.
+    config.read_buffer_size = 4 * 1024;
+    config.write_buffer_size = 0;
     // The callback's signature (and its large error type) is tungstenite's.
     #[allow(clippy::result_large_err)]
     let check_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {

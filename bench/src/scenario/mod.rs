@@ -50,6 +50,11 @@ pub struct BenchArgs {
     /// `loss=10%,delay=100ms,jitter=10ms,switch=30s,seed=7` (see `petrel impair --help`).
     #[arg(long, value_name = "SPEC", global = true)]
     pub impair: Option<Impairment>,
+    /// Also measure what users would pick instead, in the same run, and print the
+    /// ratios: fanout — nats-server WebSocket clients and Mosquitto MQTT QoS 1;
+    /// pairs — the raw async-nats path; ingest — raw JetStream publishing.
+    #[arg(long, global = true)]
+    pub compare: bool,
 }
 
 /// A scenario.
@@ -144,19 +149,28 @@ impl Scenario {
 pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<Report>> {
     let fds = crate::topo::raise_fd_limit();
     tracing::debug!(fds, "open-file limit");
-    let target = match &args.dev {
-        Some(dir) => Target::existing(dir)?,
-        None => {
-            eprintln!(
-                "petrel bench: starting a {}-edge petrel dev topology…",
-                args.scenario.edges()
-            );
-            Target::spawn(args.scenario.edges()).await?
+    // A fresh topology per transport (unless --dev): a gateway process that served
+    // one transport keeps the memory it freed, which would flatter the next.
+    let fresh = || async {
+        match &args.dev {
+            Some(dir) => Target::existing(dir),
+            None => {
+                eprintln!(
+                    "petrel bench: starting a {}-edge petrel dev topology…",
+                    args.scenario.edges()
+                );
+                Target::spawn(args.scenario.edges()).await
+            }
         }
     };
+    let mut target = fresh().await?;
     let mut reports = Vec::new();
     let mut failure = None;
     for (i, transport) in args.transport.iter().enumerate() {
+        if i > 0 && args.dev.is_none() {
+            target.stop().await;
+            target = fresh().await?;
+        }
         let ctx = Ctx {
             target: &target,
             transport: *transport,
@@ -231,6 +245,88 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<Report>> {
             Err(e) => {
                 failure = Some(e.context(format!("{} over {transport}", args.scenario.name())));
                 break;
+            }
+        }
+    }
+    if failure.is_none() && args.compare {
+        let run_id = format!("c{}", std::process::id() % 10_000);
+        let peers: Vec<anyhow::Result<Report>> = match &args.scenario {
+            Scenario::Fanout {
+                members,
+                rate,
+                duration,
+                size,
+            } => {
+                eprintln!("petrel bench: fanout on nats-server's WebSocket listener…");
+                let a =
+                    crate::peers::nats_websocket_fanout(*members, *rate, *duration, *size).await;
+                eprintln!("petrel bench: fanout on Mosquitto (MQTT QoS 1)…");
+                let b = crate::peers::mqtt_fanout(*members, *rate, *duration, *size).await;
+                vec![a, b]
+            }
+            Scenario::Pairs {
+                pairs,
+                rate,
+                duration,
+                size,
+            } => {
+                eprintln!("petrel bench: pairs on the raw async-nats path…");
+                vec![
+                    crate::peers::raw_nats_pairs(&target, &run_id, *pairs, *rate, *duration, *size)
+                        .await,
+                ]
+            }
+            Scenario::Ingest {
+                senders,
+                messages,
+                size,
+            } => {
+                eprintln!("petrel bench: raw JetStream publishing…");
+                vec![
+                    crate::peers::raw_jetstream_ingest(
+                        &target, &run_id, *senders, *messages, *size,
+                    )
+                    .await,
+                ]
+            }
+            _ => {
+                eprintln!(
+                    "petrel bench: no peer to compare {} with",
+                    args.scenario.name()
+                );
+                Vec::new()
+            }
+        };
+        let ours = reports.clone();
+        for p in peers {
+            match p {
+                Ok(peer) => {
+                    if args.json {
+                        println!("{}", serde_json::to_string(&peer)?);
+                    } else {
+                        peer.print();
+                    }
+                    for o in &ours {
+                        crate::report::compare(
+                            &format!("{} ({}), {}", o.rate_unit, o.system, o.scenario),
+                            o.rate,
+                            peer.rate,
+                            &peer.system,
+                        );
+                        if let (Some(a), Some(b)) = (&o.latency, &peer.latency) {
+                            crate::report::compare(
+                                &format!("p99 latency ms ({})", o.system),
+                                a.p99_ms,
+                                b.p99_ms,
+                                &peer.system,
+                            );
+                        }
+                    }
+                    reports.push(peer);
+                }
+                Err(e) => {
+                    failure = Some(e.context("measuring the peer"));
+                }
             }
         }
     }
