@@ -181,6 +181,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<Report>> {
                 None => None,
             },
         };
+        for (e, edge) in target.edges().iter().enumerate() {
+            eprintln!("petrel bench: edge {e} metrics at {}/metrics", edge.http);
+        }
         eprintln!(
             "petrel bench: {} over {transport}{}…",
             args.scenario.name(),
@@ -373,6 +376,23 @@ impl Ctx<'_> {
             .with_context(|| format!("connecting {user}"))
     }
 
+    /// Where and as whom `user` connects to `edge` (through the proxy when there is
+    /// one): for tasks that reconnect on their own.
+    pub fn spec(&self, edge: usize, user: &str, i: usize) -> anyhow::Result<ConnectSpec> {
+        let mut endpoint = self.target.endpoint(
+            edge,
+            self.transport,
+            crate::topo::source_ip(i, self.sources),
+        )?;
+        if let Some(p) = &self.proxies {
+            endpoint.address = p.address(edge, &endpoint.address);
+        }
+        Ok(ConnectSpec {
+            endpoint,
+            token: self.target.token(user)?,
+        })
+    }
+
     /// Connects `n` users named by `name(i)` to `edge`, a few at a time, with progress.
     pub async fn connect_many(
         &self,
@@ -415,6 +435,95 @@ impl Ctx<'_> {
         }
         Ok(())
     }
+}
+
+/// How to connect one user, owned (for tasks that reconnect).
+#[derive(Clone)]
+pub(crate) struct ConnectSpec {
+    pub endpoint: petrel_client::Endpoint,
+    pub token: String,
+}
+
+impl ConnectSpec {
+    /// Connects, retrying every 100 ms until it works or `stop`; `None` if stopped.
+    pub async fn connect(
+        &self,
+        cursors: Vec<(String, u64)>,
+        stop: &CancellationToken,
+    ) -> Option<Client> {
+        loop {
+            let mut opts = ConnectOptions::new(self.endpoint.clone(), self.token.clone(), "bench");
+            opts.cursors = cursors.clone();
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                c = Client::connect(opts) => match c {
+                    Ok(c) => return Some(c),
+                    Err(e) => tracing::debug!(error = %e, "reconnect failed; trying again"),
+                },
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+}
+
+/// Like [`receive`], but when the connection drops (a network switch cuts TCP) it
+/// connects again with its cursors, counting in `reconnects`.
+pub(crate) fn receive_resilient(
+    spec: ConnectSpec,
+    first: Client,
+    keep: impl Fn(&petrel_client::Message) -> bool + Send + 'static,
+    count: Arc<AtomicU64>,
+    reconnects: Arc<AtomicU64>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<Tally> {
+    tokio::spawn(async move {
+        let mut t = Tally::default();
+        let mut seen: HashSet<(String, u64)> = HashSet::new();
+        let mut cursors: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut client = Some(first);
+        while let Some(mut c) = client.take() {
+            loop {
+                let ev = tokio::select! {
+                    _ = stop.cancelled() => None,
+                    ev = c.next_event() => ev,
+                };
+                match ev {
+                    Some(Event::Message(m)) => {
+                        let cur = cursors.entry(m.subject.clone()).or_default();
+                        *cur = (*cur).max(m.seq);
+                        if !keep(&m) {
+                            continue;
+                        }
+                        let age = crate::age(&m.content);
+                        if seen.insert((m.subject, m.seq)) {
+                            if let Some(age) = age {
+                                t.latency.record(age);
+                            }
+                            t.delivered += 1;
+                            t.last = Some(Instant::now());
+                            count.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            t.duplicates += 1;
+                        }
+                    }
+                    Some(Event::Closed { .. }) | None => break,
+                    Some(_) => {}
+                }
+            }
+            t.wire_duplicates += c.stats().duplicates_dropped.load(Ordering::Relaxed);
+            if stop.is_cancelled() {
+                c.close().await;
+                break;
+            }
+            reconnects.fetch_add(1, Ordering::Relaxed);
+            let cur: Vec<(String, u64)> = cursors.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            client = spec.connect(cur, &stop).await;
+        }
+        t
+    })
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).
