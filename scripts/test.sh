@@ -6,6 +6,12 @@ cd "$(dirname "$0")/.."
 . scripts/env.sh
 scripts/bootstrap.sh
 petrel_find_nats
+# The shared target dir outlives clones: every clone's test binaries (~400 MB each, with
+# RocksDB linked in) would pile up there until the disk is full. Test executables not
+# rebuilt for two days are removed (cargo relinks one if it is needed again); libraries
+# stay. Incremental compilation buys nothing for a full test run and costs gigabytes.
+find "$CARGO_TARGET_DIR"/debug/deps -maxdepth 1 -type f -executable -mtime +2 -delete 2>/dev/null || true
+export CARGO_INCREMENTAL=0
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
