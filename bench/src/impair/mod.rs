@@ -223,6 +223,30 @@ impl Shaper {
     }
 }
 
+/// The switch timer of an impairment: ticks every `switch` (first after one period),
+/// never without one.
+pub(crate) struct Switches(Option<tokio::time::Interval>);
+
+impl Switches {
+    pub(crate) fn new(imp: &Impairment) -> Self {
+        Self(imp.switch_every.map(|d| {
+            let mut i = tokio::time::interval_at(Instant::now() + d, d);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        }))
+    }
+
+    /// Waits for the next switch.
+    pub(crate) async fn next(&mut self) {
+        match self.0.as_mut() {
+            Some(i) => {
+                i.tick().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
 /// A packet waiting for its time.
 struct Due {
     at: Instant,

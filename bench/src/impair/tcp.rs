@@ -53,21 +53,12 @@ impl TcpProxy {
         let st = stats.clone();
         tokio::spawn(async move {
             let mut generation = stop.child_token();
-            let mut switch = self.imp.switch_every.map(|d| {
-                let mut i = tokio::time::interval_at(Instant::now() + d, d);
-                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                i
-            });
+            let mut switch = super::Switches::new(&self.imp);
             let mut n = 0u64;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = async {
-                        match switch.as_mut() {
-                            Some(i) => { i.tick().await; }
-                            None => std::future::pending().await,
-                        }
-                    } => {
+                    _ = switch.next() => {
                         // Every open connection is cut, as a network change cuts TCP.
                         generation.cancel();
                         generation = stop.child_token();

@@ -72,21 +72,12 @@ impl UdpProxy {
             }));
             let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
             let mut buf = vec![0u8; 65_536];
-            let mut switch = self.imp.switch_every.map(|d| {
-                let mut i = tokio::time::interval_at(Instant::now() + d, d);
-                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                i
-            });
+            let mut switch = super::Switches::new(&self.imp);
             let mut generation = 0u32;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = async {
-                        match switch.as_mut() {
-                            Some(i) => { i.tick().await; }
-                            None => std::future::pending().await,
-                        }
-                    } => {
+                    _ = switch.next() => {
                         generation += 1;
                         for (client, f) in flows.iter_mut() {
                             match socket_toward(self.upstream, generation).await {

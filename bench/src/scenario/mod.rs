@@ -497,17 +497,7 @@ pub(crate) fn receive_resilient(
                         if !keep(&m) {
                             continue;
                         }
-                        let age = crate::age(&m.content);
-                        if seen.insert((m.subject, m.seq)) {
-                            if let Some(age) = age {
-                                t.latency.record(age);
-                            }
-                            t.delivered += 1;
-                            t.last = Some(Instant::now());
-                            count.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            t.duplicates += 1;
-                        }
+                        t.take(&mut seen, m, &count);
                     }
                     Some(Event::Closed { .. }) | None => break,
                     Some(_) => {}
@@ -549,6 +539,26 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
+    /// Counts one delivered message: new (latency, `count` + 1) or seen before.
+    fn take(
+        &mut self,
+        seen: &mut HashSet<(String, u64)>,
+        m: petrel_client::Message,
+        count: &AtomicU64,
+    ) {
+        let age = crate::age(&m.content);
+        if seen.insert((m.subject, m.seq)) {
+            if let Some(age) = age {
+                self.latency.record(age);
+            }
+            self.delivered += 1;
+            self.last = Some(Instant::now());
+            count.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.duplicates += 1;
+        }
+    }
+
     pub fn add(&mut self, o: &Tally) {
         self.delivered += o.delivered;
         self.duplicates += o.duplicates;
@@ -576,19 +586,7 @@ pub(crate) fn receive(
                 ev = client.next_event() => ev,
             };
             match ev {
-                Some(Event::Message(m)) if keep(&m) => {
-                    let age = crate::age(&m.content);
-                    if seen.insert((m.subject, m.seq)) {
-                        if let Some(age) = age {
-                            t.latency.record(age);
-                        }
-                        t.delivered += 1;
-                        t.last = Some(Instant::now());
-                        count.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        t.duplicates += 1;
-                    }
-                }
+                Some(Event::Message(m)) if keep(&m) => t.take(&mut seen, m, &count),
                 Some(_) => {}
                 None => break,
             }
