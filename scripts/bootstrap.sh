@@ -26,20 +26,42 @@ apt_install() {
 
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 
+# Each check asks for what the tool really loads or runs, never a look-alike: a file
+# name that merely matches a glob (libclang-cpp.so is not libclang.so) or a command on
+# PATH that does not start is counted as missing.
+
+# bindgen (clang-sys) dlopens libclang.so, libclang.so.N or libclang-N.so[.N] from
+# LIBCLANG_PATH, the llvm lib dirs or the linker's dirs; libclang-cpp.so is another
+# library and does not count.
+have_libclang() {
+  local dir f
+  for dir in ${LIBCLANG_PATH:-} /usr/lib/llvm-*/lib /usr/lib/x86_64-linux-gnu /usr/lib/aarch64-linux-gnu /usr/lib /usr/local/lib; do
+    for f in "$dir"/libclang.so "$dir"/libclang.so.[0-9]* "$dir"/libclang-[0-9]*.so*; do
+      [ -e "$f" ] && return 0
+    done
+  done
+  return 1
+}
+runs() { "$@" >/dev/null 2>&1; }
+
 missing=()
-command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
-# libclang: bindgen looks for libclang.so.
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q libclang; then
-  missing+=(libclang-dev)
-fi
-command -v c++ >/dev/null 2>&1 || missing+=(g++)
-[ -x /usr/bin/chromium ] || missing+=(chromium)
-command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
-command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+runs redis-server --version || missing+=(redis-server)
+runs /usr/sbin/mosquitto -h || [ $? = 3 ] || missing+=(mosquitto)
+have_libclang || missing+=(libclang-dev)
+runs c++ --version || missing+=(g++)
+runs /usr/bin/chromium --version || missing+=(chromium)
+{ runs node --version && runs npm --version; } || missing+=(nodejs npm)
+runs protoc --version || missing+=(protobuf-compiler)
 if [ "${#missing[@]}" -gt 0 ]; then
   apt_install "${missing[@]}"
 fi
+# What was installed must now pass the same checks, or the build fails much later with a
+# less helpful message (bindgen's, 5 minutes into RocksDB).
+have_libclang || { log "libclang.so is still missing after installing libclang-dev"; exit 1; }
+for tool in redis-server protoc node npm; do
+  runs "$tool" --version || { log "$tool does not run after installing it"; exit 1; }
+done
+runs /usr/bin/chromium --version || { log "/usr/bin/chromium does not run after installing it"; exit 1; }
 
 . "$(dirname "$0")/env.sh"
 petrel_find_nats

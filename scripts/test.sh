@@ -9,9 +9,11 @@ petrel_find_nats
 # The shared target dir outlives clones: every clone's test binaries (~400 MB each, with
 # RocksDB linked in) would pile up there until the disk is full. Test executables not
 # rebuilt for two days are removed (cargo relinks one if it is needed again); libraries
-# stay. Incremental compilation buys nothing for a full test run and costs gigabytes.
+# stay.
 find "$CARGO_TARGET_DIR"/debug/deps -maxdepth 1 -type f -executable -mtime +2 -delete 2>/dev/null || true
-export CARGO_INCREMENTAL=0
+# Every stage is bounded, so a regression that hangs fails the run instead of holding
+# CI for its whole limit (nextest also ends a single test after 4 minutes).
+bounded() { local limit=$1; shift; timeout --kill-after=30s "$limit" "$@"; }
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
@@ -19,7 +21,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== web: generated code matches proto/, typecheck, build"
 (cd web && npm run --silent check-gen && npm run --silent typecheck && npm run --silent build)
 echo "== tests"
-cargo nextest run --workspace --no-fail-fast "$@"
-echo "== browser tests (headless Chromium against petrel dev)"
+cargo nextest run --workspace --no-run "$@"
 cargo build --bin petrel
-(cd web && npm test)
+bounded 30m cargo nextest run --workspace --no-fail-fast "$@"
+echo "== browser tests (headless Chromium against petrel dev)"
+(cd web && bounded 15m npm test)

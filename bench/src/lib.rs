@@ -7,6 +7,7 @@
 //!   already running;
 //! - [`scenario`] — the scenarios (`pairs`, `fanout`, `idle`, `resume`, `ingest`), each
 //!   driving Rust SDK clients and producing a [`report::Report`];
+//! - [`measure`] — what every measurement shares: progress, waiting for deliveries;
 //! - [`hist`] — HdrHistogram latencies and their percentiles;
 //! - [`report`] — one result per scenario and transport, printed or as JSON;
 //! - [`peers`] — the same measurements of what users would pick instead (nats-server's
@@ -20,6 +21,7 @@
 
 pub mod hist;
 pub mod impair;
+pub mod measure;
 pub mod peers;
 pub mod report;
 pub mod scenario;

@@ -11,7 +11,6 @@
 //!
 //! Same message sizes, rates, member counts and latency stamps as the Petrel runs.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -20,62 +19,10 @@ use anyhow::Context;
 use futures::StreamExt;
 
 use crate::hist::Latency;
+use crate::measure::{progress, wait_for};
 use crate::report::Report;
-use crate::scenario::{progress, wait_for};
 use crate::topo::Target;
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-async fn wait_tcp(port: u16, what: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        anyhow::ensure!(Instant::now() < deadline, "{what} did not listen on {port}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
-/// A peer server process, killed when dropped.
-struct Server {
-    _child: tokio::process::Child,
-    _dir: tempfile::TempDir,
-    port: u16,
-}
-
-async fn start(
-    program: &Path,
-    args: &[&str],
-    conf_name: &str,
-    conf: impl Fn(u16) -> String,
-) -> anyhow::Result<Server> {
-    let dir = tempfile::tempdir()?;
-    let port = free_port()?;
-    let conf_path = dir.path().join(conf_name);
-    std::fs::write(&conf_path, conf(port))?;
-    let log = std::fs::File::create(dir.path().join("server.log"))?;
-    let child = tokio::process::Command::new(program)
-        .args(args)
-        .arg(&conf_path)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", program.display()))?;
-    wait_tcp(port, &program.display().to_string()).await?;
-    Ok(Server {
-        _child: child,
-        _dir: dir,
-        port,
-    })
-}
+use petrel_devkit::process::{Server, which};
 
 /// Tallies of the subscribers of a peer fan-out.
 #[derive(Default)]
@@ -143,8 +90,8 @@ pub async fn nats_websocket_fanout(
     duration: u64,
     size: usize,
 ) -> anyhow::Result<Report> {
-    let bin = petrel_gateway::nats_process::nats_server_bin();
-    let server = start(&bin, &["-c"], "ws.conf", |port| {
+    let bin = petrel_devkit::nats::nats_server_bin();
+    let server = Server::start(&bin, &["-c"], "ws.conf", |port| {
         format!("listen: \"127.0.0.1:-1\"\nwebsocket {{\n  listen: \"127.0.0.1:{port}\"\n  no_tls: true\n}}\nmax_payload: 1MB\n")
     })
     .await?;
@@ -208,7 +155,7 @@ pub async fn mqtt_fanout(
 ) -> anyhow::Result<Report> {
     let bin = which("mosquitto")
         .context("mosquitto is not installed (scripts/bootstrap.sh installs it from Debian)")?;
-    let server = start(&bin, &["-c"], "mosquitto.conf", |port| {
+    let server = Server::start(&bin, &["-c"], "mosquitto.conf", |port| {
         format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\nmax_inflight_messages 1000\npersistence false\n"
         )
@@ -287,15 +234,6 @@ pub async fn mqtt_fanout(
     r
 }
 
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .chain(["/usr/sbin", "/sbin"])
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
-}
-
 /// The raw async-nats path of `pairs`: JetStream publish on edge 0's leaf, the live
 /// re-publish received on edge 1's leaf.
 pub async fn raw_nats_pairs(
@@ -313,9 +251,11 @@ pub async fn raw_nats_pairs(
     let mut tasks = Vec::new();
     let mut subjects = Vec::new();
     for i in 0..pairs {
-        let user = format!("{run}-raw{i}");
+        let user = petrel_core::UserId::parse(format!("{run}-raw{i}"))?;
         let c = async_nats::connect(&leaf1).await?;
-        let mut sub = c.subscribe(format!("live.msg.private.{user}")).await?;
+        let mut sub = c
+            .subscribe(petrel_core::subject::live_private_inbox(&user))
+            .await?;
         c.flush().await?;
         let count = count.clone();
         let stop = stop.clone();
@@ -333,7 +273,7 @@ pub async fn raw_nats_pairs(
             }
             lat
         }));
-        subjects.push(format!("msg.private.{user}"));
+        subjects.push(petrel_core::subject::private_inbox(&user));
     }
     // The subscriptions have to reach the hub through the leaf links: probe until a
     // message published on edge 0's leaf arrives on edge 1's.
@@ -436,7 +376,8 @@ pub async fn raw_jetstream_ingest(
     let mut tasks = Vec::new();
     for i in 0..senders {
         let js = async_nats::jetstream::with_domain(async_nats::connect(&leaf).await?, "hub");
-        let subject = format!("msg.group.{run}-rawin");
+        let group = petrel_core::GroupId::parse(format!("{run}-rawin"))?;
+        let subject = petrel_core::subject::group_subject(&group);
         let run = run.to_string();
         let n = if i == 0 {
             messages - per * (senders as u64 - 1)

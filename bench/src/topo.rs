@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use petrel_client::{Endpoint, TransportKind, Trust};
-use petrel_gateway::dev::{self, EdgeEndpoints, Endpoints};
+use petrel_devkit::dev::{self, EdgeEndpoints, Endpoints};
 
 /// A topology to measure.
 pub struct Target {
@@ -34,7 +34,7 @@ impl Target {
         let mut cmd = tokio::process::Command::new(exe);
         // Killed with us, however we end (a bench interrupted with Ctrl-C or killed
         // must not leave a topology running).
-        petrel_gateway::nats_process::die_with_parent(&mut cmd);
+        petrel_devkit::process::guard(&mut cmd);
         let child = cmd
             .arg("dev")
             .arg("--dir")
@@ -105,7 +105,13 @@ impl Target {
 
     /// A token for `user`, valid a day.
     pub fn token(&self, user: &str) -> anyhow::Result<String> {
-        dev::mint_token(&self.secret, user, None, Duration::from_secs(24 * 3600))
+        let ttl = Duration::from_secs(24 * 3600);
+        Ok(petrel_core::auth::mint_dev_token(
+            &self.secret,
+            user,
+            None,
+            ttl,
+        )?)
     }
 
     /// How to reach edge `edge` over `transport`, from `local_ip`.
@@ -138,7 +144,7 @@ impl Target {
     pub async fn metrics(&self, edge: usize) -> anyhow::Result<String> {
         let e = self.edge(edge);
         let addr = e.http.trim_start_matches("http://").to_string();
-        Ok(petrel_gateway::web::http_get(&addr, "/metrics").await?.1)
+        Ok(petrel_devkit::http_get(&addr, "/metrics").await?.1)
     }
 
     /// A Prometheus sample of edge `edge` (`name{labels}` exactly as encoded).

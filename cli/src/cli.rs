@@ -10,7 +10,8 @@ use petrel_client::{Client, ConnectOptions, Endpoint, Event, SendResult, Transpo
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use petrel_gateway::dev::{self, Endpoints};
+use petrel_core::auth::mint_dev_token;
+use petrel_devkit::dev::{self, Endpoints};
 use petrel_gateway::{Config, Gateway, provision};
 
 /// Petrel: an edge gateway for real-time messaging (native QUIC, WebSocket) in front
@@ -296,7 +297,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let secret = dev::read_secret(&dev)?;
             println!(
                 "{}",
-                dev::mint_token(&secret, &user, device.as_deref(), Duration::from_secs(ttl))?
+                mint_dev_token(&secret, &user, device.as_deref(), Duration::from_secs(ttl))?
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -379,7 +380,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 data: Vec::new(),
                 time_ms: now_ms(),
             };
-            let subject = format!("notif.{category}.{user}");
+            let subject =
+                petrel_core::subject::Subject::notification(&category, user.clone())?.to_string();
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
             let js = async_nats::jetstream::with_domain(client, "hub");
@@ -413,7 +415,7 @@ async fn admin_group(
     let redis_url = redis
         .or_else(|| endpoints.as_ref().and_then(|e| e.redis.clone()))
         .context("no Redis: pass --redis URL (this petrel dev has none)")?;
-    let directory = petrel_gateway::groups::Directory::new(Some(&redis_url))?;
+    let directory = petrel_gateway::directory::Directory::new(Some(&redis_url))?;
     let parse_group = |g: &str| GroupId::parse(g).map_err(|e| anyhow::anyhow!("group {g:?}: {e}"));
     match action {
         GroupAction::List { group } => {
@@ -459,7 +461,7 @@ async fn admin_group(
 /// Adds or removes `users` in `group`, printing one JSON line per user, then announces
 /// the change once.
 async fn change_members(
-    directory: &petrel_gateway::groups::Directory,
+    directory: &petrel_gateway::directory::Directory,
     nats: Option<String>,
     endpoints: Option<dev::Endpoints>,
     group: petrel_core::GroupId,
@@ -492,7 +494,7 @@ async fn change_members(
             json!({"group": group.as_str(), "user": u.as_str(), "member": add, "changed": changed})
         );
     }
-    petrel_gateway::groups::announce(&client, &group)
+    petrel_gateway::directory::announce(&client, &group)
         .await
         .context("announcing the change on NATS")?;
     Ok(ExitCode::SUCCESS)
@@ -534,7 +536,7 @@ async fn connect(args: &ClientArgs, cursors: Vec<(String, u64)>) -> anyhow::Resu
     };
     let token = match &args.token {
         Some(t) => t.clone(),
-        None => dev::mint_token(
+        None => mint_dev_token(
             &dev::read_secret(&args.dev)?,
             &args.user,
             None,
@@ -558,10 +560,7 @@ async fn connect(args: &ClientArgs, cursors: Vec<(String, u64)>) -> anyhow::Resu
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    petrel_core::time::unix_ms()
 }
 
 async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {

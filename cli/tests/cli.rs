@@ -19,7 +19,20 @@ impl Drop for Dev {
 }
 
 fn start_dev(dir: &Path) -> Dev {
-    let child = Command::new(PETREL)
+    start_dev_cmd(dir, Command::new(PETREL))
+}
+
+/// Starts `petrel dev` as a terminal would run it: the leader of its own process
+/// group, so that a Ctrl-C (SIGINT to the whole group) can be sent like a terminal's.
+fn start_dev_in_own_group(dir: &Path) -> Dev {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(PETREL);
+    cmd.process_group(0);
+    start_dev_cmd(dir, cmd)
+}
+
+fn start_dev_cmd(dir: &Path, mut cmd: Command) -> Dev {
+    let child = cmd
         .args(["dev", "--dir"])
         .arg(dir)
         .stdin(Stdio::null())
@@ -92,21 +105,93 @@ fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
 }
 
 fn nats_servers_of(dir: &Path) -> usize {
+    servers_of(dir, "nats-server").len()
+}
+
+/// Live (not zombie) processes named `program` whose command line mentions `dir`.
+fn servers_of(dir: &Path, program: &str) -> Vec<i32> {
     let needle = dir.to_string_lossy().to_string();
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter(|e| {
-                    std::fs::read(e.path().join("cmdline"))
-                        .map(|c| {
-                            let c = String::from_utf8_lossy(&c);
-                            c.contains("nats-server") && c.contains(&needle)
-                        })
-                        .unwrap_or(false)
-                })
-                .count()
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let zombie = stat.rsplit(')').next()?.trim_start().starts_with('Z');
+            (cmdline.contains(program) && cmdline.contains(&needle) && !zombie).then_some(pid)
         })
-        .unwrap_or(0)
+        .collect()
+}
+
+/// Sends `signal` to process `pid`, or to process group `-pid`.
+fn signal(pid: i32, signal: i32) {
+    // SAFETY: plain kill(2) on a process or group this test started.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
+/// Waits (at most `secs`) for `dev` to exit; its exit status.
+fn wait_exit(dev: &mut Dev, secs: u64, what: &str) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(s) = dev.child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(secs), "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn ctrl_c_in_a_terminal_stops_petrel_dev_and_its_servers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let mut dev = start_dev_in_own_group(&dir);
+    assert_eq!(nats_servers_of(&dir), 2);
+    assert_eq!(servers_of(&dir, "redis-server").len(), 1);
+    // A terminal's Ctrl-C: SIGINT to the whole foreground process group.
+    signal(-(dev.child.id() as i32), libc::SIGINT);
+    let status = wait_exit(&mut dev, 15, "petrel dev did not stop on Ctrl-C");
+    assert!(status.success(), "petrel dev exited with {status}");
+    assert_eq!(
+        nats_servers_of(&dir),
+        0,
+        "a nats-server outlived petrel dev"
+    );
+    assert!(
+        servers_of(&dir, "redis-server").is_empty(),
+        "redis-server outlived petrel dev"
+    );
+    assert!(!dir.join("endpoints.json").exists());
+}
+
+#[test]
+fn petrel_dev_stops_promptly_when_its_servers_died_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let mut dev = start_dev_in_own_group(&dir);
+    for pid in servers_of(&dir, "nats-server")
+        .into_iter()
+        .chain(servers_of(&dir, "redis-server"))
+    {
+        signal(pid, libc::SIGKILL);
+    }
+    let started = Instant::now();
+    while nats_servers_of(&dir) > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "nats-servers still up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(-(dev.child.id() as i32), libc::SIGINT);
+    let status = wait_exit(&mut dev, 15, "petrel dev hung after its servers went away");
+    assert!(status.success(), "petrel dev exited with {status}");
 }
 
 #[test]
@@ -226,7 +311,7 @@ fn readme_session_alice_quic_to_bob_websocket_on_two_devices() {
     // A bad recipient: JSON on stdout, an error on stderr, non-zero exit.
     let out = petrel_client(&dir, &["--user", "alice", "send", "--to", "bob.*", "x"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("ERROR_CODE_INVALID_ID"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("INVALID_ID"));
 
     // `petrel token` prints a JWT.
     let out = Command::new(PETREL)
@@ -245,21 +330,8 @@ fn readme_session_alice_quic_to_bob_websocket_on_two_devices() {
     );
 
     // SIGTERM stops everything, children included.
-    // SAFETY: signalling our own child.
-    unsafe {
-        libc::kill(dev.child.id() as i32, libc::SIGTERM);
-    }
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = dev.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "petrel dev did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    signal(dev.child.id() as i32, libc::SIGTERM);
+    let status = wait_exit(&mut dev, 30, "petrel dev did not stop on SIGTERM");
     assert!(status.success(), "petrel dev exited with {status}");
     assert_eq!(
         nats_servers_of(&dir),
@@ -410,7 +482,7 @@ fn the_edge_cache_reopens_after_kill_9_in_the_middle_of_writes() {
 
     // The cache opens after the crash, and what it holds reads back without errors.
     {
-        let store = petrel_storage::EdgeStore::open(dir.join("edge-cache")).unwrap();
+        let store = petrel_storage::EdgeStore::open(dir.join("edge0/edge-cache")).unwrap();
         let (entries, corrupt) = store.recent_after("msg.private.zed", 0, 10_000).unwrap();
         assert!(corrupt.is_none(), "{corrupt:?}");
         assert!(

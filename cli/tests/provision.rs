@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use async_nats::jetstream::stream::{RetentionPolicy, StorageType};
-use petrel_gateway::nats_process::{NatsProcess, wait_jetstream};
+use petrel_devkit::nats::{NatsProcess, wait_jetstream};
 
 const PETREL: &str = env!("CARGO_BIN_EXE_petrel");
 

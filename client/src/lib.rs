@@ -52,7 +52,7 @@ pub enum ClientError {
     /// The gateway refused the connection or a request with this error.
     #[error("refused by the gateway: {code}: {message}")]
     Refused {
-        /// Error code name, e.g. `ERROR_CODE_UNAUTHENTICATED`.
+        /// Error code name, e.g. `UNAUTHENTICATED` ([`petrel_proto::error_code_name`]).
         code: String,
         /// Gateway's message.
         message: String,
@@ -413,11 +413,7 @@ mod prost_free {
     }
 }
 
-fn code_name(code: i32) -> String {
-    pb::ErrorCode::try_from(code)
-        .map(|c| c.as_str_name().to_string())
-        .unwrap_or_else(|_| format!("ERROR_CODE_{code}"))
-}
+use petrel_proto::error_code_name as code_name;
 
 fn client_frame(kind: pb::client_frame::Kind) -> Bytes {
     encode_frame(&pb::ClientFrame { kind: Some(kind) })
@@ -533,7 +529,7 @@ impl Client {
     }
 
     /// Sends to a group the user is a member of; resolves with the SendResult
-    /// (REJECTED `ERROR_CODE_FORBIDDEN` for a non-member).
+    /// (REJECTED `FORBIDDEN` for a non-member).
     pub async fn send_group(
         &self,
         group: &str,
@@ -712,8 +708,13 @@ async fn next_frame(
             Read::Data(b) => decoder.push(&b),
             Read::Closed(info) => {
                 return match info {
+                    Some(CloseInfo {
+                        error: Some(code),
+                        reason,
+                        ..
+                    }) => Err(ClientError::Closed(format!("{code}: {reason}"))),
                     Some(i) if i.code != 0 && i.code != 1000 => Err(ClientError::Closed(format!(
-                        "code {}: {}",
+                        "close code {}: {}",
                         i.code, i.reason
                     ))),
                     _ => Ok(None),

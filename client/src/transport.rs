@@ -73,10 +73,40 @@ type WsStream = WebSocketStream<TlsStream<TcpStream>>;
 /// How the gateway closed the connection, when it said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseInfo {
-    /// QUIC application code, or WebSocket close code.
+    /// QUIC application code, or WebSocket close code, as received.
     pub code: u32,
+    /// The error code it carries, spelled as everywhere else (`SLOW_CONSUMER`; see
+    /// [`petrel_proto::error_code_name`]); the same for both transports. `None` for a
+    /// normal close.
+    pub error: Option<String>,
     /// Reason text.
     pub reason: String,
+}
+
+impl CloseInfo {
+    /// A WebSocket close (`4000 + code` carries an error code).
+    fn websocket(close: u16, reason: String) -> Self {
+        Self {
+            code: u32::from(close),
+            error: petrel_proto::error_code_of_websocket_close(close)
+                .filter(|c| *c != 0)
+                .map(petrel_proto::error_code_name),
+            reason,
+        }
+    }
+
+    /// A QUIC or WebTransport close (the application code is the error code).
+    fn quic(code: u64, reason: String) -> Self {
+        let code = u32::try_from(code).unwrap_or(u32::MAX);
+        Self {
+            code,
+            error: i32::try_from(code)
+                .ok()
+                .filter(|c| *c != 0)
+                .map(petrel_proto::error_code_name),
+            reason,
+        }
+    }
 }
 
 /// Reading half of a raw connection.
@@ -285,9 +315,8 @@ impl RawReader {
                 match stream.next().await {
                     Some(Ok(WsMessage::Binary(b))) => return Ok(Read::Data(b)),
                     Some(Ok(WsMessage::Close(frame))) => {
-                        return Ok(Read::Closed(frame.map(|f| CloseInfo {
-                            code: u32::from(u16::from(f.code)),
-                            reason: f.reason.to_string(),
+                        return Ok(Read::Closed(frame.map(|f| {
+                            CloseInfo::websocket(u16::from(f.code), f.reason.to_string())
                         })));
                     }
                     Some(Ok(_)) => continue,
@@ -301,10 +330,10 @@ impl RawReader {
 
 fn quic_error(e: &quinn::ConnectionError) -> Option<CloseInfo> {
     match e {
-        quinn::ConnectionError::ApplicationClosed(c) => Some(CloseInfo {
-            code: u32::try_from(c.error_code.into_inner()).unwrap_or(u32::MAX),
-            reason: String::from_utf8_lossy(&c.reason).into_owned(),
-        }),
+        quinn::ConnectionError::ApplicationClosed(c) => Some(CloseInfo::quic(
+            c.error_code.into_inner(),
+            String::from_utf8_lossy(&c.reason).into_owned(),
+        )),
         _ => None,
     }
 }

@@ -68,33 +68,68 @@ impl ErrorCode {
 
     /// WebSocket close code (private-use range 4000–4999).
     pub fn websocket_close_code(self) -> u16 {
-        4000 + self.to_wire() as u16
+        petrel_proto::WEBSOCKET_CLOSE_BASE + self.to_wire() as u16
     }
 
-    /// Short stable name, used in logs and metrics labels.
+    /// The code's one spelling, in logs, metrics labels and both SDKs
+    /// ([`petrel_proto::error_code_name`]).
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::BadFrame => "bad_frame",
-            Self::FrameTooLarge => "frame_too_large",
-            Self::UnknownFrame => "unknown_frame",
-            Self::Protocol => "protocol",
-            Self::Unauthenticated => "unauthenticated",
-            Self::TokenExpired => "token_expired",
-            Self::InvalidId => "invalid_id",
-            Self::HandshakeTimeout => "handshake_timeout",
-            Self::InvalidMessage => "invalid_message",
-            Self::Unavailable => "unavailable",
-            Self::SlowConsumer => "slow_consumer",
-            Self::GoingAway => "going_away",
-            Self::RateLimited => "rate_limited",
-            Self::Internal => "internal",
-            Self::Forbidden => "forbidden",
+            Self::BadFrame => "BAD_FRAME",
+            Self::FrameTooLarge => "FRAME_TOO_LARGE",
+            Self::UnknownFrame => "UNKNOWN_FRAME",
+            Self::Protocol => "PROTOCOL",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::TokenExpired => "TOKEN_EXPIRED",
+            Self::InvalidId => "INVALID_ID",
+            Self::HandshakeTimeout => "HANDSHAKE_TIMEOUT",
+            Self::InvalidMessage => "INVALID_MESSAGE",
+            Self::Unavailable => "UNAVAILABLE",
+            Self::SlowConsumer => "SLOW_CONSUMER",
+            Self::GoingAway => "GOING_AWAY",
+            Self::RateLimited => "RATE_LIMITED",
+            Self::Internal => "INTERNAL",
+            Self::Forbidden => "FORBIDDEN",
         }
     }
+
+    /// Every code.
+    pub const ALL: [ErrorCode; 15] = [
+        Self::BadFrame,
+        Self::FrameTooLarge,
+        Self::UnknownFrame,
+        Self::Protocol,
+        Self::Unauthenticated,
+        Self::TokenExpired,
+        Self::InvalidId,
+        Self::HandshakeTimeout,
+        Self::InvalidMessage,
+        Self::Unavailable,
+        Self::SlowConsumer,
+        Self::GoingAway,
+        Self::RateLimited,
+        Self::Internal,
+        Self::Forbidden,
+    ];
 }
 
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_wire_names() {
+        for code in ErrorCode::ALL {
+            let wire = code.to_wire() as i32;
+            assert_eq!(code.as_str(), petrel_proto::error_code_name(wire));
+            let ws = code.websocket_close_code();
+            assert_eq!(petrel_proto::error_code_of_websocket_close(ws), Some(wire));
+        }
     }
 }

@@ -108,7 +108,7 @@ id_type!(
     "client message id"
 );
 id_type!(
-    /// A group id (groups arrive in a later issue; the type guards subjects already).
+    /// A group id.
     GroupId,
     "group id"
 );

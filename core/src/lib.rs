@@ -3,16 +3,20 @@
 //! Layout:
 //! - [`ids`] — validated id newtypes (`UserId`, `DeviceId`, `ClientMsgId`, `GroupId`,
 //!   `Seq`); the only way to get a string into a NATS subject.
-//! - [`subject`] — subjects and `Nats-Msg-Id`s built from those ids.
-//! - [`auth`] — JWT verification (HS256 dev secret, ES256 public key).
+//! - [`subject`] — the [`subject::Subject`] type, every NATS subject and `Nats-Msg-Id`,
+//!   and the hub's stream layout; nothing else formats or reads a subject string.
+//! - [`auth`] — JWT verification (HS256 dev secret, ES256 public key) and dev-token
+//!   minting.
 //! - [`error`] — the client-facing error codes and their close codes.
 //! - [`wire`] — conversion between protobuf frames and domain commands/replies.
 //! - [`session`] — the per-connection state machine: commands in, actions out.
 //! - [`route`] — reference-counted user → connections registry.
 //! - [`delivery`] — per-connection delivery order: resume, gap fill, catch-up.
 //! - [`outbox`] — store-and-forward policy: publish in order, QUEUED, retry/backoff.
+//! - [`time`] — Unix time for the I/O shells.
 //!
-//! Nothing here opens a socket or reads a clock, so it is tested with simulated peers.
+//! Nothing here opens a socket, and the state machines are handed the time instead of
+//! reading a clock, so they are tested with simulated peers and a fake clock.
 
 pub mod auth;
 pub mod delivery;
@@ -22,6 +26,7 @@ pub mod outbox;
 pub mod route;
 pub mod session;
 pub mod subject;
+pub mod time;
 pub mod wire;
 
 pub use error::ErrorCode;

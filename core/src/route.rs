@@ -17,7 +17,7 @@ pub enum Interest {
     Unchanged,
 }
 
-/// Reference-counted map of key (user, later group) → connection handles.
+/// Reference-counted map of key (a user, a group, a watched user) → connection handles.
 #[derive(Debug)]
 pub struct Registry<K, H> {
     keys: HashMap<K, Vec<(u64, H)>>,

@@ -73,10 +73,7 @@ impl Now {
     pub fn system() -> Self {
         Self {
             mono: Instant::now(),
-            unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            unix_ms: crate::time::unix_ms(),
         }
     }
 }
@@ -142,8 +139,6 @@ pub enum Action {
     },
     /// Follow exactly these users' presence from now on.
     Watch(Vec<UserId>),
-    /// Persist these cursors (cumulative acknowledgements).
-    SaveCursors(Vec<(String, Seq)>),
     /// Read a page of history and answer with a SyncBatch.
     Sync(crate::wire::SyncRequest),
     /// Close the connection with this code (after writing any replies before it).
@@ -408,7 +403,6 @@ impl Session {
             }
             (State::Joining(id) | State::Active(id), Command::Ack(cursors)) => {
                 let user = id.user.clone();
-                let mut save = Vec::new();
                 for (subject, seq) in cursors {
                     if !self.owns(&user, &subject) {
                         out.push(Action::Reply(Reply::Error {
@@ -424,11 +418,7 @@ impl Session {
                     // Acks are cumulative: an older ack never moves a cursor back.
                     if seq > *cur {
                         *cur = seq;
-                        save.push((subject, seq));
                     }
-                }
-                if !save.is_empty() {
-                    out.push(Action::SaveCursors(save));
                 }
             }
             (State::Joining(id) | State::Active(id), Command::Sync(req)) => {

@@ -1,50 +1,237 @@
-//! NATS subjects and message ids, built only from validated ids.
+//! NATS subjects and message ids: the one module that formats or reads subject strings.
 //!
-//! | what | subject |
-//! |---|---|
-//! | a user's inbox (stream USER_MESSAGES) | `msg.private.{user}` |
-//! | its live re-publish | `live.msg.private.{user}` |
-//! | a group's messages (stream USER_MESSAGES) | `msg.group.{group}` |
-//! | its live re-publish | `live.msg.group.{group}` |
-//! | a membership change (core NATS, from the group service) | `group.changed.{group}` |
+//! A [`Subject`] is a conversation the hub stores: its stored form is what clients
+//! see (cursors, Deliver frames), [`Subject::live`] is the stream's re-publish the
+//! edges subscribe to, [`Subject::stream`] the stream that holds it.
+//!
+//! | what | stored subject | live re-publish | stream |
+//! |---|---|---|---|
+//! | a user's inbox | `msg.private.{user}` | `live.msg.private.{user}` | `USER_MESSAGES` |
+//! | a group's messages | `msg.group.{group}` | `live.msg.group.{group}` | `USER_MESSAGES` |
+//! | a user's notifications | `notif.{category}.{user}` | `live.notif.{category}.{user}` | `SYSTEM_NOTIFICATIONS` |
+//!
+//! Never stored (core NATS only): typing `typing.user.{user}` / `typing.group.{group}`,
+//! presence events `presence.{user}`, membership changes `group.changed.{group}`.
+//! [`Incoming::classify`] tells what arrived on a live subscription.
 
-use crate::ids::{ClientMsgId, GroupId, UserId};
+use std::fmt;
+
+use crate::ids::{ClientMsgId, GroupId, IdError, UserId};
 
 /// Prefix that the streams re-publish stored messages under.
 pub const LIVE_PREFIX: &str = "live.";
 
+/// Stream holding the private and group messages.
+pub const MESSAGE_STREAM: &str = "USER_MESSAGES";
+
+/// Stream holding system notifications.
+pub const NOTIFICATION_STREAM: &str = "SYSTEM_NOTIFICATIONS";
+
+/// Categories of system notifications (`notif.{category}.{user}`).
+pub const NOTIFICATION_CATEGORIES: [&str; 4] = ["friend", "group", "user", "system"];
+
+/// Subscription for every membership change.
+pub const GROUP_CHANGED_ALL: &str = "group.changed.*";
+
+const INBOX: &str = "msg.private.";
+const GROUP: &str = "msg.group.";
+const NOTIF: &str = "notif.";
+const TYPING: &str = "typing.";
+const PRESENCE: &str = "presence.";
+const GROUP_CHANGED: &str = "group.changed.";
+
+/// Why a string is not a stored subject.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubjectError {
+    /// Not of any stored kind.
+    #[error("{0:?} is not a Petrel subject (msg.private.U, msg.group.G or notif.C.U)")]
+    Unknown(String),
+    /// A notification category that is not one of [`NOTIFICATION_CATEGORIES`].
+    #[error("unknown notification category {0:?}")]
+    Category(String),
+    /// The id part is not a valid id.
+    #[error(transparent)]
+    Id(#[from] IdError),
+}
+
+/// A conversation the hub stores.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// A user's inbox: direct messages to the user, copies of its own, receipts.
+    Inbox(UserId),
+    /// A group's messages.
+    Group(GroupId),
+    /// A user's system notifications of one category.
+    Notification {
+        /// One of [`NOTIFICATION_CATEGORIES`].
+        category: &'static str,
+        /// Whose.
+        user: UserId,
+    },
+}
+
+impl Subject {
+    /// A notification subject; the category must be one of [`NOTIFICATION_CATEGORIES`].
+    pub fn notification(category: &str, user: UserId) -> Result<Self, SubjectError> {
+        let category = NOTIFICATION_CATEGORIES
+            .iter()
+            .find(|c| **c == category)
+            .ok_or_else(|| SubjectError::Category(category.to_string()))?;
+        Ok(Self::Notification { category, user })
+    }
+
+    /// Reads a stored subject (`msg.private.bob`, `msg.group.team`, `notif.friend.bob`).
+    pub fn parse(s: &str) -> Result<Self, SubjectError> {
+        if let Some(u) = s.strip_prefix(INBOX) {
+            return Ok(Self::Inbox(UserId::parse(u)?));
+        }
+        if let Some(g) = s.strip_prefix(GROUP) {
+            return Ok(Self::Group(GroupId::parse(g)?));
+        }
+        if let Some((c, u)) = s.strip_prefix(NOTIF).and_then(|r| r.split_once('.')) {
+            return Self::notification(c, UserId::parse(u)?);
+        }
+        Err(SubjectError::Unknown(s.to_string()))
+    }
+
+    /// Reads a live re-publish subject (`live.msg.private.bob` → the inbox of bob).
+    pub fn parse_live(s: &str) -> Option<Self> {
+        Self::parse(s.strip_prefix(LIVE_PREFIX)?).ok()
+    }
+
+    /// The live subject the stream re-publishes this one under.
+    pub fn live(&self) -> String {
+        format!("{LIVE_PREFIX}{self}")
+    }
+
+    /// The stream that stores it.
+    pub fn stream(&self) -> &'static str {
+        match self {
+            Self::Inbox(_) | Self::Group(_) => MESSAGE_STREAM,
+            Self::Notification { .. } => NOTIFICATION_STREAM,
+        }
+    }
+
+    /// Whether this is one of `user`'s own subjects (inbox, notifications).
+    pub fn belongs_to(&self, user: &UserId) -> bool {
+        match self {
+            Self::Inbox(u) | Self::Notification { user: u, .. } => u == user,
+            Self::Group(_) => false,
+        }
+    }
+
+    /// The group, for a group subject.
+    pub fn group(&self) -> Option<&GroupId> {
+        match self {
+            Self::Group(g) => Some(g),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Subject {
+    /// The stored form.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Inbox(u) => write!(f, "{INBOX}{u}"),
+            Self::Group(g) => write!(f, "{GROUP}{g}"),
+            Self::Notification { category, user } => write!(f, "{NOTIF}{category}.{user}"),
+        }
+    }
+}
+
+/// What arrived on a live subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A stored message's re-publish.
+    Stored(Subject),
+    /// A typing indicator (ephemeral, may travel as a datagram).
+    Typing,
+    /// A presence event (ephemeral).
+    Presence,
+}
+
+impl Incoming {
+    /// Classifies a subject received on a live subscription; `None` for anything else.
+    pub fn classify(s: &str) -> Option<Self> {
+        if s.starts_with(TYPING) {
+            Some(Self::Typing)
+        } else if s.starts_with(PRESENCE) {
+            Some(Self::Presence)
+        } else {
+            Subject::parse_live(s).map(Self::Stored)
+        }
+    }
+}
+
+/// A stream as provisioned on the hub: what it captures and where it re-publishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamLayout {
+    /// Stream name.
+    pub name: &'static str,
+    /// The subjects it stores.
+    pub subjects: Vec<String>,
+    /// Re-publish source filter.
+    pub republish_source: String,
+    /// Re-publish destination.
+    pub republish_destination: String,
+}
+
+/// The hub's streams: every stored subject kind in exactly one of them.
+pub fn stream_layouts() -> [StreamLayout; 2] {
+    [
+        StreamLayout {
+            name: MESSAGE_STREAM,
+            subjects: vec![format!("{INBOX}*"), format!("{GROUP}*")],
+            republish_source: "msg.>".into(),
+            republish_destination: format!("{LIVE_PREFIX}msg.>"),
+        },
+        StreamLayout {
+            name: NOTIFICATION_STREAM,
+            subjects: vec![format!("{NOTIF}*.*")],
+            republish_source: format!("{NOTIF}>"),
+            republish_destination: format!("{LIVE_PREFIX}{NOTIF}>"),
+        },
+    ]
+}
+
 /// The stored subject of a user's inbox.
 pub fn private_inbox(user: &UserId) -> String {
-    format!("msg.private.{user}")
+    Subject::Inbox(user.clone()).to_string()
 }
 
 /// The live (re-published) subject of a user's inbox.
 pub fn live_private_inbox(user: &UserId) -> String {
-    format!("{LIVE_PREFIX}msg.private.{user}")
+    Subject::Inbox(user.clone()).live()
 }
 
 /// The stored subject of a group's messages.
 pub fn group_subject(group: &GroupId) -> String {
-    format!("msg.group.{group}")
+    Subject::Group(group.clone()).to_string()
 }
 
 /// The live (re-published) subject of a group's messages.
 pub fn live_group_subject(group: &GroupId) -> String {
-    format!("{LIVE_PREFIX}msg.group.{group}")
+    Subject::Group(group.clone()).live()
 }
 
 /// The group of a stored group subject (`msg.group.G` → G), validated.
 pub fn group_of(subject: &str) -> Option<GroupId> {
-    GroupId::parse(subject.strip_prefix("msg.group.")?).ok()
+    match Subject::parse(subject) {
+        Ok(Subject::Group(g)) => Some(g),
+        _ => None,
+    }
 }
 
 /// Where the group service announces a membership change of `group`.
 pub fn group_changed(group: &GroupId) -> String {
-    format!("group.changed.{group}")
+    format!("{GROUP_CHANGED}{group}")
 }
 
-/// Subscription for every membership change.
-pub const GROUP_CHANGED_ALL: &str = "group.changed.*";
+/// The group of a membership-change subject (`group.changed.G` → G), validated.
+pub fn changed_group(subject: &str) -> Option<GroupId> {
+    GroupId::parse(subject.strip_prefix(GROUP_CHANGED)?).ok()
+}
 
 /// `Nats-Msg-Id` of a group message (one copy, scoped by sender; `gm` keeps it apart
 /// from direct messages with the same client id).
@@ -54,18 +241,13 @@ pub fn group_msg_id(sender: &UserId, id: &ClientMsgId) -> String {
 
 /// The live subjects of all of a user's notifications (any category).
 pub fn live_notifications(user: &UserId) -> String {
-    format!("{LIVE_PREFIX}notif.*.{user}")
+    format!("{LIVE_PREFIX}{NOTIF}*.{user}")
 }
 
 /// Whether `subject` is one of `user`'s notification subjects
 /// (`notif.{category}.{user}` with a known category).
 pub fn is_notification_of(subject: &str, user: &UserId) -> bool {
-    subject
-        .strip_prefix("notif.")
-        .and_then(|r| r.split_once('.'))
-        .is_some_and(|(c, u)| {
-            u == user.as_str() && crate::wire::NOTIFICATION_CATEGORIES.contains(&c)
-        })
+    matches!(Subject::parse(subject), Ok(Subject::Notification { user: u, .. }) if &u == user)
 }
 
 /// `Nats-Msg-Id` of a receipt: one per reader, kind and message, so a repeated receipt
@@ -76,17 +258,20 @@ pub fn receipt_msg_id(reader: &UserId, kind: &str, sender: &UserId, id: &ClientM
 
 /// Core NATS subject (no stream captures it: never stored) for typing events to a user.
 pub fn typing_user(user: &UserId) -> String {
-    format!("typing.user.{user}")
+    format!("{TYPING}user.{user}")
 }
 
 /// Core NATS subject for typing events in a group.
 pub fn typing_group(group: &GroupId) -> String {
-    format!("typing.group.{group}")
+    format!("{TYPING}group.{group}")
 }
+
+/// Every typing subject (to watch that none is ever stored).
+pub const TYPING_ALL: &str = "typing.>";
 
 /// Core NATS subject of a user's online/offline events.
 pub fn presence_events(user: &UserId) -> String {
-    format!("presence.{user}")
+    format!("{PRESENCE}{user}")
 }
 
 /// Strips the live prefix: `live.msg.private.bob` → `msg.private.bob`.
@@ -126,12 +311,75 @@ mod tests {
         let g = GroupId::parse("team-1").unwrap();
         assert_eq!(group_subject(&g), "msg.group.team-1");
         assert_eq!(live_group_subject(&g), "live.msg.group.team-1");
-        assert_eq!(group_of("msg.group.team-1"), Some(g));
+        assert_eq!(group_of("msg.group.team-1"), Some(g.clone()));
         assert_eq!(group_of("msg.group.a.b"), None, "validated");
         assert_eq!(group_of("msg.private.bob"), None);
         assert_eq!(live_notifications(&bob), "live.notif.*.bob");
         assert!(is_notification_of("notif.friend.bob", &bob));
         assert!(!is_notification_of("notif.friend.bobby", &bob));
         assert!(!is_notification_of("notif.other.bob", &bob));
+        assert_eq!(changed_group(&group_changed(&g)), Some(g));
+    }
+
+    #[test]
+    fn parse_round_trips_and_names_the_stream() {
+        for s in ["msg.private.bob", "msg.group.team-1", "notif.friend.bob"] {
+            let subject = Subject::parse(s).unwrap();
+            assert_eq!(subject.to_string(), s);
+            assert_eq!(Subject::parse_live(&subject.live()), Some(subject.clone()));
+            let expected = if s.starts_with("notif.") {
+                NOTIFICATION_STREAM
+            } else {
+                MESSAGE_STREAM
+            };
+            assert_eq!(subject.stream(), expected);
+        }
+        assert!(matches!(
+            Subject::parse("notif.other.bob"),
+            Err(SubjectError::Category(_))
+        ));
+        assert!(matches!(
+            Subject::parse("msg.private.a.b"),
+            Err(SubjectError::Id(_))
+        ));
+        assert!(matches!(
+            Subject::parse("typing.user.bob"),
+            Err(SubjectError::Unknown(_))
+        ));
+    }
+
+    #[test]
+    fn incoming_is_classified() {
+        assert_eq!(
+            Incoming::classify("typing.user.bob"),
+            Some(Incoming::Typing)
+        );
+        assert_eq!(Incoming::classify("presence.bob"), Some(Incoming::Presence));
+        assert_eq!(
+            Incoming::classify("live.msg.group.g"),
+            Some(Incoming::Stored(Subject::Group(
+                GroupId::parse("g").unwrap()
+            )))
+        );
+        assert_eq!(Incoming::classify("msg.group.g"), None);
+    }
+
+    #[test]
+    fn every_stored_kind_is_in_exactly_one_stream() {
+        let layouts = stream_layouts();
+        for s in ["msg.private.bob", "msg.group.g", "notif.system.bob"] {
+            let subject = Subject::parse(s).unwrap();
+            let holding: Vec<_> = layouts
+                .iter()
+                .filter(|l| {
+                    l.subjects.iter().any(|f| {
+                        let prefix = f.trim_end_matches(['*', '.']);
+                        s.starts_with(prefix)
+                    })
+                })
+                .map(|l| l.name)
+                .collect();
+            assert_eq!(holding, vec![subject.stream()], "{s}");
+        }
     }
 }

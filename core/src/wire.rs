@@ -619,23 +619,21 @@ impl Notification {
     }
 }
 
-/// Categories of system notifications (`notif.{category}.{user}`).
-pub const NOTIFICATION_CATEGORIES: [&str; 4] = ["friend", "group", "user", "system"];
+pub use crate::subject::NOTIFICATION_CATEGORIES;
 
 /// Decodes a stored payload by the kind of its subject: a notification on
 /// `notif.{category}.{user}`, a message otherwise.
 pub fn decode_stored(subject: &str, bytes: Bytes) -> Result<StoredMessage, PayloadError> {
-    let Some(rest) = subject.strip_prefix("notif.") else {
+    let parsed =
+        crate::subject::Subject::parse(subject).map_err(|e| PayloadError::Decode(e.to_string()))?;
+    let crate::subject::Subject::Notification { category, user } = parsed else {
         return StoredMessage::decode(bytes);
     };
-    let (category, user) = rest
-        .split_once('.')
-        .ok_or_else(|| PayloadError::Decode(format!("subject {subject:?}")))?;
     let n = pb::Notification::decode(bytes).map_err(|e| PayloadError::Decode(e.to_string()))?;
     let n = Notification::from_pb(n);
     Ok(StoredMessage {
         from: UserId::parse(category)?,
-        to: Recipient::User(UserId::parse(user)?),
+        to: Recipient::User(user),
         from_device: String::new(),
         client_msg_id: n.id.clone(),
         content: Bytes::new(),

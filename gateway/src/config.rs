@@ -36,7 +36,7 @@ pub struct Config {
     /// Static files and dev tokens on the HTTP listener.
     #[serde(default)]
     pub web: WebSection,
-    /// Redis: group membership (and, later, presence).
+    /// Redis: group membership and presence.
     #[serde(default)]
     pub redis: RedisSection,
 }

@@ -1,46 +1,37 @@
-//! The Petrel edge gateway.
+//! The Petrel edge gateway: the production server and nothing else (development
+//! topologies live in `devkit/`, the command line in `cli/`).
 //!
-//! Layout:
-//! - [`config`] — the TOML configuration and its `PETREL_*` overrides;
-//! - [`conn`] — one client connection, transport-independent, driving
-//!   `petrel_core::session::Session`;
-//! - [`quic`] (native QUIC and WebTransport on one UDP port, by ALPN), [`websocket`]
-//!   — the transports, each turning accepted connections into byte readers/writers
-//!   for [`conn`];
-//! - [`web`] — the HTTP listener: health, certificate hashes, dev tokens, static files;
-//! - [`hub`] — NATS: JetStream publishing, live subscriptions, fan-out;
-//! - [`groups`] — group membership from Redis (the group service's contract);
-//! - [`presence`] — the presence directory in Redis and online/offline events;
-//! - [`outbox`] — store-and-forward: sends made durable at the edge, forwarded to the
-//!   hub in order until stored (QUEUED while the hub is away);
-//! - [`provision`] — the hub's streams;
+//! Layout — each folder a room; `docs/architecture.md` has the map and one message's
+//! path through it:
+//! - [`listeners`] — where clients come in: the UDP endpoint (native QUIC and
+//!   WebTransport, by ALPN), WebSocket (TLS and plain), and the HTTP listener (health,
+//!   metrics, certificate hashes, dev tokens, the demo page);
+//! - [`connection`] — one client connection whatever its transport: the loop driving
+//!   `petrel_core::session::Session`, one function per session action, delivery
+//!   (batching, fetch pages, history), and the transport traits;
+//! - [`hub`] — NATS through the local leaf: the JetStream API, catch-up (edge cache
+//!   first, then the hub), live subscriptions and fan-out;
+//! - [`outbox`] — store-and-forward: sends durable at the edge, forwarded to the hub in
+//!   order until stored (QUEUED while the hub is away);
+//! - [`directory`] — Redis: group membership and presence, with every key name;
+//! - [`provision`] — the hub's streams, from `petrel_core::subject::stream_layouts`;
 //! - [`tls`] — the served certificate: PEM files reloaded on change, or self-signed
 //!   and rotated (development);
-//! - [`nats_process`], [`redis_process`], [`dev`] — real nats-server and redis-server
-//!   processes and the `petrel dev` topology;
+//! - [`config`] — the TOML configuration and its `PETREL_*` overrides;
 //! - [`metrics`] — Prometheus metrics (`/metrics`).
-//!
-//! The `petrel` command line is the `cli/` package; load generation and the
-//! impairment proxy are `bench/`.
 //!
 //! [`Gateway::load`] binds every socket and connects to the leaf; [`Gateway::run`]
 //! serves until the shutdown token is cancelled, then drains connections.
 
 pub mod config;
-pub mod conn;
-pub mod dev;
-pub mod groups;
+pub mod connection;
+pub mod directory;
 pub mod hub;
+pub mod listeners;
 pub mod metrics;
-pub mod nats_process;
 pub mod outbox;
-pub mod presence;
 pub mod provision;
-pub mod quic;
-pub mod redis_process;
 pub mod tls;
-pub mod web;
-pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,8 +49,9 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 pub use config::Config;
-use conn::Shared;
-use hub::Hub;
+use connection::Shared;
+use hub::{CatchUp, JetStream, Live};
+use listeners::{http, quic, websocket};
 
 /// Where the gateway actually listens (ports resolved when the config said 0).
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -85,8 +77,9 @@ pub struct Gateway {
     limit: Arc<Semaphore>,
     addrs: BoundAddrs,
     certs: Arc<tls::CertStore>,
-    web: web::WebState,
+    web: http::WebState,
     nats: async_nats::Client,
+    store: Arc<EdgeStore>,
     storage: config::StorageSection,
     forwarding: outbox::Forwarding,
     reconnects: tokio::sync::mpsc::UnboundedReceiver<()>,
@@ -147,15 +140,18 @@ impl Gateway {
             .await
             .with_context(|| format!("connecting to NATS at {}", cfg.nats.url))?;
         let mut metrics = metrics::Metrics::new();
-        let hub = Arc::new(Hub::new(
+        let jetstream = Arc::new(JetStream::new(
             nats.clone(),
             &cfg.nats.domain,
             Duration::from_secs(cfg.nats.publish_timeout_secs),
-            store,
             metrics.publish_latency.clone(),
         ));
+        let catchup = Arc::new(CatchUp::new(jetstream.clone(), store.clone()));
+        let live = Arc::new(Live::new(jetstream.clone(), store.clone()));
         let (outbox, forwarding) = outbox::outbox(
-            hub.clone(),
+            store.clone(),
+            jetstream.clone(),
+            live.clone(),
             outbox::OutboxConfig {
                 forwarder: petrel_core::outbox::ForwarderConfig {
                     window: cfg.nats.max_inflight_publishes,
@@ -169,7 +165,8 @@ impl Gateway {
             },
         )?;
 
-        let quic_tls = certs.server_config(&[petrel_proto::ALPN_QUIC, quic::ALPN_H3])?;
+        let quic_tls =
+            certs.server_config(&[petrel_proto::ALPN_QUIC, listeners::webtransport::ALPN_H3])?;
         let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(quic_tls)
             .context("QUIC TLS config")?;
         let mut server_cfg = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
@@ -199,7 +196,7 @@ impl Gateway {
             http: http.local_addr()?,
         };
 
-        let web = web::WebState {
+        let web = http::WebState {
             certs: certs.clone(),
             dev_secret: if cfg.web.dev_tokens {
                 hs_secret.clone()
@@ -220,15 +217,17 @@ impl Gateway {
             send_burst: cfg.limits.send_burst,
             handshake_timeout: cfg.limits.handshake_timeout(),
         });
-        let groups = groups::Directory::new(cfg.redis.url.as_deref())?;
-        let presence = Arc::new(presence::Presence::new(
+        let groups = directory::Directory::new(cfg.redis.url.as_deref())?;
+        let presence = Arc::new(directory::Presence::new(
             groups.clone(),
             nats.clone(),
             cfg.gateway.id.clone(),
             Duration::from_secs(cfg.redis.presence_heartbeat_secs.max(1)),
         ));
         metrics.register_collector(metrics::GatewayCollector {
-            hub: hub.clone(),
+            jetstream: jetstream.clone(),
+            catchup: catchup.clone(),
+            live: live.clone(),
             outbox: outbox.stats.clone(),
         });
         let shared = Arc::new(Shared {
@@ -237,7 +236,9 @@ impl Gateway {
             groups,
             presence,
             auth,
-            hub,
+            jetstream,
+            catchup,
+            live,
             outbox,
             send_queue_frames: cfg.limits.send_queue_frames,
             send_queue_bytes: cfg.limits.send_queue_bytes.max(1),
@@ -259,6 +260,7 @@ impl Gateway {
             certs,
             web,
             nats,
+            store,
             storage: cfg.storage.clone(),
             forwarding,
             reconnects,
@@ -269,7 +271,7 @@ impl Gateway {
     /// `timeout`; returns whether it is.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
-        while !self.shared.hub.connected() {
+        while !self.shared.jetstream.connected() {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
@@ -327,20 +329,16 @@ impl Gateway {
                 .await;
             }
         };
-        let router = web::router(self.web, self.shared.clone());
+        let router = http::router(self.web, self.shared.clone());
         let http = axum::serve(self.http, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let certs = self.certs.clone().maintain(shutdown.clone());
-        let trim = trim_cache(
-            self.shared.hub.clone(),
-            self.storage.clone(),
-            shutdown.clone(),
-        );
+        let trim = trim_cache(self.store.clone(), self.storage.clone(), shutdown.clone());
         // The forwarder outlives the listeners: connections draining may still send.
         let forwarding_done = CancellationToken::new();
         let forwarding = tokio::spawn(self.forwarding.run(forwarding_done.clone()));
         let resync =
-            resync_on_reconnect(self.shared.hub.clone(), self.reconnects, shutdown.clone());
+            resync_on_reconnect(self.shared.live.clone(), self.reconnects, shutdown.clone());
         let watch_groups =
             watch_group_changes(self.nats.clone(), self.shared.clone(), shutdown.clone());
         let heartbeat = self.shared.presence.heartbeat(shutdown.clone());
@@ -366,8 +364,9 @@ impl Gateway {
         forwarding_done.cancel();
         let _ = forwarding.await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.quic.wait_idle()).await;
-        self.shared.hub.shutdown().await;
-        let _ = self.nats.flush().await;
+        self.shared.live.shutdown().await;
+        // Bounded: with the leaf gone, a flush would wait for a reconnection forever.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.nats.flush()).await;
         info!("gateway stopped");
         Ok(())
     }
@@ -399,21 +398,16 @@ async fn watch_group_changes(
             _ = shutdown.cancelled() => return,
             m = sub.next() => match m { Some(m) => m, None => return },
         };
-        let Some(group) = msg
-            .subject
-            .as_str()
-            .strip_prefix("group.changed.")
-            .and_then(|g| petrel_core::GroupId::parse(g).ok())
-        else {
+        let Some(group) = petrel_core::subject::changed_group(msg.subject.as_str()) else {
             continue;
         };
         shared
-            .hub
+            .live
             .signal_groups_changed(&hub::LiveKey::Group(group.clone()));
         match shared.groups.members(&group).await {
             Ok(members) => {
                 for u in members {
-                    shared.hub.signal_groups_changed(&hub::LiveKey::User(u));
+                    shared.live.signal_groups_changed(&hub::LiveKey::User(u));
                 }
             }
             Err(e) => {
@@ -426,7 +420,7 @@ async fn watch_group_changes(
 /// After the leaf connection comes back, every connection re-checks its subjects:
 /// live messages re-published while it was down never arrived.
 async fn resync_on_reconnect(
-    hub: Arc<Hub>,
+    live: Arc<Live>,
     mut reconnects: tokio::sync::mpsc::UnboundedReceiver<()>,
     shutdown: CancellationToken,
 ) {
@@ -436,7 +430,7 @@ async fn resync_on_reconnect(
             r = reconnects.recv() => match r {
                 Some(()) => {
                     info!("connected to the leaf; connections re-check what they missed");
-                    hub.resync_all();
+                    live.resync_all();
                 }
                 None => return,
             },
@@ -446,19 +440,20 @@ async fn resync_on_reconnect(
 
 /// Trims the edge cache's `recent` column family by count per subject and by age,
 /// every `trim_every_secs`, until `shutdown`.
-async fn trim_cache(hub: Arc<Hub>, cfg: config::StorageSection, shutdown: CancellationToken) {
+async fn trim_cache(
+    store: Arc<EdgeStore>,
+    cfg: config::StorageSection,
+    shutdown: CancellationToken,
+) {
     let every = Duration::from_secs(cfg.trim_every_secs.max(1));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or_default();
+        let now_ms = petrel_core::time::unix_ms();
         let older_than = now_ms.saturating_sub(cfg.recent_max_age_secs.saturating_mul(1000));
-        let store = hub.store_handle();
+        let store = store.clone();
         let per_subject = cfg.recent_per_subject;
         match tokio::task::spawn_blocking(move || store.trim_recent(per_subject, older_than)).await
         {
@@ -467,5 +462,13 @@ async fn trim_cache(hub: Arc<Hub>, cfg: config::StorageSection, shutdown: Cancel
             Ok(Err(e)) => tracing::warn!(error = %e, "trimming the edge cache failed"),
             Err(e) => tracing::warn!(error = %e, "trim task failed"),
         }
+    }
+}
+
+/// Sleeps until `at`; never wakes for `None` (a `select!` branch that is off).
+pub(crate) async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }

@@ -255,7 +255,11 @@ pub struct TransportMetrics {
 #[derive(Debug)]
 pub struct GatewayCollector {
     /// NATS wiring (link state, subscriptions, fetch sources).
-    pub hub: Arc<crate::hub::Hub>,
+    pub jetstream: Arc<crate::hub::JetStream>,
+    /// Catch-up counters.
+    pub catchup: Arc<crate::hub::CatchUp>,
+    /// Live subscriptions.
+    pub live: Arc<crate::hub::Live>,
     /// The outbox counters.
     pub outbox: Arc<crate::outbox::OutboxStats>,
 }
@@ -278,7 +282,7 @@ impl Collector for GatewayCollector {
             &mut enc,
             "leaf_connected",
             "1 while the gateway's NATS connection to its leaf node is up",
-            i64::from(self.hub.connected()),
+            i64::from(self.jetstream.connected()),
         )?;
         gauge(
             &mut enc,
@@ -298,7 +302,7 @@ impl Collector for GatewayCollector {
             "Sends refused because the outbox was full",
             r(&o.refused),
         )?;
-        let f = &self.hub.fetched;
+        let f = &self.catchup.counters;
         counter(
             &mut enc,
             "cache_hits",
@@ -321,19 +325,19 @@ impl Collector for GatewayCollector {
             &mut enc,
             "live_subscriptions",
             "Live subscriptions toward the leaf (users, groups, presence)",
-            self.hub.live_subscriptions() as i64,
+            self.live.live_subscriptions() as i64,
         )?;
         gauge(
             &mut enc,
             "group_subscriptions",
             "Groups with a member connected here (one subscription each)",
-            self.hub.group_subscriptions() as i64,
+            self.live.group_subscriptions() as i64,
         )?;
         counter(
             &mut enc,
             "live_overflows",
             "Live messages not queued to a connection whose queue was full",
-            self.hub.live_overflows(),
+            self.live.live_overflows(),
         )?;
         Ok(())
     }

@@ -14,7 +14,7 @@
 //! while the hub is away), then the final STORED (or a rejection when the outbox is
 //! full or the disk failed). The policy — what to publish, when to retry, when to say
 //! QUEUED — is `petrel_core::outbox::Forwarder`; this module carries it out: group
-//! commits to RocksDB, publishes through [`Hub::publish`], removes stored entries, and
+//! commits to RocksDB, publishes through [`JetStream::publish`], removes stored entries, and
 //! on start forwards whatever a crash or shutdown left.
 
 use std::collections::HashMap;
@@ -33,7 +33,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::hub::Hub;
+use petrel_core::time::unix_ms;
+use petrel_storage::EdgeStore;
+
+use crate::hub::{JetStream, Live};
 
 /// Where a connection receives the outcomes of its sends: `(req, outcome)`, possibly
 /// two per send (QUEUED, then STORED). Unbounded because the forwarder must never
@@ -90,16 +93,23 @@ pub struct Forwarding {
     left: Vec<OutboxEntry>,
     stats: Arc<OutboxStats>,
     cfg: OutboxConfig,
-    hub: Arc<Hub>,
+    store: Arc<EdgeStore>,
+    hub: Arc<JetStream>,
+    /// Told to re-check every connection when the hub stores again.
+    live: Arc<Live>,
 }
 
 /// Creates the outbox handle and its forwarder, reading what the outbox holds from an
 /// earlier run (so `/readyz` shows it from the start).
-pub fn outbox(hub: Arc<Hub>, cfg: OutboxConfig) -> anyhow::Result<(Outbox, Forwarding)> {
+pub fn outbox(
+    store: Arc<EdgeStore>,
+    hub: Arc<JetStream>,
+    live: Arc<Live>,
+    cfg: OutboxConfig,
+) -> anyhow::Result<(Outbox, Forwarding)> {
     let (tx, rx) = mpsc::channel(1024);
     let stats = Arc::new(OutboxStats::default());
-    let (left, errors) = hub
-        .store()
+    let (left, errors) = store
         .outbox_load()
         .map_err(|e| anyhow::anyhow!("reading the outbox: {e}"))?;
     for e in errors {
@@ -123,7 +133,9 @@ pub fn outbox(hub: Arc<Hub>, cfg: OutboxConfig) -> anyhow::Result<(Outbox, Forwa
             left,
             stats,
             cfg,
+            store,
             hub,
+            live,
         },
     ))
 }
@@ -160,20 +172,13 @@ impl Pending {
     }
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
-
 type Attempt = BoxFuture<'static, (u64, PublishOutcome)>;
 
 impl Forwarding {
     /// Forwards until `shutdown`. What is not stored by then stays in the outbox and
     /// is forwarded on the next start.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let store = self.hub.store_handle();
+        let store = self.store.clone();
         let mut fwd = Forwarder::new(self.cfg.forwarder.clone());
         let mut pending: HashMap<u64, Pending> = HashMap::new();
         let mut bytes = 0usize;
@@ -248,7 +253,7 @@ impl Forwarding {
                         PublishOutcome::Stored { seq, duplicate } => {
                             if fwd.on_stored(key) {
                                 info!("the hub stores again; forwarding the outbox");
-                                self.hub.resync_all();
+                                self.live.resync_all();
                             }
                             if let Some(mut p) = pending.remove(&key) {
                                 bytes -= p.entry.payload.len();
@@ -274,7 +279,7 @@ impl Forwarding {
                     }
                     self.accept(&mut batch, &mut fwd, &mut pending, &mut bytes);
                 }
-                _ = sleep_until(wake), if wake.is_some() => {}
+                _ = crate::sleep_until(wake), if wake.is_some() => {}
             }
         }
         // Outcomes of publishes in flight are not awaited: their entries stay in the
@@ -330,7 +335,7 @@ impl Forwarding {
             })
             .collect();
         // Not synced (see the module doc), so quick enough to do here.
-        match self.hub.store().outbox_append(entries) {
+        match self.store.outbox_append(entries) {
             Ok(entries) => {
                 let now = Instant::now();
                 for (entry, s) in entries.into_iter().zip(take) {
@@ -445,12 +450,5 @@ impl Forwarding {
             }
             Err(_) => self.cfg.duplicate_window,
         }
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }

@@ -7,6 +7,9 @@
 //! | ONLINE_STATUS | `status.online.*`, `status.typing.*` | memory, 5 minutes | — |
 //! | PUSH | `push.*` | file, work queue, 1 day | — |
 //!
+//! The two message streams' names, subjects and re-publish come from
+//! [`petrel_core::subject::stream_layouts`], the one place subjects are defined.
+//!
 //! Run at deploy time (and by `petrel dev`), never on the publish path.
 
 use std::time::Duration;
@@ -26,11 +29,19 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
 /// The stream configurations, for `replicas` (1 for one hub server, 3 for a cluster).
 pub fn streams(replicas: usize) -> Vec<Config> {
     let day = Duration::from_secs(24 * 3600);
+    let [messages, notifications] = petrel_core::subject::stream_layouts();
+    let republish = |l: &petrel_core::subject::StreamLayout| {
+        Some(Republish {
+            source: l.republish_source.clone(),
+            destination: l.republish_destination.clone(),
+            headers_only: false,
+        })
+    };
     vec![
         Config {
-            name: "USER_MESSAGES".into(),
+            name: messages.name.into(),
             description: Some("Direct and group messages (Petrel)".into()),
-            subjects: vec!["msg.private.*".into(), "msg.group.*".into()],
+            subjects: messages.subjects.clone(),
             storage: StorageType::File,
             retention: RetentionPolicy::Limits,
             discard: DiscardPolicy::Old,
@@ -39,17 +50,13 @@ pub fn streams(replicas: usize) -> Vec<Config> {
             duplicate_window: DUPLICATE_WINDOW,
             allow_direct: true,
             num_replicas: replicas,
-            republish: Some(Republish {
-                source: "msg.>".into(),
-                destination: "live.msg.>".into(),
-                headers_only: false,
-            }),
+            republish: republish(&messages),
             ..Default::default()
         },
         Config {
-            name: "SYSTEM_NOTIFICATIONS".into(),
+            name: notifications.name.into(),
             description: Some("Notifications from business services (Petrel)".into()),
-            subjects: vec!["notif.*.*".into()],
+            subjects: notifications.subjects.clone(),
             storage: StorageType::File,
             retention: RetentionPolicy::Limits,
             discard: DiscardPolicy::Old,
@@ -58,11 +65,7 @@ pub fn streams(replicas: usize) -> Vec<Config> {
             duplicate_window: Duration::from_secs(120),
             allow_direct: true,
             num_replicas: replicas,
-            republish: Some(Republish {
-                source: "notif.>".into(),
-                destination: "live.notif.>".into(),
-                headers_only: false,
-            }),
+            republish: republish(&notifications),
             ..Default::default()
         },
         Config {

@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -252,8 +252,7 @@ impl CertStore {
             next: s.next.as_ref().map(CertKey::leaf_sha256_hex),
             rotates_at: s
                 .rotates_at
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map(|d| d.as_secs()),
+                .map(|t| petrel_core::time::unix_ms_at(t) / 1000),
         }
     }
 
@@ -403,10 +402,7 @@ mod tests {
     use petrel_core::auth::{AuthError, Authenticator, Claims, mint_hs256};
 
     fn claims() -> Claims {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let now = petrel_core::time::unix_secs();
         Claims {
             sub: "alice".into(),
             device: Some("phone".into()),

@@ -2,8 +2,6 @@
 //!
 //! Layout: one database per gateway, one column family per kind of data, each with a
 //! typed API so no caller builds keys by hand:
-//! - `cursors` — per device, the last acknowledged sequence per subject
-//!   (key `user/device \0 subject`, value u64 big-endian);
 //! - `recent` — recent messages per subject (key `subject \0 seq` big-endian so a
 //!   range scan returns a subject's messages in order);
 //! - `outbox` — sends accepted at the edge but not yet stored on the hub (key: a
@@ -17,8 +15,6 @@ use std::path::Path;
 use bytes::Bytes;
 use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteOptions};
 
-/// Column family names.
-pub const CF_CURSORS: &str = "cursors";
 /// Recent messages per subject.
 pub const CF_RECENT: &str = "recent";
 /// Sends not yet stored on the hub.
@@ -177,15 +173,6 @@ fn key2(a: &str, b: &[u8]) -> Result<Vec<u8>, StorageError> {
     Ok(k)
 }
 
-fn u64_value(cf: &'static str, key: &[u8], v: &[u8]) -> Result<u64, StorageError> {
-    let arr: [u8; 8] = v.try_into().map_err(|_| StorageError::Corrupt {
-        cf,
-        key: String::from_utf8_lossy(key).into_owned(),
-        why: format!("expected 8 bytes, found {}", v.len()),
-    })?;
-    Ok(u64::from_be_bytes(arr))
-}
-
 impl EdgeStore {
     /// Opens (or creates) the cache at `path`. Works after a crash: RocksDB replays its
     /// write-ahead log.
@@ -194,10 +181,23 @@ impl EdgeStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let cfs = [CF_CURSORS, CF_RECENT, CF_OUTBOX]
+        // Column families this version does not use (an older cache's) are opened
+        // (RocksDB refuses to open a database without all of them) and dropped.
+        let known = [CF_RECENT, CF_OUTBOX];
+        let unused: Vec<String> = DB::list_cf(&opts, path.as_ref())
+            .unwrap_or_default()
             .into_iter()
+            .filter(|n| n != rocksdb::DEFAULT_COLUMN_FAMILY_NAME && !known.contains(&n.as_str()))
+            .collect();
+        let cfs = known
+            .iter()
+            .map(|n| n.to_string())
+            .chain(unused.iter().cloned())
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        let mut db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        for name in &unused {
+            db.drop_cf(name)?;
+        }
         // Outbox keys continue after the last one left (entries are deleted once
         // stored, so the largest key is the newest).
         let next = {
@@ -302,39 +302,6 @@ impl EdgeStore {
                 key: String::new(),
                 why: "column family missing".into(),
             })
-    }
-
-    /// Records a device's cursor on `subject` (cumulative ack). Not synced: cursors are
-    /// also kept by the client, a lost update only means a re-delivery.
-    pub fn save_cursor(
-        &self,
-        device_key: &str,
-        subject: &str,
-        seq: u64,
-    ) -> Result<(), StorageError> {
-        let key = key2(device_key, subject.as_bytes())?;
-        self.db
-            .put_cf(self.cf(CF_CURSORS)?, key, seq.to_be_bytes())?;
-        Ok(())
-    }
-
-    /// All cursors of a device.
-    pub fn cursors(&self, device_key: &str) -> Result<Vec<(String, u64)>, StorageError> {
-        let prefix = key2(device_key, b"")?;
-        let mut out = Vec::new();
-        let iter = self.db.iterator_cf(
-            self.cf(CF_CURSORS)?,
-            IteratorMode::From(&prefix, Direction::Forward),
-        );
-        for item in iter {
-            let (k, v) = item?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            let subject = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            out.push((subject, u64_value(CF_CURSORS, &k, &v)?));
-        }
-        Ok(out)
     }
 
     /// Caches a message of `subject` at `seq` whose predecessor on the subject is
@@ -444,24 +411,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cursors_round_trip_and_survive_reopen() {
+    fn an_older_cache_with_a_cursors_column_family_opens() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = EdgeStore::open(dir.path()).unwrap();
-            s.save_cursor("alice/phone", "msg.private.alice", 5)
-                .unwrap();
-            s.save_cursor("alice/phone", "msg.private.alice", 9)
-                .unwrap();
-            s.save_cursor("alice/tablet", "msg.private.alice", 2)
+            let mut opts = Options::default();
+            opts.create_if_missing(true);
+            opts.create_missing_column_families(true);
+            let cfs = ["cursors", CF_RECENT, CF_OUTBOX]
+                .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+            let db = DB::open_cf_descriptors(&opts, dir.path(), cfs).unwrap();
+            db.put_cf(db.cf_handle("cursors").unwrap(), b"k", b"v")
                 .unwrap();
         }
         let s = EdgeStore::open(dir.path()).unwrap();
-        assert_eq!(
-            s.cursors("alice/phone").unwrap(),
-            vec![("msg.private.alice".to_string(), 9)]
-        );
-        assert_eq!(s.cursors("alice/tablet").unwrap().len(), 1);
-        assert!(s.cursors("bob/phone").unwrap().is_empty());
+        s.put_recent("msg.private.bob", &recent(1, 0, 1)).unwrap();
+        drop(s);
+        let names = DB::list_cf(&Options::default(), dir.path()).unwrap();
+        assert!(!names.iter().any(|n| n == "cursors"), "dropped: {names:?}");
+        let s = EdgeStore::open(dir.path()).unwrap();
+        assert_eq!(s.recent_after("msg.private.bob", 0, 10).unwrap().0.len(), 1);
     }
 
     fn recent(seq: u64, prev: u64, at_ms: u64) -> Recent {
@@ -571,17 +539,11 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_value_is_an_error_not_a_panic() {
+    fn a_key_with_a_separator_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let s = EdgeStore::open(dir.path()).unwrap();
-        s.put_raw(CF_CURSORS, b"alice/phone\0msg.private.alice", b"xyz")
-            .unwrap();
         assert!(matches!(
-            s.cursors("alice/phone"),
-            Err(StorageError::Corrupt { .. })
-        ));
-        assert!(matches!(
-            s.save_cursor("a\0b", "s", 1),
+            s.put_recent("a\0b", &recent(1, 0, 1)),
             Err(StorageError::BadKey)
         ));
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use petrel_client::{Client, Event, TransportKind::*};
-use petrel_tests::Topology;
+use petrel_tests::{TestTopology, Topology};
 
 const MEMBERS: usize = 1_000;
 const GROUP: &str = "big";

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use petrel_client::{Client, ConnectOptions, SendResult, TransportKind::*};
-use petrel_tests::{Topology, next_message_on};
+use petrel_tests::{TestTopology, Topology, next_message_on};
 
 const INBOX: &str = "msg.private.bob";
 const MISSED: usize = 1000;

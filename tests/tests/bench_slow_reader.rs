@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use petrel_client::{SendResult, TransportKind::*};
-use petrel_tests::Topology;
+use petrel_tests::{TestTopology, Topology};
 
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use petrel_client::{Client, ConnectOptions, TransportKind::*, Trust};
 use petrel_gateway::tls::{self, CertHashes};
-use petrel_tests::{Topology, next_message_on};
+use petrel_tests::{TestTopology, Topology, next_message_on};
 
 async fn hashes(t: &Topology) -> anyhow::Result<CertHashes> {
     Ok(serde_json::from_str(&t.http_get(0, "/cert-hashes").await?)?)
@@ -120,13 +120,13 @@ async fn certificate_files_are_reloaded_and_a_broken_pair_is_refused() -> anyhow
     let first = hashes(&t).await?;
     assert_eq!(first.next, None, "files have no next certificate");
     let (status, _) =
-        petrel_gateway::web::http_get(&t.edges[0].addrs.http.to_string(), "/dev/token?user=alice")
+        petrel_devkit::http_get(&t.edges[0].addrs.http.to_string(), "/dev/token?user=alice")
             .await?;
     assert_eq!(status, 404, "dev tokens are off unless configured");
     let mut bob = connect_pinned(&t, Quic, &first.current).await?;
 
     // Renewal (as an ACME client would): both files replaced.
-    let dir = t.dir.path().join("edge0");
+    let dir = t.dir().join("edge0");
     let renewed = tls::write_dev_cert(&dir.join("cert.pem"), &dir.join("key.pem"), 10)?;
     let after = wait_hashes(&t, |h| h.current == renewed).await?;
     assert_eq!(after.current, renewed);
@@ -144,7 +144,7 @@ async fn certificate_files_are_reloaded_and_a_broken_pair_is_refused() -> anyhow
     assert_eq!(hashes(&t).await?.current, renewed);
     connect_pinned(&t, Quic, &renewed).await?;
     // …and a key that does not belong to the certificate is refused too.
-    let other = t.dir.path().join("other");
+    let other = t.dir().join("other");
     std::fs::create_dir_all(&other)?;
     tls::write_dev_cert(&other.join("c.pem"), &other.join("k.pem"), 10)?;
     let errors = certs.errors();

@@ -4,7 +4,7 @@
 //! while a member is connected there.
 
 use petrel_client::{Client, SendResult, TransportKind::*};
-use petrel_tests::{Topology, next_message_on};
+use petrel_tests::{TestTopology, Topology, next_message_on};
 
 const TEAM: &str = "msg.group.team";
 
@@ -59,7 +59,7 @@ async fn a_group_across_two_edges_members_only_and_live_membership() -> anyhow::
 
     // A non-member is refused and nothing is stored.
     match mallory.send_group("team", "intrude", "let me in").await? {
-        SendResult::Rejected { code, .. } => anyhow::ensure!(code == "ERROR_CODE_FORBIDDEN"),
+        SendResult::Rejected { code, .. } => anyhow::ensure!(code == "FORBIDDEN"),
         other => anyhow::bail!("mallory: {other:?}"),
     }
     anyhow::ensure!(topo.stored_messages().await? == stored_before + ids.len() as u64);
@@ -84,7 +84,7 @@ async fn a_group_across_two_edges_members_only_and_live_membership() -> anyhow::
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         match carol.send_group("team", "still-in", "?").await? {
-            SendResult::Rejected { code, .. } if code == "ERROR_CODE_FORBIDDEN" => break,
+            SendResult::Rejected { code, .. } if code == "FORBIDDEN" => break,
             SendResult::Stored { .. } => {
                 // Before the change reached her connection; others see it, fine.
                 anyhow::ensure!(

@@ -2,7 +2,7 @@
 //! user's own subject only; independent of live delivery.
 
 use petrel_client::{ClientError, SendResult, TransportKind::*};
-use petrel_tests::Topology;
+use petrel_tests::{TestTopology, Topology};
 
 const INBOX: &str = "msg.private.bob";
 

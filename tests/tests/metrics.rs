@@ -3,7 +3,7 @@
 //! leaf link, the outbox, the cache, slow consumers and refused tokens.
 
 use petrel_client::{SendResult, TransportKind::*};
-use petrel_tests::{Topology, metric_sample as sample, next_message_on};
+use petrel_tests::{TestTopology, Topology, metric_sample as sample, next_message_on};
 
 fn must(text: &str, series: &str) -> anyhow::Result<f64> {
     sample(text, series).ok_or_else(|| anyhow::anyhow!("no {series} in:\n{text}"))
@@ -50,10 +50,10 @@ async fn metrics_show_connections_sends_latencies_and_refusals() -> anyhow::Resu
     anyhow::ensure!(
         must(
             &m,
-            "petrel_sends_total{result=\"rejected\",reason=\"forbidden\"}"
+            "petrel_sends_total{result=\"rejected\",reason=\"FORBIDDEN\"}"
         )? == 1.0
     );
-    anyhow::ensure!(must(&m, "petrel_auth_failures_total{code=\"unauthenticated\"}")? == 1.0);
+    anyhow::ensure!(must(&m, "petrel_auth_failures_total{code=\"UNAUTHENTICATED\"}")? == 1.0);
     // Two copies per direct message (the recipient's inbox and the sender's).
     anyhow::ensure!(must(&m, "petrel_jetstream_publish_seconds_count")? >= 20.0);
     // bob's 10, and alice's own copies on her other device (this one).

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use petrel_client::{Client, ConnectOptions, Event, TransportKind::*};
 use petrel_core::wire::Notification;
-use petrel_tests::Topology;
+use petrel_tests::{TestTopology, Topology};
 
 /// What the business service does: publish the protobuf with its id as Nats-Msg-Id.
 async fn publish(

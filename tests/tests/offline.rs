@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use petrel_client::{Client, ConnectOptions, Event, SendResult, TransportKind::*};
-use petrel_tests::{GatewayProcess, Topology, next_message_on};
+use petrel_tests::{GatewayProcess, TestTopology, Topology, next_message_on};
 
 const INBOX: &str = "msg.private.bob";
 
@@ -126,7 +126,7 @@ enum Heard {
 async fn gateway_killed_with_5000_in_flight_loses_nothing_it_answered_for() -> anyhow::Result<()> {
     const N: usize = 5_000;
     let topo = Topology::start(0).await?;
-    let dir = topo.dir.path().join("edgep");
+    let dir = topo.dir().join("edgep");
     let leaf = topo.start_extra_leaf(&dir.join("leaf"), "leafp").await?;
     let mut gw = GatewayProcess::start(
         &dir,
@@ -330,9 +330,7 @@ async fn a_retry_past_the_duplicate_window_checks_the_stream_first() -> anyhow::
             ),
         ]
     };
-    let created_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as u64;
+    let created_ms = petrel_core::time::unix_ms();
     for (subject, msg_id) in copies("x") {
         let mut h = async_nats::HeaderMap::new();
         h.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
@@ -377,7 +375,7 @@ async fn a_retry_past_the_duplicate_window_checks_the_stream_first() -> anyhow::
         store.put_raw(CF_OUTBOX, &0u64.to_be_bytes(), b"\x01")?;
     }
     // The edge starts and forwards its outbox.
-    topo.add_edge(|_, _| Ok(())).await?;
+    topo.add_edge().await?;
     ensure!(topo.wait_counter(0, "outbox_depth", 20, |v| v == 0).await? == 0);
     ensure!(
         topo.counter(0, "outbox_found_stored").await? == 2,

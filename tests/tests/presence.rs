@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use petrel_client::{Client, Event, SendResult, TransportKind::*};
-use petrel_tests::{Topology, next_message_on};
+use petrel_tests::{TestTopology, Topology, next_message_on};
 
 async fn next_presence(c: &mut Client, ms: u64) -> Option<(String, String)> {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);

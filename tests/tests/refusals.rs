@@ -7,14 +7,11 @@ use bytes::Bytes;
 use petrel_client::{ClientError, Read, SendResult, TransportKind, TransportKind::*, connect_raw};
 use petrel_core::auth::{Claims, mint_hs256};
 use petrel_proto::{FrameDecoder, encode_frame, pb};
-use petrel_tests::{SECRET, Topology, next_message};
+use petrel_tests::{SECRET, TestTopology, Topology, next_message};
 use prost::Message as _;
 
 fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    petrel_core::time::unix_secs()
 }
 
 fn refused_code(r: Result<petrel_client::Client, ClientError>) -> String {
@@ -41,7 +38,7 @@ fn b64(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_and_ids_are_refused_and_nothing_is_stored() -> anyhow::Result<()> {
     let t = Topology::start(1).await?;
-    let before = t.stored_messages().await?;
+    let before = t.stored_in_every_stream().await?;
     for transport in [Quic, WebSocket] {
         let forged = mint_hs256(
             b"not-the-gateway-secret-not-the-gateway-secret",
@@ -55,7 +52,7 @@ async fn bad_tokens_and_ids_are_refused_and_nothing_is_stored() -> anyhow::Resul
         .unwrap();
         assert_eq!(
             refused_code(t.connect_with_token(0, transport, &forged, "d").await),
-            "ERROR_CODE_UNAUTHENTICATED"
+            "UNAUTHENTICATED"
         );
         let expired = mint_hs256(
             SECRET.as_bytes(),
@@ -69,7 +66,7 @@ async fn bad_tokens_and_ids_are_refused_and_nothing_is_stored() -> anyhow::Resul
         .unwrap();
         assert_eq!(
             refused_code(t.connect_with_token(0, transport, &expired, "d").await),
-            "ERROR_CODE_TOKEN_EXPIRED"
+            "TOKEN_EXPIRED"
         );
         let none = format!(
             "{}.{}.",
@@ -78,7 +75,7 @@ async fn bad_tokens_and_ids_are_refused_and_nothing_is_stored() -> anyhow::Resul
         );
         assert_eq!(
             refused_code(t.connect_with_token(0, transport, &none, "d").await),
-            "ERROR_CODE_UNAUTHENTICATED"
+            "UNAUTHENTICATED"
         );
         for bad_user in ["al.ice", "*", ">", "a b", &"x".repeat(65)] {
             let tok = mint_hs256(
@@ -93,13 +90,13 @@ async fn bad_tokens_and_ids_are_refused_and_nothing_is_stored() -> anyhow::Resul
             .unwrap();
             assert_eq!(
                 refused_code(t.connect_with_token(0, transport, &tok, "d").await),
-                "ERROR_CODE_INVALID_ID",
+                "INVALID_ID",
                 "{bad_user:?}"
             );
         }
         assert_eq!(
             refused_code(t.connect(0, transport, "alice", "dev.ice").await),
-            "ERROR_CODE_INVALID_ID"
+            "INVALID_ID"
         );
 
         // Authenticated, but bad recipients and message ids: rejected per send, connection stays.
@@ -107,7 +104,7 @@ async fn bad_tokens_and_ids_are_refused_and_nothing_is_stored() -> anyhow::Resul
         for bad in ["bob.x", "*", ">", "bob >", "b o b", &"b".repeat(65), ""] {
             match alice.send(bad, "ok-id", "x").await? {
                 SendResult::Rejected { code, .. } => {
-                    assert_eq!(code, "ERROR_CODE_INVALID_ID", "{bad:?}")
+                    assert_eq!(code, "INVALID_ID", "{bad:?}")
                 }
                 other => panic!("{bad:?} accepted: {other:?}"),
             }
@@ -115,22 +112,22 @@ async fn bad_tokens_and_ids_are_refused_and_nothing_is_stored() -> anyhow::Resul
         for bad_id in ["a.b", "*", "id with space", &"i".repeat(65)] {
             match alice.send("bob", bad_id, "x").await? {
                 SendResult::Rejected { code, .. } => {
-                    assert_eq!(code, "ERROR_CODE_INVALID_ID", "{bad_id:?}")
+                    assert_eq!(code, "INVALID_ID", "{bad_id:?}")
                 }
                 other => panic!("{bad_id:?} accepted: {other:?}"),
             }
         }
         match alice.send("bob", "empty", Bytes::new()).await? {
-            SendResult::Rejected { code, .. } => assert_eq!(code, "ERROR_CODE_INVALID_MESSAGE"),
+            SendResult::Rejected { code, .. } => assert_eq!(code, "INVALID_MESSAGE"),
             other => panic!("empty message accepted: {other:?}"),
         }
         match alice.send("bob", "big", vec![b'x'; 40_000]).await? {
-            SendResult::Rejected { code, .. } => assert_eq!(code, "ERROR_CODE_INVALID_MESSAGE"),
+            SendResult::Rejected { code, .. } => assert_eq!(code, "INVALID_MESSAGE"),
             other => panic!("oversize message accepted: {other:?}"),
         }
     }
     assert_eq!(
-        t.stored_messages().await?,
+        t.stored_in_every_stream().await?,
         before,
         "something was stored for a refused request"
     );
@@ -146,20 +143,35 @@ async fn offend(
     bytes: &[Bytes],
     finish: bool,
 ) -> anyhow::Result<(i32, Option<u32>)> {
-    let (code, close) = offend_raw(t, transport, first, bytes, finish).await?;
+    let (code, ended) = offend_raw(t, transport, first, bytes, finish).await?;
+    let close = match ended {
+        Ended::Closed(close) => close,
+        Ended::Dropped(e) => anyhow::bail!("{transport}: dropped without a close: {e}"),
+    };
     Ok((
         code.ok_or_else(|| anyhow::anyhow!("{transport}: no Error frame before close {close:?}"))?,
         close,
     ))
 }
 
+/// How an offending connection ended.
+#[derive(Debug)]
+enum Ended {
+    /// The gateway closed it, with this close code if it gave one.
+    Closed(Option<u32>),
+    /// The connection broke without a close (reset, lost).
+    Dropped(String),
+}
+
+/// Sends raw bytes and reads until the connection ends (failing if it has not ended
+/// within 10 s); returns the Error frame's code, if one came, and how it ended.
 async fn offend_raw(
     t: &Topology,
     transport: TransportKind,
     first: Option<Bytes>,
     bytes: &[Bytes],
     finish: bool,
-) -> anyhow::Result<(Option<i32>, Option<u32>)> {
+) -> anyhow::Result<(Option<i32>, Ended)> {
     eprintln!(
         "offending over {transport}: {:?}",
         bytes.iter().map(|b| b.len()).collect::<Vec<_>>()
@@ -176,8 +188,10 @@ async fn offend_raw(
     }
     let mut decoder = FrameDecoder::new(1 << 20);
     let mut error_code = None;
-    let close = loop {
-        match tokio::time::timeout(Duration::from_secs(10), reader.read()).await? {
+    let ended = loop {
+        let read = tokio::time::timeout(Duration::from_secs(10), reader.read()).await;
+        let read = read.map_err(|_| anyhow::anyhow!("{transport}: not closed within 10 s"))?;
+        match read {
             Ok(Read::Data(d)) => {
                 decoder.push(&d);
                 while let Some(f) = decoder.next_frame()? {
@@ -187,12 +201,11 @@ async fn offend_raw(
                     }
                 }
             }
-            Ok(Read::Closed(info)) => break info.map(|i| i.code),
-            // The gateway dropped the connection without a close handshake.
-            Err(_) => break None,
+            Ok(Read::Closed(info)) => break Ended::Closed(info.map(|i| i.code)),
+            Err(e) => break Ended::Dropped(e.to_string()),
         }
     };
-    Ok((error_code, close))
+    Ok((error_code, ended))
 }
 
 fn hello(t: &Topology) -> Bytes {
@@ -249,11 +262,28 @@ async fn garbage_oversize_and_truncated_frames_close_only_the_offender() -> anyh
         // A frame announcing 100 bytes, 3 sent, then the client ends its side. QUIC
         // half-closes, so the gateway still answers BAD_FRAME; on WebSocket the client's
         // close starts the close handshake, after which no frame may be sent, so the
-        // gateway can only finish the close (the test checks it does, promptly).
+        // gateway can only finish the close: promptly, with a close, and nothing but
+        // BAD_FRAME said before it.
         let truncated = Bytes::from_static(&[100, 1, 2, 3]);
-        let (code, _) = offend_raw(&t, transport, Some(hello(&t)), &[truncated], true).await?;
-        if transport == Quic {
-            assert_eq!(code, Some(E::BadFrame as i32), "{transport} truncated");
+        let started = std::time::Instant::now();
+        let (code, ended) = offend_raw(&t, transport, Some(hello(&t)), &[truncated], true).await?;
+        match transport {
+            Quic => assert_eq!(code, Some(E::BadFrame as i32), "{transport} truncated"),
+            WebSocket => {
+                assert!(
+                    code.is_none_or(|c| c == E::BadFrame as i32),
+                    "{transport} truncated: {code:?}"
+                );
+                assert!(
+                    matches!(ended, Ended::Closed(_)),
+                    "{transport} truncated: {ended:?}"
+                );
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "{transport} truncated: the close took {:?}",
+                    started.elapsed()
+                );
+            }
         }
         // A well-formed frame of an unknown kind (field 15).
         let unknown = Bytes::from_static(&[2, 0x7a, 0x00]);
@@ -261,7 +291,11 @@ async fn garbage_oversize_and_truncated_frames_close_only_the_offender() -> anyh
         assert_eq!(code, E::UnknownFrame as i32, "{transport} unknown");
         // Nothing at all: the handshake timeout (2 s in tests) closes it. (On QUIC a
         // stream nobody wrote to does not exist yet, so there is only the close code.)
-        let (code, closed) = offend_raw(&t, transport, None, &[], false).await?;
+        let (code, ended) = offend_raw(&t, transport, None, &[], false).await?;
+        let closed = match ended {
+            Ended::Closed(c) => c,
+            Ended::Dropped(e) => anyhow::bail!("{transport} silent: dropped: {e}"),
+        };
         assert_eq!(closed, close(E::HandshakeTimeout), "{transport} silent");
         if transport == WebSocket {
             assert_eq!(code, Some(E::HandshakeTimeout as i32));

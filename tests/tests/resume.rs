@@ -3,7 +3,7 @@
 //! live queue is caught up from the hub instead of being disconnected.
 
 use petrel_client::{Client, ConnectOptions, SendResult, TransportKind::*};
-use petrel_tests::{Topology, next_message_on};
+use petrel_tests::{TestTopology, Topology, next_message_on};
 
 const INBOX: &str = "msg.private.bob";
 

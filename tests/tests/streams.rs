@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use petrel_client::{Read, SendResult, To, TransportKind::*};
 use petrel_proto::{FrameDecoder, pb};
-use petrel_tests::Topology;
+use petrel_tests::{TestTopology, Topology};
 use prost::Message as _;
 
 const GROUPS: [&str; 6] = ["g0", "g1", "g2", "g3", "g4", "g5"];

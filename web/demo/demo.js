@@ -72,8 +72,10 @@ async function signIn(user, options = {}) {
   });
   window.petrel.client = client;
   window.petrel.user = user;
+  window.petrel.delivered = [];
   client.addEventListener("message", (e) => {
     const m = e.detail;
+    window.petrel.delivered.push({ id: m.id, seq: String(m.seq), text: m.text });
     if (m.receipt) {
       // "read" on the row of our message it is about.
       const li = document.querySelector(`li[data-id="mine:${CSS.escape(m.receipt.clientMsgId)}"] .meta`);
@@ -166,7 +168,9 @@ function rows() {
   return [...document.querySelectorAll("#messages li")].map((li) => ({ id: li.dataset.id, text: li.firstChild.textContent }));
 }
 
-window.petrel = { PetrelClient, PetrelError, webTransportAvailable, signIn, send, rows, loadOlder, client: null, user: null };
+// `delivered`: every `message` event of the current client, in order, before the page
+// drops rows it already shows (for tests: what the SDK handed over since this page load).
+window.petrel = { PetrelClient, PetrelError, webTransportAvailable, signIn, send, rows, loadOlder, client: null, user: null, delivered: [] };
 $("#older").addEventListener("click", () => loadOlder().catch(showError));
 
 $("#signin").addEventListener("submit", (e) => {

@@ -13,7 +13,6 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import {
   ClientFrameSchema,
   CursorSchema,
-  ErrorCode,
   type Message as WireMessage,
   type SendResult as WireSendResult,
   SendResult_Status,
@@ -31,6 +30,7 @@ import {
   Receipt_Kind,
   type SyncBatch,
 } from "./gen/petrel/v1/petrel_pb.js";
+import { PetrelError, errorCodeName } from "./errors.js";
 import { FrameDecoder, encodeFrame } from "./frame.js";
 import {
   type CloseInfo,
@@ -49,24 +49,6 @@ const MAX_SERVER_FRAME = 1024 * 1024;
 const SEEN_LIMIT = 5000;
 /** How long a failed WebTransport attempt sends later connects straight to WebSocket. */
 const REMEMBER_FALLBACK_MS = 10 * 60 * 1000;
-
-/** Name of a Petrel error code, e.g. `UNAUTHENTICATED`; `UNSPECIFIED` for 0. */
-export function errorCodeName(code: number): string {
-  const name = ErrorCode[code] as string | undefined;
-  return name ?? `CODE_${code}`;
-}
-
-/** An error from the SDK. `code` is a Petrel error code name or one of the SDK's own. */
-export class PetrelError extends Error {
-  constructor(
-    /** `UNAUTHENTICATED`, `TOKEN_EXPIRED`, … from the gateway; or `CERTIFICATE_MISMATCH`, `CONNECT_FAILED`, `CLOSED`, `PROTOCOL` from the SDK. */
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-    this.name = "PetrelError";
-  }
-}
 
 /** Options for {@link PetrelClient}. */
 export interface PetrelOptions {
@@ -170,13 +152,16 @@ export interface Welcome {
 /** Connection state. */
 export type State = "idle" | "connecting" | "open" | "reconnecting" | "closed";
 
-/** Counters. */
+/**
+ * Counters of one {@link PetrelClient}, from zero when it is created (so a page load
+ * starts over): `wireDeliveries` = `appDeliveries` + `duplicatesDropped`.
+ */
 export interface Stats {
-  /** Messages received on the wire. */
+  /** Messages received on the wire (live, or a resume from the cursors). */
   wireDeliveries: number;
-  /** Messages handed to the app. */
+  /** Messages handed to the app (`message` events). */
   appDeliveries: number;
-  /** Wire deliveries dropped as already seen. */
+  /** Wire deliveries dropped as already seen or at/below the acknowledged cursor. */
   duplicatesDropped: number;
   /** Successful connects after the first. */
   reconnects: number;
@@ -300,7 +285,7 @@ export class PetrelClient extends EventTarget {
     return this._welcome;
   }
 
-  /** Counters (wire vs app deliveries, duplicates dropped, reconnects). */
+  /** A snapshot of the {@link Stats} counters (wire vs app deliveries, duplicates dropped, reconnects). */
   get stats(): Stats {
     return { ...this._stats };
   }
@@ -338,7 +323,7 @@ export class PetrelClient extends EventTarget {
 
   /**
    * Sends to a group the user is a member of (the group service keeps membership);
-   * a non-member's send is rejected with `ERROR_CODE_FORBIDDEN`.
+   * a non-member's send is rejected with `FORBIDDEN`.
    */
   sendToGroup(
     group: string,

@@ -2,7 +2,8 @@
  * Petrel browser SDK.
  *
  * Layout: `client.ts` — {@link PetrelClient} (connect, send, events, acks, reconnect,
- * dedup); `transport.ts` — WebTransport and WebSocket behind one interface;
+ * dedup); `errors.ts` — {@link PetrelError} and the error code names, also as
+ * carried by close codes; `transport.ts` — WebTransport and WebSocket behind one interface;
  * `frame.ts` — the varint length framing; `gen/` — protobuf types generated from
  * `proto/proto/petrel/v1/petrel.proto` by protoc-gen-es (`npm run gen`; `npm run check-gen`
  * fails on drift).
@@ -16,7 +17,8 @@
  * await client.send("bob", "hi");
  * ```
  */
-export { PetrelClient, PetrelError, errorCodeName } from "./client.js";
+export { PetrelClient } from "./client.js";
+export { PetrelError, errorCodeName, errorCodeOfClose } from "./errors.js";
 export type { PetrelOptions, PetrelMessage, SendResult, Welcome, State, Stats, HistoryPage } from "./client.js";
 export type { TransportKind, CloseInfo } from "./transport.js";
 export { webTransportAvailable } from "./transport.js";

@@ -3,11 +3,14 @@
 // stream) of a session on the gateway's QUIC port, plus the unidirectional streams the
 // gateway opens for deliveries and datagrams for typing; WebSocket uses binary messages.
 
+import { closeCodeOf, errorCodeOfClose } from "./errors.js";
+
 /** Which transport a connection uses. */
 export type TransportKind = "webtransport" | "websocket";
 
-/** How a connection ended. `code` is Petrel's error code (0 when none was given). */
+/** How a connection ended. */
 export interface CloseInfo {
+  /** The Petrel error code its close code carried ({@link errorCodeOfClose}); 0 when none. */
   code: number;
   reason: string;
 }
@@ -25,14 +28,11 @@ export interface Conn {
   datagrams?(): AsyncIterable<Uint8Array>;
   /** Unidirectional streams the gateway opens for deliveries (WebTransport), each as its chunks. */
   deliveryStreams?(): AsyncIterable<AsyncIterable<Uint8Array>>;
-  /** Closes from this side. */
+  /** Closes from this side; `code` is a Petrel error code (0: a normal close). */
   close(code?: number, reason?: string): void;
   /** Settles when the connection has ended, however. */
   readonly closed: Promise<CloseInfo>;
 }
-
-/** WebSocket close codes 4000–4999 carry Petrel error codes (4000 + code). */
-const WS_CODE_BASE = 4000;
 
 function timeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return new Promise<T>((resolve, reject) => {
@@ -81,7 +81,7 @@ export async function openWebTransport(url: string, certHashes: string[], timeou
   const wt = new WebTransport(url, options);
   // Keep an unobserved rejection of `closed` from being reported as unhandled.
   const closed: Promise<CloseInfo> = wt.closed.then(
-    (info) => ({ code: info.closeCode ?? 0, reason: info.reason ?? "" }),
+    (info) => ({ code: errorCodeOfClose("webtransport", info.closeCode ?? 0), reason: info.reason ?? "" }),
     (e: unknown) => ({ code: 0, reason: e instanceof Error ? e.message : String(e) }),
   );
   try {
@@ -128,7 +128,7 @@ export async function openWebTransport(url: string, certHashes: string[], timeou
     },
     close(code = 0, reason = "") {
       try {
-        wt.close({ closeCode: code, reason });
+        wt.close({ closeCode: closeCodeOf("webtransport", code), reason });
       } catch {
         /* already closed */
       }
@@ -166,8 +166,7 @@ export async function openWebSocket(url: string, timeoutMs: number): Promise<Con
   };
   ws.onclose = (ev) => {
     ended = true;
-    const code = ev.code >= WS_CODE_BASE && ev.code < WS_CODE_BASE + 1000 ? ev.code - WS_CODE_BASE : 0;
-    resolveClosed({ code, reason: ev.reason });
+    resolveClosed({ code: errorCodeOfClose("websocket", ev.code), reason: ev.reason });
     wake?.();
   };
   await timeout(
@@ -200,8 +199,8 @@ export async function openWebSocket(url: string, timeoutMs: number): Promise<Con
         wake = null;
       }
     },
-    close(code = 1000, reason = "") {
-      ws.close(code === 0 ? 1000 : code, reason);
+    close(code = 0, reason = "") {
+      ws.close(closeCodeOf("websocket", code), reason);
     },
     closed,
   };

@@ -4,10 +4,11 @@
 //
 // Needs: `npm run build` first, and the petrel binary at
 // $CARGO_TARGET_DIR/debug/petrel (scripts/test.sh provides both).
-import { test, before, after } from "node:test";
+import { test as nodeTest, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { launchChromium, petrelBin, startDev } from "./topology.mjs";
+import { HOOK_MS, TEST_MS, httpGet, launchChromium, pageWait, petrelBin, run, startDev, within } from "./topology.mjs";
+
+const test = (name, fn) => nodeTest(name, { timeout: TEST_MS }, fn);
 
 let dev;
 let devDir;
@@ -18,42 +19,62 @@ before(async () => {
   dev = await startDev();
   ({ dir: devDir, ep } = dev);
   browser = await launchChromium();
-});
+}, { timeout: HOOK_MS });
 
 after(async () => {
-  await browser?.close();
-  await dev?.stop();
-});
+  try {
+    if (browser) await within(30_000, browser.close(), "Chromium to close");
+  } finally {
+    await dev?.stop();
+  }
+}, { timeout: HOOK_MS });
+
+/** A fresh browser context whose Playwright actions (goto, click, fill, waits) fail after 15 s. */
+async function newContext(options) {
+  const context = await browser.newContext(options);
+  context.setDefaultTimeout(15_000);
+  return context;
+}
+
+/** Evaluates `fn(arg)` in `page`, failing after `ms` (saying that `what` did not happen) if its promise has not settled. */
+function evaluateWithin(page, ms, what, fn, arg) {
+  return within(ms, page.evaluate(fn, arg), what);
+}
+
+/** Opens the demo page in `context`; page errors are logged as `who`'s. */
+async function openDemo(context, who = "page") {
+  const page = await context.newPage();
+  page.on("pageerror", (e) => console.error(`[${who}] page error: ${e.message}`));
+  await page.goto(`${ep.http}/`);
+  await pageWait(page, "the demo page to set window.petrel", () => window.petrel !== undefined);
+  return page;
+}
 
 /** A page of the demo in a fresh browser context, signed in as `user`. */
 async function openUser(user, { noWebTransport = false, expect = "webtransport" } = {}) {
   // The demo page uses petrel dev's plain loopback WebSocket for the fallback, so no
   // certificate has to be trusted (the wss listener is tested with a bad token below).
-  const context = await browser.newContext();
+  const context = await newContext();
   if (noWebTransport) {
     await context.addInitScript(() => {
       delete window.WebTransport;
     });
   }
-  const page = await context.newPage();
-  page.on("pageerror", (e) => console.error(`[${user}] page error: ${e.message}`));
-  await page.goto(`${ep.http}/`);
-  await page.waitForFunction(() => window.petrel !== undefined);
-  const r = await page.evaluate((u) => window.petrel.signIn(u).then((x) => x.transport), user);
+  const page = await openDemo(context, user);
+  const r = await evaluateWithin(page, 20_000, `${user} to sign in`, (u) => window.petrel.signIn(u).then((x) => x.transport), user);
   assert.equal(r, expect, `${user} connected over ${r}`);
   return { page, context };
 }
 
+/** Sends through the demo page; resolves with the SendResult (`seq` as a string). */
 async function send(page, to, text) {
-  const r = await page.evaluate(([t, x]) => window.petrel.send(t, x), [to, text]);
+  const r = await evaluateWithin(page, 15_000, `the SendResult of "${text}"`, ([t, x]) => window.petrel.send(t, x), [to, text]);
   assert.equal(r.status, "stored", JSON.stringify(r));
   return r;
 }
 
 async function waitRow(page, text) {
-  await page.waitForFunction((t) => window.petrel.rows().some((r) => r.text.endsWith(t)), text, {
-    timeout: 15_000,
-  });
+  await pageWait(page, `a row ending "${text}"`, (t) => window.petrel.rows().some((r) => r.text.endsWith(t)), text);
 }
 
 async function rows(page) {
@@ -77,7 +98,7 @@ test("two browsers chat both ways over WebTransport", async () => {
   assert.deepEqual(got, Array.from({ length: 20 }, (_, i) => `alice: burst ${i}`), "in order, once each");
   // The sender's page shows each of its messages once, though the copy kept in its own
   // inbox is delivered back to it.
-  await alice.page.waitForFunction(() => window.petrel.client.stats.wireDeliveries >= 22);
+  await pageWait(alice.page, "alice's own 21 messages and bob's 1 on the wire", () => window.petrel.client.stats.wireDeliveries >= 22);
   const mine = (await rows(alice.page)).map((r) => r.text).filter((t) => !t.startsWith("bob:"));
   assert.deepEqual(mine, ["hi bob, from a browser", ...Array.from({ length: 20 }, (_, i) => `burst ${i}`)]);
   await alice.context.close();
@@ -97,32 +118,32 @@ test("without WebTransport the SDK falls back to WebSocket and chats with a WebT
   await wtUser.context.close();
 });
 
-/** Runs the petrel CLI against the dev topology; resolves with its stdout lines. */
-function cli(args, { onStderr } = {}) {
-  const child = spawn(petrelBin, ["client", "--dev", devDir, ...args], { stdio: ["ignore", "pipe", "pipe"] });
-  let out = "";
-  let err = "";
-  child.stdout.on("data", (d) => (out += d));
-  child.stderr.on("data", (d) => {
-    err += d;
-    onStderr?.(err);
+/** Runs the petrel CLI against the dev topology; `done` resolves with its stdout lines. */
+function cli(args, options) {
+  return run(petrelBin, ["client", "--dev", devDir, ...args], options);
+}
+
+/** Starts `petrel client listen` for one message as `user` over QUIC; resolves once it is listening. */
+async function cliListen(user) {
+  let listening;
+  const isListening = new Promise((r) => (listening = r));
+  const listener = cli(["--user", user, "--transport", "quic", "listen", "--count", "1", "--timeout", "30"], {
+    ms: 45_000,
+    onStderr: (err) => err.includes("listening as") && listening(),
   });
-  const done = new Promise((resolve, reject) => {
-    child.on("exit", (code) =>
-      code === 0 ? resolve(out.trim().split("\n").filter(Boolean)) : reject(new Error(`petrel client ${args.join(" ")} exited ${code}: ${err}`)),
-    );
-  });
-  return { child, done };
+  // An early exit fails here rather than waiting out the timer.
+  await within(20_000, Promise.race([isListening, listener.done]), `petrel client listen (${user}) to print "listening as"`);
+  return listener;
+}
+
+/** Adds `members` to `group`, as the group service would, through the admin CLI. */
+async function addGroup(group, ...members) {
+  await run(petrelBin, ["admin", "group", "--dev", devDir, "add", group, ...members]).done;
 }
 
 test("a browser user and a Rust CLI user over native QUIC exchange messages both ways", async () => {
   const browserUser = await openUser("frank");
-  let listening;
-  const isListening = new Promise((r) => (listening = r));
-  const listener = cli(["--user", "grace", "--transport", "quic", "listen", "--count", "1", "--timeout", "30"], {
-    onStderr: (err) => err.includes("listening as") && listening(),
-  });
-  await isListening;
+  const listener = await cliListen("grace");
   await send(browserUser.page, "grace", "browser to cli");
   const lines = await listener.done;
   const msg = JSON.parse(lines[0]);
@@ -134,38 +155,75 @@ test("a browser user and a Rust CLI user over native QUIC exchange messages both
   await browserUser.context.close();
 });
 
-test("reloading a page reconnects and shows no message twice", async () => {
-  const alice = await openUser("henry");
-  const bob = await openUser("iris");
-  await send(alice.page, "iris", "before reload");
-  await waitRow(bob.page, "henry: before reload");
-  await bob.page.reload();
-  await bob.page.waitForFunction(() => window.petrel?.client?.state === "open", null, { timeout: 15_000 });
-  assert.equal(await bob.page.evaluate(() => window.petrel.client.transport), "webtransport");
-  await send(alice.page, "iris", "after reload");
-  await waitRow(bob.page, "henry: after reload");
+/** Waits until `page`'s client has acknowledged `subject` up to `seq`. */
+async function waitAcked(page, who, subject, seq) {
+  await pageWait(
+    page,
+    `${who}'s SDK to acknowledge ${subject}/${seq}`,
+    ([s, q]) => BigInt(window.petrel.client?.cursorMap[s] ?? 0) >= BigInt(q),
+    [subject, String(seq)],
+  );
+}
+
+test("reloading a page resumes from the SDK's cursors: what was sent meanwhile arrives once each, in order", async () => {
+  const henry = await openUser("henry");
+  const iris = await openUser("iris");
+  const inbox = "msg.private.iris";
+  const before = await send(henry.page, "iris", "before reload");
+  await waitAcked(iris.page, "iris", inbox, before.seq);
+  // The reloaded page signs in once /client-config answers: holding that answer until
+  // the messages are stored makes them arrive while iris has no connection.
+  let release;
+  const held = new Promise((r) => (release = r));
+  await iris.page.route("**/client-config", async (route) => {
+    await held;
+    await route.continue();
+  });
+  // Each message iris should get after the reload, as the SDK names it (`subject/seq`).
+  const expected = [];
+  const sent = (r, text) => expected.push({ id: `${r.subject}/${r.seq}`, text });
+  try {
+    await iris.page.reload();
+    for (let i = 0; i < 5; i++) sent(await send(henry.page, "iris", `away ${i}`), `away ${i}`);
+  } finally {
+    release();
+  }
+  await pageWait(iris.page, "the reloaded page to reconnect", () => window.petrel?.client?.state === "open");
+  assert.equal(await iris.page.evaluate(() => window.petrel.client.transport), "webtransport");
   // The sender retries the same message id (as after a lost SendResult): stored once,
   // delivered once.
-  const first = await alice.page.evaluate(() => window.petrel.client.send("iris", "retried", { clientMsgId: "retry-1" }));
-  const again = await alice.page.evaluate(() => window.petrel.client.send("iris", "retried", { clientMsgId: "retry-1" }));
+  const retry = () =>
+    evaluateWithin(henry.page, 15_000, "the SendResult of the retried send", () =>
+      window.petrel.client.send("iris", "retried", { clientMsgId: "retry-1" }).then((r) => ({ ...r, seq: String(r.seq) })),
+    );
+  const first = await retry();
+  const again = await retry();
   assert.equal(again.duplicate, true);
-  assert.equal(String(again.seq), String(first.seq));
-  await waitRow(bob.page, "henry: retried");
-  await send(alice.page, "iris", "last");
-  await waitRow(bob.page, "henry: last");
-  const shown = await rows(bob.page);
-  const ids = shown.map((r) => r.id);
-  assert.equal(new Set(ids).size, ids.length, `duplicate rows: ${JSON.stringify(shown)}`);
-  const texts = shown.map((r) => r.text);
-  for (const t of ["henry: before reload", "henry: after reload", "henry: retried", "henry: last"]) {
-    assert.equal(texts.filter((x) => x === t).length, 1, `${t} shown once in ${JSON.stringify(texts)}`);
-  }
-  await alice.context.close();
-  await bob.context.close();
+  assert.equal(again.seq, first.seq);
+  sent(first, "retried");
+  const last = await send(henry.page, "iris", "last");
+  sent(last, "last");
+  await waitAcked(iris.page, "iris", inbox, last.seq);
+  // What the new page's client handed over since the reload (the page itself hides a
+  // row it already shows, and restores rows from sessionStorage: its rows prove nothing).
+  const { delivered, stats } = await iris.page.evaluate(() => ({ delivered: window.petrel.delivered, stats: window.petrel.client.stats }));
+  assert.deepEqual(
+    delivered.map(({ id, text }) => ({ id, text })),
+    expected,
+    "the resume delivers exactly what was sent while away, then what followed, in order",
+  );
+  const n = expected.length;
+  assert.deepEqual(
+    stats,
+    { wireDeliveries: n, appDeliveries: n, duplicatesDropped: 0, reconnects: 0 },
+    "nothing acknowledged before the reload comes again, not even on the wire",
+  );
+  await henry.context.close();
+  await iris.context.close();
 });
 
 test("the certificate hash endpoint answers, and a wrong pinned hash fails with a clear error", async () => {
-  const res = await fetch(`${ep.http}/cert-hashes`);
+  const res = await httpGet(`${ep.http}/cert-hashes`);
   assert.equal(res.status, 200);
   assert.equal(res.headers.get("access-control-allow-origin"), "*");
   const hashes = await res.json();
@@ -175,11 +233,9 @@ test("the certificate hash endpoint answers, and a wrong pinned hash fails with 
   assert.notEqual(hashes.current, hashes.next);
   assert.equal(hashes.current, ep.cert_sha256);
 
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  await page.goto(`${ep.http}/`);
-  await page.waitForFunction(() => window.petrel !== undefined);
-  const err = await page.evaluate(async (wrong) => {
+  const context = await newContext();
+  const page = await openDemo(context, "judy");
+  const err = await evaluateWithin(page, 20_000, "connect with a wrong pinned hash to fail", async (wrong) => {
     const cfg = await (await fetch("/client-config")).json();
     const token = (await (await fetch("/dev/token?user=judy")).json()).token;
     const client = new window.petrel.PetrelClient({
@@ -203,7 +259,7 @@ test("the certificate hash endpoint answers, and a wrong pinned hash fails with 
   assert.ok(err.message.includes(hashes.current), err.message);
 
   // The right hashes from the endpoint connect.
-  const ok = await page.evaluate(async () => {
+  const ok = await evaluateWithin(page, 20_000, "connect with the served hashes", async () => {
     const cfg = await (await fetch("/client-config")).json();
     const token = (await (await fetch("/dev/token?user=judy")).json()).token;
     const client = new window.petrel.PetrelClient({
@@ -224,12 +280,10 @@ test("the certificate hash endpoint answers, and a wrong pinned hash fails with 
 test("a bad token is refused with the gateway's error code on both transports", async () => {
   // WebSocket over TLS: browsers cannot pin a hash for it, so this context trusts the
   // dev certificate the way a developer would by accepting it once.
-  const context = await browser.newContext({ ignoreHTTPSErrors: true });
-  const page = await context.newPage();
-  await page.goto(`${ep.http}/`);
-  await page.waitForFunction(() => window.petrel !== undefined);
+  const context = await newContext({ ignoreHTTPSErrors: true });
+  const page = await openDemo(context);
   for (const transport of ["webtransport", "websocket"]) {
-    const err = await page.evaluate(async (t) => {
+    const err = await evaluateWithin(page, 20_000, `the ${transport} connect with a bad token to be refused`, async (t) => {
       const cfg = await (await fetch("/client-config")).json();
       const client = new window.petrel.PetrelClient({
         webTransportUrl: cfg.webtransport,
@@ -252,11 +306,9 @@ test("a bad token is refused with the gateway's error code on both transports", 
 });
 
 test("when the gateway ends a session (token expired) the SDK reconnects with a fresh token and misses nothing", async () => {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  await page.goto(`${ep.http}/`);
-  await page.waitForFunction(() => window.petrel !== undefined);
-  await page.evaluate(async () => {
+  const context = await newContext();
+  const page = await openDemo(context, "kate");
+  await evaluateWithin(page, 20_000, "kate to connect", async () => {
     const cfg = await (await fetch("/client-config")).json();
     const client = new window.petrel.PetrelClient({
       webTransportUrl: cfg.webtransport,
@@ -271,9 +323,13 @@ test("when the gateway ends a session (token expired) the SDK reconnects with a 
     client.addEventListener("message", (e) => window.kate.texts.push(e.detail.text));
     await client.connect();
   });
-  await page.waitForFunction(() => window.kate.client.stats.reconnects >= 1 && window.kate.client.state === "open", null, {
-    timeout: 20_000,
-  });
+  await pageWait(
+    page,
+    "kate's client to reconnect after its token expired",
+    () => window.kate.client.stats.reconnects >= 1 && window.kate.client.state === "open",
+    null,
+    20_000,
+  );
   const { errors, transport } = await page.evaluate(() => ({ errors: window.kate.errors, transport: window.kate.client.transport }));
   assert.ok(errors.includes("TOKEN_EXPIRED"), JSON.stringify(errors));
   assert.equal(transport, "webtransport");
@@ -285,7 +341,7 @@ test("when the gateway ends a session (token expired) the SDK reconnects with a 
     assert.equal(JSON.parse(sent[0]).status, "stored");
     texts.push(`m${i}`);
   }
-  await page.waitForFunction((n) => window.kate.texts.length >= n, texts.length, { timeout: 15_000 });
+  await pageWait(page, `kate to get all ${texts.length} messages`, (n) => window.kate.texts.length >= n, texts.length);
   const got = await page.evaluate(() => window.kate.texts);
   assert.deepEqual(got, texts);
   const reconnects = await page.evaluate(() => window.kate.client.stats.reconnects);
@@ -298,7 +354,7 @@ test("history: a new device scrolls back through what was sent before it existed
   const nate = await openUser("nate");
   for (let i = 0; i < 15; i++) await send(nate.page, "mona", `old ${i}`);
   const mona = await openUser("mona");
-  const texts = await mona.page.evaluate(async () => {
+  const texts = await evaluateWithin(mona.page, 15_000, "mona's history pages", async () => {
     const out = [];
     let before;
     for (;;) {
@@ -312,11 +368,11 @@ test("history: a new device scrolls back through what was sent before it existed
   assert.deepEqual(texts, Array.from({ length: 15 }, (_, i) => `old ${14 - i}`));
   // The demo's "Load older" button (20 a page) shows them above, oldest at the top, once.
   await mona.page.click("#older");
-  await mona.page.waitForFunction(() => window.petrel.rows().length >= 15);
+  await pageWait(mona.page, "Load older to show 15 rows", () => window.petrel.rows().length >= 15);
   const shown = (await rows(mona.page)).map((r) => r.text);
   assert.deepEqual(shown, Array.from({ length: 15 }, (_, i) => `nate: old ${i}`));
   // Someone else's inbox is refused with the gateway's code.
-  const err = await mona.page.evaluate(() =>
+  const err = await evaluateWithin(mona.page, 15_000, "the answer to a history request on nate's inbox", () =>
     window.petrel.client.history({ subject: "msg.private.nate" }).then(
       () => null,
       (e) => e.code,
@@ -328,20 +384,11 @@ test("history: a new device scrolls back through what was sent before it existed
 });
 
 test("groups: a browser's group message reaches a browser member and a CLI member; a non-member is refused", async () => {
-  // Membership as the group service would write it, through the admin CLI.
-  await new Promise((resolve, reject) => {
-    const admin = spawn(petrelBin, ["admin", "group", "--dev", devDir, "add", "crew", "olga", "pete", "quinn"], { stdio: "ignore" });
-    admin.on("exit", (code) => (code === 0 ? resolve() : reject(new Error(`petrel admin exited ${code}`))));
-  });
+  await addGroup("crew", "olga", "pete", "quinn");
   const olga = await openUser("olga");
   const pete = await openUser("pete", { noWebTransport: true, expect: "websocket" });
   const rita = await openUser("rita");
-  let listening;
-  const isListening = new Promise((r) => (listening = r));
-  const quinn = cli(["--user", "quinn", "--transport", "quic", "listen", "--count", "1", "--timeout", "30"], {
-    onStderr: (err) => err.includes("listening as") && listening(),
-  });
-  await isListening;
+  const quinn = await cliListen("quinn");
   const got = pete.page.evaluate(
     () =>
       new Promise((resolve, reject) => {
@@ -351,24 +398,25 @@ test("groups: a browser's group message reaches a browser member and a CLI membe
         });
       }),
   );
-  const r = await olga.page.evaluate(() => window.petrel.client.sendToGroup("crew", "hello crew"));
+  const r = await evaluateWithin(olga.page, 15_000, "the SendResult of olga's group message", () =>
+    window.petrel.client.sendToGroup("crew", "hello crew"),
+  );
   assert.equal(r.status, "stored", `${r.status} ${r.reason} ${r.detail}`);
   assert.equal(r.subject, "msg.group.crew");
   assert.deepEqual(await got, { group: "crew", subject: "msg.group.crew", text: "hello crew", from: "olga" });
   const line = JSON.parse((await quinn.done)[0]);
   assert.equal(line.subject, "msg.group.crew");
   assert.equal(line.text, "hello crew");
-  const refused = await rita.page.evaluate(() => window.petrel.client.sendToGroup("crew", "let me in"));
+  const refused = await evaluateWithin(rita.page, 15_000, "the SendResult of rita's group message", () =>
+    window.petrel.client.sendToGroup("crew", "let me in"),
+  );
   assert.equal(refused.status, "rejected");
   assert.equal(refused.reason, "FORBIDDEN");
   for (const u of [olga, pete, rita]) await u.context.close();
 });
 
 test("delivery streams: a WebTransport member gets a group and direct messages interleaved, each conversation in order", async () => {
-  await new Promise((resolve, reject) => {
-    const admin = spawn(petrelBin, ["admin", "group", "--dev", devDir, "add", "lanes", "sam", "tess"], { stdio: "ignore" });
-    admin.on("exit", (code) => (code === 0 ? resolve() : reject(new Error(`petrel admin exited ${code}`))));
-  });
+  await addGroup("lanes", "sam", "tess");
   const sam = await openUser("sam");
   const tess = await openUser("tess");
   const got = tess.page.evaluate(
@@ -384,7 +432,7 @@ test("delivery streams: a WebTransport member gets a group and direct messages i
         });
       }),
   );
-  await sam.page.evaluate(async () => {
+  await evaluateWithin(sam.page, 15_000, "the SendResults of sam's 20 sends", async () => {
     const c = window.petrel.client;
     const sends = [];
     for (let i = 0; i < 10; i++) {
@@ -413,7 +461,8 @@ test("receipts: a browser reader's read receipt reaches the browser sender", asy
   );
   const seen = tom.page.evaluate(
     () =>
-      new Promise((resolve) => {
+      new Promise((resolve, reject) => {
+        setTimeout(() => reject(new Error("tom got no r-1 to answer with a receipt within 10 s")), 10_000);
         window.petrel.client.addEventListener("message", (e) => {
           if (e.detail.clientMsgId === "r-1" && !e.detail.outgoing) {
             window.petrel.client.receipt("read", e.detail).then(() => resolve(true));
@@ -421,7 +470,9 @@ test("receipts: a browser reader's read receipt reaches the browser sender", asy
         });
       }),
   );
-  const r = await sara.page.evaluate(() => window.petrel.client.send("tom", "read me", { clientMsgId: "r-1" }));
+  const r = await evaluateWithin(sara.page, 15_000, "the SendResult of r-1", () =>
+    window.petrel.client.send("tom", "read me", { clientMsgId: "r-1" }),
+  );
   assert.equal(r.status, "stored");
   assert.equal(await seen, true);
   assert.deepEqual(await receipt, { from: "tom", kind: "read", id: "r-1" });
@@ -439,11 +490,11 @@ test("typing: a WebTransport user's typing shows on a WebSocket user's page", as
         window.petrel.client.addEventListener("typing", (e) => resolve(e.detail));
       }),
   );
-  await uma.page.evaluate(() => window.petrel.client.typing("vic", true));
+  await evaluateWithin(uma.page, 5_000, "uma's typing to vic to be written", () => window.petrel.client.typing("vic", true));
   assert.deepEqual(await seen, { from: "uma", group: undefined, typing: true });
   // Between two WebTransport pages typing travels as datagrams both ways.
   const counters = async () => {
-    const body = await (await fetch(`${ep.http}/readyz`)).text();
+    const body = await (await httpGet(`${ep.http}/readyz`)).text();
     const n = (k) => Number(body.match(new RegExp(`${k}=(\\d+)`))?.[1] ?? NaN);
     return { in: n("datagrams_in"), out: n("datagrams_out") };
   };
@@ -456,7 +507,7 @@ test("typing: a WebTransport user's typing shows on a WebSocket user's page", as
         window.petrel.client.addEventListener("typing", (e) => resolve(e.detail.from));
       }),
   );
-  await uma.page.evaluate(() => window.petrel.client.typing("wes", true));
+  await evaluateWithin(uma.page, 5_000, "uma's typing to wes to be written", () => window.petrel.client.typing("wes", true));
   assert.equal(await wesSees, "uma");
   const after = await counters();
   assert.ok(after.in > before.in && after.out > before.out, `datagrams ${JSON.stringify(before)} -> ${JSON.stringify(after)}`);
@@ -494,25 +545,24 @@ test("presence: a browser watching a user sees it come online and go offline", a
 });
 
 test("the demo page shows group messages, typing, presence and read receipts", async () => {
-  await new Promise((resolve, reject) => {
-    const admin = spawn(petrelBin, ["admin", "group", "--dev", devDir, "add", "demo", "yara", "zane"], { stdio: "ignore" });
-    admin.on("exit", (code) => (code === 0 ? resolve() : reject(new Error(`petrel admin exited ${code}`))));
-  });
+  await addGroup("demo", "yara", "zane");
   const yara = await openUser("yara");
   const zane = await openUser("zane");
   // Presence: zane watches yara through the form.
   await zane.page.fill("#watch input[name=users]", "yara");
   await zane.page.click("#watch button");
-  await zane.page.waitForFunction(() => document.querySelector("#presence").textContent.includes("● yara"));
+  await pageWait(zane.page, "zane's page to show yara online", () => document.querySelector("#presence").textContent.includes("● yara"));
   // Typing: yara types to zane.
   await yara.page.fill("#compose input[name=to]", "zane");
   await yara.page.type("#compose input[name=text]", "hel");
-  await zane.page.waitForFunction(() => document.querySelector("#typing").textContent.startsWith("yara is typing"));
+  await pageWait(zane.page, "zane's page to show yara typing", () => document.querySelector("#typing").textContent.startsWith("yara is typing"));
   // A direct message is read by zane's page: yara's row says so.
   await yara.page.fill("#compose input[name=text]", "hello zane");
   await yara.page.click("#compose button");
   await waitRow(zane.page, "yara: hello zane");
-  await yara.page.waitForFunction(() => [...document.querySelectorAll("#messages li.mine .meta")].some((m) => m.textContent.includes("read by zane")));
+  await pageWait(yara.page, "yara's row to say read by zane", () =>
+    [...document.querySelectorAll("#messages li.mine .meta")].some((m) => m.textContent.includes("read by zane")),
+  );
   // A group message through the form ("#demo").
   await yara.page.fill("#compose input[name=to]", "#demo");
   await yara.page.fill("#compose input[name=text]", "hello group");

@@ -2,7 +2,7 @@
 // drops in the middle of a send, reconnect timing. The SDK runs in real headless
 // Chromium; on the other end is a scripted fake gateway speaking the real protocol
 // (the generated protobuf schemas and the real framing) over a loopback WebSocket.
-import { test, before, after } from "node:test";
+import { test as nodeTest, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createServer } from "node:http";
 import { readFileSync } from "node:fs";
@@ -10,11 +10,15 @@ import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { WebSocketServer } from "ws";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { proto, encodeFrame, FrameDecoder } from "../dist/petrel.js";
-import { launchChromium } from "./topology.mjs";
+import { proto, encodeFrame, FrameDecoder, errorCodeName, errorCodeOfClose } from "../dist/petrel.js";
+import { HOOK_MS, TEST_MS, launchChromium, pageWait, within } from "./topology.mjs";
+
+/** A test with its own time limit. */
+const test = (name, fn) => nodeTest(name, { timeout: TEST_MS }, fn);
 
 const dist = join(dirname(fileURLToPath(import.meta.url)), "../dist");
 let server;
+let wss;
 let base;
 let browser;
 /** Called with each new fake-gateway connection. */
@@ -92,33 +96,48 @@ before(async () => {
     }
     res.writeHead(404).end();
   });
-  const wss = new WebSocketServer({ server, path: "/ws" });
+  wss = new WebSocketServer({ server, path: "/ws" });
   wss.on("connection", (ws) => {
     connections++;
     onConnection(new FakeConn(ws)).catch((e) => console.error("fake gateway:", e));
   });
-  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  await within(5_000, new Promise((r) => server.listen(0, "127.0.0.1", r)), "the fake gateway to listen");
   base = `127.0.0.1:${server.address().port}`;
   browser = await launchChromium();
-});
+}, { timeout: HOOK_MS });
 
 after(async () => {
-  await browser?.close();
-  server?.closeAllConnections();
-  await new Promise((r) => server.close(r));
-});
+  try {
+    if (browser) await within(30_000, browser.close(), "Chromium to close");
+  } finally {
+    for (const ws of wss?.clients ?? []) ws.terminate();
+    server?.closeAllConnections();
+    if (server) await within(5_000, new Promise((r) => server.close(r)), "the fake gateway to close");
+  }
+}, { timeout: HOOK_MS });
 
-async function sdkPage(init) {
+/**
+ * The SDK test page in a fresh context, closed when test `t` ends (a failed test's
+ * client must not reconnect into the next test's fake gateway).
+ */
+async function sdkPage(t, init) {
   const context = await browser.newContext();
+  context.setDefaultTimeout(15_000);
+  t.after(() => context.close());
   if (init) await context.addInitScript(init);
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error(`page error: ${e.message}`));
   await page.goto(`http://${base}/sdk.html`);
-  await page.waitForFunction(() => window.sdk !== undefined);
-  return { page, context };
+  await pageWait(page, "the SDK test page to load the SDK", () => window.sdk !== undefined);
+  return page;
 }
 
-test("the app never sees a message twice, on one connection or across a reconnect", async () => {
+/** Evaluates `fn(arg)` in `page`, failing after `ms` (saying that `what` did not happen) if its promise has not settled. */
+function evaluateWithin(page, ms, what, fn, arg) {
+  return within(ms, page.evaluate(fn, arg), what);
+}
+
+test("the app never sees a message twice, on one connection or across a reconnect", async (t) => {
   const hellos = [];
   onConnection = async (c) => {
     hellos.push(await c.welcome());
@@ -133,8 +152,8 @@ test("the app never sees a message twice, on one connection or across a reconnec
       c.send("deliver", create(proto.DeliverSchema, { messages: [message(1, "one"), message(2, "two"), message(3, "three")] }));
     }
   };
-  const { page, context } = await sdkPage();
-  const result = await page.evaluate(async (url) => {
+  const page = await sdkPage(t);
+  const result = await evaluateWithin(page, 15_000, "three messages, then a quiet 200 ms", async (url) => {
     const seen = [];
     const client = new window.sdk.PetrelClient({ webSocketUrl: url, token: "t", device: "d1", initialBackoffMs: 50 });
     client.addEventListener("message", (e) => seen.push(e.detail.text));
@@ -160,10 +179,9 @@ test("the app never sees a message twice, on one connection or across a reconnec
     hellos[1].cursors.map((c) => [c.subject, c.seq]),
     [["msg.private.bob", 2n]],
   );
-  await context.close();
 });
 
-test("a send cut off by a drop is sent again with the same id and resolves once", async () => {
+test("a send cut off by a drop is sent again with the same id and resolves once", async (t) => {
   const sendIds = [];
   onConnection = async (c) => {
     await c.welcome();
@@ -185,8 +203,8 @@ test("a send cut off by a drop is sent again with the same id and resolves once"
       );
     }
   };
-  const { page, context } = await sdkPage();
-  const r = await page.evaluate(async (url) => {
+  const page = await sdkPage(t);
+  const r = await evaluateWithin(page, 15_000, "the re-sent send to resolve", async (url) => {
     const client = new window.sdk.PetrelClient({ webSocketUrl: url, token: "t", device: "d2", initialBackoffMs: 50, storage: null });
     await client.connect();
     const res = await client.send("carol", "hello", { clientMsgId: "keep-me" });
@@ -195,10 +213,9 @@ test("a send cut off by a drop is sent again with the same id and resolves once"
   }, `ws://${base}/ws`);
   assert.deepEqual(sendIds, ["keep-me", "keep-me"]);
   assert.deepEqual(r, { status: "stored", seq: "7", duplicate: true, reconnects: 1 });
-  await context.close();
 });
 
-test("a queued send resolves as queued, its late stored result is an event, and it is not re-sent", async () => {
+test("a queued send resolves as queued, its late stored result is an event, and it is not re-sent", async (t) => {
   const seen = [];
   onConnection = async (c) => {
     await c.welcome();
@@ -214,8 +231,8 @@ test("a queued send resolves as queued, its late stored result is an event, and 
     await new Promise((r) => setTimeout(r, 50));
     c.close(4012, "going away");
   };
-  const { page, context } = await sdkPage();
-  const r = await page.evaluate(async (url) => {
+  const page = await sdkPage(t);
+  const r = await evaluateWithin(page, 15_000, "the queued send, its stored result and the reconnect", async (url) => {
     const client = new window.sdk.PetrelClient({ webSocketUrl: url, token: "t", device: "d5", initialBackoffMs: 50, storage: null });
     const late = new Promise((resolve, reject) => {
       setTimeout(() => reject(new Error("no sendresult event within 5 s")), 5000);
@@ -236,10 +253,9 @@ test("a queued send resolves as queued, its late stored result is an event, and 
   }, `ws://${base}/ws`);
   assert.deepEqual(r, { first: "queued", stored: "stored", storedId: "q1", seq: "12" });
   assert.deepEqual(seen.slice(0, 2), ["q1", "after"], `sends seen by the gateway: ${seen}`);
-  await context.close();
 });
 
-test("reconnect backoff waits, and the browser coming back online retries at once", async () => {
+test("reconnect backoff waits, and the browser coming back online retries at once", async (t) => {
   let accepted = 0;
   let reconnectedAt = 0;
   onConnection = async (c) => {
@@ -249,34 +265,33 @@ test("reconnect backoff waits, and the browser coming back online retries at onc
     else reconnectedAt = Date.now();
   };
   // Full jitter is random; fix it at 99% of the ceiling so the wait is known.
-  const { page, context } = await sdkPage(() => {
+  const page = await sdkPage(t, () => {
     Math.random = () => 0.99;
   });
-  await page.evaluate(async (url) => {
+  await evaluateWithin(page, 15_000, "the first connect", async (url) => {
     const client = new window.sdk.PetrelClient({ webSocketUrl: url, token: "t", device: "d3", initialBackoffMs: 60_000, maxBackoffMs: 60_000, storage: null });
     window.client = client;
     await client.connect();
   }, `ws://${base}/ws`);
-  await page.waitForFunction(() => window.client.retryAt !== null);
+  await pageWait(page, "the client to schedule a reconnect", () => window.client.retryAt !== null);
   // Full jitter at 99% of a 60 s ceiling: the next attempt is ~59 s away.
   const wait = await page.evaluate(() => window.client.retryAt - Date.now());
   assert.ok(wait > 50_000 && wait <= 60_000, `next attempt in ${wait} ms`);
   assert.equal(accepted, 1);
   const onlineAt = Date.now();
   await page.evaluate(() => window.dispatchEvent(new Event("online")));
-  await page.waitForFunction(() => window.client.state === "open", null, { timeout: 10_000 });
+  await pageWait(page, "the reconnect right after `online`", () => window.client.state === "open", null, 10_000);
   assert.equal(accepted, 2);
   assert.ok(reconnectedAt - onlineAt < 10_000, "reconnected right after `online`, not after the backoff");
   await page.evaluate(() => window.client.close());
-  await context.close();
 });
 
-test("when WebTransport fails the SDK falls back, and remembers it for the next connect", async () => {
+test("when WebTransport fails the SDK falls back, and remembers it for the next connect", async (t) => {
   onConnection = async (c) => {
     await c.welcome();
   };
   // Count WebTransport attempts.
-  const { page, context } = await sdkPage(() => {
+  const page = await sdkPage(t, () => {
     const Real = window.WebTransport;
     window.wtAttempts = 0;
     window.WebTransport = function (...args) {
@@ -284,7 +299,7 @@ test("when WebTransport fails the SDK falls back, and remembers it for the next 
       return new Real(...args);
     };
   });
-  const r = await page.evaluate(async (url) => {
+  const r = await evaluateWithin(page, 20_000, "two connects that fall back to WebSocket", async (url) => {
     const opts = {
       // Nothing listens on this UDP port: the handshake fails or times out.
       webTransportUrl: "https://127.0.0.1:9/wt",
@@ -307,10 +322,9 @@ test("when WebTransport fails the SDK falls back, and remembers it for the next 
     return { firstTransport, secondTransport, attemptsAfterFirst, attempts: window.wtAttempts, why };
   }, `ws://${base}/ws`);
   assert.deepEqual(r, { firstTransport: "websocket", secondTransport: "websocket", attemptsAfterFirst: 1, attempts: 1, why: "CONNECT_FAILED" });
-  await context.close();
 });
 
-test("a cursor the gateway moves back (a recreated stream) no longer hides new messages", async () => {
+test("a cursor the gateway moves back (a recreated stream) no longer hides new messages", async (t) => {
   onConnection = async (c) => {
     const hello = await c.next();
     assert.equal(hello.kind.value.cursors[0].seq, 900n, "the SDK resumed from its cursor");
@@ -325,11 +339,11 @@ test("a cursor the gateway moves back (a recreated stream) no longer hides new m
     );
     c.send("deliver", create(proto.DeliverSchema, { messages: [message(5, "new five")] }));
   };
-  const { page, context } = await sdkPage(() => {
+  const page = await sdkPage(t, () => {
     // What the SDK remembers from the stream's previous life.
     localStorage.setItem("petrel:state:d5", JSON.stringify({ cursors: { "msg.private.bob": "900" }, seen: ["msg.private.bob/5"] }));
   });
-  const r = await page.evaluate(async (url) => {
+  const r = await evaluateWithin(page, 15_000, `"new five" after a cursor moved back`, async (url) => {
     const client = new window.sdk.PetrelClient({ webSocketUrl: url, token: "t", device: "d5" });
     const seen = [];
     client.addEventListener("message", (e) => seen.push(e.detail.text));
@@ -343,5 +357,47 @@ test("a cursor the gateway moves back (a recreated stream) no longer hides new m
   }, `ws://${base}/ws`);
   assert.deepEqual(r.seen, ["new five"]);
   assert.deepEqual(r.cursors, { "msg.private.bob": "5" });
-  await context.close();
+});
+
+test("a WebSocket close 4000 + N and a WebTransport close N are the same error code", async (t) => {
+  for (let n = 0; n < 1000; n++) {
+    assert.equal(errorCodeOfClose("websocket", 4000 + n), n);
+    assert.equal(errorCodeOfClose("webtransport", n), n);
+  }
+  for (const c of [1000, 1001, 1006, 1011, 3999, 5000]) assert.equal(errorCodeOfClose("websocket", c), 0, `WebSocket ${c}`);
+  const names = [5, 6, 11, 12, 15, 999].map(errorCodeName);
+  assert.deepEqual(names, ["UNAUTHENTICATED", "TOKEN_EXPIRED", "SLOW_CONSUMER", "GOING_AWAY", "FORBIDDEN", "UNKNOWN_999"]);
+
+  // What the SDK makes of them: before Welcome (connect rejects), and after (`error` events).
+  const closes = [4005, 4011, 4012, 4999, 4000, 1011];
+  onConnection = async (c) => {
+    const code = closes.shift();
+    if (code === 4005) {
+      await c.next(); // the Hello, refused
+      return c.close(code, "bad token");
+    }
+    await c.welcome();
+    if (code !== undefined) c.close(code, "bye");
+  };
+  const page = await sdkPage(t);
+  const r = await evaluateWithin(page, 15_000, "a refused connect and five closes", async (url) => {
+    const opts = { webSocketUrl: url, token: "t", device: "d7", initialBackoffMs: 20, maxBackoffMs: 50, storage: null };
+    const refused = await new window.sdk.PetrelClient(opts).connect().then(
+      () => null,
+      (e) => e.code,
+    );
+    const client = new window.sdk.PetrelClient(opts);
+    const errors = [];
+    const five = new Promise((resolve) =>
+      client.addEventListener("error", (e) => {
+        errors.push(e.detail.code);
+        if (errors.length === 5) resolve();
+      }),
+    );
+    await client.connect();
+    await five;
+    client.close();
+    return { refused, errors };
+  }, `ws://${base}/ws`);
+  assert.deepEqual(r, { refused: "UNAUTHENTICATED", errors: ["SLOW_CONSUMER", "GOING_AWAY", "UNKNOWN_999", "CLOSED", "CLOSED"] });
 });

@@ -34,7 +34,8 @@ pub(crate) async fn run(
     let sender = ctx.connect(0, &sender_name, members, Vec::new()).await?;
     let stop = CancellationToken::new();
     let delivered = Arc::new(AtomicU64::new(0));
-    let subject = format!("msg.group.{group}");
+    let subject =
+        petrel_core::subject::group_subject(&petrel_core::GroupId::parse(group.as_str())?);
     let tallies: Vec<_> = clients
         .into_iter()
         .map(|c| {

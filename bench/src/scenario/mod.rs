@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hist::Latency;
 use crate::impair::{Impairment, Proxies};
+pub(crate) use crate::measure::{progress, wait_for};
 use crate::report::Report;
 use crate::topo::Target;
 
@@ -426,7 +427,7 @@ impl Ctx<'_> {
             .redis
             .clone()
             .context("this petrel dev has no Redis")?;
-        let dir = petrel_gateway::groups::Directory::new(Some(&url))?;
+        let dir = petrel_gateway::directory::Directory::new(Some(&url))?;
         let g = petrel_core::GroupId::parse(group)?;
         for u in users {
             dir.add(&g, &petrel_core::UserId::parse(u.as_str())?)
@@ -516,18 +517,6 @@ pub(crate) fn receive_resilient(
     })
 }
 
-/// A progress bar on stderr (hidden when stderr is not a terminal).
-pub(crate) fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
-    let pb = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{msg:>12} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec})",
-    ) {
-        pb.set_style(style);
-    }
-    pb.set_message(what.to_string());
-    pb
-}
-
 /// What one receiving client saw.
 #[derive(Default)]
 pub(crate) struct Tally {
@@ -595,28 +584,4 @@ pub(crate) fn receive(
         client.close().await;
         t
     })
-}
-
-/// Waits until `count` reaches `want`, or nothing new arrived for `quiet`; shows
-/// progress. Returns the count.
-pub(crate) async fn wait_for(count: &AtomicU64, want: u64, quiet: Duration, what: &str) -> u64 {
-    let pb = progress(want, what);
-    let mut last = count.load(Ordering::Relaxed);
-    let mut last_change = Instant::now();
-    loop {
-        let now = count.load(Ordering::Relaxed);
-        pb.set_position(now);
-        if now >= want {
-            break;
-        }
-        if now != last {
-            last = now;
-            last_change = Instant::now();
-        } else if last_change.elapsed() >= quiet {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    pb.finish_and_clear();
-    count.load(Ordering::Relaxed)
 }

@@ -24,7 +24,7 @@ pub(crate) async fn run(
     );
     let run = &ctx.run;
     let me = format!("{run}-rr");
-    let inbox = format!("msg.private.{me}");
+    let inbox = petrel_core::subject::private_inbox(&petrel_core::UserId::parse(me.as_str())?);
     let sender = ctx.connect(0, &format!("{run}-rs"), 1, Vec::new()).await?;
     let send = sender.sender();
     let drain = super::receive(

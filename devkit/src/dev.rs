@@ -1,9 +1,6 @@
-//! `petrel dev`: a whole local edge in one command.
-//!
-//! Starts a hub nats-server (JetStream, domain `hub`) and a leaf node connected to it,
-//! provisions the streams, writes a dev secret, starts the gateway in this process on
-//! free ports (self-signed certificate, rotated; dev tokens and the demo page on the
-//! HTTP listener) and writes `DIR/endpoints.json`:
+//! `petrel dev`: a whole local edge in one command — a [`crate::Topology`] in DIR with
+//! a dev secret, self-signed certificates (rotated), dev tokens and the demo page on
+//! each gateway's HTTP listener — and `DIR/endpoints.json` for the tools:
 //!
 //! ```json
 //! {"quic": "127.0.0.1:PORT", "webtransport": "https://127.0.0.1:PORT/wt",
@@ -16,15 +13,14 @@
 //! Everything lives under DIR, so two instances with different DIRs run side by side.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context;
-use petrel_core::auth::{Claims, mint_hs256};
+use petrel_gateway::listeners::{websocket, webtransport};
+use petrel_gateway::tls;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::nats_process::{NatsProcess, wait_jetstream};
-use crate::{Config, Gateway, provision, tls};
+use crate::topology::TopologyBuilder;
 
 /// `DIR/endpoints.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -97,7 +93,7 @@ impl Endpoints {
 /// or the one in `endpoints.json` when that cannot be fetched.
 pub async fn current_cert_sha256(ep: &Endpoints) -> String {
     let addr = ep.http.trim_start_matches("http://");
-    match crate::web::http_get(addr, "/cert-hashes").await {
+    match crate::http_get(addr, "/cert-hashes").await {
         Ok((200, body)) => serde_json::from_str::<tls::CertHashes>(&body)
             .map(|h| h.current)
             .unwrap_or_else(|_| ep.cert_sha256.clone()),
@@ -123,41 +119,23 @@ pub fn read_secret(dir: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(s.trim().as_bytes().to_vec())
 }
 
-/// Mints a dev token for `user` (and `device`) valid `ttl`.
-pub fn mint_token(
-    secret: &[u8],
-    user: &str,
-    device: Option<&str>,
-    ttl: Duration,
-) -> anyhow::Result<String> {
-    petrel_core::UserId::parse(user).context("--user")?;
-    if let Some(d) = device {
-        petrel_core::DeviceId::parse(d).context("--device")?;
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    mint_hs256(
-        secret,
-        &Claims {
-            sub: user.to_string(),
-            device: device.map(str::to_string),
-            exp: now + ttl.as_secs(),
-            iat: Some(now),
-        },
-    )
-    .map_err(|e| anyhow::anyhow!("minting token: {e}"))
+/// Writes `secret` as DIR's dev secret (readable by this user only).
+pub fn write_secret(dir: &Path, secret: &[u8]) -> anyhow::Result<()> {
+    tls::write_private(&secret_path(dir), secret)
 }
 
-fn ensure_secret(dir: &Path) -> anyhow::Result<()> {
-    let path = secret_path(dir);
-    if read_secret(dir).map(|s| s.len() >= 32).unwrap_or(false) {
-        return Ok(());
+/// DIR's dev secret, made (32 random bytes, hex) if it has none yet.
+fn ensure_secret(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    if let Ok(s) = read_secret(dir)
+        && s.len() >= 32
+    {
+        return Ok(s);
     }
     let bytes: [u8; 32] = rand::random();
-    tls::write_private(&path, hex::encode(bytes).as_bytes())
+    let secret = hex::encode(bytes).into_bytes();
+    write_secret(dir, &secret)?;
+    Ok(secret)
 }
-
 /// Writes the gateway config used by `petrel dev` (also runnable with `petrel gateway`).
 /// `web_dir` is served on the HTTP listener (the demo page).
 pub fn write_gateway_config(
@@ -207,7 +185,16 @@ dev_tokens = true
     Ok(path)
 }
 
-/// Runs the dev topology until `shutdown`.
+/// The gateway id of `petrel dev`'s edge `i`.
+fn gateway_id(i: usize) -> String {
+    match i {
+        0 => "dev-edge".into(),
+        i => format!("dev-edge-{i}"),
+    }
+}
+
+/// Runs the dev topology in `dir` until `shutdown`, serving `web_dir` (the demo page)
+/// on each gateway's HTTP listener.
 pub async fn run(
     dir: &Path,
     web_dir: Option<&Path>,
@@ -226,118 +213,90 @@ pub async fn run(
     let dir = dir.canonicalize()?;
     let endpoints_path = dir.join("endpoints.json");
     let _ = std::fs::remove_file(&endpoints_path);
-
-    eprintln!("petrel dev: starting hub nats-server (JetStream domain hub)…");
-    let hub = NatsProcess::start_hub(&dir.join("hub"), "hub", None).await?;
-    let hub_client = wait_jetstream(&hub.client_url, "hub", Duration::from_secs(20)).await?;
-    let done = provision::provision(&hub_client, "hub", 1).await?;
-    for p in &done {
-        eprintln!("petrel dev: stream {} {}", p.stream, p.action);
-    }
-    let hub_leaf = hub
-        .leafnode_url
-        .clone()
-        .context("hub has no leafnode port")?;
-    eprintln!("petrel dev: starting redis-server…");
-    let redis = crate::redis_process::RedisProcess::start(&dir.join("redis")).await?;
-    ensure_secret(&dir)?;
-
-    // Edge 0 lives in DIR itself (as it always has); more edges in DIR/edge-N.
-    let mut leafs = Vec::new();
-    let mut gateways = Vec::new();
-    let mut edge_eps = Vec::new();
-    for i in 0..edges {
-        let (edge_dir, id) = if i == 0 {
-            (dir.clone(), "dev-edge".to_string())
-        } else {
-            let d = dir.join(format!("edge-{i}"));
-            std::fs::create_dir_all(&d)?;
-            std::fs::copy(secret_path(&dir), secret_path(&d))?;
-            (d, format!("dev-edge-{i}"))
-        };
-        eprintln!("petrel dev: starting leaf nats-server for {id}…");
-        // Server names must differ: the hub tells leaf nodes apart by them.
-        let leaf_name = if i == 0 {
-            "leaf".to_string()
-        } else {
-            format!("leaf{i}")
-        };
-        let leaf =
-            NatsProcess::start_leaf(&edge_dir.join("leaf"), &leaf_name, &hub_leaf, None).await?;
-        wait_jetstream(&leaf.client_url, "hub", Duration::from_secs(20))
-            .await
-            .context("leaf node did not connect to the hub")?;
-        let config_path =
-            write_gateway_config(&edge_dir, &id, &leaf.client_url, web_dir.as_deref())?;
-        let mut cfg = Config::load(&config_path)?;
-        cfg.redis.url = Some(redis.url.clone());
-        let gateway = Gateway::load(cfg).await?;
-        if !gateway.wait_connected(Duration::from_secs(20)).await {
-            anyhow::bail!(
-                "the gateway did not connect to the leaf at {}",
-                leaf.client_url
-            );
-        }
-        let addrs = gateway.addrs();
-        edge_eps.push(EdgeEndpoints {
-            gateway_id: id,
-            quic: addrs.quic.to_string(),
-            websocket: format!("wss://{}/ws", addrs.websocket),
-            websocket_plain: addrs.websocket_plain.map(|a| format!("ws://{a}/ws")),
-            http: format!("http://{}", addrs.http),
-            nats_leaf: leaf.client_url.clone(),
-            cert_sha256: gateway.cert_sha256(),
-        });
-        leafs.push(leaf);
-        gateways.push(gateway);
-    }
-    let first = edge_eps[0].clone();
-    let endpoints = Endpoints {
-        quic: first.quic.clone(),
-        webtransport: format!("https://{}{}", first.quic, crate::quic::WEBTRANSPORT_PATH),
-        websocket: first.websocket.clone(),
-        websocket_plain: first.websocket_plain.clone(),
-        http: first.http.clone(),
-        nats_hub: hub.client_url.clone(),
-        nats_leaf: first.nats_leaf.clone(),
-        redis: Some(redis.url.clone()),
-        cert_sha256: first.cert_sha256.clone(),
-        gateway_id: first.gateway_id.clone(),
-        pid: std::process::id(),
-        edges: edge_eps,
-    };
+    let secret = ensure_secret(&dir)?;
+    let serving_page = web_dir.is_some();
+    let topo = TopologyBuilder::new(edges, &secret)
+        .root(&dir)
+        .web_dir(web_dir)
+        .gateway_id(gateway_id)
+        .progress(true)
+        .start()
+        .await?;
+    let endpoints = endpoints(&topo);
     let tmp = dir.join("endpoints.json.tmp");
     std::fs::write(&tmp, serde_json::to_string_pretty(&endpoints)?)?;
     std::fs::rename(&tmp, &endpoints_path)?;
+    print_ready(&endpoints, serving_page, &endpoints_path);
+    topo.run_until(shutdown).await;
+    eprintln!("petrel dev: stopping…");
+    let _ = std::fs::remove_file(&endpoints_path);
+    let stopped = topo.shut_down().await;
+    eprintln!("petrel dev: stopped");
+    stopped
+}
+
+/// What `endpoints.json` says of `topo`.
+fn endpoints(topo: &crate::Topology) -> Endpoints {
+    let edges: Vec<EdgeEndpoints> = topo
+        .edges
+        .iter()
+        .map(|e| EdgeEndpoints {
+            gateway_id: e.id.clone(),
+            quic: e.addrs.quic.to_string(),
+            websocket: format!("wss://{}{}", e.addrs.websocket, websocket::PATH),
+            websocket_plain: e
+                .addrs
+                .websocket_plain
+                .map(|a| format!("ws://{a}{}", websocket::PATH)),
+            http: format!("http://{}", e.addrs.http),
+            nats_leaf: e.leaf_url.clone(),
+            cert_sha256: e.certs.hashes().current,
+        })
+        .collect();
+    let first = edges[0].clone();
+    Endpoints {
+        webtransport: format!("https://{}{}", first.quic, webtransport::PATH),
+        quic: first.quic,
+        websocket: first.websocket,
+        websocket_plain: first.websocket_plain,
+        http: first.http,
+        nats_hub: topo
+            .hub
+            .as_ref()
+            .map(|h| h.client_url.clone())
+            .unwrap_or_default(),
+        nats_leaf: first.nats_leaf,
+        redis: topo.redis.as_ref().map(|r| r.url.clone()),
+        cert_sha256: first.cert_sha256,
+        gateway_id: first.gateway_id,
+        pid: std::process::id(),
+        edges,
+    }
+}
+
+fn print_ready(e: &Endpoints, serving_page: bool, path: &Path) {
     eprintln!(
         "petrel dev: ready\n  demo page  {}\n  quic       {}\n  webtransport {}\n  websocket  {} (plain: {})\n  http       {}\n  nats hub   {}\n  nats leaf  {}\n  redis      {}\n  cert sha256 {}\n  endpoints  {}\nPress Ctrl-C to stop.",
-        if web_dir.is_some() {
-            endpoints.http.clone()
+        if serving_page {
+            e.http.as_str()
         } else {
-            "(none: pass --web-dir web/dist)".into()
+            "(none: pass --web-dir web/dist)"
         },
-        endpoints.quic,
-        endpoints.webtransport,
-        endpoints.websocket,
-        endpoints.websocket_plain.as_deref().unwrap_or("off"),
-        endpoints.http,
-        endpoints.nats_hub,
-        endpoints.nats_leaf,
-        redis.url,
-        endpoints.cert_sha256,
-        endpoints_path.display()
+        e.quic,
+        e.webtransport,
+        e.websocket,
+        e.websocket_plain.as_deref().unwrap_or("off"),
+        e.http,
+        e.nats_hub,
+        e.nats_leaf,
+        e.redis.as_deref().unwrap_or("off"),
+        e.cert_sha256,
+        path.display()
     );
-    if edges > 1 {
-        eprintln!("petrel dev: {edges} edges, see `edges` in endpoints.json");
+    if e.edges.len() > 1 {
+        eprintln!(
+            "petrel dev: {} edges, see `edges` in endpoints.json",
+            e.edges.len()
+        );
     }
-    let results =
-        futures::future::join_all(gateways.into_iter().map(|g| g.run(shutdown.clone()))).await;
-    let _ = std::fs::remove_file(&endpoints_path);
-    for leaf in leafs {
-        leaf.stop().await;
-    }
-    hub.stop().await;
-    redis.kill().await;
-    eprintln!("petrel dev: stopped");
-    results.into_iter().collect()
 }

@@ -15,13 +15,15 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use petrel_core::time::unix_ms as now_ms;
 use petrel_core::wire::{PresenceState, encode_presence};
 use petrel_core::{UserId, subject};
 use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::groups::Directory;
+use super::Directory;
+use super::keys::presence_key as key;
 
 /// This gateway's view of the presence directory.
 pub struct Presence {
@@ -37,17 +39,6 @@ impl std::fmt::Debug for Presence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Presence").finish_non_exhaustive()
     }
-}
-
-fn key(user: &UserId) -> String {
-    format!("presence:{user}")
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
 }
 
 impl Presence {
@@ -197,7 +188,10 @@ impl Presence {
             let Some(mut c) = self.redis.connection() else {
                 return;
             };
+            // PING first: the pipeline is never empty (Redis refuses an empty one), and
+            // a heartbeat with no device here still tells whether Redis is reachable.
             let mut pipe = redis::pipe();
+            pipe.cmd("PING").ignore();
             for (user, device) in &devices {
                 pipe.hset(key(user), device, self.entry()).ignore();
                 pipe.expire(key(user), self.ttl_secs()).ignore();
@@ -214,7 +208,7 @@ impl Presence {
                 }
                 Err(e) => {
                     if !failing {
-                        warn!(error = %e, "presence heartbeat failed (Redis); presence is unknown until it returns");
+                        warn!(error = %e, "presence heartbeat failed (Redis); this gateway's devices are rewritten when it returns");
                     }
                     failing = true;
                 }

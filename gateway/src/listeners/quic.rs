@@ -1,6 +1,7 @@
-//! QUIC transports on one UDP port, told apart by ALPN:
+//! The UDP listener: QUIC transports on one port, told apart by ALPN:
 //! - `petrel/1` — native QUIC clients (the Rust SDK, mobile apps);
-//! - `h3` — WebTransport from browsers (HTTP/3 `CONNECT` to [`WEBTRANSPORT_PATH`]).
+//! - `h3` — WebTransport from browsers (HTTP/3 `CONNECT` to
+//!   [`super::webtransport::PATH`], accepted in [`super::webtransport`]).
 //!
 //! Both become a [`web_transport_quinn::Session`] (a raw one for native QUIC), so the
 //! rest is the same: the client opens one bidirectional stream, the control stream,
@@ -27,16 +28,25 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 use web_transport_quinn::{RecvStream, SendStream, Session};
 
-use crate::conn::{Connection, FrameReader, FrameWriter, Shared, TransportError, next_id};
-
-/// The WebTransport ALPN (HTTP/3).
-pub const ALPN_H3: &[u8] = b"h3";
-
-/// The path of WebTransport sessions: `https://host:port/wt`.
-pub const WEBTRANSPORT_PATH: &str = "/wt";
+use super::webtransport::{self, ALPN_H3};
+use crate::connection::{
+    Connection, Datagrams, FrameReader, FrameWriter, Shared, TransportError, next_id,
+};
 
 /// Reading half: the control stream and the session (for datagrams).
 pub struct QuicReader(pub RecvStream, pub Session);
+
+/// The datagrams of a QUIC or WebTransport session.
+pub struct QuicDatagrams(Session);
+
+impl Datagrams for QuicDatagrams {
+    async fn recv(&self) -> Bytes {
+        match self.0.read_datagram().await {
+            Ok(d) => d,
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
 
 /// Writing half: the control stream, its session (for the close code and opening
 /// delivery streams) and the delivery streams opened so far.
@@ -61,8 +71,10 @@ impl QuicWriter {
 }
 
 impl FrameReader for QuicReader {
-    fn datagrams(&self) -> Option<Session> {
-        Some(self.1.clone())
+    type Datagrams = QuicDatagrams;
+
+    fn datagrams(&self) -> Option<QuicDatagrams> {
+        Some(QuicDatagrams(self.1.clone()))
     }
 
     async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
@@ -130,7 +142,7 @@ impl FrameWriter for QuicWriter {
             .map_err(|e| TransportError::Io(e.to_string()))
     }
 
-    async fn close(mut self, code: ErrorCode, reason: &str) {
+    async fn close(&mut self, code: ErrorCode, reason: &str) {
         let _ = self.control.finish();
         for s in self.deliveries.iter_mut().flatten() {
             let _ = s.finish();
@@ -239,7 +251,7 @@ async fn open(
     let (transport, session) = match alpn.as_deref() {
         Some(ALPN_H3) => (
             "webtransport",
-            accept_webtransport(conn, peer, deadline).await?,
+            webtransport::accept(conn, peer, deadline).await?,
         ),
         _ => ("quic", Session::raw(conn)),
     };
@@ -259,41 +271,6 @@ async fn open(
             );
             let _ = tokio::time::timeout(Duration::from_secs(1), session.closed()).await;
             debug!(%peer, transport, "no control stream within the handshake timeout");
-            None
-        }
-    }
-}
-
-/// The HTTP/3 part of WebTransport: SETTINGS, then the `CONNECT` request, answered
-/// 200 on [`WEBTRANSPORT_PATH`] and 404 elsewhere.
-async fn accept_webtransport(
-    conn: quinn::Connection,
-    peer: SocketAddr,
-    deadline: Instant,
-) -> Option<Session> {
-    let request =
-        match tokio::time::timeout_at(deadline, web_transport_quinn::Request::accept(conn)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                debug!(%peer, error = %e, "WebTransport handshake failed");
-                return None;
-            }
-            Err(_) => {
-                debug!(%peer, "WebTransport handshake timed out");
-                return None;
-            }
-        };
-    if request.url.path() != WEBTRANSPORT_PATH {
-        debug!(%peer, url = %request.url, "WebTransport request for an unknown path");
-        let _ = request
-            .reject(web_transport_quinn::http::StatusCode::NOT_FOUND)
-            .await;
-        return None;
-    }
-    match request.ok().await {
-        Ok(session) => Some(session),
-        Err(e) => {
-            debug!(%peer, error = %e, "WebTransport session not established");
             None
         }
     }

@@ -1,6 +1,5 @@
-//! Runs a real redis-server for `petrel dev` and the tests: on a unix socket in its
-//! directory (no TCP port at all, so nothing to pick or race for), no persistence.
-//! Like the nats-servers, it dies with us (`kill_on_drop`, `PR_SET_PDEATHSIG`).
+//! A real redis-server: on a unix socket in its directory (no TCP port at all, so
+//! nothing to pick or race for), no persistence, a guarded child like the nats-servers.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -36,9 +35,8 @@ impl RedisProcess {
             .arg(dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true);
-        crate::nats_process::die_with_parent(&mut cmd);
+            .stderr(log);
+        crate::process::guard(&mut cmd);
         let mut child = cmd
             .spawn()
             .context("starting redis-server (install it with scripts/bootstrap.sh)")?;

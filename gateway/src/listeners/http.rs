@@ -1,5 +1,5 @@
-//! The gateway's HTTP listener (plain HTTP; keep it on a private interface or behind
-//! the edge's TLS proxy):
+//! The HTTP listener (plain HTTP; keep it on a private interface or behind the edge's
+//! TLS proxy):
 //!
 //! | path | what |
 //! |---|---|
@@ -24,10 +24,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
-use crate::conn::Shared;
-use crate::quic::WEBTRANSPORT_PATH;
+use super::websocket;
+use super::webtransport::PATH as WEBTRANSPORT_PATH;
+use crate::connection::Shared;
 use crate::tls::CertStore;
-use crate::websocket;
 
 /// What the HTTP handlers need.
 #[derive(Debug, Clone)]
@@ -87,10 +87,10 @@ async fn metrics(State(s): State<AppState>) -> Response {
 
 async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
     let conns = s.shared.connections.load(Ordering::Relaxed);
-    let subs = s.shared.hub.live_subscriptions();
-    let groups = s.shared.hub.group_subscriptions();
-    let overflows = s.shared.hub.live_overflows();
-    let f = &s.shared.hub.fetched;
+    let subs = s.shared.live.live_subscriptions();
+    let groups = s.shared.live.group_subscriptions();
+    let overflows = s.shared.live.live_overflows();
+    let f = &s.shared.catchup.counters;
     let (cache, hub, cache_errors) = (
         f.from_cache.load(Ordering::Relaxed),
         f.from_hub.load(Ordering::Relaxed),
@@ -114,7 +114,7 @@ async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
     );
     // Not ready without the leaf (a load balancer should prefer edges linked to the
     // hub), though sends are still accepted into the outbox meanwhile.
-    if s.shared.hub.connected() {
+    if s.shared.jetstream.connected() {
         (StatusCode::OK, format!("ready {counters}"))
     } else {
         (
@@ -195,7 +195,7 @@ async fn dev_token(State(s): State<AppState>, Query(q): Query<TokenQuery>) -> Re
         )
             .into_response();
     };
-    match crate::dev::mint_token(
+    match petrel_core::auth::mint_dev_token(
         secret,
         &q.user,
         q.device.as_deref(),
@@ -204,28 +204,6 @@ async fn dev_token(State(s): State<AppState>, Query(q): Query<TokenQuery>) -> Re
         Ok(token) => {
             cors(Json(serde_json::json!({ "token": token, "user": q.user })).into_response())
         }
-        Err(e) => (StatusCode::BAD_REQUEST, format!("{e:#}\n")).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     }
-}
-
-/// A minimal HTTP/1.1 GET on loopback tools and tests: returns the status and body.
-pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    use anyhow::Context;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-        .await
-        .context("connect timed out")??;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await?;
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
-        .await
-        .context("response timed out")??;
-    let (head, body) = out.split_once("\r\n\r\n").context("no HTTP header")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no HTTP status")?;
-    Ok((status, body.to_string()))
 }

@@ -12,80 +12,15 @@
 //! again every few seconds.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use petrel_core::{GroupId, UserId, subject};
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tracing::warn;
 
-/// Reads (and, for the admin CLI, writes) group membership in Redis.
-#[derive(Clone)]
-pub struct Directory {
-    conn: Option<ConnectionManager>,
-}
-
-impl std::fmt::Debug for Directory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Directory")
-            .field("configured", &self.conn.is_some())
-            .finish()
-    }
-}
-
-fn members_key(g: &GroupId) -> String {
-    format!("group:{g}:members")
-}
-
-fn groups_key(u: &UserId) -> String {
-    format!("user:{u}:groups")
-}
-
-/// Why membership could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum DirectoryError {
-    /// No `[redis] url` configured.
-    #[error("no Redis configured ([redis] url)")]
-    NotConfigured,
-    /// Redis failed or is unreachable.
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-}
+use super::keys::{groups_key, members_key};
+use super::{Directory, DirectoryError};
 
 impl Directory {
-    /// A directory on the Redis at `url` (`redis://host:port`, `redis+unix:///path`);
-    /// `None`: no groups. Connects lazily and reconnects by itself, so Redis may be
-    /// down when the gateway starts.
-    pub fn new(url: Option<&str>) -> anyhow::Result<Self> {
-        let Some(url) = url else {
-            return Ok(Self { conn: None });
-        };
-        let client =
-            redis::Client::open(url).map_err(|e| anyhow::anyhow!("redis url {url:?}: {e}"))?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_lazy_with_config(client, cfg)
-            .map_err(|e| anyhow::anyhow!("redis: {e}"))?;
-        Ok(Self { conn: Some(conn) })
-    }
-
-    fn conn(&self) -> Result<ConnectionManager, DirectoryError> {
-        self.conn.clone().ok_or(DirectoryError::NotConfigured)
-    }
-
-    /// A handle on the connection (cheap clone), if Redis is configured.
-    pub fn connection(&self) -> Option<ConnectionManager> {
-        self.conn.clone()
-    }
-
-    /// Whether a Redis is configured at all.
-    pub fn configured(&self) -> bool {
-        self.conn.is_some()
-    }
-
     /// The groups `user` is a member of. Entries that are not valid ids are skipped
     /// (and logged): they could not name a subject.
     pub async fn user_groups(&self, user: &UserId) -> Result<HashSet<GroupId>, DirectoryError> {

@@ -1,5 +1,6 @@
-//! WebSocket transport (the fallback where QUIC is blocked): over TLS, or plain on a
-//! second listener for a TLS-terminating proxy in front (and development).
+//! The TCP listeners of the WebSocket transport (the fallback where QUIC is blocked):
+//! over TLS, or plain on a second listener for a TLS-terminating proxy in front (and
+//! development).
 //!
 //! Binary messages carry the same length-prefixed frames, treated as one byte stream.
 //! The close code is 4000 + the error code.
@@ -24,7 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::conn::{Connection, FrameReader, FrameWriter, Shared, TransportError, next_id};
+use crate::connection::{
+    Connection, FrameReader, FrameWriter, NoDatagrams, Shared, TransportError, next_id,
+};
 
 /// The path clients connect to.
 pub const PATH: &str = "/ws";
@@ -39,6 +42,12 @@ pub struct WsReader<S: Io>(SplitStream<WebSocketStream<S>>);
 pub struct WsWriter<S: Io>(SplitSink<WebSocketStream<S>, Message>);
 
 impl<S: Io> FrameReader for WsReader<S> {
+    type Datagrams = NoDatagrams;
+
+    fn datagrams(&self) -> Option<NoDatagrams> {
+        None
+    }
+
     async fn recv(&mut self) -> Result<Option<Bytes>, TransportError> {
         loop {
             return match self.0.next().await {
@@ -71,13 +80,25 @@ impl<S: Io> FrameWriter for WsWriter<S> {
     }
 
     async fn send(&mut self, data: Bytes) -> Result<(), TransportError> {
+        use tungstenite::error::ProtocolError;
         self.0
             .send(Message::Binary(data))
             .await
-            .map_err(|e| TransportError::Io(e.to_string()))
+            .map_err(|e| match e {
+                // The client's close frame arrived: the close handshake is under way.
+                tungstenite::Error::Protocol(ProtocolError::SendAfterClosing)
+                | tungstenite::Error::ConnectionClosed
+                | tungstenite::Error::AlreadyClosed => TransportError::PeerClosed,
+                e => TransportError::Io(e.to_string()),
+            })
     }
 
-    async fn close(mut self, code: ErrorCode, reason: &str) {
+    async fn finish(&mut self) {
+        // Sends the answer to the client's close frame that tungstenite queued.
+        let _ = self.0.close().await;
+    }
+
+    async fn close(&mut self, code: ErrorCode, reason: &str) {
         let frame = CloseFrame {
             code: CloseCode::from(code.websocket_close_code()),
             // Close reasons are limited to 123 bytes.

@@ -1,12 +1,11 @@
-//! Runs real nats-server processes (hub and leaf) from the templates in `deploy/nats/`.
-//! Used by `petrel dev` and by the end-to-end tests.
+//! Real nats-server processes (hub and leaf) from the templates in `deploy/nats/`.
 //!
 //! Ports: the configs ask for port `-1` (any free port) and a `ports_file_dir`; we read
 //! the ports file the server writes once it listens. No fixed ports, no races between
 //! picking a port and binding it, and two topologies run side by side.
 //!
-//! A child never outlives us: `kill_on_drop`, and on Linux `PR_SET_PDEATHSIG` so that
-//! even a `kill -9` of this process takes the servers down with it.
+//! Each is a guarded child ([`crate::process::guard`]): its own process group, dead
+//! with us.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -121,9 +120,8 @@ impl NatsProcess {
             .arg(&conf_path)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true);
-        die_with_parent(&mut cmd);
+            .stderr(log);
+        crate::process::guard(&mut cmd);
         let mut child = cmd.spawn().with_context(|| {
             format!(
                 "starting {} (install it with scripts/bootstrap.sh, or set NATS_SERVER_BIN)",
@@ -201,10 +199,7 @@ impl NatsProcess {
     /// Stops the server (SIGTERM, then SIGKILL after 5 s) and waits for it.
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
-            // SAFETY: plain kill(2) on our own child.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGTERM);
-            }
+            crate::process::signal(pid, libc::SIGTERM);
             if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
                 .await
                 .is_ok()
@@ -218,18 +213,6 @@ impl NatsProcess {
     /// Kills the server with SIGKILL and waits for it.
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;
-    }
-}
-
-/// Makes a child we spawn die with us, even on `kill -9` (Linux `PR_SET_PDEATHSIG`).
-pub fn die_with_parent(cmd: &mut Command) {
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
     }
 }
 

@@ -1,0 +1,379 @@
+//! A whole Petrel topology on one machine: a hub nats-server (JetStream, domain `hub`,
+//! streams provisioned), a redis-server, and edges — each a leaf nats-server and a
+//! gateway running in this process — on free ports under one directory:
+//!
+//! ```text
+//! ROOT/hub/          the hub's config, log and JetStream data
+//! ROOT/redis/        redis-server's socket and log
+//! ROOT/dev-secret    the HS256 secret dev tokens are signed with
+//! ROOT/edgeN/        edge N: gateway.toml, dev-secret, edge-cache/, leaf/
+//! ```
+//!
+//! `petrel dev`, the end-to-end tests and the benchmarks all start theirs with
+//! [`TopologyBuilder`]. Each step waits for readiness (ports files, JetStream answering
+//! through the leaf, the gateway linked to its leaf), never for a fixed time.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use petrel_gateway::{BoundAddrs, Config, Gateway, provision};
+use tokio_util::sync::CancellationToken;
+
+use crate::dev;
+use crate::nats::{NatsProcess, wait_jetstream};
+use crate::redis::RedisProcess;
+
+/// How long a started server may take to become ready.
+const READY: Duration = Duration::from_secs(30);
+
+/// Changes an edge's gateway config before it starts (it gets the edge's directory).
+pub type Customize = Box<dyn Fn(&mut Config, &Path) -> anyhow::Result<()> + Send + Sync>;
+
+/// What a topology is made of; [`TopologyBuilder::start`] brings it up.
+pub struct TopologyBuilder {
+    root: Option<PathBuf>,
+    edges: usize,
+    secret: Vec<u8>,
+    web_dir: Option<PathBuf>,
+    gateway_id: fn(usize) -> String,
+    customize: Customize,
+    progress: bool,
+}
+
+impl TopologyBuilder {
+    /// `edges` edges in a new temporary directory, signed with `secret`.
+    pub fn new(edges: usize, secret: &[u8]) -> Self {
+        Self {
+            root: None,
+            edges,
+            secret: secret.to_vec(),
+            web_dir: None,
+            gateway_id: |i| format!("edge{i}"),
+            customize: Box::new(|_, _| Ok(())),
+            progress: false,
+        }
+    }
+
+    /// Lives in `root` (kept after stop) instead of a temporary directory.
+    pub fn root(mut self, root: &Path) -> Self {
+        self.root = Some(root.to_path_buf());
+        self
+    }
+
+    /// Serves `dir` on each gateway's HTTP listener (the demo page).
+    pub fn web_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.web_dir = dir;
+        self
+    }
+
+    /// Names edge `i`'s gateway.
+    pub fn gateway_id(mut self, id: fn(usize) -> String) -> Self {
+        self.gateway_id = id;
+        self
+    }
+
+    /// Changes each edge's gateway config before it starts.
+    pub fn customize(
+        mut self,
+        f: impl Fn(&mut Config, &Path) -> anyhow::Result<()> + Send + Sync + 'static,
+    ) -> Self {
+        self.customize = Box::new(f);
+        self
+    }
+
+    /// Says what starts, on stderr.
+    pub fn progress(mut self, on: bool) -> Self {
+        self.progress = on;
+        self
+    }
+
+    /// Starts the hub, Redis and every edge, each ready before the next.
+    pub async fn start(self) -> anyhow::Result<Topology> {
+        let (root, temp) = match &self.root {
+            Some(r) => {
+                std::fs::create_dir_all(r).with_context(|| format!("creating {}", r.display()))?;
+                (r.canonicalize()?, None)
+            }
+            None => {
+                let t = tempfile::tempdir()?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let say = |what: &str| {
+            if self.progress {
+                eprintln!("petrel dev: {what}");
+            }
+        };
+        say("starting hub nats-server (JetStream domain hub)…");
+        let hub = NatsProcess::start_hub(&root.join("hub"), "hub", None).await?;
+        let hub_client = wait_jetstream(&hub.client_url, "hub", READY).await?;
+        for p in provision::provision(&hub_client, "hub", 1).await? {
+            say(&format!("stream {} {}", p.stream, p.action));
+        }
+        let hub_leaf_url = hub
+            .leafnode_url
+            .clone()
+            .context("hub has no leafnode port")?;
+        let hub_ports = (
+            hub.client_port().context("hub port")?,
+            hub.leafnode_port().context("hub leafnode port")?,
+        );
+        say("starting redis-server…");
+        let redis = RedisProcess::start(&root.join("redis")).await?;
+        dev::write_secret(&root, &self.secret)?;
+        let edges = self.edges;
+        let mut topo = Topology {
+            root,
+            _temp: temp,
+            hub: Some(hub),
+            hub_ports,
+            hub_leaf_url,
+            redis: Some(redis),
+            hub_client,
+            edges: Vec::new(),
+            builder: self,
+        };
+        for _ in 0..edges {
+            topo.add_edge().await?;
+        }
+        Ok(topo)
+    }
+}
+
+/// One edge: a leaf node and a gateway.
+pub struct Edge {
+    /// The gateway's id.
+    pub id: String,
+    /// The leaf nats-server (`None` while a test has it stopped).
+    pub leaf: Option<NatsProcess>,
+    leaf_port: u16,
+    leaf_dir: PathBuf,
+    /// The leaf's client URL.
+    pub leaf_url: String,
+    /// Gateway addresses.
+    pub addrs: BoundAddrs,
+    /// The certificate the gateway serves (its hashes change on rotation/reload).
+    pub certs: std::sync::Arc<petrel_gateway::tls::CertStore>,
+    shutdown: CancellationToken,
+    /// Cancelled when the gateway's task has ended.
+    ended: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// A running topology.
+pub struct Topology {
+    root: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    /// The hub (`None` while a test has it stopped).
+    pub hub: Option<NatsProcess>,
+    hub_ports: (u16, u16),
+    hub_leaf_url: String,
+    /// redis-server (groups, presence), on a unix socket.
+    pub redis: Option<RedisProcess>,
+    /// A client connected to the hub (for inspecting streams).
+    pub hub_client: async_nats::Client,
+    /// The edges.
+    pub edges: Vec<Edge>,
+    builder: TopologyBuilder,
+}
+
+impl Topology {
+    /// The directory everything lives in.
+    pub fn dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// The dev secret tokens are signed with.
+    pub fn secret(&self) -> &[u8] {
+        &self.builder.secret
+    }
+
+    /// Directory of edge `i` (its gateway config, cache, leaf).
+    pub fn edge_dir(&self, i: usize) -> PathBuf {
+        self.root.join(format!("edge{i}"))
+    }
+
+    /// Adds an edge (a leaf and an in-process gateway); returns its index.
+    pub async fn add_edge(&mut self) -> anyhow::Result<usize> {
+        let i = self.edges.len();
+        let id = (self.builder.gateway_id)(i);
+        let edir = self.edge_dir(i);
+        std::fs::create_dir_all(&edir)?;
+        if self.builder.progress {
+            eprintln!("petrel dev: starting leaf nats-server and gateway {id}…");
+        }
+        let leaf = self.start_leaf(i, None).await?;
+        dev::write_secret(&edir, &self.builder.secret)?;
+        let web_dir = self.builder.web_dir.as_deref();
+        let path = dev::write_gateway_config(&edir, &id, &leaf.client_url, web_dir)?;
+        let mut cfg = Config::load(&path)?;
+        cfg.redis.url = self.redis.as_ref().map(|r| r.url.clone());
+        (self.builder.customize)(&mut cfg, &edir)?;
+        let gw = Gateway::load(cfg).await?;
+        anyhow::ensure!(
+            gw.wait_connected(READY).await,
+            "gateway {id} did not connect to its leaf at {}",
+            leaf.client_url
+        );
+        let (shutdown, ended) = (CancellationToken::new(), CancellationToken::new());
+        let (addrs, certs) = (gw.addrs(), gw.certs());
+        let task = tokio::spawn({
+            let (shutdown, ended) = (shutdown.clone(), ended.clone());
+            async move {
+                let r = gw.run(shutdown).await;
+                ended.cancel();
+                r
+            }
+        });
+        self.edges.push(Edge {
+            id,
+            leaf_port: leaf.client_port().context("leaf port")?,
+            leaf_dir: leaf.dir.clone(),
+            leaf_url: leaf.client_url.clone(),
+            leaf: Some(leaf),
+            addrs,
+            certs,
+            shutdown,
+            ended,
+            task,
+        });
+        Ok(i)
+    }
+
+    /// Starts edge `i`'s leaf (on `port`, or a free one) and waits until JetStream
+    /// answers through it. Leaf names differ: the hub tells leaf nodes apart by them.
+    async fn start_leaf(&self, i: usize, port: Option<u16>) -> anyhow::Result<NatsProcess> {
+        let dir = self.edge_dir(i).join("leaf");
+        let leaf =
+            NatsProcess::start_leaf(&dir, &format!("leaf{i}"), &self.hub_leaf_url, port).await?;
+        wait_jetstream(&leaf.client_url, "hub", READY)
+            .await
+            .context("leaf node did not connect to the hub")?;
+        Ok(leaf)
+    }
+
+    /// Starts a leaf for a gateway a test runs itself (e.g. as a process).
+    pub async fn start_extra_leaf(&self, dir: &Path, name: &str) -> anyhow::Result<NatsProcess> {
+        let leaf = NatsProcess::start_leaf(dir, name, &self.hub_leaf_url, None).await?;
+        wait_jetstream(&leaf.client_url, "hub", READY).await?;
+        Ok(leaf)
+    }
+
+    /// The group directory on this topology's Redis, as the group service would use it.
+    pub fn groups(&self) -> anyhow::Result<petrel_gateway::directory::Directory> {
+        petrel_gateway::directory::Directory::new(self.redis.as_ref().map(|r| r.url.as_str()))
+    }
+
+    /// Adds (or removes) `user` to `group` and announces the change, as the
+    /// application's group service does.
+    pub async fn set_member(&self, group: &str, user: &str, member: bool) -> anyhow::Result<()> {
+        let g = petrel_core::GroupId::parse(group)?;
+        let u = petrel_core::UserId::parse(user)?;
+        let dir = self.groups()?;
+        if member {
+            dir.add(&g, &u).await?;
+        } else {
+            dir.remove(&g, &u).await?;
+        }
+        petrel_gateway::directory::announce(&self.hub_client, &g).await
+    }
+
+    /// Kills redis-server (SIGKILL): its data is gone (no persistence), like a crash.
+    pub async fn kill_redis(&mut self) {
+        if let Some(r) = self.redis.take() {
+            r.kill().await;
+        }
+    }
+
+    /// Starts redis-server again on the same socket (empty).
+    pub async fn restart_redis(&mut self) -> anyhow::Result<()> {
+        self.redis = Some(RedisProcess::start(&self.root.join("redis")).await?);
+        Ok(())
+    }
+
+    /// Stops the hub (SIGTERM); its JetStream data stays on disk.
+    pub async fn stop_hub(&mut self) {
+        if let Some(h) = self.hub.take() {
+            h.stop().await;
+        }
+    }
+
+    /// Starts the hub again on the same ports and data, and waits until JetStream
+    /// answers.
+    pub async fn restart_hub(&mut self) -> anyhow::Result<()> {
+        let hub =
+            NatsProcess::start_hub(&self.root.join("hub"), "hub", Some(self.hub_ports)).await?;
+        wait_jetstream(&hub.client_url, "hub", READY).await?;
+        self.hub = Some(hub);
+        Ok(())
+    }
+
+    /// Stops edge `i`'s leaf (SIGTERM): the gateway loses its link to the hub.
+    pub async fn stop_leaf(&mut self, i: usize) {
+        if let Some(l) = self.edges[i].leaf.take() {
+            l.stop().await;
+        }
+    }
+
+    /// Starts edge `i`'s leaf again on the same port and waits until JetStream
+    /// answers through it.
+    pub async fn restart_leaf(&mut self, i: usize) -> anyhow::Result<()> {
+        let e = &self.edges[i];
+        let leaf = NatsProcess::start_leaf(
+            &e.leaf_dir,
+            &format!("leaf{i}"),
+            &self.hub_leaf_url,
+            Some(e.leaf_port),
+        )
+        .await?;
+        wait_jetstream(&leaf.client_url, "hub", READY).await?;
+        self.edges[i].leaf = Some(leaf);
+        Ok(())
+    }
+
+    /// Waits for `shutdown`, or until a gateway stops by itself (an error: see its
+    /// log; [`Topology::stop`] reports it).
+    pub async fn run_until(&self, shutdown: CancellationToken) {
+        let ended = futures::future::select_all(
+            self.edges
+                .iter()
+                .map(|e| Box::pin(e.ended.cancelled()))
+                .chain(std::iter::once(Box::pin(shutdown.cancelled()))),
+        );
+        ended.await;
+    }
+
+    /// Stops everything (see [`Topology::shut_down`]); a gateway's failure is logged.
+    pub async fn stop(self) {
+        if let Err(e) = self.shut_down().await {
+            tracing::warn!(error = %format!("{e:#}"), "a gateway failed");
+        }
+    }
+
+    /// Stops the gateways (draining their connections), then the leaves, the hub and
+    /// Redis; a temporary directory is removed. Returns the first gateway's failure.
+    pub async fn shut_down(self) -> anyhow::Result<()> {
+        let mut failed = Ok(());
+        for e in self.edges {
+            e.shutdown.cancel();
+            let r = match e.task.await {
+                Ok(r) => r.with_context(|| format!("gateway {}", e.id)),
+                Err(err) => Err(anyhow::anyhow!("gateway {} task: {err}", e.id)),
+            };
+            if failed.is_ok() {
+                failed = r;
+            }
+            if let Some(l) = e.leaf {
+                l.stop().await;
+            }
+        }
+        if let Some(h) = self.hub {
+            h.stop().await;
+        }
+        if let Some(r) = self.redis {
+            r.kill().await;
+        }
+        failed
+    }
+}
