@@ -4,12 +4,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use petrel_core::Seq;
 use petrel_core::wire::{Delivery, decode_stored};
 use petrel_storage::EdgeStore;
-use tracing::warn;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
 
 use super::jetstream::{HubError, JetStream};
 
@@ -232,4 +234,38 @@ fn fit_page(items: &mut Vec<Delivery>) -> bool {
         }
     }
     false
+}
+
+/// How the edge cache is kept small.
+#[derive(Debug, Clone, Copy)]
+pub struct TrimConfig {
+    /// How often to trim.
+    pub every: Duration,
+    /// Messages kept per subject.
+    pub per_subject: usize,
+    /// Messages older than this are removed.
+    pub max_age: Duration,
+}
+
+/// Trims the edge cache (`recent`) by count per subject and by age, every
+/// `cfg.every`, until `shutdown`.
+pub async fn trim_cache(store: Arc<EdgeStore>, cfg: TrimConfig, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(cfg.every) => {}
+        }
+        let max_age_ms = u64::try_from(cfg.max_age.as_millis()).unwrap_or(u64::MAX);
+        let older_than = petrel_core::time::unix_ms().saturating_sub(max_age_ms);
+        let store = store.clone();
+        let trimmed =
+            tokio::task::spawn_blocking(move || store.trim_recent(cfg.per_subject, older_than))
+                .await;
+        match trimmed {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => debug!(removed = n, "trimmed the edge cache"),
+            Ok(Err(e)) => warn!(error = %e, "trimming the edge cache failed"),
+            Err(e) => warn!(error = %e, "trim task failed"),
+        }
+    }
 }

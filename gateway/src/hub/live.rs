@@ -239,6 +239,28 @@ impl Live {
         }
     }
 
+    /// After the leaf connection comes back (each `()` on `reconnects`), every
+    /// connection re-checks its subjects: live messages re-published while it was
+    /// down never arrived.
+    pub async fn resync_on_reconnect(
+        self: Arc<Self>,
+        mut reconnects: mpsc::UnboundedReceiver<()>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = reconnects.recv() => match r {
+                    Some(()) => {
+                        tracing::info!("connected to the leaf; connections re-check what they missed");
+                        self.resync_all();
+                    }
+                    None => return,
+                },
+            }
+        }
+    }
+
     /// Tells every connection to re-check its subjects from what it has delivered, as
     /// after a lost live message: called when the hub is reachable again, since live
     /// re-publishes sent while the link was down never arrived.
