@@ -1,4 +1,6 @@
-//! The `petrel` command line.
+//! The `petrel` command line: argument parsing and a thin shell per command; the work
+//! itself lives in `petrel_gateway` (`gateway`, `provision`), `petrel_devkit` (`dev`),
+//! `petrel_bench` (`bench`, `impair`) and `petrel_client` (`client`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,11 +1,13 @@
 //! Petrel's Rust client SDK.
 //!
 //! Layout:
-//! - [`transport`] — raw byte connections over native QUIC or WebSocket/TLS;
+//! - [`transport`] — raw byte connections over native QUIC or WebSocket/TLS, and how
+//!   the gateway closed one ([`CloseInfo`], its error code named the same way on both);
 //! - [`tls`] — certificate trust (SHA-256 pin or CA file);
 //! - this file — [`Client`]: Hello/Welcome, `send` resolving with the SendResult, a
 //!   stream of [`Event`]s, acks, and duplicate suppression (a message whose
-//!   `(subject, seq)` the app has already seen is dropped and counted).
+//!   `(subject, seq)` the app has already seen is dropped and counted). Error codes
+//!   are spelled as everywhere else: `UNAUTHENTICATED` ([`petrel_proto::error_code_name`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), petrel_client::ClientError> {

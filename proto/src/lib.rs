@@ -8,6 +8,8 @@
 //! - [`frame`] — length-prefixed framing (unsigned varint length, then the protobuf
 //!   bytes), with a hard maximum frame size so a hostile peer cannot make us buffer
 //!   more than that.
+//! - [`error_code_name`] — the one spelling of each error code (`UNAUTHENTICATED`), and
+//!   how a WebSocket close code carries one.
 
 pub mod frame;
 

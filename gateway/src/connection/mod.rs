@@ -3,8 +3,8 @@
 //! Each listener turns its accepted connection into a [`FrameReader`] and a
 //! [`FrameWriter`] ([`transport`]) and hands them to [`Connection::run`]. The loop here
 //! splits frames, feeds the [`Session`] state machine, carries out its actions
-//! ([`actions`]) and waits for the next thing to happen: a frame, a live message, a
-//! fetched page ([`delivery`]), a send's outcome, a timer. Errors end the task here,
+//! (`actions.rs`) and waits for the next thing to happen: a frame, a live message, a
+//! fetched page (`delivery.rs`), a send's outcome, a timer. Errors end the task here,
 //! logged once.
 
 mod actions;

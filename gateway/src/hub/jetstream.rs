@@ -186,15 +186,19 @@ impl JetStream {
         }
     }
 
+    /// The stream that stores `subject`.
+    async fn stream_of(&self, subject: &str) -> Result<jetstream::stream::Stream<()>, HubError> {
+        let name = Subject::parse(subject)?.stream();
+        self.js
+            .get_stream_no_info(name)
+            .await
+            .map_err(|e| HubError::unavailable(format!("stream {name}"), e))
+    }
+
     /// The last sequence stored on `subject` (0: none).
     pub async fn last_seq(&self, subject: &str) -> Result<u64, HubError> {
         use jetstream::stream::DirectGetErrorKind;
-        let name = Subject::parse(subject)?.stream();
-        let stream = self
-            .js
-            .get_stream_no_info(name)
-            .await
-            .map_err(|e| HubError::unavailable(format!("stream {name}"), e))?;
+        let stream = self.stream_of(subject).await?;
         match stream.direct_get_last_for_subject(subject).await {
             Ok(m) => Ok(m.sequence),
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(0),
@@ -284,12 +288,7 @@ impl JetStream {
         mut visit: impl FnMut(Stored) -> ControlFlow<()>,
     ) -> Result<(), HubError> {
         let op = || format!("reading {subject}");
-        let name = Subject::parse(subject)?.stream();
-        let stream = self
-            .js
-            .get_stream_no_info(name)
-            .await
-            .map_err(|e| HubError::unavailable(format!("stream {name}"), e))?;
+        let stream = self.stream_of(subject).await?;
         let consumer = stream
             .create_consumer(jetstream::consumer::pull::Config {
                 filter_subject: subject.to_string(),
