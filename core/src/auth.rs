@@ -5,6 +5,12 @@
 //! meant for development; ES256 with a public key file for production. Only the
 //! algorithms configured here are accepted, so `alg: none` or an HS256 token signed
 //! with an ES256 public key (the classic confusion attack) are refused.
+//!
+//! Time is checked here against the caller's clock ([`Authenticator::verify`] takes
+//! `now`), within [`TokenPolicy`]: `exp` in the past, `nbf` in the future, `iat` in the
+//! future, or an `exp` further away than the longest lifetime allowed are refused. A
+//! `crit` header names extensions this gateway cannot honour, so it is refused too.
+//! Error messages say what is wrong, never the parser's words.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
@@ -24,6 +30,9 @@ pub struct Claims {
     /// Issued at, seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// Not before, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
 }
 
 /// Why a token was refused.
@@ -35,6 +44,18 @@ pub enum AuthError {
     /// The token has expired.
     #[error("token expired")]
     Expired,
+    /// The token's `nbf` is still in the future.
+    #[error("token not valid yet (nbf is in the future)")]
+    NotYetValid,
+    /// The token's `iat` is in the future (beyond the allowed clock skew).
+    #[error("token issued in the future (iat)")]
+    IssuedInFuture,
+    /// The token is valid for longer than the gateway allows.
+    #[error("token valid for longer than the {max_secs} s this gateway allows")]
+    TooLong {
+        /// The longest lifetime allowed.
+        max_secs: u64,
+    },
     /// The token is malformed, badly signed, or uses an algorithm that is not accepted.
     #[error("invalid token: {0}")]
     Invalid(String),
@@ -76,11 +97,29 @@ pub enum KeyError {
     BadPublicKey(String),
 }
 
+/// What a token's times may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenPolicy {
+    /// Clock skew allowed between the token's issuer and the gateway.
+    pub leeway_secs: u64,
+    /// The furthest `exp` may be from now.
+    pub max_lifetime_secs: u64,
+}
+
+impl Default for TokenPolicy {
+    fn default() -> Self {
+        Self {
+            leeway_secs: 5,
+            max_lifetime_secs: 24 * 3600,
+        }
+    }
+}
+
 /// Verifies tokens with the configured keys.
 pub struct Authenticator {
     hs256: Option<DecodingKey>,
     es256: Option<DecodingKey>,
-    leeway_secs: u64,
+    policy: TokenPolicy,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -115,34 +154,46 @@ impl Authenticator {
         Ok(Self {
             hs256,
             es256,
-            leeway_secs: 5,
+            policy: TokenPolicy::default(),
         })
     }
 
-    /// Verifies `token` and binds it to `hello_device` (empty: take the token's claim).
-    pub fn verify(&self, token: &str, hello_device: &str) -> Result<Identity, AuthError> {
+    /// The same keys under `policy`.
+    pub fn with_policy(mut self, policy: TokenPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Verifies `token` at `now_secs` (Unix seconds) and binds it to `hello_device`
+    /// (empty: take the token's claim).
+    pub fn verify(
+        &self,
+        token: &str,
+        hello_device: &str,
+        now_secs: u64,
+    ) -> Result<Identity, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        refuse_critical_extensions(token)?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthError::Invalid("malformed token or unsupported algorithm".into()))?;
         let key = match header.alg {
             Algorithm::HS256 => self.hs256.as_ref(),
             Algorithm::ES256 => self.es256.as_ref(),
             _ => None,
         }
         .ok_or_else(|| AuthError::Invalid(format!("algorithm {:?} is not accepted", header.alg)))?;
+        // Times are checked below against the caller's clock, not the library's.
         let mut validation = Validation::new(header.alg);
-        validation.leeway = self.leeway_secs;
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
-            .kind()
-        {
-            ErrorKind::ExpiredSignature => AuthError::Expired,
-            _ => AuthError::Invalid(e.to_string()),
-        })?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation)
+            .map_err(|e| AuthError::Invalid(describe(e.kind()).into()))?;
         let claims = data.claims;
+        self.check_times(&claims, now_secs)?;
         let user = UserId::parse(claims.sub).map_err(AuthError::BadId)?;
         let device = match (claims.device, hello_device) {
             (Some(t), h) if !h.is_empty() && t != h => {
@@ -161,6 +212,59 @@ impl Authenticator {
             device,
             expires_at: claims.exp,
         })
+    }
+}
+
+impl Authenticator {
+    fn check_times(&self, c: &Claims, now: u64) -> Result<(), AuthError> {
+        let TokenPolicy {
+            leeway_secs: skew,
+            max_lifetime_secs: max,
+        } = self.policy;
+        if c.exp.saturating_add(skew) <= now {
+            return Err(AuthError::Expired);
+        }
+        if c.nbf.is_some_and(|nbf| nbf > now.saturating_add(skew)) {
+            return Err(AuthError::NotYetValid);
+        }
+        if c.iat.is_some_and(|iat| iat > now.saturating_add(skew)) {
+            return Err(AuthError::IssuedInFuture);
+        }
+        if c.exp > now.saturating_add(max).saturating_add(skew) {
+            return Err(AuthError::TooLong { max_secs: max });
+        }
+        Ok(())
+    }
+}
+
+/// A `crit` header lists extensions the verifier must understand (RFC 7515 §4.1.11);
+/// this gateway understands none, so any is refused.
+fn refuse_critical_extensions(token: &str) -> Result<(), AuthError> {
+    use base64::Engine;
+    let malformed = || AuthError::Invalid("malformed token".into());
+    let header = token.split('.').next().ok_or_else(malformed)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| malformed())?;
+    let header: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| malformed())?;
+    if header.get("crit").is_some() {
+        return Err(AuthError::Invalid(
+            "the token requires extensions this gateway does not support (crit)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// What is wrong with a token, in words that do not echo the parser's.
+fn describe(kind: &ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::InvalidSignature => "bad signature",
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => "algorithm not accepted",
+        ErrorKind::MissingRequiredClaim(c) if c == "exp" => "missing claim exp",
+        ErrorKind::MissingRequiredClaim(c) if c == "sub" => "missing claim sub",
+        ErrorKind::MissingRequiredClaim(_) => "missing a required claim",
+        ErrorKind::Json(_) => "claims are not valid (sub a string, exp/iat/nbf numbers)",
+        _ => "malformed token",
     }
 }
 
@@ -210,6 +314,7 @@ pub fn mint_dev_token(
             device: device.map(str::to_string),
             exp: now.saturating_add(ttl.as_secs()),
             iat: Some(now),
+            nbf: None,
         },
     )
     .map_err(MintError::Sign)
@@ -224,7 +329,7 @@ mod tests {
         let ttl = std::time::Duration::from_secs(60);
         let t = mint_dev_token(SECRET, "alice", Some("phone"), ttl).unwrap();
         let auth = Authenticator::new(Some(SECRET), None).unwrap();
-        let id = auth.verify(&t, "phone").unwrap();
+        let id = auth.verify(&t, "phone", now()).unwrap();
         assert_eq!(id.user.as_str(), "alice");
         assert!(matches!(
             mint_dev_token(SECRET, "a.b", None, ttl),
@@ -250,41 +355,139 @@ mod tests {
                 device: device.map(Into::into),
                 exp,
                 iat: None,
+                nbf: None,
             },
         )
         .unwrap()
     }
 
     fn b64(v: &serde_json::Value) -> String {
-        use std::fmt::Write;
-        // base64url without padding, written here to avoid a dependency for tests.
-        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let bytes = v.to_string().into_bytes();
-        let mut out = String::new();
-        for chunk in bytes.chunks(3) {
-            let n =
-                chunk.iter().fold(0u32, |a, &b| (a << 8) | u32::from(b)) << (8 * (3 - chunk.len()));
-            for i in 0..=chunk.len() {
-                let _ = write!(out, "{}", T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    fn claims(exp: u64) -> Claims {
+        Claims {
+            sub: "alice".into(),
+            device: None,
+            exp,
+            iat: None,
+            nbf: None,
+        }
+    }
+
+    fn signed(c: &Claims) -> String {
+        mint_hs256(SECRET, c).unwrap()
+    }
+
+    /// A token with header `header`, signed with the test secret.
+    fn with_header(header: serde_json::Value, c: &Claims) -> String {
+        use hmac_free::sign;
+        let head = b64(&header);
+        let body = b64(&serde_json::to_value(c).unwrap());
+        let sig = sign(SECRET, format!("{head}.{body}").as_bytes());
+        format!("{head}.{body}.{sig}")
+    }
+
+    mod hmac_free {
+        //! HS256 over an arbitrary header, through jsonwebtoken's own signer.
+        pub fn sign(secret: &[u8], message: &[u8]) -> String {
+            jsonwebtoken::crypto::sign(
+                message,
+                &jsonwebtoken::EncodingKey::from_secret(secret),
+                jsonwebtoken::Algorithm::HS256,
+            )
+            .unwrap()
+        }
+    }
+
+    #[test]
+    fn times_are_checked_against_the_callers_clock() {
+        let a = Authenticator::new(Some(SECRET), None).unwrap();
+        let t0 = 1_800_000_000;
+        let ok = signed(&claims(t0 + 60));
+        assert!(a.verify(&ok, "d", t0).is_ok());
+        assert_eq!(a.verify(&ok, "d", t0 + 66), Err(AuthError::Expired));
+        assert!(a.verify(&ok, "d", t0 + 64).is_ok(), "within the skew");
+        let later = signed(&Claims {
+            nbf: Some(t0 + 30),
+            ..claims(t0 + 60)
+        });
+        assert_eq!(a.verify(&later, "d", t0), Err(AuthError::NotYetValid));
+        assert!(a.verify(&later, "d", t0 + 30).is_ok());
+        let future = signed(&Claims {
+            iat: Some(t0 + 3600),
+            ..claims(t0 + 7200)
+        });
+        assert_eq!(a.verify(&future, "d", t0), Err(AuthError::IssuedInFuture));
+    }
+
+    #[test]
+    fn a_lifetime_beyond_the_maximum_is_refused_even_at_the_end_of_time() {
+        let a = Authenticator::new(Some(SECRET), None)
+            .unwrap()
+            .with_policy(TokenPolicy {
+                leeway_secs: 5,
+                max_lifetime_secs: 3600,
+            });
+        let t0 = 1_800_000_000;
+        assert!(a.verify(&signed(&claims(t0 + 3600)), "d", t0).is_ok());
+        assert_eq!(
+            a.verify(&signed(&claims(t0 + 3606)), "d", t0),
+            Err(AuthError::TooLong { max_secs: 3600 })
+        );
+        assert_eq!(
+            a.verify(&signed(&claims(u64::MAX)), "d", t0),
+            Err(AuthError::TooLong { max_secs: 3600 })
+        );
+        // The end of time itself must not overflow anything.
+        assert_eq!(
+            a.verify(&signed(&claims(u64::MAX)), "d", u64::MAX),
+            Err(AuthError::Expired)
+        );
+    }
+
+    #[test]
+    fn a_crit_header_is_refused_and_messages_do_not_echo_the_parser() {
+        let a = Authenticator::new(Some(SECRET), None).unwrap();
+        let plain = with_header(
+            serde_json::json!({"alg": "HS256", "typ": "JWT"}),
+            &claims(now() + 60),
+        );
+        assert!(a.verify(&plain, "d", now()).is_ok(), "the signer is right");
+        let crit = with_header(
+            serde_json::json!({"alg": "HS256", "crit": ["exp"], "exp": 1}),
+            &claims(now() + 60),
+        );
+        let Err(AuthError::Invalid(why)) = a.verify(&crit, "d", now()) else {
+            panic!("crit accepted");
+        };
+        assert!(why.contains("crit"), "{why}");
+        let none = with_header(serde_json::json!({"alg": "none"}), &claims(now() + 60));
+        for bad in [none.as_str(), "garbage", "a.b.c"] {
+            let Err(AuthError::Invalid(why)) = a.verify(bad, "d", now()) else {
+                panic!("{bad} accepted");
+            };
+            for internal in ["variant", "expected one of", "Base64", "Json", "Error("] {
+                assert!(!why.contains(internal), "{why:?} echoes the parser");
             }
         }
-        out
     }
 
     #[test]
     fn accepts_a_good_token_and_binds_the_device() {
         let a = Authenticator::new(Some(SECRET), None).unwrap();
         let id = a
-            .verify(&token("alice", None, now() + 60), "phone")
+            .verify(&token("alice", None, now() + 60), "phone", now())
             .unwrap();
         assert_eq!(id.user.as_str(), "alice");
         assert_eq!(id.device.as_str(), "phone");
         let id = a
-            .verify(&token("alice", Some("tab"), now() + 60), "")
+            .verify(&token("alice", Some("tab"), now() + 60), "", now())
             .unwrap();
         assert_eq!(id.device.as_str(), "tab");
         assert!(matches!(
-            a.verify(&token("alice", Some("tab"), now() + 60), "phone"),
+            a.verify(&token("alice", Some("tab"), now() + 60), "phone", now()),
             Err(AuthError::DeviceMismatch { .. })
         ));
     }
@@ -299,12 +502,16 @@ mod tests {
                 device: None,
                 exp: now() + 60,
                 iat: None,
+                nbf: None,
             },
         )
         .unwrap();
-        assert!(matches!(a.verify(&forged, "d"), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            a.verify(&forged, "d", now()),
+            Err(AuthError::Invalid(_))
+        ));
         assert_eq!(
-            a.verify(&token("alice", None, now() - 120), "d"),
+            a.verify(&token("alice", None, now() - 120), "d", now()),
             Err(AuthError::Expired)
         );
         let none = format!(
@@ -312,18 +519,21 @@ mod tests {
             b64(&serde_json::json!({"alg": "none", "typ": "JWT"})),
             b64(&serde_json::json!({"sub": "alice", "exp": now() + 60}))
         );
-        assert!(matches!(a.verify(&none, "d"), Err(AuthError::Invalid(_))));
         assert!(matches!(
-            a.verify(&token("al.ice", None, now() + 60), "d"),
+            a.verify(&none, "d", now()),
+            Err(AuthError::Invalid(_))
+        ));
+        assert!(matches!(
+            a.verify(&token("al.ice", None, now() + 60), "d", now()),
             Err(AuthError::BadId(_))
         ));
         assert!(matches!(
-            a.verify(&token("alice", None, now() + 60), "d*"),
+            a.verify(&token("alice", None, now() + 60), "d*", now()),
             Err(AuthError::BadId(_))
         ));
-        assert_eq!(a.verify("", "d"), Err(AuthError::Missing));
+        assert_eq!(a.verify("", "d", now()), Err(AuthError::Missing));
         assert!(matches!(
-            a.verify("garbage", "d"),
+            a.verify("garbage", "d", now()),
             Err(AuthError::Invalid(_))
         ));
     }

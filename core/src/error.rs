@@ -36,6 +36,8 @@ pub enum ErrorCode {
     Internal,
     /// Not allowed for this user (e.g. sending to a group it is not a member of).
     Forbidden,
+    /// Hello's `protocol_version` is not one this gateway speaks.
+    UnsupportedVersion,
 }
 
 impl ErrorCode {
@@ -58,6 +60,7 @@ impl ErrorCode {
             Self::RateLimited => W::RateLimited,
             Self::Internal => W::Internal,
             Self::Forbidden => W::Forbidden,
+            Self::UnsupportedVersion => W::UnsupportedVersion,
         }
     }
 
@@ -90,11 +93,12 @@ impl ErrorCode {
             Self::RateLimited => "RATE_LIMITED",
             Self::Internal => "INTERNAL",
             Self::Forbidden => "FORBIDDEN",
+            Self::UnsupportedVersion => "UNSUPPORTED_VERSION",
         }
     }
 
     /// Every code.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         Self::BadFrame,
         Self::FrameTooLarge,
         Self::UnknownFrame,
@@ -110,6 +114,7 @@ impl ErrorCode {
         Self::RateLimited,
         Self::Internal,
         Self::Forbidden,
+        Self::UnsupportedVersion,
     ];
 }
 

@@ -340,12 +340,28 @@ impl Session {
             (
                 State::AwaitingHello { .. },
                 Command::Hello {
+                    protocol_version, ..
+                },
+            ) if protocol_version != petrel_proto::PROTOCOL_VERSION => {
+                self.close(
+                    &mut out,
+                    ErrorCode::UnsupportedVersion,
+                    format!(
+                        "protocol_version {protocol_version} is not supported; this gateway speaks {}",
+                        petrel_proto::PROTOCOL_VERSION
+                    ),
+                );
+            }
+            (
+                State::AwaitingHello { .. },
+                Command::Hello {
                     token,
                     device,
                     cursors,
                     delivery_streams,
+                    ..
                 },
-            ) => match self.auth.verify(&token, &device) {
+            ) => match self.auth.verify(&token, &device, now.unix_ms / 1000) {
                 Ok(identity) => {
                     // Group cursors are kept until the membership is known
                     // (`set_groups`), which drops those of other groups.
@@ -358,8 +374,9 @@ impl Session {
                             self.cursors.insert(subject, seq);
                         }
                     }
+                    // Checked: a token may name a time beyond what `Instant` holds.
                     let left = identity.expires_at.saturating_sub(now.unix_ms / 1000);
-                    self.expires = Some(now.mono + Duration::from_secs(left));
+                    self.expires = now.mono.checked_add(Duration::from_secs(left));
                     self.delivery_streams = delivery_streams.min(crate::wire::MAX_DELIVERY_STREAMS);
                     self.state = State::Joining(identity.clone());
                     out.push(Action::Join(identity));

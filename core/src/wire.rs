@@ -20,6 +20,8 @@ pub enum Command {
         token: String,
         /// Device id as sent (validated with the token).
         device: String,
+        /// The protocol version the client speaks.
+        protocol_version: u32,
         /// Resume cursors as sent (validated by the session).
         cursors: Vec<(String, Seq)>,
         /// Delivery streams the client reads (capped by the session at
@@ -255,6 +257,7 @@ pub fn decode_command(frame: Bytes) -> Result<Command, WireError> {
         Kind::Hello(h) => Command::Hello {
             token: h.token,
             device: h.device,
+            protocol_version: h.protocol_version,
             cursors: cursors(h.cursors),
             delivery_streams: h.delivery_streams,
         },

@@ -25,8 +25,12 @@ impl Clock {
     }
 }
 
+/// The fake clock's Unix time at the start of every test (ms); tokens are valid for
+/// 300 s from it.
+const T0: u64 = 1_800_000_000_000;
+
 fn token(user: &str) -> String {
-    let exp = petrel_core::time::unix_secs() + 300;
+    let exp = T0 / 1000 + 300;
     mint_hs256(
         SECRET,
         &Claims {
@@ -34,6 +38,7 @@ fn token(user: &str) -> String {
             device: None,
             exp,
             iat: None,
+            nbf: None,
         },
     )
     .unwrap()
@@ -54,6 +59,7 @@ fn hello(user: &str) -> Command {
         device: "phone".into(),
         cursors: vec![],
         delivery_streams: 0,
+        protocol_version: 1,
     }
 }
 
@@ -75,7 +81,7 @@ fn closed_with(actions: &[Action]) -> Option<ErrorCode> {
 
 #[test]
 fn hello_joins_then_welcomes() {
-    let clock = Clock(Instant::now(), 1_000);
+    let clock = Clock(Instant::now(), T0);
     let mut s = session(&clock);
     let out = s.on_command(hello("alice"), clock.now());
     assert!(matches!(&out[..], [Action::Join(id)] if id.user.as_str() == "alice"));
@@ -91,12 +97,13 @@ fn hello_joins_then_welcomes() {
 
 #[test]
 fn delivery_streams_are_capped_then_granted_by_the_transport() {
-    let clock = Clock(Instant::now(), 1_000);
+    let clock = Clock(Instant::now(), T0);
     let ask = |n: u32| Command::Hello {
         token: token("alice"),
         device: "phone".into(),
         cursors: vec![],
         delivery_streams: n,
+        protocol_version: 1,
     };
     let welcome_streams = |out: &[Action]| match out {
         [
@@ -128,7 +135,7 @@ fn delivery_streams_are_capped_then_granted_by_the_transport() {
 
 #[test]
 fn handshake_timeout_closes() {
-    let mut clock = Clock(Instant::now(), 1_000);
+    let mut clock = Clock(Instant::now(), T0);
     let mut s = session(&clock);
     assert!(
         s.on_timeout(clock.now()).is_empty(),
@@ -144,7 +151,7 @@ fn handshake_timeout_closes() {
 
 #[test]
 fn frames_before_hello_and_second_hello_are_protocol_errors() {
-    let clock = Clock(Instant::now(), 1_000);
+    let clock = Clock(Instant::now(), T0);
     let mut s = session(&clock);
     assert_eq!(
         closed_with(&s.on_command(send("m1", "bob"), clock.now())),
@@ -160,7 +167,7 @@ fn frames_before_hello_and_second_hello_are_protocol_errors() {
 
 #[test]
 fn bad_tokens_are_refused_with_their_codes() {
-    let clock = Clock(Instant::now(), 1_000);
+    let clock = Clock(Instant::now(), T0);
     let mut s = session(&clock);
     let out = s.on_command(
         Command::Hello {
@@ -168,6 +175,7 @@ fn bad_tokens_are_refused_with_their_codes() {
             device: "d".into(),
             cursors: vec![],
             delivery_streams: 0,
+            protocol_version: 1,
         },
         clock.now(),
     );
@@ -179,6 +187,7 @@ fn bad_tokens_are_refused_with_their_codes() {
             device: "a.b".into(),
             cursors: vec![],
             delivery_streams: 0,
+            protocol_version: 1,
         },
         clock.now(),
     );
@@ -187,7 +196,7 @@ fn bad_tokens_are_refused_with_their_codes() {
 
 #[test]
 fn send_publishes_two_copies_and_reports_the_recipient_sequence() {
-    let clock = Clock(Instant::now(), 42);
+    let clock = Clock(Instant::now(), T0 + 42);
     let mut s = session(&clock);
     s.on_command(hello("alice"), clock.now());
     let out = s.on_command(send("m1", "bob"), clock.now());
@@ -204,7 +213,7 @@ fn send_publishes_two_copies_and_reports_the_recipient_sequence() {
             stored.to.user().unwrap().as_str(),
             stored.time_ms
         ),
-        ("alice", "bob", 42)
+        ("alice", "bob", T0 + 42)
     );
     let out = s.on_published(
         p.req,
@@ -230,7 +239,7 @@ fn send_publishes_two_copies_and_reports_the_recipient_sequence() {
 
 #[test]
 fn note_to_self_is_one_copy() {
-    let clock = Clock(Instant::now(), 42);
+    let clock = Clock(Instant::now(), T0 + 42);
     let mut s = session(&clock);
     s.on_command(hello("alice"), clock.now());
     let out = s.on_command(send("m1", "alice"), clock.now());
@@ -239,7 +248,7 @@ fn note_to_self_is_one_copy() {
 
 #[test]
 fn inflight_budget_applies_backpressure() {
-    let clock = Clock(Instant::now(), 42);
+    let clock = Clock(Instant::now(), T0 + 42);
     let mut s = session(&clock);
     s.on_command(hello("alice"), clock.now());
     assert!(s.wants_frames());
@@ -262,7 +271,7 @@ fn inflight_budget_applies_backpressure() {
 
 #[test]
 fn queued_frees_the_budget_and_the_final_result_follows() {
-    let clock = Clock(Instant::now(), 42);
+    let clock = Clock(Instant::now(), T0 + 42);
     let mut s = session(&clock);
     s.on_command(hello("alice"), clock.now());
     let mut reqs = vec![];
@@ -319,7 +328,7 @@ fn queued_frees_the_budget_and_the_final_result_follows() {
 
 #[test]
 fn content_limits_and_acks() {
-    let clock = Clock(Instant::now(), 42);
+    let clock = Clock(Instant::now(), T0 + 42);
     let mut s = session(&clock);
     s.on_command(hello("alice"), clock.now());
     let empty = Command::Send(SendCommand {
@@ -373,7 +382,7 @@ fn content_limits_and_acks() {
 
 #[test]
 fn connection_closes_when_the_token_expires() {
-    let mut clock = Clock(Instant::now(), petrel_core::time::unix_ms());
+    let mut clock = Clock(Instant::now(), T0);
     let mut s = session(&clock);
     s.on_command(hello("alice"), clock.now()); // token valid 300 s
     s.on_joined(clock.now());
@@ -390,7 +399,7 @@ fn connection_closes_when_the_token_expires() {
 
 #[test]
 fn send_rate_is_limited_per_connection() {
-    let mut clock = Clock(Instant::now(), 42);
+    let mut clock = Clock(Instant::now(), T0 + 42);
     let cfg = Arc::new(SessionConfig {
         max_inflight_sends: 1000,
         send_rate_per_sec: 10,
@@ -429,4 +438,45 @@ fn send_rate_is_limited_per_connection() {
         !s.is_closed(),
         "rate limiting rejects sends, it does not close"
     );
+}
+
+#[test]
+fn a_token_that_expires_beyond_what_an_instant_holds_does_not_panic() {
+    let clock = Clock(Instant::now(), T0);
+    let auth = Authenticator::new(Some(SECRET), None).unwrap().with_policy(
+        petrel_core::auth::TokenPolicy {
+            leeway_secs: 5,
+            max_lifetime_secs: u64::MAX,
+        },
+    );
+    let mut s = Session::new(
+        "c1",
+        Arc::new(SessionConfig::default()),
+        Arc::new(auth),
+        clock.now(),
+    );
+    let forever = mint_hs256(
+        SECRET,
+        &Claims {
+            sub: "alice".into(),
+            device: None,
+            exp: u64::MAX,
+            iat: None,
+            nbf: None,
+        },
+    )
+    .unwrap();
+    let out = s.on_command(
+        Command::Hello {
+            token: forever,
+            device: "phone".into(),
+            cursors: vec![],
+            delivery_streams: 0,
+            protocol_version: 1,
+        },
+        clock.now(),
+    );
+    assert!(matches!(&out[..], [Action::Join(_)]), "{out:?}");
+    let out = s.on_joined(clock.now());
+    assert!(closed_with(&out).is_none(), "{out:?}");
 }

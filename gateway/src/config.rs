@@ -195,7 +195,7 @@ impl Default for NatsSection {
 }
 
 /// `[auth]`
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSection {
     /// HS256 shared secret (development). At least 32 bytes.
@@ -207,6 +207,30 @@ pub struct AuthSection {
     /// ES256 public key, PEM file (production).
     #[serde(default)]
     pub es256_public_key: Option<PathBuf>,
+    /// Clock skew allowed between the token issuer and the gateway (`exp`, `nbf`, `iat`).
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_secs: u64,
+    /// The furthest a token's `exp` may be from now; longer-lived tokens are refused.
+    #[serde(default = "default_max_token_lifetime")]
+    pub max_token_lifetime_secs: u64,
+}
+
+fn default_clock_skew() -> u64 {
+    5
+}
+
+fn default_max_token_lifetime() -> u64 {
+    24 * 3600
+}
+
+impl AuthSection {
+    /// The token time rules of this section.
+    pub fn policy(&self) -> petrel_core::auth::TokenPolicy {
+        petrel_core::auth::TokenPolicy {
+            leeway_secs: self.clock_skew_secs,
+            max_lifetime_secs: self.max_token_lifetime_secs,
+        }
+    }
 }
 
 /// `[limits]`
@@ -403,6 +427,12 @@ impl Config {
             && self.auth.es256_public_key.is_none()
         {
             bail!("auth: set hs256_secret, hs256_secret_file or es256_public_key");
+        }
+        if self.auth.max_token_lifetime_secs < 60 {
+            bail!("auth.max_token_lifetime_secs must be at least 60");
+        }
+        if self.auth.clock_skew_secs > 300 {
+            bail!("auth.clock_skew_secs must be at most 300 (5 minutes)");
         }
         Ok(())
     }

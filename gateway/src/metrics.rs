@@ -90,6 +90,8 @@ pub struct Metrics {
     pub slow_consumers: Family<SlowLabel, Counter>,
     /// Connections refused at Hello for their token or ids.
     pub auth_failures: Family<CodeLabel, Counter>,
+    /// Connection tasks that panicked (caught, the connection closed INTERNAL).
+    pub connection_panics: Counter,
 }
 
 impl Default for Metrics {
@@ -116,6 +118,7 @@ impl Metrics {
             publish_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
             slow_consumers: Family::default(),
             auth_failures: Family::default(),
+            connection_panics: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -181,6 +184,11 @@ impl Metrics {
             "auth_failures",
             "Connections refused at Hello, by error code",
             m.auth_failures.clone(),
+        );
+        registry.register(
+            "connection_panics",
+            "Connection tasks that panicked (a bug: caught, logged, the client closed with INTERNAL)",
+            m.connection_panics.clone(),
         );
         // Series that exist from the start at 0, so rates and alerts work before the
         // first event.

@@ -337,7 +337,9 @@ fn authenticator(
         ),
         None => None,
     };
-    Authenticator::new(hs_secret, es_key.as_deref()).context("auth keys")
+    Ok(Authenticator::new(hs_secret, es_key.as_deref())
+        .context("auth keys")?
+        .with_policy(auth.policy()))
 }
 
 fn open_store(cfg: &config::StorageSection) -> anyhow::Result<Arc<EdgeStore>> {

@@ -408,6 +408,7 @@ mod tests {
             device: Some("phone".into()),
             exp: now + 60,
             iat: None,
+            nbf: None,
         }
     }
 
@@ -417,12 +418,14 @@ mod tests {
         let auth = Authenticator::new(None, Some(key.public_key_pem().as_bytes())).unwrap();
         let enc = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
         let token = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims(), &enc).unwrap();
-        let id = auth.verify(&token, "").unwrap();
+        let id = auth
+            .verify(&token, "", petrel_core::time::unix_secs())
+            .unwrap();
         assert_eq!((id.user.as_str(), id.device.as_str()), ("alice", "phone"));
         // Algorithm confusion: an HS256 token "signed" with the public key is refused.
         let forged = mint_hs256(key.public_key_pem().as_bytes(), &claims()).unwrap();
         assert!(matches!(
-            auth.verify(&forged, ""),
+            auth.verify(&forged, "", petrel_core::time::unix_secs()),
             Err(AuthError::Invalid(_))
         ));
         // Another key's ES256 token is refused.
@@ -430,7 +433,7 @@ mod tests {
         let enc = EncodingKey::from_ec_pem(other.serialize_pem().as_bytes()).unwrap();
         let token = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims(), &enc).unwrap();
         assert!(matches!(
-            auth.verify(&token, ""),
+            auth.verify(&token, "", petrel_core::time::unix_secs()),
             Err(AuthError::Invalid(_))
         ));
     }

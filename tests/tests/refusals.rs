@@ -47,6 +47,7 @@ async fn bad_tokens_and_ids_are_refused_and_nothing_is_stored() -> anyhow::Resul
                 device: None,
                 exp: now() + 600,
                 iat: None,
+                nbf: None,
             },
         )
         .unwrap();
@@ -61,6 +62,7 @@ async fn bad_tokens_and_ids_are_refused_and_nothing_is_stored() -> anyhow::Resul
                 device: None,
                 exp: now() - 600,
                 iat: None,
+                nbf: None,
             },
         )
         .unwrap();
@@ -85,6 +87,7 @@ async fn bad_tokens_and_ids_are_refused_and_nothing_is_stored() -> anyhow::Resul
                     device: None,
                     exp: now() + 600,
                     iat: None,
+                    nbf: None,
                 },
             )
             .unwrap();

@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use std::panic::AssertUnwindSafe;
+
+use futures::{FutureExt, StreamExt};
 use petrel_core::auth::Authenticator;
 use petrel_core::session::{Action, Now, PublishOutcome, Session, SessionConfig};
 use petrel_core::wire::{Command, decode_command, encode_reply};
@@ -122,13 +124,12 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
             let shared = self.shared.clone();
             let transport = self.transport;
             let m = &shared.metrics;
-            let label = crate::metrics::TransportLabel { transport };
-            shared.connections.fetch_add(1, Ordering::Relaxed);
-            m.connects.get_or_create(&label).inc();
-            m.connections.get_or_create(&label).inc();
+            m.connects
+                .get_or_create(&crate::metrics::TransportLabel { transport })
+                .inc();
+            let open = Open::count(&shared, transport);
             let (end, user) = Driver::new(self).run().await;
-            shared.connections.fetch_sub(1, Ordering::Relaxed);
-            m.connections.get_or_create(&label).dec();
+            drop(open);
             let reason = match &end {
                 End::Client => "client",
                 End::Closed(..) => "gateway",
@@ -152,6 +153,34 @@ impl<R: FrameReader, W: FrameWriter> Connection<R, W> {
         }
         .instrument(span)
         .await
+    }
+}
+
+/// Counts a connection as open until dropped, whatever ends it (a panic included).
+struct Open {
+    shared: Arc<Shared>,
+    transport: &'static str,
+}
+
+impl Open {
+    fn count(shared: &Arc<Shared>, transport: &'static str) -> Self {
+        shared.connections.fetch_add(1, Ordering::Relaxed);
+        let label = crate::metrics::TransportLabel { transport };
+        shared.metrics.connections.get_or_create(&label).inc();
+        Self {
+            shared: shared.clone(),
+            transport,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        let label = crate::metrics::TransportLabel {
+            transport: self.transport,
+        };
+        self.shared.metrics.connections.get_or_create(&label).dec();
     }
 }
 
@@ -243,18 +272,15 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
     }
 
     /// Feeds frames, carries out actions, waits for the next event, until the end;
-    /// then leaves every live subscription and the presence directory.
+    /// then leaves every live subscription and the presence directory. A panic in a
+    /// step (a bug) is caught here: logged once, counted, and the client is closed with
+    /// INTERNAL instead of losing its connection without a word.
     async fn run(mut self) -> (End, Option<String>) {
         let end = loop {
-            self.feed_frames();
-            if let Some(end) = self.client_finished() {
-                break end;
-            }
-            if let Err(end) = self.carry_out().await {
-                break end;
-            }
-            if let Err(end) = self.next_event().await {
-                break end;
+            match AssertUnwindSafe(self.step()).catch_unwind().await {
+                Ok(None) => {}
+                Ok(Some(end)) => break end,
+                Err(panic) => break self.on_panic(panic_message(panic.as_ref())).await,
             }
         };
         if matches!(end, End::Client) {
@@ -263,6 +289,30 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
         }
         self.leave().await;
         (end, self.joined.map(|j| j.user.to_string()))
+    }
+
+    /// One turn of the loop; `Some` once the connection has ended.
+    async fn step(&mut self) -> Option<End> {
+        self.feed_frames();
+        if let Some(end) = self.client_finished() {
+            return Some(end);
+        }
+        if let Err(end) = self.carry_out().await {
+            return Some(end);
+        }
+        self.next_event().await.err()
+    }
+
+    async fn on_panic(&mut self, what: String) -> End {
+        tracing::error!(panic = %what, "connection task panicked; closing it with INTERNAL");
+        self.shared.metrics.connection_panics.inc();
+        let why = "internal error".to_string();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.writer.close(ErrorCode::Internal, &why),
+        )
+        .await;
+        End::Closed(ErrorCode::Internal, why)
     }
 
     /// Hands buffered frames to the session while it has budget for them.
@@ -407,4 +457,13 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
             }
         }
     }
+}
+
+/// What a caught panic said.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }

@@ -123,9 +123,12 @@ impl CatchUp {
         before: Seq,
         limit: usize,
     ) -> Result<(Vec<Delivery>, bool), HubError> {
+        // Past the last stored message there is nothing to read: clamp there, so a
+        // `before` of 2^64 - 1 costs no more than one of 0.
+        let end_of_stream = self.hub.last_seq(subject).await?.saturating_add(1);
         let end = match before.0 {
-            0 => self.hub.last_seq(subject).await?.saturating_add(1),
-            b => b,
+            0 => end_of_stream,
+            b => b.min(end_of_stream),
         };
         let mut window = (limit as u64).max(1).saturating_mul(4);
         loop {

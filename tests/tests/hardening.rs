@@ -1,0 +1,221 @@
+//! Inputs an attacker chooses: numbers at the edge of their range, tokens with odd
+//! times or headers, unsupported protocol versions. Each is refused (or answered) with
+//! a clear code, never a panic, and the connection's accounting is released.
+
+use std::time::Duration;
+
+use base64::Engine;
+use petrel_client::{ClientError, Read, TransportKind::*, connect_raw};
+use petrel_core::auth::{Claims, mint_hs256};
+use petrel_proto::{FrameDecoder, encode_frame, pb};
+use petrel_tests::{SECRET, TestTopology, Topology};
+use prost::Message as _;
+
+fn now() -> u64 {
+    petrel_core::time::unix_secs()
+}
+
+fn claims(exp: u64) -> Claims {
+    Claims {
+        sub: "mallory".into(),
+        device: None,
+        exp,
+        iat: None,
+        nbf: None,
+    }
+}
+
+fn signed(c: &Claims) -> String {
+    mint_hs256(SECRET.as_bytes(), c).unwrap_or_default()
+}
+
+/// A token with a header of our choosing, signed with the gateway's secret.
+fn with_header(header: serde_json::Value, c: &Claims) -> anyhow::Result<String> {
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let signing_input = format!("{}.{}", b64(&header), b64(&serde_json::to_value(c)?));
+    let sig = jsonwebtoken::crypto::sign(
+        signing_input.as_bytes(),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        jsonwebtoken::Algorithm::HS256,
+    )?;
+    Ok(format!("{signing_input}.{sig}"))
+}
+
+/// The code and message a refused connection got.
+fn refusal(r: Result<petrel_client::Client, ClientError>) -> (String, String) {
+    match r {
+        Err(ClientError::Refused { code, message }) => (code, message),
+        Err(other) => panic!("expected a refusal, got error {other}"),
+        Ok(_) => panic!("expected a refusal, got a connection"),
+    }
+}
+
+/// Polls `/readyz` until `connections` and `live_subscriptions` are both 0.
+async fn wait_released(t: &Topology) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let conns = t.counter(0, "connections").await?;
+        let subs = t.counter(0, "live_subscriptions").await?;
+        if conns == 0 && subs == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "still counted: connections={conns} live_subscriptions={subs}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_valid_until_the_end_of_time_is_refused_and_accounted_for() -> anyhow::Result<()> {
+    let t = Topology::start(1).await?;
+    for transport in [Quic, WebSocket] {
+        let forever = signed(&claims(u64::MAX));
+        let (code, message) = refusal(t.connect_with_token(0, transport, &forever, "d").await);
+        assert_eq!(code, "UNAUTHENTICATED", "{transport}");
+        assert!(message.contains("longer than"), "{transport}: {message}");
+    }
+    wait_released(&t).await?;
+    // The gateway is still fine.
+    let alice = t.connect(0, Quic, "alice", "phone").await?;
+    alice.send("alice", "still-up", "x").await?;
+    t.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_from_the_last_possible_sequence_is_answered() -> anyhow::Result<()> {
+    let t = Topology::start(1).await?;
+    for transport in [Quic, WebSocket] {
+        let bob = t.connect(0, transport, "bob", "phone").await?;
+        bob.send("bob", &format!("note-{transport}"), "to self")
+            .await?;
+        let after_all = bob.history("msg.private.bob", false, u64::MAX, 10).await?;
+        assert!(after_all.messages.is_empty(), "{transport}: {after_all:?}");
+        let before_all = bob.history("msg.private.bob", true, u64::MAX, 10).await?;
+        assert!(
+            !before_all.messages.is_empty(),
+            "{transport}: everything is before 2^64 - 1"
+        );
+        // The connection goes on.
+        bob.send("bob", &format!("after-{transport}"), "x").await?;
+        bob.close().await;
+    }
+    wait_released(&t).await?;
+    t.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_token_times_and_headers_are_refused_in_plain_words() -> anyhow::Result<()> {
+    let t = Topology::start(1).await?;
+    let n = now();
+    let cases = [
+        (
+            "nbf in the future",
+            signed(&Claims {
+                nbf: Some(n + 600),
+                ..claims(n + 1200)
+            }),
+            "not valid yet",
+        ),
+        (
+            "iat in the future",
+            signed(&Claims {
+                iat: Some(n + 600),
+                ..claims(n + 1200)
+            }),
+            "issued in the future",
+        ),
+        (
+            "lifetime over the maximum",
+            signed(&claims(n + 2 * 24 * 3600)),
+            "longer than",
+        ),
+        (
+            "crit header",
+            with_header(
+                serde_json::json!({"alg": "HS256", "typ": "JWT", "crit": ["cnf"], "cnf": {}}),
+                &claims(n + 600),
+            )?,
+            "crit",
+        ),
+        (
+            "alg none",
+            with_header(serde_json::json!({"alg": "none"}), &claims(n + 600))?,
+            "malformed token",
+        ),
+    ];
+    for transport in [Quic, WebSocket] {
+        for (what, token, says) in &cases {
+            let (code, message) = refusal(t.connect_with_token(0, transport, token, "d").await);
+            assert_eq!(code, "UNAUTHENTICATED", "{transport} {what}");
+            assert!(message.contains(says), "{transport} {what}: {message}");
+            for internal in ["variant", "expected one of", "Error(", "Base64"] {
+                assert!(!message.contains(internal), "{what}: {message:?}");
+            }
+        }
+    }
+    // A plain good token still works.
+    t.connect(0, WebSocket, "alice", "phone").await?;
+    t.stop().await;
+    Ok(())
+}
+
+/// Says Hello with `protocol_version` over raw QUIC; the Error frame's code and close.
+async fn hello_with_version(t: &Topology, version: u32) -> anyhow::Result<(i32, Option<u32>)> {
+    use petrel_client::RawWriter;
+    let (mut reader, mut writer): (_, RawWriter) =
+        connect_raw(&t.endpoint(0, petrel_client::TransportKind::Quic)).await?;
+    let hello = pb::Hello {
+        token: t.token("alice"),
+        device: "phone".into(),
+        cursors: vec![],
+        protocol_version: version,
+        delivery_streams: 0,
+    };
+    writer
+        .write(encode_frame(&pb::ClientFrame {
+            kind: Some(pb::client_frame::Kind::Hello(hello)),
+        }))
+        .await?;
+    let mut decoder = FrameDecoder::new(1 << 20);
+    let mut code = None;
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(10), reader.read()).await;
+        match read.map_err(|_| anyhow::anyhow!("version {version}: no answer in 10 s"))?? {
+            Read::Data(d) => {
+                decoder.push(&d);
+                while let Some(f) = decoder.next_frame()? {
+                    match pb::ServerFrame::decode(f)?.kind {
+                        Some(pb::server_frame::Kind::Error(e)) => code = Some(e.code),
+                        Some(pb::server_frame::Kind::Welcome(_)) => {
+                            anyhow::bail!("protocol_version {version} was welcomed")
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Read::Closed(info) => {
+                let code = code.ok_or_else(|| anyhow::anyhow!("no Error frame"))?;
+                return Ok((code, info.map(|i| i.code)));
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsupported_protocol_version_is_refused_with_its_own_code() -> anyhow::Result<()> {
+    let t = Topology::start(1).await?;
+    let code = pb::ErrorCode::UnsupportedVersion as i32;
+    for version in [0, 2, 999, u32::MAX] {
+        let (got, close) = hello_with_version(&t, version).await?;
+        assert_eq!(got, code, "version {version}");
+        assert_eq!(close, Some(code as u32), "version {version}");
+    }
+    t.stop().await;
+    Ok(())
+}
