@@ -150,15 +150,40 @@ impl TlsSection {
     }
 }
 
-/// `[web]`: what the HTTP listener serves besides health.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+/// `[web]`: what the HTTP listener serves besides health, and its bounds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebSection {
     /// Directory served at `/` (the demo page and the browser SDK bundle).
     pub static_dir: Option<PathBuf>,
     /// Mint tokens at `/dev/token?user=U` with the HS256 secret. Development only:
-    /// anyone who reaches the HTTP port can then sign in as anyone.
+    /// anyone who reaches the HTTP port can then sign in as anyone, so it is refused
+    /// unless `listen.http` is a loopback address, and answered only to loopback peers.
     pub dev_tokens: bool,
+    /// The host name clients reach this edge by, for the URLs `/client-config` returns
+    /// (never taken from the request). Unset: the QUIC listen address (`localhost`
+    /// when that is unspecified).
+    pub public_host: Option<String>,
+    /// Seconds a client has to send a request's headers (also while a kept-alive
+    /// connection waits for its next request).
+    pub header_timeout_secs: u64,
+    /// Longest one HTTP connection may stay open, whatever it does.
+    pub max_connection_secs: u64,
+    /// HTTP connections open at once; more are answered 503 and closed.
+    pub max_connections: usize,
+}
+
+impl Default for WebSection {
+    fn default() -> Self {
+        Self {
+            static_dir: None,
+            dev_tokens: false,
+            public_host: None,
+            header_timeout_secs: 10,
+            max_connection_secs: 120,
+            max_connections: 256,
+        }
+    }
 }
 
 /// `[nats]`
@@ -428,6 +453,20 @@ impl Config {
         {
             bail!("auth: set hs256_secret, hs256_secret_file or es256_public_key");
         }
+        if self.web.dev_tokens && !self.listen.http.ip().is_loopback() {
+            bail!(
+                "web.dev_tokens mints tokens for anyone who asks: it needs listen.http on a loopback address, not {}",
+                self.listen.http
+            );
+        }
+        if self.web.header_timeout_secs == 0
+            || self.web.max_connection_secs == 0
+            || self.web.max_connections == 0
+        {
+            bail!(
+                "web.header_timeout_secs, max_connection_secs and max_connections must be above 0"
+            );
+        }
         if self.auth.max_token_lifetime_secs < 60 {
             bail!("auth.max_token_lifetime_secs must be at least 60");
         }
@@ -540,5 +579,28 @@ mod tests {
         );
         let err = Config::parse(&no_secret, &[]).unwrap_err();
         assert!(format!("{err:#}").contains("dev_tokens"), "{err:#}");
+    }
+
+    #[test]
+    fn dev_tokens_are_refused_off_loopback() {
+        let dev = format!("{BASE}[web]\ndev_tokens = true\n");
+        assert!(Config::parse(&dev, &[]).is_ok(), "loopback is fine");
+        for http in ["0.0.0.0:8080", "[::]:8080", "192.0.2.10:8080"] {
+            let env = vec![("PETREL_LISTEN_HTTP".to_string(), http.to_string())];
+            let err = Config::parse(&dev, &env).unwrap_err();
+            assert!(format!("{err:#}").contains("loopback"), "{http}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn the_http_bounds_must_be_positive() {
+        for key in [
+            "header_timeout_secs",
+            "max_connection_secs",
+            "max_connections",
+        ] {
+            let bad = format!("{BASE}[web]\n{key} = 0\n");
+            assert!(Config::parse(&bad, &[]).is_err(), "{key} = 0 accepted");
+        }
     }
 }

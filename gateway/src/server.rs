@@ -48,6 +48,7 @@ pub struct Gateway {
     limit: Arc<Semaphore>,
     certs: Arc<tls::CertStore>,
     web: http::WebState,
+    http_limits: http::HttpLimits,
     nats: async_nats::Client,
     store: Arc<EdgeStore>,
     storage: config::StorageSection,
@@ -93,10 +94,13 @@ impl Gateway {
         let web = http::WebState {
             certs: certs.clone(),
             dev_secret: hs_secret.filter(|_| cfg.web.dev_tokens),
+            dev_token_max_ttl: Duration::from_secs(cfg.auth.max_token_lifetime_secs),
+            public_host: public_host(&cfg),
             static_dir: cfg.web.static_dir.clone(),
             quic_port: sockets.addrs.quic.port(),
             websocket_port: sockets.addrs.websocket.port(),
             websocket_plain_port: sockets.addrs.websocket_plain.map(|a| a.port()),
+            http_port: sockets.addrs.http.port(),
         };
         let groups = directory::Directory::new(cfg.redis.url.as_deref())?;
         let presence = Arc::new(directory::Presence::new(
@@ -135,6 +139,11 @@ impl Gateway {
             limit: Arc::new(Semaphore::new(cfg.limits.max_connections)),
             certs,
             web,
+            http_limits: http::HttpLimits {
+                header_timeout: Duration::from_secs(cfg.web.header_timeout_secs),
+                max_connection: Duration::from_secs(cfg.web.max_connection_secs),
+                max_connections: cfg.web.max_connections,
+            },
             nats,
             store,
             storage: cfg.storage.clone(),
@@ -181,6 +190,7 @@ impl Gateway {
             limit,
             certs,
             web,
+            http_limits,
             nats,
             store,
             storage,
@@ -194,7 +204,7 @@ impl Gateway {
         // The forwarder outlives the listeners: connections draining may still send.
         let forwarding_done = CancellationToken::new();
         let forwarding = tokio::spawn(forwarding.run(forwarding_done.clone()));
-        let serving = sockets.serve(&shared, web, &limit, &tracker, &shutdown);
+        let serving = sockets.serve(&shared, (web, http_limits), &limit, &tracker, &shutdown);
         let background = async {
             tokio::join!(
                 shared.presence.heartbeat(shutdown.clone()),
@@ -207,8 +217,7 @@ impl Gateway {
                 follow_group_changes(nats.clone(), shared.clone(), shutdown.clone()),
             )
         };
-        let (served, _) = tokio::join!(serving, background);
-        served.context("HTTP server")?;
+        tokio::join!(serving, background);
         tracker.close();
         if tokio::time::timeout(DRAIN, tracker.wait()).await.is_err() {
             warn!("connections still open after {DRAIN:?} of drain; closing anyway");
@@ -262,11 +271,11 @@ impl Sockets {
     async fn serve(
         self,
         shared: &Arc<Shared>,
-        web: http::WebState,
+        (web, http_limits): (http::WebState, http::HttpLimits),
         limit: &Arc<Semaphore>,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
-    ) -> std::io::Result<()> {
+    ) {
         let quic = quic::serve(
             self.quic,
             shared.clone(),
@@ -297,10 +306,21 @@ impl Sockets {
             }
         };
         let router = http::router(web, shared.clone());
-        let http = axum::serve(self.http, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let (_, _, _, served) = tokio::join!(quic, ws, ws_plain, async { http.await });
-        served
+        let http = http::serve(self.http, router, http_limits, shutdown.clone());
+        tokio::join!(quic, ws, ws_plain, http);
+    }
+}
+
+/// The host name in the URLs `/client-config` hands out: configured, or the QUIC
+/// listen address (`localhost` when that is unspecified).
+fn public_host(cfg: &Config) -> String {
+    if let Some(h) = &cfg.web.public_host {
+        return h.clone();
+    }
+    match cfg.listen.quic.ip() {
+        ip if ip.is_unspecified() => "localhost".into(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
     }
 }
 

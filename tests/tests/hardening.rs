@@ -219,3 +219,108 @@ async fn an_unsupported_protocol_version_is_refused_with_its_own_code() -> anyho
     t.stop().await;
     Ok(())
 }
+
+/// Sends `request` on a new connection to edge 0's HTTP listener and reads until the
+/// server closes (at most `secs`); what it answered, and how long until it closed.
+async fn http_raw(t: &Topology, request: &[u8], secs: u64) -> anyhow::Result<(String, Duration)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = tokio::time::Instant::now();
+    let mut s = tokio::net::TcpStream::connect(t.edges[0].addrs.http).await?;
+    s.write_all(request).await?;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(secs), s.read_to_end(&mut out)).await;
+    anyhow::ensure!(read.is_ok(), "the connection was still open after {secs} s");
+    Ok((
+        String::from_utf8_lossy(&out).into_owned(),
+        started.elapsed(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_silent_http_clients_are_cut_and_the_listener_is_bounded() -> anyhow::Result<()> {
+    let t = Topology::start_with(1, |cfg, _| {
+        cfg.web.header_timeout_secs = 1;
+        cfg.web.max_connections = 3;
+        Ok(())
+    })
+    .await?;
+    // Half a request's headers, then nothing; and nothing at all.
+    let (_, slow) = http_raw(&t, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", 10).await?;
+    assert!(slow < Duration::from_secs(5), "slow headers held {slow:?}");
+    let (_, silent) = http_raw(&t, b"", 10).await?;
+    assert!(
+        silent < Duration::from_secs(5),
+        "a silent client held {silent:?}"
+    );
+    // A kept-alive connection that goes quiet after its request is cut too.
+    let (answer, idle) = http_raw(&t, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 10).await?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        idle < Duration::from_secs(5),
+        "an idle keep-alive held {idle:?}"
+    );
+
+    // Over the connection limit: 503 at once; the listener serves again afterwards.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(t.edges[0].addrs.http).await?);
+    }
+    let (busy, _) = http_raw(&t, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 5).await?;
+    assert!(busy.starts_with("HTTP/1.1 503"), "{busy}");
+    drop(held);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while t.http_get(0, "/healthz").await.is_err() {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the listener did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    t.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_tokens_carry_no_cors_and_client_config_ignores_the_host_header() -> anyhow::Result<()>
+{
+    let t = Topology::start(1).await?;
+    let (token, _) = http_raw(
+        &t,
+        b"GET /dev/token?user=alice HTTP/1.1\r\nHost: x\r\nOrigin: http://evil.example\r\nConnection: close\r\n\r\n",
+        5,
+    )
+    .await?;
+    assert!(token.starts_with("HTTP/1.1 200"), "{token}");
+    assert!(
+        !token
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin"),
+        "a page on any origin could read the token:\n{token}"
+    );
+    let (hashes, _) = http_raw(
+        &t,
+        b"GET /cert-hashes HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        5,
+    )
+    .await?;
+    assert!(
+        hashes
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin: *"),
+        "{hashes}"
+    );
+    let (config, _) = http_raw(
+        &t,
+        b"GET /client-config HTTP/1.1\r\nHost: evil.example:1\r\nConnection: close\r\n\r\n",
+        5,
+    )
+    .await?;
+    assert!(!config.contains("evil.example"), "{config}");
+    let quic = t.edges[0].addrs.quic;
+    assert!(
+        config.contains(&format!("https://127.0.0.1:{}/wt", quic.port())),
+        "{config}"
+    );
+    t.stop().await;
+    Ok(())
+}

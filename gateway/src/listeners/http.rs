@@ -7,10 +7,16 @@
 //! | `/readyz` | connected to the leaf; connection and subscription counts |
 //! | `/metrics` | Prometheus metrics (OpenMetrics text; see `metrics`) |
 //! | `/cert-hashes` | SHA-256 of the current and next certificate, for WebTransport `serverCertificateHashes` (CORS open) |
-//! | `/client-config` | the WebTransport and WebSocket URLs for the host the page was loaded from |
-//! | `/dev/token?user=U[&device=D][&ttl=SECS]` | a token signed with the HS256 secret — only with `web.dev_tokens` |
+//! | `/client-config` | the WebTransport and WebSocket URLs of this edge, built from `web.public_host` (CORS open) |
+//! | `/dev/token?user=U[&device=D][&ttl=SECS]` | a token signed with the HS256 secret — only with `web.dev_tokens`, only to loopback peers, no CORS |
 //! | everything else | files of `web.static_dir` (the demo page and SDK bundle), if set |
+//!
+//! Bounded like every other listener: headers must arrive within
+//! `web.header_timeout_secs` (also for the next request on a kept-alive connection), a
+//! connection lives at most `web.max_connection_secs`, at most `web.max_connections`
+//! are open (more are answered 503), and no route reads a request body.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,11 +24,19 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+use tracing::{debug, warn};
 
 use super::websocket;
 use super::webtransport::PATH as WEBTRANSPORT_PATH;
@@ -36,6 +50,10 @@ pub struct WebState {
     pub certs: Arc<CertStore>,
     /// HS256 secret for `/dev/token`; `None` disables the route.
     pub dev_secret: Option<Vec<u8>>,
+    /// Longest validity of a dev token (the gateway's own token lifetime limit).
+    pub dev_token_max_ttl: Duration,
+    /// Host name in the URLs of `/client-config`.
+    pub public_host: String,
     /// Directory served for other paths.
     pub static_dir: Option<PathBuf>,
     /// Bound QUIC/WebTransport port.
@@ -44,6 +62,8 @@ pub struct WebState {
     pub websocket_port: u16,
     /// Bound plain WebSocket port, if any.
     pub websocket_plain_port: Option<u16>,
+    /// Bound HTTP port.
+    pub http_port: u16,
 }
 
 #[derive(Clone)]
@@ -152,28 +172,17 @@ pub struct ClientConfig {
     pub cert_hashes: String,
 }
 
-async fn client_config(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    // The host the page used to reach us, without its port: the listeners share it.
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
-        .map(|a| a.host().to_string())
-        .unwrap_or_else(|| "127.0.0.1".into());
-    let http_host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("127.0.0.1")
-        .to_string();
+async fn client_config(State(s): State<AppState>) -> Response {
+    let web = &s.web;
+    let host = &web.public_host;
     cors(
         Json(ClientConfig {
-            webtransport: format!("https://{host}:{}{WEBTRANSPORT_PATH}", s.web.quic_port),
-            websocket: format!("wss://{host}:{}{}", s.web.websocket_port, websocket::PATH),
-            websocket_plain: s
-                .web
+            webtransport: format!("https://{host}:{}{WEBTRANSPORT_PATH}", web.quic_port),
+            websocket: format!("wss://{host}:{}{}", web.websocket_port, websocket::PATH),
+            websocket_plain: web
                 .websocket_plain_port
                 .map(|p| format!("ws://{host}:{p}{}", websocket::PATH)),
-            cert_hashes: format!("http://{http_host}/cert-hashes"),
+            cert_hashes: format!("http://{host}:{}/cert-hashes", web.http_port),
         })
         .into_response(),
     )
@@ -187,7 +196,11 @@ struct TokenQuery {
     ttl: Option<u64>,
 }
 
-async fn dev_token(State(s): State<AppState>, Query(q): Query<TokenQuery>) -> Response {
+async fn dev_token(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<TokenQuery>,
+) -> Response {
     let Some(secret) = &s.web.dev_secret else {
         return (
             StatusCode::NOT_FOUND,
@@ -195,15 +208,117 @@ async fn dev_token(State(s): State<AppState>, Query(q): Query<TokenQuery>) -> Re
         )
             .into_response();
     };
-    match petrel_core::auth::mint_dev_token(
-        secret,
-        &q.user,
-        q.device.as_deref(),
-        Duration::from_secs(q.ttl.unwrap_or(12 * 3600).clamp(1, 24 * 3600)),
-    ) {
+    if !peer.ip().is_loopback() {
+        return (
+            StatusCode::FORBIDDEN,
+            "dev tokens are given to loopback clients only\n",
+        )
+            .into_response();
+    }
+    let max = s.web.dev_token_max_ttl.as_secs().clamp(1, 24 * 3600);
+    let ttl = Duration::from_secs(q.ttl.unwrap_or(12 * 3600).clamp(1, max));
+    // No CORS: a page on another origin must not be able to read a token.
+    match petrel_core::auth::mint_dev_token(secret, &q.user, q.device.as_deref(), ttl) {
         Ok(token) => {
-            cors(Json(serde_json::json!({ "token": token, "user": q.user })).into_response())
+            let mut r = Json(serde_json::json!({ "token": token, "user": q.user })).into_response();
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
         }
         Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     }
+}
+
+/// The HTTP listener's bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Time to send a request's headers.
+    pub header_timeout: Duration,
+    /// Longest a connection stays open.
+    pub max_connection: Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
+}
+
+/// Serves `router` on `listener` within `limits` until `shutdown`; then lets the
+/// requests in progress finish (at most a few seconds).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let tracker = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, "HTTP connection limit reached; answering 503");
+            tracker.spawn(refuse(stream));
+            continue;
+        };
+        let (router, shutdown) = (router.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            let _slot = slot;
+            serve_connection(stream, peer, router, limits, shutdown).await;
+        });
+    }
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+}
+
+/// One HTTP/1.1 connection: its requests carry the peer's address (for `/dev/token`).
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    limits: HttpLimits,
+    shutdown: CancellationToken,
+) {
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            router.clone().oneshot(req)
+        });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    let done = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        _ = shutdown.cancelled() => None,
+        _ = tokio::time::sleep(limits.max_connection) => None,
+    };
+    let result = match done {
+        Some(r) => r,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(Duration::from_secs(2), conn).await {
+                Ok(r) => r,
+                Err(_) => return,
+            }
+        }
+    };
+    if let Err(e) = result {
+        debug!(%peer, error = %e, "HTTP connection ended");
+    }
+}
+
+/// Answers 503 to a connection over the limit and closes it, without reading it.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    let busy =
+        b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(busy)).await;
 }
