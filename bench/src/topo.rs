@@ -46,6 +46,11 @@ impl Target {
             // abusive client; load generators send from few connections on purpose.
             .env("PETREL_LIMITS_SEND_RATE_PER_SEC", "1000000")
             .env("PETREL_LIMITS_SEND_BURST", "1000000")
+            // Likewise the per-source connection budgets: the bench's thousands of
+            // clients come from a handful of loopback addresses.
+            .env("PETREL_LIMITS_PER_SOURCE_UNAUTHENTICATED", "1000000")
+            .env("PETREL_LIMITS_PER_SOURCE_CONNECTS_PER_SEC", "1000000")
+            .env("PETREL_LIMITS_PER_SOURCE_CONNECT_BURST", "1000000")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(log)

@@ -248,6 +248,19 @@ fn default_max_token_lifetime() -> u64 {
     24 * 3600
 }
 
+impl LimitsSection {
+    /// The connection budgets of this section.
+    pub fn admission(&self) -> crate::connection::admission::AdmissionConfig {
+        crate::connection::admission::AdmissionConfig {
+            max_connections: self.max_connections,
+            max_unauthenticated: self.max_unauthenticated,
+            per_source_unauthenticated: self.per_source_unauthenticated,
+            per_source_rate: f64::from(self.per_source_connects_per_sec),
+            per_source_burst: f64::from(self.per_source_connect_burst),
+        }
+    }
+}
+
 impl AuthSection {
     /// The token time rules of this section.
     pub fn policy(&self) -> petrel_core::auth::TokenPolicy {
@@ -280,8 +293,17 @@ pub struct LimitsSection {
     /// Live messages queued toward one connection; beyond it the connection catches
     /// up from the cache/hub instead.
     pub send_queue_frames: usize,
-    /// Concurrent connections on this gateway.
+    /// Authenticated connections at once on this gateway.
     pub max_connections: usize,
+    /// Connections at once that have not sent a valid Hello yet (a separate, smaller
+    /// budget: sockets that never authenticate cannot take authenticated slots).
+    pub max_unauthenticated: usize,
+    /// Of those, from one source address.
+    pub per_source_unauthenticated: usize,
+    /// New connections per second from one source address, on average.
+    pub per_source_connects_per_sec: u32,
+    /// New connections from one source address in a burst above that rate.
+    pub per_source_connect_burst: u32,
     /// Bytes of live messages queued toward one connection; beyond it (or beyond
     /// `send_queue_frames`) the connection catches up from the cache/hub instead.
     pub send_queue_bytes: usize,
@@ -302,6 +324,10 @@ impl Default for LimitsSection {
             send_burst: 200,
             send_queue_frames: 1024,
             max_connections: 100_000,
+            max_unauthenticated: 4096,
+            per_source_unauthenticated: 32,
+            per_source_connects_per_sec: 20,
+            per_source_connect_burst: 100,
             write_timeout_secs: 30,
             send_queue_bytes: 1024 * 1024,
         }
@@ -465,6 +491,16 @@ impl Config {
         {
             bail!(
                 "web.header_timeout_secs, max_connection_secs and max_connections must be above 0"
+            );
+        }
+        let l = &self.limits;
+        if l.max_connections == 0
+            || l.max_unauthenticated == 0
+            || l.per_source_unauthenticated == 0
+            || l.per_source_connect_burst == 0
+        {
+            bail!(
+                "limits.max_connections, max_unauthenticated, per_source_unauthenticated and per_source_connect_burst must be above 0"
             );
         }
         if self.auth.max_token_lifetime_secs < 60 {

@@ -92,6 +92,15 @@ pub struct Metrics {
     pub auth_failures: Family<CodeLabel, Counter>,
     /// Connection tasks that panicked (caught, the connection closed INTERNAL).
     pub connection_panics: Counter,
+    /// Connections refused by the admission budgets, by reason.
+    pub connections_refused: Family<ReasonLabel, Counter>,
+}
+
+/// Why something was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// `unauthenticated_full`, `source_pending`, `source_rate`, `full`.
+    pub reason: &'static str,
 }
 
 impl Default for Metrics {
@@ -119,6 +128,7 @@ impl Metrics {
             slow_consumers: Family::default(),
             auth_failures: Family::default(),
             connection_panics: Counter::default(),
+            connections_refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -185,6 +195,16 @@ impl Metrics {
             "Connections refused at Hello, by error code",
             m.auth_failures.clone(),
         );
+        registry.register(
+            "connections_refused",
+            "Connections refused by the admission budgets (unauthenticated_full, source_pending, source_rate: before Hello; full: at Hello)",
+            m.connections_refused.clone(),
+        );
+        for r in crate::connection::admission::Refusal::ALL {
+            let _ = m
+                .connections_refused
+                .get_or_create(&ReasonLabel { reason: r.as_str() });
+        }
         registry.register(
             "connection_panics",
             "Connection tasks that panicked (a bug: caught, logged, the client closed with INTERNAL)",

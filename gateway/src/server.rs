@@ -14,13 +14,14 @@ use petrel_core::auth::Authenticator;
 use petrel_core::session::SessionConfig;
 use petrel_storage::EdgeStore;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::{self, Config};
 use crate::connection::Shared;
+use crate::connection::admission::Admission;
 use crate::hub::{CatchUp, JetStream, Live, LiveKey};
 use crate::listeners::{http, quic, websocket, webtransport};
 use crate::{directory, metrics, outbox, provision, tls};
@@ -45,7 +46,7 @@ pub struct BoundAddrs {
 pub struct Gateway {
     shared: Arc<Shared>,
     sockets: Sockets,
-    limit: Arc<Semaphore>,
+    admission: Arc<Admission>,
     certs: Arc<tls::CertStore>,
     web: http::WebState,
     http_limits: http::HttpLimits,
@@ -136,7 +137,7 @@ impl Gateway {
         Ok(Self {
             shared,
             sockets,
-            limit: Arc::new(Semaphore::new(cfg.limits.max_connections)),
+            admission: Admission::new(cfg.limits.admission()),
             certs,
             web,
             http_limits: http::HttpLimits {
@@ -187,7 +188,7 @@ impl Gateway {
         let Self {
             shared,
             sockets,
-            limit,
+            admission,
             certs,
             web,
             http_limits,
@@ -204,7 +205,7 @@ impl Gateway {
         // The forwarder outlives the listeners: connections draining may still send.
         let forwarding_done = CancellationToken::new();
         let forwarding = tokio::spawn(forwarding.run(forwarding_done.clone()));
-        let serving = sockets.serve(&shared, (web, http_limits), &limit, &tracker, &shutdown);
+        let serving = sockets.serve(&shared, (web, http_limits), &admission, &tracker, &shutdown);
         let background = async {
             tokio::join!(
                 shared.presence.heartbeat(shutdown.clone()),
@@ -272,14 +273,14 @@ impl Sockets {
         self,
         shared: &Arc<Shared>,
         (web, http_limits): (http::WebState, http::HttpLimits),
-        limit: &Arc<Semaphore>,
+        admission: &Arc<Admission>,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
     ) {
         let quic = quic::serve(
             self.quic,
             shared.clone(),
-            limit.clone(),
+            admission.clone(),
             tracker.clone(),
             shutdown.clone(),
         );
@@ -287,18 +288,18 @@ impl Sockets {
             self.ws,
             Some(self.ws_tls),
             shared.clone(),
-            limit.clone(),
+            admission.clone(),
             tracker.clone(),
             shutdown.clone(),
         );
         let ws_plain = async {
             if let Some(listener) = self.ws_plain {
-                let (shared, limit) = (shared.clone(), limit.clone());
+                let (shared, admission) = (shared.clone(), admission.clone());
                 websocket::serve(
                     listener,
                     None,
                     shared,
-                    limit,
+                    admission,
                     tracker.clone(),
                     shutdown.clone(),
                 )

@@ -16,11 +16,15 @@ pub use petrel_devkit::{Edge, RawSession, Topology, TopologyBuilder, metric_samp
 pub const SECRET: &str = "test-secret-0123456789abcdef0123456789";
 
 /// What every test edge changes in the `petrel dev` config: a 2 s handshake timeout,
-/// and a send burst that lets the ordering test pipeline 1,000 sends (rate limits have
-/// their own test).
+/// a send burst that lets the ordering test pipeline 1,000 sends, and per-source
+/// connection budgets that do not mind every test client coming from 127.0.0.1 (rate
+/// limits and budgets have their own tests).
 pub fn test_config(cfg: &mut Config) {
     cfg.limits.handshake_timeout_secs = 2;
     cfg.limits.send_burst = 2_000;
+    cfg.limits.per_source_unauthenticated = 10_000;
+    cfg.limits.per_source_connects_per_sec = 100_000;
+    cfg.limits.per_source_connect_burst = 100_000;
 }
 
 /// Starting test topologies.

@@ -324,3 +324,76 @@ async fn dev_tokens_carry_no_cors_and_client_config_ignores_the_host_header() ->
     t.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_cannot_lock_out_real_clients() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = Topology::start_with(1, |cfg, _| {
+        cfg.limits.max_connections = 20;
+        cfg.limits.max_unauthenticated = 16;
+        cfg.limits.per_source_unauthenticated = 8;
+        cfg.limits.handshake_timeout_secs = 30;
+        Ok(())
+    })
+    .await?;
+    let edge = &t.edges[0].addrs;
+    let plain = edge
+        .websocket_plain
+        .ok_or_else(|| anyhow::anyhow!("no plain WebSocket"))?;
+    // Twenty sockets from 127.0.0.1 that never say anything, on every TCP listener.
+    let mut silent = Vec::new();
+    for i in 0..20 {
+        let addr = if i % 2 == 0 { edge.websocket } else { plain };
+        silent.push(tokio::net::TcpStream::connect(addr).await?);
+    }
+    // Over 127.0.0.1's share: answered 503 before any upgrade.
+    let mut over = tokio::net::TcpStream::connect(plain).await?;
+    over.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), over.read_to_end(&mut answer)).await??;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    // A real client from another address gets in, on both transports.
+    for transport in [Quic, WebSocket] {
+        let mut endpoint = t.endpoint(0, transport);
+        endpoint.local_ip = Some("127.0.0.2".parse()?);
+        let client = petrel_client::Client::connect(petrel_client::ConnectOptions::new(
+            endpoint,
+            t.token("alice"),
+            "phone",
+        ))
+        .await?;
+        client
+            .send("alice", &format!("in-{transport}"), "x")
+            .await?;
+    }
+    let refused = t
+        .wait_metric(
+            0,
+            "petrel_connections_refused_total{reason=\"source_pending\"}",
+            |v| v >= 1.0,
+        )
+        .await?;
+    assert!(refused >= 1.0);
+    drop(silent);
+    t.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_gateway_refuses_at_hello_with_rate_limited() -> anyhow::Result<()> {
+    let t = Topology::start_with(1, |cfg, _| {
+        cfg.limits.max_connections = 2;
+        Ok(())
+    })
+    .await?;
+    let a = t.connect(0, Quic, "alice", "phone").await?;
+    let b = t.connect(0, WebSocket, "bob", "phone").await?;
+    let (code, message) = refusal(t.connect(0, Quic, "carol", "phone").await);
+    assert_eq!(code, "RATE_LIMITED");
+    assert!(message.contains("full"), "{message}");
+    drop((a, b));
+    t.stop().await;
+    Ok(())
+}

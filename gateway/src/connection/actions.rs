@@ -63,6 +63,18 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
     /// groups), record presence, grant delivery streams, check the Hello cursors, and
     /// resume each subject from its cursor before live traffic.
     async fn join(&mut self, identity: Identity) -> Result<(), End> {
+        if let Some(pending) = self.pending.take() {
+            match pending.authenticate() {
+                Ok(slot) => self.slot = Some(slot),
+                Err(refusal) => {
+                    self.shared.count_refused(refusal);
+                    let why = "the gateway is full; try again later or another edge";
+                    let out = self.session.shutdown(ErrorCode::RateLimited, why);
+                    self.actions.extend(out);
+                    return Ok(());
+                }
+            }
+        }
         if let Some(tx) = self.live.tx.take() {
             let handle = LiveHandle {
                 tx,

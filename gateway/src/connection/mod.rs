@@ -8,6 +8,7 @@
 //! logged once.
 
 mod actions;
+pub mod admission;
 mod delivery;
 pub mod transport;
 
@@ -71,6 +72,18 @@ pub struct Shared {
     pub datagrams_out: AtomicU64,
 }
 
+impl Shared {
+    /// Counts a connection refused by the admission budgets.
+    pub fn count_refused(&self, refusal: admission::Refusal) {
+        self.metrics
+            .connections_refused
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: refusal.as_str(),
+            })
+            .inc();
+    }
+}
+
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A new connection id, unique in this process.
@@ -94,6 +107,9 @@ pub struct Connection<R, W> {
     pub shared: Arc<Shared>,
     /// Gateway shutdown.
     pub shutdown: CancellationToken,
+    /// The unauthenticated slot it was admitted with, traded for an authenticated one
+    /// at Hello.
+    pub admission: Option<admission::Pending>,
 }
 
 /// How a connection ended.
@@ -219,6 +235,9 @@ struct Driver<R: FrameReader, W> {
     outcomes_tx: crate::outbox::Outcomes,
     outcomes: mpsc::UnboundedReceiver<(u64, PublishOutcome)>,
     joined: Option<Joined>,
+    /// Until Hello: the unauthenticated slot; after it, the authenticated one.
+    pending: Option<admission::Pending>,
+    slot: Option<admission::Slot>,
     watched: HashSet<UserId>,
     /// When to read the user's groups again (the directory was unreachable).
     groups_retry: Option<Instant>,
@@ -258,6 +277,8 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
             outcomes_tx,
             outcomes,
             joined: None,
+            pending: c.admission,
+            slot: None,
             watched: HashSet::new(),
             groups_retry: None,
             actions: Vec::new(),

@@ -21,14 +21,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use petrel_core::ErrorCode;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::debug;
 use web_transport_quinn::{RecvStream, SendStream, Session};
 
 use super::webtransport::{self, ALPN_H3};
+use crate::connection::admission::Admission;
 use crate::connection::{
     Connection, Datagrams, FrameReader, FrameWriter, Shared, TransportError, next_id,
 };
@@ -185,7 +185,7 @@ pub fn transport_config(idle: Duration) -> quinn::TransportConfig {
 pub async fn serve(
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
-    limit: Arc<Semaphore>,
+    admission: Arc<Admission>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -194,16 +194,19 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
             i = endpoint.accept() => match i { Some(i) => i, None => break },
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            warn!("connection limit reached; refusing QUIC connection");
-            incoming.refuse();
-            continue;
+        let peer = incoming.remote_address();
+        let pending = match admission.admit(peer.ip()) {
+            Ok(p) => p,
+            Err(refusal) => {
+                debug!(%peer, reason = refusal.as_str(), "refusing a QUIC connection");
+                shared.count_refused(refusal);
+                incoming.refuse();
+                continue;
+            }
         };
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let _permit = permit;
-            let peer = incoming.remote_address();
             let deadline = Instant::now() + shared.session.handshake_timeout;
             let conn = match tokio::time::timeout_at(deadline, incoming).await {
                 Ok(Ok(conn)) => conn,
@@ -227,6 +230,7 @@ pub async fn serve(
                 writer: QuicWriter::new(send, session),
                 shared,
                 shutdown,
+                admission: Some(pending),
             }
             .run()
             .await;

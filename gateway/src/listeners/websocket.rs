@@ -13,7 +13,6 @@ use futures::{SinkExt, StreamExt};
 use petrel_core::ErrorCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -25,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::connection::admission::{Admission, Pending};
 use crate::connection::{
     Connection, FrameReader, FrameWriter, NoDatagrams, Shared, TransportError, next_id,
 };
@@ -115,7 +115,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
-    limit: Arc<Semaphore>,
+    admission: Arc<Admission>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -132,27 +132,51 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            warn!(%peer, "connection limit reached; refusing WebSocket connection");
-            continue;
+        let pending = match admission.admit(peer.ip()) {
+            Ok(p) => p,
+            Err(refusal) => {
+                debug!(%peer, reason = refusal.as_str(), "refusing a WebSocket connection");
+                shared.count_refused(refusal);
+                tracker.spawn(refuse(tcp, tls.clone()));
+                continue;
+            }
         };
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         let tls = tls.clone();
         tracker.spawn(async move {
-            let _permit = permit;
             let _ = tcp.set_nodelay(true);
             let handshake = shared.session.handshake_timeout;
             let deadline = tokio::time::Instant::now() + handshake;
             match tls {
                 Some(tls) => match tokio::time::timeout_at(deadline, tls.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        run(stream, "websocket", peer, deadline, shared, shutdown).await
+                        run(
+                            stream,
+                            "websocket",
+                            peer,
+                            deadline,
+                            shared,
+                            shutdown,
+                            pending,
+                        )
+                        .await
                     }
                     Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => debug!(%peer, "TLS handshake timed out"),
                 },
-                None => run(tcp, "websocket-plain", peer, deadline, shared, shutdown).await,
+                None => {
+                    run(
+                        tcp,
+                        "websocket-plain",
+                        peer,
+                        deadline,
+                        shared,
+                        shutdown,
+                        pending,
+                    )
+                    .await
+                }
             }
         });
     }
@@ -166,6 +190,7 @@ async fn run<S: Io>(
     deadline: tokio::time::Instant,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    pending: Pending,
 ) {
     let max = shared.session.max_frame_bytes;
     let mut config = WebSocketConfig::default();
@@ -213,7 +238,33 @@ async fn run<S: Io>(
         writer: WsWriter(sink),
         shared,
         shutdown,
+        admission: Some(pending),
     }
     .run()
+    .await;
+}
+
+/// A connection over the admission budget: HTTP 503 before any upgrade (after TLS
+/// where the listener has it), bounded in time, then closed.
+async fn refuse(tcp: tokio::net::TcpStream, tls: Option<TlsAcceptor>) {
+    use tokio::io::AsyncWriteExt;
+    const BUSY: &[u8] =
+        b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n";
+    let limit = std::time::Duration::from_secs(2);
+    let _ = tokio::time::timeout(limit, async {
+        match tls {
+            Some(tls) => {
+                if let Ok(mut s) = tls.accept(tcp).await {
+                    let _ = s.write_all(BUSY).await;
+                    let _ = s.shutdown().await;
+                }
+            }
+            None => {
+                let mut tcp = tcp;
+                let _ = tcp.write_all(BUSY).await;
+                let _ = tcp.shutdown().await;
+            }
+        }
+    })
     .await;
 }
