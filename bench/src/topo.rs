@@ -51,6 +51,8 @@ impl Target {
             .env("PETREL_LIMITS_PER_SOURCE_UNAUTHENTICATED", "1000000")
             .env("PETREL_LIMITS_PER_SOURCE_CONNECTS_PER_SEC", "1000000")
             .env("PETREL_LIMITS_PER_SOURCE_CONNECT_BURST", "1000000")
+            .env("PETREL_LIMITS_USER_SEND_RATE_PER_SEC", "1000000")
+            .env("PETREL_LIMITS_USER_SEND_BURST", "1000000")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(log)

@@ -184,10 +184,24 @@ pub struct Session {
     expires: Option<Instant>,
     sends: Bucket,
     typing: Bucket,
+    syncs: Bucket,
+    watches: Bucket,
 }
 
 /// Typing events per second per connection (and burst).
 const TYPING_RATE: u32 = 5;
+
+/// Longest `content_type` of a Send (a MIME type, not a payload).
+pub const MAX_CONTENT_TYPE_BYTES: usize = 128;
+
+/// History pages a connection may ask per second (and burst).
+const SYNC_RATE: u32 = 10;
+const SYNC_BURST: u32 = 20;
+
+/// Watch-list replacements a connection may make per minute (and burst): each one
+/// reads every watched user's presence.
+const WATCHES_PER_MINUTE: f64 = 10.0;
+const WATCH_BURST: f64 = 5.0;
 
 /// Token bucket for the send rate.
 #[derive(Debug)]
@@ -197,13 +211,25 @@ struct Bucket {
 }
 
 impl Bucket {
+    fn full(burst: f64, now: Instant) -> Self {
+        Self {
+            tokens: burst,
+            last: now,
+        }
+    }
+
     fn take(&mut self, now: Instant, rate: u32, burst: u32) -> bool {
         if rate == 0 {
             return true;
         }
+        self.take_f(now, f64::from(rate), f64::from(burst.max(1)))
+    }
+
+    /// Like `take`, at `per_sec` (fractions allowed) with a burst of `burst`.
+    fn take_f(&mut self, now: Instant, per_sec: f64, burst: f64) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
-        self.tokens = (self.tokens + elapsed * f64::from(rate)).min(f64::from(burst.max(1)));
+        self.tokens = (self.tokens + elapsed * per_sec).min(burst);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -235,14 +261,10 @@ impl Session {
             delivery_streams: 0,
             groups: HashSet::new(),
             expires: None,
-            sends: Bucket {
-                tokens: burst,
-                last: now.mono,
-            },
-            typing: Bucket {
-                tokens: f64::from(TYPING_RATE),
-                last: now.mono,
-            },
+            sends: Bucket::full(burst, now.mono),
+            typing: Bucket::full(f64::from(TYPING_RATE), now.mono),
+            syncs: Bucket::full(f64::from(SYNC_BURST), now.mono),
+            watches: Bucket::full(WATCH_BURST, now.mono),
         }
     }
 
@@ -438,6 +460,20 @@ impl Session {
                     }
                 }
             }
+            (State::Joining(_) | State::Active(_), Command::Sync(req))
+                if !self.syncs.take(now.mono, SYNC_RATE, SYNC_BURST) =>
+            {
+                out.push(Action::Reply(Reply::SyncBatch {
+                    request_id: req.request_id,
+                    subject: req.subject,
+                    messages: Vec::new(),
+                    more: false,
+                    error: Some((
+                        ErrorCode::RateLimited,
+                        format!("more than {SYNC_RATE} history pages per second; retry later"),
+                    )),
+                }));
+            }
             (State::Joining(id) | State::Active(id), Command::Sync(req)) => {
                 if self.owns(&id.user, &req.subject) {
                     out.push(Action::Sync(req));
@@ -455,7 +491,20 @@ impl Session {
                 }
             }
             (State::Joining(_) | State::Active(_), Command::Watch(users)) => {
-                out.push(Action::Watch(users));
+                if self
+                    .watches
+                    .take_f(now.mono, WATCHES_PER_MINUTE / 60.0, WATCH_BURST)
+                {
+                    out.push(Action::Watch(users));
+                } else {
+                    out.push(Action::Reply(Reply::Error {
+                        code: ErrorCode::RateLimited,
+                        message: format!(
+                            "more than {WATCHES_PER_MINUTE} watch lists per minute; the last one stays"
+                        ),
+                        fatal: false,
+                    }));
+                }
             }
             (State::Joining(id) | State::Active(id), Command::Typing { to, typing }) => {
                 // Ephemeral: over the rate, or to a group it is not in, it is dropped
@@ -522,6 +571,13 @@ impl Session {
         }
         if send.content.is_empty() {
             out.push(reject(ErrorCode::InvalidMessage, "empty content".into()));
+            return;
+        }
+        if send.content_type.len() > MAX_CONTENT_TYPE_BYTES {
+            out.push(reject(
+                ErrorCode::InvalidMessage,
+                format!("content_type longer than {MAX_CONTENT_TYPE_BYTES} bytes"),
+            ));
             return;
         }
         if send.content.len() > self.cfg.max_content_bytes {

@@ -480,3 +480,87 @@ fn a_token_that_expires_beyond_what_an_instant_holds_does_not_panic() {
     let out = s.on_joined(clock.now());
     assert!(closed_with(&out).is_none(), "{out:?}");
 }
+
+#[test]
+fn content_type_history_pages_and_watch_lists_are_bounded() {
+    let mut clock = Clock(Instant::now(), T0);
+    let mut s = session(&clock);
+    s.on_command(hello("alice"), clock.now());
+    s.on_joined(clock.now());
+    // A content_type is a MIME type, not a second payload.
+    let long = Command::Send(SendCommand {
+        id: ClientMsgId::parse("ct").unwrap(),
+        to: Recipient::User(UserId::parse("bob").unwrap()),
+        content: Bytes::from_static(b"hi"),
+        content_type: "x".repeat(129),
+    });
+    let out = s.on_command(long, clock.now());
+    assert!(
+        matches!(
+            &out[..],
+            [Action::Reply(Reply::SendResult {
+                status: SendStatus::Rejected {
+                    code: ErrorCode::InvalidMessage,
+                    ..
+                },
+                ..
+            })]
+        ),
+        "{out:?}"
+    );
+    // History: a burst of 20 pages, then RATE_LIMITED answers, then pages again.
+    let sync = |n: u64| {
+        Command::Sync(petrel_core::wire::SyncRequest {
+            request_id: n,
+            subject: "msg.private.alice".into(),
+            newest_first: true,
+            before: Seq(0),
+            after: Seq(0),
+            limit: 10,
+        })
+    };
+    for n in 0..20 {
+        let out = s.on_command(sync(n), clock.now());
+        assert!(matches!(&out[..], [Action::Sync(_)]), "page {n}: {out:?}");
+    }
+    let out = s.on_command(sync(20), clock.now());
+    assert!(
+        matches!(
+            &out[..],
+            [Action::Reply(Reply::SyncBatch {
+                error: Some((ErrorCode::RateLimited, _)),
+                ..
+            })]
+        ),
+        "{out:?}"
+    );
+    clock.advance(Duration::from_secs(1));
+    assert!(matches!(
+        &s.on_command(sync(21), clock.now())[..],
+        [Action::Sync(_)]
+    ));
+    // Watch lists: a burst of 5 replacements, then refused without closing.
+    let bob = || Command::Watch(vec![UserId::parse("bob").unwrap()]);
+    for n in 0..5 {
+        let out = s.on_command(bob(), clock.now());
+        assert!(matches!(&out[..], [Action::Watch(_)]), "watch {n}: {out:?}");
+    }
+    let out = s.on_command(bob(), clock.now());
+    assert!(
+        matches!(
+            &out[..],
+            [Action::Reply(Reply::Error {
+                code: ErrorCode::RateLimited,
+                fatal: false,
+                ..
+            })]
+        ),
+        "{out:?}"
+    );
+    assert!(!s.is_closed());
+    clock.advance(Duration::from_secs(6));
+    assert!(matches!(
+        &s.on_command(bob(), clock.now())[..],
+        [Action::Watch(_)]
+    ));
+}

@@ -249,6 +249,15 @@ fn default_max_token_lifetime() -> u64 {
 }
 
 impl LimitsSection {
+    /// The per-user bounds of this section.
+    pub fn users(&self) -> crate::connection::admission::UserLimitsConfig {
+        crate::connection::admission::UserLimitsConfig {
+            max_connections: self.max_connections_per_user,
+            send_rate: f64::from(self.user_send_rate_per_sec),
+            send_burst: f64::from(self.user_send_burst.max(1)),
+        }
+    }
+
     /// The connection budgets of this section.
     pub fn admission(&self) -> crate::connection::admission::AdmissionConfig {
         crate::connection::admission::AdmissionConfig {
@@ -304,6 +313,14 @@ pub struct LimitsSection {
     pub per_source_connects_per_sec: u32,
     /// New connections from one source address in a burst above that rate.
     pub per_source_connect_burst: u32,
+    /// Connections one user may have open on this gateway; a newer one is refused
+    /// RATE_LIMITED.
+    pub max_connections_per_user: usize,
+    /// Sends per second of one user, all its connections on this gateway together
+    /// (0 = unlimited).
+    pub user_send_rate_per_sec: u32,
+    /// Sends of one user in a burst above that rate.
+    pub user_send_burst: u32,
     /// Bytes of live messages queued toward one connection; beyond it (or beyond
     /// `send_queue_frames`) the connection catches up from the cache/hub instead.
     pub send_queue_bytes: usize,
@@ -328,6 +345,9 @@ impl Default for LimitsSection {
             per_source_unauthenticated: 32,
             per_source_connects_per_sec: 20,
             per_source_connect_burst: 100,
+            max_connections_per_user: 32,
+            user_send_rate_per_sec: 200,
+            user_send_burst: 400,
             write_timeout_secs: 30,
             send_queue_bytes: 1024 * 1024,
         }
@@ -498,9 +518,10 @@ impl Config {
             || l.max_unauthenticated == 0
             || l.per_source_unauthenticated == 0
             || l.per_source_connect_burst == 0
+            || l.max_connections_per_user == 0
         {
             bail!(
-                "limits.max_connections, max_unauthenticated, per_source_unauthenticated and per_source_connect_burst must be above 0"
+                "limits.max_connections, max_unauthenticated, per_source_unauthenticated, per_source_connect_burst and max_connections_per_user must be above 0"
             );
         }
         if self.auth.max_token_lifetime_secs < 60 {

@@ -25,6 +25,8 @@ pub fn test_config(cfg: &mut Config) {
     cfg.limits.per_source_unauthenticated = 10_000;
     cfg.limits.per_source_connects_per_sec = 100_000;
     cfg.limits.per_source_connect_burst = 100_000;
+    cfg.limits.user_send_rate_per_sec = 100_000;
+    cfg.limits.user_send_burst = 100_000;
 }
 
 /// Starting test topologies.

@@ -397,3 +397,98 @@ async fn a_full_gateway_refuses_at_hello_with_rate_limited() -> anyhow::Result<(
     t.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_text_message_is_a_protocol_error() -> anyhow::Result<()> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let t = Topology::start(1).await?;
+    let plain = t.edges[0]
+        .addrs
+        .websocket_plain
+        .ok_or_else(|| anyhow::anyhow!("no plain WebSocket"))?;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{plain}/ws")).await?;
+    ws.send(Message::Text("hello".into())).await?;
+    let mut error = None;
+    let close = loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), ws.next()).await?;
+        match next {
+            Some(Ok(Message::Binary(b))) => {
+                let mut d = FrameDecoder::new(1 << 20);
+                d.push(&b);
+                while let Some(f) = d.next_frame()? {
+                    if let Some(pb::server_frame::Kind::Error(e)) = pb::ServerFrame::decode(f)?.kind
+                    {
+                        error = Some(e.code);
+                    }
+                }
+            }
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => anyhow::bail!("dropped without a close: {e}"),
+            None => break None,
+        }
+    };
+    let protocol = pb::ErrorCode::Protocol as i32;
+    assert_eq!(error, Some(protocol));
+    assert_eq!(close, Some(4000 + protocol as u16));
+    t.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_gets_a_bounded_number_of_connections_and_one_send_budget() -> anyhow::Result<()> {
+    let t = Topology::start_with(1, |cfg, _| {
+        cfg.limits.max_connections_per_user = 3;
+        cfg.limits.user_send_rate_per_sec = 5;
+        cfg.limits.user_send_burst = 20;
+        Ok(())
+    })
+    .await?;
+    let mut alice = Vec::new();
+    for i in 0..3 {
+        alice.push(t.connect(0, Quic, "alice", &format!("d{i}")).await?);
+    }
+    let (code, message) = refusal(t.connect(0, WebSocket, "alice", "d3").await);
+    assert_eq!(code, "RATE_LIMITED");
+    assert!(message.contains("most connections"), "{message}");
+    // Another user is not affected.
+    let bob = t.connect(0, WebSocket, "bob", "phone").await?;
+    // Three connections, 20 sends each at once: one budget of 20 (plus what refills).
+    let mut pending = Vec::new();
+    for (i, c) in alice.iter().enumerate() {
+        for n in 0..20 {
+            pending.push(
+                c.start_send("bob", &format!("s{i}-{n}"), "x", "text/plain")
+                    .await?,
+            );
+        }
+    }
+    let (mut stored, mut limited) = (0, 0);
+    for p in pending {
+        match p.await? {
+            petrel_client::SendResult::Stored { .. } => stored += 1,
+            petrel_client::SendResult::Rejected { code, .. } if code == "RATE_LIMITED" => {
+                limited += 1
+            }
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+    assert!((20..=30).contains(&stored), "stored {stored} of 60");
+    assert_eq!(stored + limited, 60);
+    // A connection closed frees its place.
+    if let Some(c) = alice.pop() {
+        c.close().await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match t.connect(0, WebSocket, "alice", "d4").await {
+            Ok(_) => break,
+            Err(e) => anyhow::ensure!(tokio::time::Instant::now() < deadline, "still refused: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(bob);
+    t.stop().await;
+    Ok(())
+}

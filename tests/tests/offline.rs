@@ -133,6 +133,7 @@ async fn gateway_killed_with_5000_in_flight_loses_nothing_it_answered_for() -> a
         &leaf.client_url,
         &[
             ("PETREL_LIMITS_SEND_RATE_PER_SEC", "0"),
+            ("PETREL_LIMITS_USER_SEND_RATE_PER_SEC", "0"),
             ("PETREL_LIMITS_MAX_INFLIGHT_SENDS", "256"),
         ],
     )

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use petrel_core::auth::Identity;
-use petrel_core::session::{Action, Now};
+use petrel_core::session::{Action, Now, PublishOutcome};
 use petrel_core::wire::{Reply, encode_reply};
 use petrel_core::{ErrorCode, Seq, UserId};
 use tracing::{debug, warn};
@@ -37,6 +37,22 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
         match action {
             Action::Reply(reply) => self.reply(reply).await,
             Action::Publish(req) => {
+                if let Some(j) = &self.joined
+                    && !self.shared.users.take_send(&j.user)
+                {
+                    let limit = self.shared.session_user_send_rate;
+                    let out = self.session.on_published(
+                        req.req,
+                        PublishOutcome::Failed {
+                            code: ErrorCode::RateLimited,
+                            detail: format!(
+                                "more than {limit} sends per second from this user's connections; slow down and retry with the same id"
+                            ),
+                        },
+                    );
+                    self.actions.extend(out);
+                    return Ok(());
+                }
                 // Durable at the edge, then forwarded in order; the outcomes come
                 // back on `outcomes`.
                 let outcomes = self.outcomes_tx.clone();
@@ -70,6 +86,21 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
                     self.shared.count_refused(refusal);
                     let why = "the gateway is full; try again later or another edge";
                     let out = self.session.shutdown(ErrorCode::RateLimited, why);
+                    self.actions.extend(out);
+                    return Ok(());
+                }
+            }
+        }
+        if self.user_slot.is_none() {
+            match self.shared.users.join(&identity.user) {
+                Ok(slot) => self.user_slot = Some(slot),
+                Err(refusal) => {
+                    self.shared.count_refused(refusal);
+                    let why = format!(
+                        "this user has the most connections allowed on this gateway ({})",
+                        self.shared.max_connections_per_user
+                    );
+                    let out = self.session.shutdown(ErrorCode::RateLimited, &why);
                     self.actions.extend(out);
                     return Ok(());
                 }

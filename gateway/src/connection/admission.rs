@@ -41,6 +41,8 @@ pub enum Refusal {
     SourceRate,
     /// The authenticated budget is used up (at Hello).
     Full,
+    /// The user has its most connections on this edge (at Hello).
+    UserConnections,
 }
 
 impl Refusal {
@@ -51,15 +53,17 @@ impl Refusal {
             Self::SourcePending => "source_pending",
             Self::SourceRate => "source_rate",
             Self::Full => "full",
+            Self::UserConnections => "user_connections",
         }
     }
 
     /// Every reason.
-    pub const ALL: [Refusal; 4] = [
+    pub const ALL: [Refusal; 5] = [
         Self::UnauthenticatedFull,
         Self::SourcePending,
         Self::SourceRate,
         Self::Full,
+        Self::UserConnections,
     ];
 }
 
@@ -175,6 +179,115 @@ pub struct Slot {
     _permit: OwnedSemaphorePermit,
 }
 
+/// Per-user bounds across all of a user's connections on this edge.
+#[derive(Debug, Clone, Copy)]
+pub struct UserLimitsConfig {
+    /// Connections one user may have open here; the newest beyond it is refused.
+    pub max_connections: usize,
+    /// Sends per second of one user, all its connections together (0: unlimited).
+    pub send_rate: f64,
+    /// Sends in a burst above that rate.
+    pub send_burst: f64,
+}
+
+struct User {
+    connections: usize,
+    sends: f64,
+    last: Instant,
+}
+
+/// The users connected to this edge, each with its connection count and send budget
+/// (an entry lives while the user has a connection here).
+pub struct Users {
+    cfg: UserLimitsConfig,
+    users: Mutex<HashMap<petrel_core::UserId, User>>,
+}
+
+impl std::fmt::Debug for Users {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Users").field("cfg", &self.cfg).finish()
+    }
+}
+
+impl Users {
+    /// Bounds of `cfg`.
+    pub fn new(cfg: UserLimitsConfig) -> Arc<Self> {
+        Arc::new(Self {
+            cfg,
+            users: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A connection of `user` joins, unless the user has its most already. The newest
+    /// is refused rather than the oldest closed: a client that reconnects in a loop then
+    /// backs off instead of pushing its own other devices out, and a dead connection
+    /// frees its place by the idle timeout.
+    pub fn join(self: &Arc<Self>, user: &petrel_core::UserId) -> Result<UserSlot, Refusal> {
+        let Ok(mut users) = self.users.lock() else {
+            return Err(Refusal::UserConnections);
+        };
+        let cfg = self.cfg;
+        let u = users.entry(user.clone()).or_insert(User {
+            connections: 0,
+            sends: cfg.send_burst,
+            last: Instant::now(),
+        });
+        if u.connections >= cfg.max_connections {
+            return Err(Refusal::UserConnections);
+        }
+        u.connections += 1;
+        Ok(UserSlot {
+            users: self.clone(),
+            user: user.clone(),
+        })
+    }
+
+    /// Takes one send from `user`'s budget; false: over the user's rate.
+    pub fn take_send(&self, user: &petrel_core::UserId) -> bool {
+        self.take_send_at(user, Instant::now())
+    }
+
+    fn take_send_at(&self, user: &petrel_core::UserId, now: Instant) -> bool {
+        if self.cfg.send_rate <= 0.0 {
+            return true;
+        }
+        let Ok(mut users) = self.users.lock() else {
+            return false;
+        };
+        let Some(u) = users.get_mut(user) else {
+            return true;
+        };
+        let refill = now.saturating_duration_since(u.last).as_secs_f64() * self.cfg.send_rate;
+        u.sends = (u.sends + refill).min(self.cfg.send_burst);
+        u.last = now;
+        if u.sends >= 1.0 {
+            u.sends -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A user's connection counted on this edge; uncounted when dropped.
+pub struct UserSlot {
+    users: Arc<Users>,
+    user: petrel_core::UserId,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        if let Ok(mut users) = self.users.users.lock()
+            && let Some(u) = users.get_mut(&self.user)
+        {
+            u.connections = u.connections.saturating_sub(1);
+            if u.connections == 0 {
+                users.remove(&self.user);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +344,30 @@ mod tests {
         assert_eq!(
             a.admit_at("127.0.1.3".parse().unwrap(), t0).err(),
             Some(Refusal::UnauthenticatedFull)
+        );
+    }
+
+    #[test]
+    fn a_user_has_a_connection_cap_and_one_send_budget_for_all_its_connections() {
+        let users = Users::new(UserLimitsConfig {
+            max_connections: 2,
+            send_rate: 1.0,
+            send_burst: 3.0,
+        });
+        let alice = petrel_core::UserId::parse("alice").unwrap();
+        let a1 = users.join(&alice).unwrap();
+        let a2 = users.join(&alice).unwrap();
+        assert!(matches!(users.join(&alice), Err(Refusal::UserConnections)));
+        let t0 = Instant::now();
+        let sent = (0..10).filter(|_| users.take_send_at(&alice, t0)).count();
+        assert_eq!(sent, 3, "one burst for both connections");
+        assert!(users.take_send_at(&alice, t0 + Duration::from_secs(1)));
+        drop(a1);
+        let a3 = users.join(&alice).unwrap();
+        drop((a2, a3));
+        assert!(
+            users.users.lock().unwrap().is_empty(),
+            "forgotten with its last connection"
         );
     }
 }

@@ -53,6 +53,12 @@ pub struct Shared {
     pub groups: crate::directory::Directory,
     /// The presence directory (Redis).
     pub presence: Arc<crate::directory::Presence>,
+    /// Per-user connection counts and send budgets on this edge.
+    pub users: Arc<admission::Users>,
+    /// Its bounds, for the messages that name them.
+    pub max_connections_per_user: usize,
+    /// Sends per second of one user (for the RATE_LIMITED message).
+    pub session_user_send_rate: u32,
     /// Frames queued toward one connection.
     pub send_queue_frames: usize,
     /// Bytes queued toward one connection (live messages) before it catches up instead.
@@ -238,6 +244,7 @@ struct Driver<R: FrameReader, W> {
     /// Until Hello: the unauthenticated slot; after it, the authenticated one.
     pending: Option<admission::Pending>,
     slot: Option<admission::Slot>,
+    user_slot: Option<admission::UserSlot>,
     watched: HashSet<UserId>,
     /// When to read the user's groups again (the directory was unreachable).
     groups_retry: Option<Instant>,
@@ -279,6 +286,7 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
             joined: None,
             pending: c.admission,
             slot: None,
+            user_slot: None,
             watched: HashSet::new(),
             groups_retry: None,
             actions: Vec::new(),
@@ -432,6 +440,13 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
                 let out = self.session.on_bad_frame(
                     ErrorCode::FrameTooLarge,
                     format!("message exceeds {} bytes", self.decoder.max_frame_bytes()),
+                );
+                self.actions.extend(out);
+            }
+            Err(TransportError::NotBinary) => {
+                let out = self.session.on_bad_frame(
+                    ErrorCode::Protocol,
+                    "text messages are not part of the protocol: send frames as binary".into(),
                 );
                 self.actions.extend(out);
             }

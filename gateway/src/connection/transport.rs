@@ -12,6 +12,9 @@ pub enum TransportError {
     /// The transport refused a message for its size (WebSocket message limit).
     #[error("message too large")]
     TooLarge,
+    /// A message that is not binary (a WebSocket text message).
+    #[error("not a binary message")]
+    NotBinary,
     /// The connection broke.
     #[error("{0}")]
     Io(String),

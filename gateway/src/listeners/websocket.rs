@@ -52,9 +52,8 @@ impl<S: Io> FrameReader for WsReader<S> {
         loop {
             return match self.0.next().await {
                 Some(Ok(Message::Binary(b))) => Ok(Some(b)),
-                // Text is not part of the protocol: treat its bytes as frames, which
-                // fails decoding with a clear BAD_FRAME rather than being ignored.
-                Some(Ok(Message::Text(t))) => Ok(Some(Bytes::copy_from_slice(t.as_bytes()))),
+                // Text is not part of the protocol: refused, not decoded.
+                Some(Ok(Message::Text(_))) => Err(TransportError::NotBinary),
                 Some(Ok(Message::Close(_))) | None => Ok(None),
                 Some(Ok(_)) => continue, // ping/pong are answered by tungstenite
                 Some(Err(tungstenite::Error::Capacity(_))) => Err(TransportError::TooLarge),
