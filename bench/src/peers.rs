@@ -252,7 +252,7 @@ pub async fn raw_nats_pairs(
     let mut subjects = Vec::new();
     for i in 0..pairs {
         let user = petrel_core::UserId::parse(format!("{run}-raw{i}"))?;
-        let c = async_nats::connect(&leaf1).await?;
+        let c = petrel_devkit::nats::connect(&leaf1).await?;
         let mut sub = c
             .subscribe(petrel_core::subject::live_private_inbox(&user))
             .await?;
@@ -284,7 +284,8 @@ pub async fn raw_nats_pairs(
     let end = Instant::now() + Duration::from_secs(duration);
     let started = Instant::now();
     for (i, subject) in subjects.into_iter().enumerate() {
-        let js = async_nats::jetstream::with_domain(async_nats::connect(&leaf0).await?, "hub");
+        let js =
+            async_nats::jetstream::with_domain(petrel_devkit::nats::connect(&leaf0).await?, "hub");
         let stored = stored.clone();
         let run = run.to_string();
         senders.push(tokio::spawn(async move {
@@ -342,11 +343,13 @@ pub async fn raw_nats_pairs(
 /// Waits until a subscription on `leaf1` receives what is published on `leaf0` (the
 /// interest has propagated through the hub).
 async fn probe_interest(leaf0: &str, leaf1: &str, run: &str) -> anyhow::Result<()> {
-    let subject = format!("bench.probe.{run}");
-    let rx = async_nats::connect(leaf1).await?;
+    // A typing subject: core NATS, and one the gateway's user on the leaf may use.
+    let subject =
+        petrel_core::subject::typing_user(&petrel_core::UserId::parse(format!("{run}-probe"))?);
+    let rx = petrel_devkit::nats::connect(leaf1).await?;
     let mut sub = rx.subscribe(subject.clone()).await?;
     rx.flush().await?;
-    let tx = async_nats::connect(leaf0).await?;
+    let tx = petrel_devkit::nats::connect(leaf0).await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         tx.publish(subject.clone(), "probe".into()).await?;
@@ -375,7 +378,8 @@ pub async fn raw_jetstream_ingest(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..senders {
-        let js = async_nats::jetstream::with_domain(async_nats::connect(&leaf).await?, "hub");
+        let js =
+            async_nats::jetstream::with_domain(petrel_devkit::nats::connect(&leaf).await?, "hub");
         let group = petrel_core::GroupId::parse(format!("{run}-rawin"))?;
         let subject = petrel_core::subject::group_subject(&group);
         let run = run.to_string();

@@ -38,8 +38,12 @@ pub struct Endpoints {
     pub http: String,
     /// Hub client URL.
     pub nats_hub: String,
-    /// Leaf client URL.
+    /// Leaf client URL, with the gateway's credentials (development only).
     pub nats_leaf: String,
+    /// Leaf client URL with the business services' credentials (`notif.*.*` and
+    /// `group.changed.*` publish only).
+    #[serde(default)]
+    pub nats_leaf_services: Option<String>,
     /// redis-server URL (unix socket): group membership.
     #[serde(default)]
     pub redis: Option<String>,
@@ -142,8 +146,11 @@ pub fn write_gateway_config(
     dir: &Path,
     id: &str,
     leaf_url: &str,
+    leaf_auth: &crate::nats::LeafAuth,
     web_dir: Option<&Path>,
 ) -> anyhow::Result<PathBuf> {
+    tls::write_private(&dir.join("nats-password"), leaf_auth.gateway.as_bytes())?;
+    let nats_user = crate::nats::GATEWAY_USER;
     let static_dir = match web_dir {
         Some(d) => format!("static_dir = {:?}\n", d.display().to_string()),
         None => String::new(),
@@ -168,6 +175,8 @@ self_signed = true
 
 [nats]
 url = "{leaf_url}"
+user = "{nats_user}"
+password_file = "nats-password"
 domain = "hub"
 
 [auth]
@@ -266,11 +275,23 @@ fn endpoints(topo: &crate::Topology) -> Endpoints {
             .map(|h| h.client_url.clone())
             .unwrap_or_default(),
         nats_leaf: first.nats_leaf,
+        nats_leaf_services: topo.edges.first().map(|e| e.services_url.clone()),
         redis: topo.redis.as_ref().map(|r| r.url.clone()),
         cert_sha256: first.cert_sha256,
         gateway_id: first.gateway_id,
         pid: std::process::id(),
         edges,
+    }
+}
+
+/// `url` with its password left out (it is in endpoints.json).
+fn without_password(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, rest)), Some((_, host))) => match rest.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}@{host} (password in endpoints.json)"),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
     }
 }
 
@@ -288,7 +309,7 @@ fn print_ready(e: &Endpoints, serving_page: bool, path: &Path) {
         e.websocket_plain.as_deref().unwrap_or("off"),
         e.http,
         e.nats_hub,
-        e.nats_leaf,
+        without_password(&e.nats_leaf),
         e.redis.as_deref().unwrap_or("off"),
         e.cert_sha256,
         path.display()

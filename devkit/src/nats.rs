@@ -26,6 +26,67 @@ pub fn nats_server_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("nats-server"))
 }
 
+/// The users a leaf admits (`deploy/nats/leaf.conf.tmpl`): the gateway's and the
+/// business services'.
+#[derive(Debug, Clone)]
+pub struct LeafAuth {
+    /// Password of `petrel-gateway`.
+    pub gateway: String,
+    /// Password of `petrel-services`.
+    pub services: String,
+}
+
+/// The gateway's user on the leaf.
+pub const GATEWAY_USER: &str = "petrel-gateway";
+/// The business services' user on the leaf.
+pub const SERVICES_USER: &str = "petrel-services";
+
+impl LeafAuth {
+    /// Random passwords.
+    pub fn random() -> Self {
+        let pw = || hex::encode(rand::random::<[u8; 16]>());
+        Self {
+            gateway: pw(),
+            services: pw(),
+        }
+    }
+
+    /// `url` (`nats://host:port`) with the gateway's credentials in it.
+    pub fn gateway_url(&self, url: &str) -> String {
+        with_user(url, GATEWAY_USER, &self.gateway)
+    }
+
+    /// `url` with the business services' credentials in it.
+    pub fn services_url(&self, url: &str) -> String {
+        with_user(url, SERVICES_USER, &self.services)
+    }
+}
+
+/// Connects to `url`, using the user and password in it if it has them
+/// (`nats://user:password@host:port`; async-nats does not read them from the URL).
+pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let userinfo = url
+        .split_once("://")
+        .and_then(|(scheme, rest)| rest.rsplit_once('@').map(|(u, host)| (scheme, u, host)));
+    match userinfo
+        .and_then(|(scheme, u, host)| u.split_once(':').map(|(n, p)| (scheme, n, p, host)))
+    {
+        Some((scheme, user, password, host)) => {
+            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+                .connect(format!("{scheme}://{host}"))
+                .await
+        }
+        None => async_nats::connect(url).await,
+    }
+}
+
+fn with_user(url: &str, user: &str, password: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{user}:{password}@{rest}"),
+        None => format!("nats://{user}:{password}@{url}"),
+    }
+}
+
 /// A running nats-server.
 #[derive(Debug)]
 pub struct NatsProcess {
@@ -80,12 +141,14 @@ impl NatsProcess {
         Self::start(dir, name, &conf).await
     }
 
-    /// Starts a leaf node connected to the hub at `hub_leaf_url`.
+    /// Starts a leaf node connected to the hub at `hub_leaf_url`, admitting only the
+    /// users of `auth`.
     pub async fn start_leaf(
         dir: &Path,
         name: &str,
         hub_leaf_url: &str,
         port: Option<u16>,
+        auth: &LeafAuth,
     ) -> anyhow::Result<Self> {
         let p = port.map(|p| p.to_string()).unwrap_or("-1".into());
         let d = dir.to_string_lossy().to_string();
@@ -96,6 +159,8 @@ impl NatsProcess {
                 ("PORT", &p),
                 ("DIR", &d),
                 ("HUB_LEAF_URL", hub_leaf_url),
+                ("GATEWAY_PASSWORD", &auth.gateway),
+                ("SERVICES_PASSWORD", &auth.services),
             ],
         );
         Self::start(dir, name, &conf).await
@@ -104,7 +169,8 @@ impl NatsProcess {
     async fn start(dir: &Path, name: &str, conf: &str) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let conf_path = dir.join(format!("{name}.conf"));
-        std::fs::write(&conf_path, conf)
+        // It may hold passwords: readable by this user only.
+        petrel_gateway::tls::write_private(&conf_path, conf.as_bytes())
             .with_context(|| format!("writing {}", conf_path.display()))?;
         // Old ports files from an earlier run would be read as ours.
         if let Ok(entries) = std::fs::read_dir(dir) {
@@ -242,7 +308,7 @@ pub async fn wait_jetstream(
     let started = Instant::now();
     let mut last_err = String::new();
     while started.elapsed() < timeout {
-        match async_nats::connect(url).await {
+        match connect(url).await {
             Ok(client) => {
                 let js = async_nats::jetstream::with_domain(client.clone(), domain);
                 match tokio::time::timeout(Duration::from_secs(2), js.query_account()).await {

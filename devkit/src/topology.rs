@@ -6,8 +6,11 @@
 //! ROOT/hub/          the hub's config, log and JetStream data
 //! ROOT/redis/        redis-server's socket and log
 //! ROOT/dev-secret    the HS256 secret dev tokens are signed with
-//! ROOT/edgeN/        edge N: gateway.toml, dev-secret, edge-cache/, leaf/
+//! ROOT/edgeN/        edge N: gateway.toml, dev-secret, nats-password, edge-cache/, leaf/
 //! ```
+//!
+//! Every leaf admits only its two users (`deploy/nats/leaf.conf.tmpl`), with passwords
+//! made for the topology ([`Topology::leaf_auth`]).
 //!
 //! `petrel dev`, the end-to-end tests and the benchmarks all start theirs with
 //! [`TopologyBuilder`]. Each step waits for readiness (ports files, JetStream answering
@@ -21,7 +24,7 @@ use petrel_gateway::{BoundAddrs, Config, Gateway, provision};
 use tokio_util::sync::CancellationToken;
 
 use crate::dev;
-use crate::nats::{NatsProcess, wait_jetstream};
+use crate::nats::{LeafAuth, NatsProcess, wait_jetstream};
 use crate::redis::RedisProcess;
 
 /// How long a started server may take to become ready.
@@ -131,6 +134,7 @@ impl TopologyBuilder {
             hub_leaf_url,
             redis: Some(redis),
             hub_client,
+            leaf_auth: LeafAuth::random(),
             edges: Vec::new(),
             builder: self,
         };
@@ -149,8 +153,12 @@ pub struct Edge {
     pub leaf: Option<NatsProcess>,
     leaf_port: u16,
     leaf_dir: PathBuf,
-    /// The leaf's client URL.
+    /// The leaf's client URL, with the gateway's credentials in it.
     pub leaf_url: String,
+    /// The leaf's client URL, with the business services' credentials in it.
+    pub services_url: String,
+    /// The leaf's client URL, without credentials.
+    pub leaf_plain_url: String,
     /// Gateway addresses.
     pub addrs: BoundAddrs,
     /// The certificate the gateway serves (its hashes change on rotation/reload).
@@ -175,6 +183,7 @@ pub struct Topology {
     pub hub_client: async_nats::Client,
     /// The edges.
     pub edges: Vec<Edge>,
+    leaf_auth: LeafAuth,
     builder: TopologyBuilder,
 }
 
@@ -182,6 +191,11 @@ impl Topology {
     /// The directory everything lives in.
     pub fn dir(&self) -> &Path {
         &self.root
+    }
+
+    /// The users every leaf admits.
+    pub fn leaf_auth(&self) -> &LeafAuth {
+        &self.leaf_auth
     }
 
     /// The dev secret tokens are signed with.
@@ -206,7 +220,8 @@ impl Topology {
         let leaf = self.start_leaf(i, None).await?;
         dev::write_secret(&edir, &self.builder.secret)?;
         let web_dir = self.builder.web_dir.as_deref();
-        let path = dev::write_gateway_config(&edir, &id, &leaf.client_url, web_dir)?;
+        let path =
+            dev::write_gateway_config(&edir, &id, &leaf.client_url, &self.leaf_auth, web_dir)?;
         let mut cfg = Config::load(&path)?;
         cfg.redis.url = self.redis.as_ref().map(|r| r.url.clone());
         (self.builder.customize)(&mut cfg, &edir)?;
@@ -230,7 +245,9 @@ impl Topology {
             id,
             leaf_port: leaf.client_port().context("leaf port")?,
             leaf_dir: leaf.dir.clone(),
-            leaf_url: leaf.client_url.clone(),
+            leaf_url: self.leaf_auth.gateway_url(&leaf.client_url),
+            services_url: self.leaf_auth.services_url(&leaf.client_url),
+            leaf_plain_url: leaf.client_url.clone(),
             leaf: Some(leaf),
             addrs,
             certs,
@@ -245,9 +262,10 @@ impl Topology {
     /// answers through it. Leaf names differ: the hub tells leaf nodes apart by them.
     async fn start_leaf(&self, i: usize, port: Option<u16>) -> anyhow::Result<NatsProcess> {
         let dir = self.edge_dir(i).join("leaf");
+        let name = format!("leaf{i}");
         let leaf =
-            NatsProcess::start_leaf(&dir, &format!("leaf{i}"), &self.hub_leaf_url, port).await?;
-        wait_jetstream(&leaf.client_url, "hub", READY)
+            NatsProcess::start_leaf(&dir, &name, &self.hub_leaf_url, port, &self.leaf_auth).await?;
+        wait_jetstream(&self.leaf_auth.gateway_url(&leaf.client_url), "hub", READY)
             .await
             .context("leaf node did not connect to the hub")?;
         Ok(leaf)
@@ -255,8 +273,9 @@ impl Topology {
 
     /// Starts a leaf for a gateway a test runs itself (e.g. as a process).
     pub async fn start_extra_leaf(&self, dir: &Path, name: &str) -> anyhow::Result<NatsProcess> {
-        let leaf = NatsProcess::start_leaf(dir, name, &self.hub_leaf_url, None).await?;
-        wait_jetstream(&leaf.client_url, "hub", READY).await?;
+        let leaf =
+            NatsProcess::start_leaf(dir, name, &self.hub_leaf_url, None, &self.leaf_auth).await?;
+        wait_jetstream(&self.leaf_auth.gateway_url(&leaf.client_url), "hub", READY).await?;
         Ok(leaf)
     }
 
@@ -325,9 +344,10 @@ impl Topology {
             &format!("leaf{i}"),
             &self.hub_leaf_url,
             Some(e.leaf_port),
+            &self.leaf_auth,
         )
         .await?;
-        wait_jetstream(&leaf.client_url, "hub", READY).await?;
+        wait_jetstream(&self.leaf_auth.gateway_url(&leaf.client_url), "hub", READY).await?;
         self.edges[i].leaf = Some(leaf);
         Ok(())
     }

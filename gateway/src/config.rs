@@ -192,6 +192,12 @@ impl Default for WebSection {
 pub struct NatsSection {
     /// URL of the local leaf node.
     pub url: String,
+    /// The gateway's user on the leaf (the leaf admits no anonymous client).
+    pub user: Option<String>,
+    /// Its password (prefer `password_file`, or `PETREL_NATS_PASSWORD`).
+    pub password: Option<String>,
+    /// File holding the password (takes precedence over `password`).
+    pub password_file: Option<PathBuf>,
     /// JetStream domain of the hub.
     pub domain: String,
     /// Seconds to wait for the hub's publish acknowledgement before a try counts as
@@ -210,6 +216,9 @@ impl Default for NatsSection {
     fn default() -> Self {
         Self {
             url: "nats://127.0.0.1:4222".into(),
+            user: None,
+            password: None,
+            password_file: None,
             domain: "hub".into(),
             publish_timeout_secs: 5,
             max_inflight_publishes: 4096,
@@ -524,6 +533,12 @@ impl Config {
                 "limits.max_connections, max_unauthenticated, per_source_unauthenticated, per_source_connect_burst and max_connections_per_user must be above 0"
             );
         }
+        if self.nats.user.is_some()
+            && self.nats.password.is_none()
+            && self.nats.password_file.is_none()
+        {
+            bail!("nats.user needs nats.password_file (or nats.password / PETREL_NATS_PASSWORD)");
+        }
         if self.auth.max_token_lifetime_secs < 60 {
             bail!("auth.max_token_lifetime_secs must be at least 60");
         }
@@ -553,6 +568,9 @@ impl Config {
             fix(p);
         }
         if let Some(p) = self.auth.es256_public_key.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.nats.password_file.as_mut() {
             fix(p);
         }
     }

@@ -381,7 +381,13 @@ async fn connect_leaf(
     cfg: &Config,
 ) -> anyhow::Result<(async_nats::Client, mpsc::UnboundedReceiver<()>)> {
     let (reconnected, reconnects) = mpsc::unbounded_channel();
-    let nats = async_nats::ConnectOptions::new()
+    let options = match &cfg.nats.user {
+        Some(user) => {
+            async_nats::ConnectOptions::with_user_and_password(user.clone(), nats_password(cfg)?)
+        }
+        None => async_nats::ConnectOptions::new(),
+    };
+    let nats = options
         .name(format!("petrel-gateway {}", cfg.gateway.id))
         .event_callback(move |event| {
             let reconnected = reconnected.clone();
@@ -397,6 +403,18 @@ async fn connect_leaf(
         .await
         .with_context(|| format!("connecting to NATS at {}", cfg.nats.url))?;
     Ok((nats, reconnects))
+}
+
+/// The leaf password, from its file or the config itself.
+fn nats_password(cfg: &Config) -> anyhow::Result<String> {
+    match (&cfg.nats.password_file, &cfg.nats.password) {
+        (Some(path), _) => Ok(std::fs::read_to_string(path)
+            .with_context(|| format!("reading nats.password_file {}", path.display()))?
+            .trim()
+            .to_string()),
+        (None, Some(p)) => Ok(p.clone()),
+        (None, None) => anyhow::bail!("nats.user is set but no password"),
+    }
 }
 
 fn session_config(cfg: &Config) -> SessionConfig {

@@ -134,12 +134,18 @@ pub struct GatewayProcess {
 }
 
 impl GatewayProcess {
-    /// Writes a config in `dir` for the leaf at `leaf_url` and starts the gateway;
-    /// `env` adds `PETREL_*` overrides.
-    pub async fn start(dir: &Path, leaf_url: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+    /// Writes a config in `dir` for the leaf at `leaf_url` (admitting the users of
+    /// `leaf_auth`) and starts the gateway; `env` adds `PETREL_*` overrides.
+    pub async fn start(
+        dir: &Path,
+        leaf_url: &str,
+        leaf_auth: &petrel_devkit::nats::LeafAuth,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         petrel_devkit::dev::write_secret(dir, SECRET.as_bytes())?;
-        let config = petrel_devkit::dev::write_gateway_config(dir, "edgep", leaf_url, None)?;
+        let config =
+            petrel_devkit::dev::write_gateway_config(dir, "edgep", leaf_url, leaf_auth, None)?;
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
         let cert_sha256 = petrel_gateway::tls::write_dev_cert(&cert, &key, 7)?;
         let quic = {

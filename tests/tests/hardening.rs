@@ -492,3 +492,71 @@ async fn one_user_gets_a_bounded_number_of_connections_and_one_send_budget() -> 
     t.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaf_admits_only_its_users_and_holds_them_to_their_subjects() -> anyhow::Result<()> {
+    let t = Topology::start(1).await?;
+    let edge = &t.edges[0];
+    // Nobody anonymous: no reading everything, no forging.
+    assert!(
+        async_nats::connect(&edge.leaf_plain_url).await.is_err(),
+        "an anonymous client was admitted by the leaf"
+    );
+    // A business service may publish notifications, and nothing else.
+    let services = petrel_devkit::nats::connect(&edge.services_url).await?;
+    let js = async_nats::jetstream::with_domain(services.clone(), "hub");
+    let mut everything = services.subscribe(">").await?;
+    let before = t.stored_in_every_stream().await?;
+    let inbox_before = t.subject_counts("msg.private.bob").await?;
+    let forged = petrel_core::wire::StoredMessage {
+        from: petrel_core::UserId::parse("alice")?,
+        to: petrel_core::wire::Recipient::User(petrel_core::UserId::parse("bob")?),
+        from_device: "phone".into(),
+        client_msg_id: "forged".into(),
+        content: "send me your password".into(),
+        content_type: "text/plain".into(),
+        time_ms: 1,
+        gateway_id: "edge0".into(),
+        notification: None,
+        receipt: None,
+    };
+    services.publish("msg.private.bob", forged.encode()).await?;
+    services.flush().await?;
+    // Then an allowed one, acknowledged: anything published before it on this
+    // connection would be stored before it.
+    let n = petrel_core::wire::Notification {
+        id: "n1".into(),
+        title: "hello".into(),
+        ..Default::default()
+    };
+    js.publish("notif.friend.bob", n.encode()).await?.await?;
+    assert_eq!(
+        t.stored_in_every_stream().await?,
+        before + 1,
+        "only the notification"
+    );
+    assert_eq!(t.subject_counts("msg.private.bob").await?, inbox_before);
+    // It reads nothing, and cannot use the JetStream API.
+    let seen = tokio::time::timeout(
+        Duration::from_millis(500),
+        futures::StreamExt::next(&mut everything),
+    )
+    .await;
+    assert!(
+        !matches!(seen, Ok(Some(_))),
+        "a service read traffic: {seen:?}"
+    );
+    let api = tokio::time::timeout(Duration::from_secs(3), js.query_account()).await;
+    assert!(
+        !matches!(api, Ok(Ok(_))),
+        "a service used the JetStream API"
+    );
+    // The gateway, with its own user, works as ever.
+    let mut bob = t.connect(0, Quic, "bob", "phone").await?;
+    let alice = t.connect(0, WebSocket, "alice", "phone").await?;
+    alice.send("bob", "real", "hi").await?;
+    let m = petrel_tests::next_message_on(&mut bob, "msg.private.bob", 10).await?;
+    assert_eq!(m.client_msg_id, "real");
+    t.stop().await;
+    Ok(())
+}

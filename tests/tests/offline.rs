@@ -131,6 +131,7 @@ async fn gateway_killed_with_5000_in_flight_loses_nothing_it_answered_for() -> a
     let mut gw = GatewayProcess::start(
         &dir,
         &leaf.client_url,
+        topo.leaf_auth(),
         &[
             ("PETREL_LIMITS_SEND_RATE_PER_SEC", "0"),
             ("PETREL_LIMITS_USER_SEND_RATE_PER_SEC", "0"),
