@@ -141,6 +141,16 @@ pub enum Action {
     Watch(Vec<UserId>),
     /// Read a page of history and answer with a SyncBatch.
     Sync(crate::wire::SyncRequest),
+    /// Check that the message `receipt` is about is in the reader's inbox, from that
+    /// sender with that id; then publish `publish` (and report back with
+    /// [`Session::on_published`]), or report the refusal with
+    /// [`Session::on_receipt_refused`].
+    CheckReceipt {
+        /// What the reader says it received.
+        receipt: crate::wire::Receipt,
+        /// The receipt's copy in the sender's inbox.
+        publish: PublishRequest,
+    },
     /// Close the connection with this code (after writing any replies before it).
     Close(ErrorCode, String),
 }
@@ -714,17 +724,36 @@ impl Session {
         self.inflight.insert(
             req,
             Pending {
-                client_msg_id: r.client_msg_id,
+                client_msg_id: r.client_msg_id.clone(),
                 subject: copy.subject.clone(),
                 msg_id: copy.msg_id.clone(),
                 answer: false,
             },
         );
-        out.push(Action::Publish(PublishRequest {
-            req,
-            copies: vec![copy],
-            payload,
-        }));
+        out.push(Action::CheckReceipt {
+            receipt: r,
+            publish: PublishRequest {
+                req,
+                copies: vec![copy],
+                payload,
+            },
+        });
+    }
+
+    /// The receipt of publish `req` was not about a message in the reader's inbox (or
+    /// could not be checked): nothing is stored; the reader is told, without closing.
+    pub fn on_receipt_refused(
+        &mut self,
+        req: u64,
+        code: ErrorCode,
+        message: String,
+    ) -> Vec<Action> {
+        self.inflight.remove(&req);
+        vec![Action::Reply(Reply::Error {
+            code,
+            message,
+            fatal: false,
+        })]
     }
 
     /// The hub (or the edge's outbox) answered a publish.

@@ -84,3 +84,56 @@ async fn receipts_reach_the_sender_also_after_it_reconnects() -> anyhow::Result<
     topo.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_about_a_message_that_is_not_in_the_inbox_is_refused() -> anyhow::Result<()> {
+    let topo = Topology::start(1).await?;
+    let mut alice = topo.connect(0, Quic, "alice", "phone").await?;
+    let mut mallory = topo.connect(0, WebSocket, "mallory", "phone").await?;
+    alice.send("mallory", "real", "hello").await?;
+    let real = next_message_on(&mut mallory, "msg.private.mallory", 10).await?;
+    let before = topo.subject_counts("msg.private.alice").await?;
+    // Forged: a message id alice never sent, a sequence that is not that message, a
+    // sender other than the message's.
+    let forgeries = [
+        petrel_client::Message {
+            client_msg_id: "never-sent".into(),
+            ..real.clone()
+        },
+        petrel_client::Message {
+            seq: real.seq + 1000,
+            ..real.clone()
+        },
+        petrel_client::Message {
+            from: "carol".into(),
+            ..real.clone()
+        },
+    ];
+    for forged in &forgeries {
+        mallory.receipt(ReceiptKind::Read, forged).await?;
+        match tokio::time::timeout(Duration::from_secs(10), mallory.next_event()).await {
+            Ok(Some(Event::Error { code, .. })) => {
+                anyhow::ensure!(code == "FORBIDDEN", "{code} for {forged:?}")
+            }
+            other => anyhow::bail!("no refusal for {forged:?}: {other:?}"),
+        }
+    }
+    // The real one is stored, and it is the only receipt alice gets.
+    mallory.receipt(ReceiptKind::Read, &real).await?;
+    let r = next_receipt(&mut alice).await?;
+    anyhow::ensure!(
+        r.receipt
+            .as_ref()
+            .is_some_and(|rc| rc.client_msg_id == "real")
+    );
+    let after = topo.subject_counts("msg.private.alice").await?;
+    let count = |c: &std::collections::HashMap<String, usize>| {
+        c.get("msg.private.alice").copied().unwrap_or(0)
+    };
+    anyhow::ensure!(
+        count(&after) == count(&before) + 1,
+        "{before:?} → {after:?}"
+    );
+    topo.stop().await;
+    Ok(())
+}

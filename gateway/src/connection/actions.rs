@@ -66,6 +66,10 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
             }
             Action::Watch(users) => Box::pin(self.watch(users)).await,
             Action::Sync(req) => self.sync(req).await,
+            Action::CheckReceipt { receipt, publish } => {
+                self.check_receipt(receipt, publish);
+                Ok(())
+            }
             Action::Close(code, why) => Box::pin(self.close(code, why)).await,
         }
     }

@@ -11,7 +11,8 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use petrel_core::ErrorCode;
 use petrel_core::delivery::{Fetch, Live, Order};
-use petrel_core::wire::{Delivery, Reply, SyncRequest, encode_deliver, encode_reply};
+use petrel_core::session::PublishRequest;
+use petrel_core::wire::{Delivery, Receipt, Reply, SyncRequest, encode_deliver, encode_reply};
 use tracing::{debug, warn};
 
 use super::transport::{FrameReader, FrameWriter, TransportError};
@@ -34,6 +35,12 @@ const MAX_BATCH: usize = 64 * 1024;
 
 type FetchResult = (Fetch, Result<(Vec<Delivery>, bool), HubError>);
 
+/// Receipts one connection may have being checked at once.
+const MAX_RECEIPT_CHECKS: usize = 16;
+
+/// A receipt's check: whether its message is what the receipt says.
+pub(super) type ReceiptCheck = (PublishRequest, Result<bool, HubError>);
+
 /// A connection's fetches and history requests in progress, and the delivery order
 /// that decides what is delivered, skipped or fetched.
 #[derive(Default)]
@@ -43,6 +50,7 @@ pub(super) struct Deliveries {
     // every connection, idle or not (measured with heaptrack: ~3 KB each unboxed).
     pub(super) fetches: FuturesUnordered<BoxFuture<'static, FetchResult>>,
     pub(super) syncs: FuturesUnordered<BoxFuture<'static, Reply>>,
+    pub(super) receipts: FuturesUnordered<BoxFuture<'static, ReceiptCheck>>,
 }
 
 impl Deliveries {
@@ -298,5 +306,57 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
             }
         }));
         Ok(())
+    }
+
+    /// Starts checking that `receipt` is about a message in the reader's inbox, from
+    /// its sender with its id (the edge cache first, the hub otherwise).
+    pub(super) fn check_receipt(&mut self, receipt: Receipt, publish: PublishRequest) {
+        if self.deliveries.receipts.len() >= MAX_RECEIPT_CHECKS {
+            let why = format!("at most {MAX_RECEIPT_CHECKS} receipts at a time");
+            let out = self
+                .session
+                .on_receipt_refused(publish.req, ErrorCode::RateLimited, why);
+            self.actions.extend(out);
+            return;
+        }
+        let catchup = self.shared.catchup.clone();
+        self.deliveries.receipts.push(Box::pin(async move {
+            let found = catchup.message_at(&receipt.subject, receipt.seq).await;
+            let matches = found.map(|m| {
+                m.is_some_and(|m| {
+                    m.from == receipt.sender
+                        && m.client_msg_id == receipt.client_msg_id.as_str()
+                        && m.receipt.is_none()
+                        && m.notification.is_none()
+                })
+            });
+            (publish, matches)
+        }));
+    }
+
+    /// A receipt was checked: published if it is about a real message, else refused.
+    pub(super) async fn on_receipt_checked(&mut self, check: ReceiptCheck) {
+        let (publish, verdict) = check;
+        let refusal = match verdict {
+            Ok(true) => None,
+            Ok(false) => Some((
+                ErrorCode::Forbidden,
+                "no such message from that sender in your inbox: receipt not stored".to_string(),
+            )),
+            Err(e) => Some((
+                ErrorCode::Unavailable,
+                format!("the receipt could not be checked ({e}); send it again later"),
+            )),
+        };
+        match refusal {
+            None => {
+                let outcomes = self.outcomes_tx.clone();
+                self.shared.outbox.submit(publish, outcomes).await;
+            }
+            Some((code, why)) => {
+                let out = self.session.on_receipt_refused(publish.req, code, why);
+                self.actions.extend(out);
+            }
+        }
     }
 }

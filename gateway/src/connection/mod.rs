@@ -415,6 +415,9 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
             Some((f, result)) = self.deliveries.fetches.next(), if !self.deliveries.fetches.is_empty() => {
                 self.on_fetched(f, result).await?;
             }
+            Some(check) = self.deliveries.receipts.next(), if !self.deliveries.receipts.is_empty() => {
+                self.on_receipt_checked(check).await;
+            }
             Some((req, outcome)) = self.outcomes.recv() => {
                 let out = self.session.on_published(req, outcome);
                 self.actions.extend(out);

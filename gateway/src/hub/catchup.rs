@@ -88,6 +88,26 @@ impl CatchUp {
         Ok((out, more))
     }
 
+    /// The message at `seq` on `subject`, from the edge cache or else the hub; `None`
+    /// when there is none (or it does not decode).
+    pub async fn message_at(
+        &self,
+        subject: &str,
+        seq: Seq,
+    ) -> Result<Option<petrel_core::wire::StoredMessage>, HubError> {
+        let cached = self
+            .store
+            .recent_after(subject, seq.0.saturating_sub(1), 1)
+            .ok()
+            .and_then(|(entries, _)| entries.into_iter().next())
+            .filter(|r| r.seq == seq.0);
+        let payload = match cached {
+            Some(r) => Some(r.payload),
+            None => self.hub.message_at(subject, seq).await?,
+        };
+        Ok(payload.and_then(|p| decode_stored(subject, p).ok()))
+    }
+
     /// A page of history: oldest first after `after` (as a fetch: cache, then hub), or
     /// newest first before `before` (0: from the newest), from the hub. The flag says
     /// more may follow.

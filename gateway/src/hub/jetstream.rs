@@ -209,6 +209,21 @@ impl JetStream {
         }
     }
 
+    /// The message stored at `seq`, if it is on `subject`: its payload.
+    pub async fn message_at(&self, subject: &str, seq: Seq) -> Result<Option<Bytes>, HubError> {
+        use jetstream::stream::DirectGetErrorKind;
+        let stream = self.stream_of(subject).await?;
+        match stream.direct_get(seq.0).await {
+            Ok(m) if m.subject.as_str() == subject => Ok(Some(m.payload)),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(HubError::unavailable(
+                format!("message {seq} of {subject}"),
+                e,
+            )),
+        }
+    }
+
     /// The message stream's duplicate window (how long the hub remembers a
     /// `Nats-Msg-Id`).
     pub async fn duplicate_window(&self) -> Result<Duration, HubError> {
