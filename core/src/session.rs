@@ -473,31 +473,23 @@ impl Session {
             (State::Joining(_) | State::Active(_), Command::Sync(req))
                 if !self.syncs.take(now.mono, SYNC_RATE, SYNC_BURST) =>
             {
-                out.push(Action::Reply(Reply::SyncBatch {
-                    request_id: req.request_id,
-                    subject: req.subject,
-                    messages: Vec::new(),
-                    more: false,
-                    error: Some((
-                        ErrorCode::RateLimited,
-                        format!("more than {SYNC_RATE} history pages per second; retry later"),
-                    )),
-                }));
+                let why = format!("more than {SYNC_RATE} history pages per second; retry later");
+                out.push(Action::Reply(Reply::sync_refused(
+                    req,
+                    ErrorCode::RateLimited,
+                    why,
+                )));
             }
             (State::Joining(id) | State::Active(id), Command::Sync(req)) => {
                 if self.owns(&id.user, &req.subject) {
                     out.push(Action::Sync(req));
                 } else {
-                    out.push(Action::Reply(Reply::SyncBatch {
-                        request_id: req.request_id,
-                        subject: req.subject.clone(),
-                        messages: Vec::new(),
-                        more: false,
-                        error: Some((
-                            ErrorCode::Protocol,
-                            format!("cannot read {:?}: not a subject of this user", req.subject),
-                        )),
-                    }));
+                    let why = format!("cannot read {:?}: not a subject of this user", req.subject);
+                    out.push(Action::Reply(Reply::sync_refused(
+                        req,
+                        ErrorCode::Protocol,
+                        why,
+                    )));
                 }
             }
             (State::Joining(_) | State::Active(_), Command::Watch(users)) => {

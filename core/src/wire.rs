@@ -445,6 +445,19 @@ pub enum Reply {
     },
 }
 
+impl Reply {
+    /// The answer to history request `req` when it is refused: no messages, `code`.
+    pub fn sync_refused(req: SyncRequest, code: ErrorCode, message: String) -> Self {
+        Self::SyncBatch {
+            request_id: req.request_id,
+            subject: req.subject,
+            messages: Vec::new(),
+            more: false,
+            error: Some((code, message)),
+        }
+    }
+}
+
 /// Encodes a reply as a length-prefixed ServerFrame.
 pub fn encode_reply(reply: &Reply) -> Bytes {
     use pb::server_frame::Kind;

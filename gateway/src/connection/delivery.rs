@@ -270,16 +270,8 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
     /// [`MAX_SYNCS`] are already in progress.
     pub(super) async fn sync(&mut self, req: SyncRequest) -> Result<(), End> {
         if self.deliveries.syncs.len() >= MAX_SYNCS {
-            let busy = Reply::SyncBatch {
-                request_id: req.request_id,
-                subject: req.subject,
-                messages: Vec::new(),
-                more: false,
-                error: Some((
-                    ErrorCode::RateLimited,
-                    format!("at most {MAX_SYNCS} history requests at a time"),
-                )),
-            };
+            let why = format!("at most {MAX_SYNCS} history requests at a time");
+            let busy = Reply::sync_refused(req, ErrorCode::RateLimited, why);
             return self.write(encode_reply(&busy)).await;
         }
         let catchup = self.shared.catchup.clone();
