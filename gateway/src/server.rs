@@ -122,8 +122,6 @@ impl Gateway {
             groups,
             presence,
             users: crate::connection::admission::Users::new(cfg.limits.users()),
-            max_connections_per_user: cfg.limits.max_connections_per_user,
-            session_user_send_rate: cfg.limits.user_send_rate_per_sec,
             auth,
             jetstream,
             catchup,

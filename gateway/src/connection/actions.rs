@@ -40,7 +40,7 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
                 if let Some(j) = &self.joined
                     && !self.shared.users.take_send(&j.user)
                 {
-                    let limit = self.shared.session_user_send_rate;
+                    let limit = self.shared.users.limits().send_rate;
                     let out = self.session.on_published(
                         req.req,
                         PublishOutcome::Failed {
@@ -102,7 +102,7 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
                     self.shared.count_refused(refusal);
                     let why = format!(
                         "this user has the most connections allowed on this gateway ({})",
-                        self.shared.max_connections_per_user
+                        self.shared.users.limits().max_connections
                     );
                     let out = self.session.shutdown(ErrorCode::RateLimited, &why);
                     self.actions.extend(out);

@@ -218,6 +218,11 @@ impl Users {
         })
     }
 
+    /// The bounds.
+    pub fn limits(&self) -> UserLimitsConfig {
+        self.cfg
+    }
+
     /// A connection of `user` joins, unless the user has its most already. The newest
     /// is refused rather than the oldest closed: a client that reconnects in a loop then
     /// backs off instead of pushing its own other devices out, and a dead connection

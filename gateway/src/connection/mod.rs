@@ -55,10 +55,6 @@ pub struct Shared {
     pub presence: Arc<crate::directory::Presence>,
     /// Per-user connection counts and send budgets on this edge.
     pub users: Arc<admission::Users>,
-    /// Its bounds, for the messages that name them.
-    pub max_connections_per_user: usize,
-    /// Sends per second of one user (for the RATE_LIMITED message).
-    pub session_user_send_rate: u32,
     /// Frames queued toward one connection.
     pub send_queue_frames: usize,
     /// Bytes queued toward one connection (live messages) before it catches up instead.
