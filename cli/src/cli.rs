@@ -73,11 +73,12 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Operator tools: group membership (as the application's group service keeps it).
+    /// Operator tools: group membership and contacts (as the application's services
+    /// keep them), system notifications.
     Admin {
         /// What to manage.
         #[command(subcommand)]
-        what: AdminCommand,
+        what: crate::admin::AdminCommand,
     },
     /// Create or update the hub's JetStream streams (idempotent).
     Provision {
@@ -90,100 +91,6 @@ pub enum Command {
         /// Replicas per stream (3 on a 3-node hub cluster).
         #[arg(long, default_value_t = 1)]
         replicas: usize,
-    },
-}
-
-/// `petrel admin` commands.
-#[derive(Debug, Subcommand)]
-pub enum AdminCommand {
-    /// Group membership in Redis (`group:{g}:members`, `user:{u}:groups`); add and
-    /// remove announce the change on NATS `group.changed.{g}`, so gateways apply it at
-    /// once. See docs/groups.md.
-    Group {
-        /// A `petrel dev` directory to take the Redis and NATS URLs from.
-        #[arg(long = "dev", value_name = "DIR", default_value = ".petrel/dev")]
-        dev: PathBuf,
-        /// Redis URL instead of the dev one.
-        #[arg(long)]
-        redis: Option<String>,
-        /// NATS URL instead of the dev one (for the change announcement).
-        #[arg(long)]
-        nats: Option<String>,
-        /// add, remove or list.
-        #[command(subcommand)]
-        action: GroupAction,
-    },
-    /// Publish a system notification to a user, as a business service does (stream
-    /// SYSTEM_NOTIFICATIONS, subject notif.{category}.{user}); prints where it was
-    /// stored. See docs/notifications.md.
-    Notify {
-        /// A `petrel dev` directory to take the NATS URL from.
-        #[arg(long = "dev", value_name = "DIR", default_value = ".petrel/dev")]
-        dev: PathBuf,
-        /// NATS URL instead of the dev one.
-        #[arg(long)]
-        nats: Option<String>,
-        /// Recipient user id.
-        #[arg(long)]
-        user: String,
-        /// Category.
-        #[arg(long, value_parser = petrel_core::wire::NOTIFICATION_CATEGORIES)]
-        category: String,
-        /// Title.
-        #[arg(long)]
-        title: String,
-        /// Body.
-        #[arg(long, default_value = "")]
-        body: String,
-        /// What tapping it does (e.g. a deep link).
-        #[arg(long, default_value = "")]
-        action: String,
-        /// Priority.
-        #[arg(long, value_enum, default_value = "normal")]
-        priority: Priority,
-        /// Badge count (0 = leave as is).
-        #[arg(long, default_value_t = 0)]
-        badge: u32,
-        /// Id (dedup key: publishing the same id again stores it once). Random by default.
-        #[arg(long)]
-        id: Option<String>,
-    },
-}
-
-/// Notification priorities for `petrel admin notify`.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum Priority {
-    /// Default.
-    Normal,
-    /// May be batched or shown quietly.
-    Low,
-    /// Should interrupt.
-    High,
-}
-
-/// `petrel admin group` actions.
-#[derive(Debug, Subcommand)]
-pub enum GroupAction {
-    /// Add users to a group.
-    Add {
-        /// Group id ([A-Za-z0-9_-]{1,64}).
-        group: String,
-        /// User ids.
-        #[arg(required = true)]
-        users: Vec<String>,
-    },
-    /// Remove users from a group.
-    Remove {
-        /// Group id.
-        group: String,
-        /// User ids.
-        #[arg(required = true)]
-        users: Vec<String>,
-    },
-    /// Print a group's members, one per line.
-    List {
-        /// Group id.
-        group: String,
     },
 }
 
@@ -330,176 +237,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Impair(args) => impair(args).await,
-        Command::Admin {
-            what:
-                AdminCommand::Group {
-                    dev,
-                    redis,
-                    nats,
-                    action,
-                },
-        } => admin_group(&dev, redis, nats, action).await,
-        Command::Admin {
-            what:
-                AdminCommand::Notify {
-                    dev,
-                    nats,
-                    user,
-                    category,
-                    title,
-                    body,
-                    action,
-                    priority,
-                    badge,
-                    id,
-                },
-        } => {
-            let user = petrel_core::UserId::parse(user.as_str())
-                .map_err(|e| anyhow::anyhow!("user {user:?}: {e}"))?;
-            let id = id.unwrap_or_else(random_id);
-            petrel_core::ClientMsgId::parse(id.as_str())
-                .map_err(|e| anyhow::anyhow!("id {id:?}: {e}"))?;
-            let nats_url = match nats {
-                Some(n) => n,
-                None => dev::Endpoints::read(&dev)?.nats_hub,
-            };
-            let client = async_nats::ConnectOptions::new()
-                .connection_timeout(Duration::from_secs(5))
-                .connect(nats_url.as_str())
-                .await
-                .with_context(|| format!("connecting to {nats_url}"))?;
-            let n = petrel_core::wire::Notification {
-                id: id.clone(),
-                title,
-                body,
-                action,
-                priority: match priority {
-                    Priority::Normal => 0,
-                    Priority::Low => 1,
-                    Priority::High => 2,
-                },
-                badge,
-                data: Vec::new(),
-                time_ms: now_ms(),
-            };
-            let subject =
-                petrel_core::subject::Subject::notification(&category, user.clone())?.to_string();
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-            let js = async_nats::jetstream::with_domain(client, "hub");
-            let ack = js
-                .publish_with_headers(subject.clone(), headers, n.encode())
-                .await
-                .context("publishing the notification")?
-                .await
-                .context("the hub did not store the notification")?;
-            println!(
-                "{}",
-                json!({"status": "stored", "subject": subject, "seq": ack.sequence, "id": id, "duplicate": ack.duplicate})
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Admin { what } => crate::admin::run(what).await,
     }
-}
-
-async fn admin_group(
-    dev: &std::path::Path,
-    redis: Option<String>,
-    nats: Option<String>,
-    action: GroupAction,
-) -> anyhow::Result<ExitCode> {
-    use petrel_core::GroupId;
-    let endpoints = if redis.is_none() || nats.is_none() {
-        Some(dev::Endpoints::read(dev)?)
-    } else {
-        None
-    };
-    let redis_url = redis
-        .or_else(|| endpoints.as_ref().and_then(|e| e.redis.clone()))
-        .context("no Redis: pass --redis URL (this petrel dev has none)")?;
-    let directory = petrel_gateway::directory::Directory::new(Some(&redis_url))?;
-    let parse_group = |g: &str| GroupId::parse(g).map_err(|e| anyhow::anyhow!("group {g:?}: {e}"));
-    match action {
-        GroupAction::List { group } => {
-            let g = parse_group(&group)?;
-            let mut members: Vec<String> = directory
-                .members(&g)
-                .await
-                .with_context(|| format!("reading group {g} from {redis_url}"))?
-                .into_iter()
-                .map(|u| u.to_string())
-                .collect();
-            members.sort();
-            for m in members {
-                println!("{m}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        GroupAction::Add { group, users } => {
-            change_members(
-                &directory,
-                nats,
-                endpoints,
-                parse_group(&group)?,
-                &users,
-                true,
-            )
-            .await
-        }
-        GroupAction::Remove { group, users } => {
-            change_members(
-                &directory,
-                nats,
-                endpoints,
-                parse_group(&group)?,
-                &users,
-                false,
-            )
-            .await
-        }
-    }
-}
-
-/// Adds or removes `users` in `group`, printing one JSON line per user, then announces
-/// the change once.
-async fn change_members(
-    directory: &petrel_gateway::directory::Directory,
-    nats: Option<String>,
-    endpoints: Option<dev::Endpoints>,
-    group: petrel_core::GroupId,
-    users: &[String],
-    add: bool,
-) -> anyhow::Result<ExitCode> {
-    let users: Vec<petrel_core::UserId> = users
-        .iter()
-        .map(|u| {
-            petrel_core::UserId::parse(u.as_str()).map_err(|e| anyhow::anyhow!("user {u:?}: {e}"))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let nats_url = nats
-        .or_else(|| endpoints.map(|e| e.nats_hub))
-        .context("no NATS: pass --nats URL")?;
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(nats_url.as_str())
-        .await
-        .with_context(|| format!("connecting to {nats_url}"))?;
-    for u in &users {
-        let changed = if add {
-            directory.add(&group, u).await
-        } else {
-            directory.remove(&group, u).await
-        }
-        .with_context(|| format!("updating group {group}"))?;
-        println!(
-            "{}",
-            json!({"group": group.as_str(), "user": u.as_str(), "member": add, "changed": changed})
-        );
-    }
-    petrel_gateway::directory::announce(&client, &group)
-        .await
-        .context("announcing the change on NATS")?;
-    Ok(ExitCode::SUCCESS)
 }
 
 fn shutdown_on_signal() -> anyhow::Result<CancellationToken> {
@@ -517,7 +256,7 @@ fn shutdown_on_signal() -> anyhow::Result<CancellationToken> {
     Ok(token)
 }
 
-fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     let bytes: [u8; 12] = rand::random();
     hex::encode(bytes)
 }
@@ -561,7 +300,7 @@ async fn connect(args: &ClientArgs, cursors: Vec<(String, u64)>) -> anyhow::Resu
         .with_context(|| format!("connecting as {} over {}", args.user, args.transport))
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     petrel_core::time::unix_ms()
 }
 

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+mod admin;
 mod cli;
 
 use cli::{Cli, run};

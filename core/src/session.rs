@@ -136,6 +136,10 @@ pub enum Action {
         subject: String,
         /// An encoded server frame for the receivers.
         frame: Bytes,
+        /// The one user it is for, when the directory must first allow this user to
+        /// see them (presence and typing are private); `None` for a group, whose
+        /// membership the session has already checked.
+        to: Option<UserId>,
     },
     /// Follow exactly these users' presence from now on.
     Watch(Vec<UserId>),
@@ -519,10 +523,12 @@ impl Session {
                     Recipient::User(u) => out.push(Action::Signal {
                         subject: subject::typing_user(&u),
                         frame: crate::wire::encode_typing_event(&from, None, typing),
+                        to: Some(u),
                     }),
                     Recipient::Group(g) if self.groups.contains(&g) => out.push(Action::Signal {
                         subject: subject::typing_group(&g),
                         frame: crate::wire::encode_typing_event(&from, Some(&g), typing),
+                        to: None,
                     }),
                     Recipient::Group(_) => {}
                 }

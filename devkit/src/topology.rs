@@ -298,6 +298,22 @@ impl Topology {
         petrel_gateway::directory::announce(&self.hub_client, &g).await
     }
 
+    /// Makes `a` and `b` contacts of each other (or, with `false`, no longer), as the
+    /// application's contact service does.
+    pub async fn set_contacts(&self, a: &str, b: &str, contacts: bool) -> anyhow::Result<()> {
+        let (a, b) = (
+            petrel_core::UserId::parse(a)?,
+            petrel_core::UserId::parse(b)?,
+        );
+        let dir = self.groups()?;
+        if contacts {
+            dir.add_contacts(&a, &b).await?;
+        } else {
+            dir.remove_contacts(&a, &b).await?;
+        }
+        Ok(())
+    }
+
     /// Kills redis-server (SIGKILL): its data is gone (no persistence), like a crash.
     pub async fn kill_redis(&mut self) {
         if let Some(r) = self.redis.take() {

@@ -241,12 +241,37 @@ pub struct AuthSection {
     /// ES256 public key, PEM file (production).
     #[serde(default)]
     pub es256_public_key: Option<PathBuf>,
+    /// URL of the token issuer's key set (JWKS). `https://`, or `http://` to a loopback
+    /// address only. Keys are picked by the token's `kid`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// A JWKS document on disk, read again on the same schedule as a URL.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Extra CA certificates (PEM) trusted for `jwks_url`, besides the system's.
+    #[serde(default)]
+    pub jwks_ca_file: Option<PathBuf>,
+    /// Seconds between refreshes of the key set.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_secs: u64,
+    /// Shortest time between two refreshes caused by tokens naming an unknown `kid`, so
+    /// made-up kids cannot hammer the issuer.
+    #[serde(default = "default_jwks_min_refetch")]
+    pub jwks_min_refetch_secs: u64,
     /// Clock skew allowed between the token issuer and the gateway (`exp`, `nbf`, `iat`).
     #[serde(default = "default_clock_skew")]
     pub clock_skew_secs: u64,
     /// The furthest a token's `exp` may be from now; longer-lived tokens are refused.
     #[serde(default = "default_max_token_lifetime")]
     pub max_token_lifetime_secs: u64,
+}
+
+fn default_jwks_refresh() -> u64 {
+    300
+}
+
+fn default_jwks_min_refetch() -> u64 {
+    10
 }
 
 fn default_clock_skew() -> u64 {
@@ -279,7 +304,46 @@ impl LimitsSection {
     }
 }
 
+/// Where the key set comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySetSource {
+    /// Fetched over HTTP(S).
+    Url(url::Url),
+    /// Read from a file.
+    File(PathBuf),
+}
+
 impl AuthSection {
+    /// The key set's source, if one is configured; a URL that is neither HTTPS nor
+    /// plain HTTP to a loopback address is refused, since keys fetched in the clear
+    /// could be swapped by anyone on the path.
+    pub fn key_set_source(&self) -> anyhow::Result<Option<KeySetSource>> {
+        match (&self.jwks_url, &self.jwks_file) {
+            (Some(_), Some(_)) => bail!("auth: set jwks_url or jwks_file, not both"),
+            (None, Some(path)) => Ok(Some(KeySetSource::File(path.clone()))),
+            (None, None) => Ok(None),
+            (Some(raw), None) => {
+                let url = url::Url::parse(raw)
+                    .map_err(|e| anyhow::anyhow!("auth.jwks_url {raw:?}: {e}"))?;
+                let loopback = match url.host() {
+                    Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                    Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                    Some(url::Host::Domain(d)) => d == "localhost",
+                    None => false,
+                };
+                match url.scheme() {
+                    "https" => {}
+                    "http" if loopback => {}
+                    "http" => bail!(
+                        "auth.jwks_url must be https:// (plain http only to a loopback address): {raw}"
+                    ),
+                    other => bail!("auth.jwks_url: scheme {other} is not http(s): {raw}"),
+                }
+                Ok(Some(KeySetSource::Url(url)))
+            }
+        }
+    }
+
     /// The token time rules of this section.
     pub fn policy(&self) -> petrel_core::auth::TokenPolicy {
         petrel_core::auth::TokenPolicy {
@@ -502,11 +566,18 @@ impl Config {
                 "web.dev_tokens needs an HS256 secret (auth.hs256_secret or auth.hs256_secret_file)"
             );
         }
+        let key_set = self.auth.key_set_source()?;
         if self.auth.hs256_secret.is_none()
             && self.auth.hs256_secret_file.is_none()
             && self.auth.es256_public_key.is_none()
+            && key_set.is_none()
         {
-            bail!("auth: set hs256_secret, hs256_secret_file or es256_public_key");
+            bail!(
+                "auth: set hs256_secret, hs256_secret_file, es256_public_key, jwks_url or jwks_file"
+            );
+        }
+        if self.auth.jwks_refresh_secs == 0 || self.auth.jwks_min_refetch_secs == 0 {
+            bail!("auth.jwks_refresh_secs and jwks_min_refetch_secs must be above 0");
         }
         if self.web.dev_tokens && !self.listen.http.ip().is_loopback() {
             bail!(
@@ -567,8 +638,14 @@ impl Config {
         if let Some(p) = self.auth.hs256_secret_file.as_mut() {
             fix(p);
         }
-        if let Some(p) = self.auth.es256_public_key.as_mut() {
-            fix(p);
+        for p in [
+            &mut self.auth.es256_public_key,
+            &mut self.auth.jwks_file,
+            &mut self.auth.jwks_ca_file,
+        ] {
+            if let Some(p) = p.as_mut() {
+                fix(p);
+            }
         }
         if let Some(p) = self.nats.password_file.as_mut() {
             fix(p);
@@ -654,6 +731,42 @@ mod tests {
         );
         let err = Config::parse(&no_secret, &[]).unwrap_err();
         assert!(format!("{err:#}").contains("dev_tokens"), "{err:#}");
+    }
+
+    #[test]
+    fn a_key_set_url_is_https_or_loopback_and_not_next_to_a_file() {
+        let with = |extra: &str| {
+            Config::parse(&format!("{BASE}{extra}"), &[]).map_err(|e| format!("{e:#}"))
+        };
+        for ok in [
+            "jwks_url = \"https://auth.example.com/jwks.json\"",
+            "jwks_url = \"http://127.0.0.1:8080/jwks.json\"",
+            "jwks_url = \"http://[::1]:8080/jwks.json\"",
+            "jwks_url = \"http://localhost/jwks.json\"",
+            "jwks_file = \"jwks.json\"",
+        ] {
+            let c = with(ok).unwrap();
+            assert!(c.auth.key_set_source().unwrap().is_some(), "{ok}");
+        }
+        for (bad, says) in [
+            (
+                "jwks_url = \"http://auth.example.com/jwks.json\"",
+                "https://",
+            ),
+            (
+                "jwks_url = \"ftp://auth.example.com/jwks.json\"",
+                "scheme ftp",
+            ),
+            ("jwks_url = \"not a url\"", "jwks_url"),
+            (
+                "jwks_url = \"https://a.example/j\"\njwks_file = \"j.json\"",
+                "not both",
+            ),
+            ("jwks_file = \"j.json\"\njwks_refresh_secs = 0", "above 0"),
+        ] {
+            let err = with(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //! - [`provision`] — the hub's streams, from `petrel_core::subject::stream_layouts`;
 //! - [`tls`] — the served certificate: PEM files reloaded on change, or self-signed
 //!   and rotated (development);
+//! - [`jwks`] — the token issuer's key set: loaded, refreshed on a timer and on an
+//!   unknown `kid`;
 //! - [`config`] — the TOML configuration and its `PETREL_*` overrides;
 //! - [`metrics`] — Prometheus metrics (`/metrics`);
 //! - [`server`] — [`Gateway`]: wires the rooms together; [`Gateway::load`] binds every
@@ -27,6 +29,7 @@ pub mod config;
 pub mod connection;
 pub mod directory;
 pub mod hub;
+pub mod jwks;
 pub mod listeners;
 pub mod metrics;
 pub mod outbox;

@@ -94,6 +94,19 @@ pub struct Metrics {
     pub connection_panics: Counter,
     /// Connections refused by the admission budgets, by reason.
     pub connections_refused: Family<ReasonLabel, Counter>,
+    /// Key-set (JWKS) loads, by why and how they went.
+    pub key_set_refreshes: Family<RefreshLabels, Counter>,
+    /// Usable keys in the current key set.
+    pub key_set_keys: Gauge,
+}
+
+/// A key-set load.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefreshLabels {
+    /// `timer` or `unknown_kid`.
+    pub trigger: &'static str,
+    /// `ok` or `error` (the old set is kept).
+    pub result: &'static str,
 }
 
 /// Why something was refused.
@@ -129,6 +142,8 @@ impl Metrics {
             auth_failures: Family::default(),
             connection_panics: Counter::default(),
             connections_refused: Family::default(),
+            key_set_refreshes: Family::default(),
+            key_set_keys: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -210,6 +225,23 @@ impl Metrics {
             "Connection tasks that panicked (a bug: caught, logged, the client closed with INTERNAL)",
             m.connection_panics.clone(),
         );
+        registry.register(
+            "key_set_refreshes",
+            "Loads of the token key set (JWKS) after start (trigger: timer, unknown_kid; result: ok, error — the old set is kept)",
+            m.key_set_refreshes.clone(),
+        );
+        registry.register(
+            "key_set_keys",
+            "Usable signing keys in the current token key set (JWKS)",
+            m.key_set_keys.clone(),
+        );
+        for trigger in ["timer", "unknown_kid"] {
+            for result in ["ok", "error"] {
+                let _ = m
+                    .key_set_refreshes
+                    .get_or_create(&RefreshLabels { trigger, result });
+            }
+        }
         // Series that exist from the start at 0, so rates and alerts work before the
         // first event.
         for transport in ["quic", "webtransport", "websocket"] {

@@ -72,7 +72,8 @@ impl Gateway {
     /// not up yet) and binds the listeners.
     pub async fn load(cfg: Config) -> anyhow::Result<Self> {
         let hs_secret = hs256_secret(&cfg.auth)?;
-        let auth = Arc::new(authenticator(&cfg.auth, hs_secret.as_deref())?);
+        let (auth, key_set) = authenticator(&cfg.auth, hs_secret.as_deref()).await?;
+        let auth = Arc::new(auth);
         let certs = tls::CertStore::new(cfg.tls.source()?).context("TLS certificate")?;
         let store = open_store(&cfg.storage)?;
         let (nats, reconnects) = connect_leaf(&cfg).await?;
@@ -116,8 +117,19 @@ impl Gateway {
             live: live.clone(),
             outbox: outbox.stats.clone(),
         });
+        let metrics = Arc::new(metrics);
+        let key_set = key_set.map(|loader| {
+            Arc::new(crate::jwks::KeySetRefresher::new(
+                loader,
+                auth.clone(),
+                metrics.clone(),
+                Duration::from_secs(cfg.auth.jwks_refresh_secs),
+                Duration::from_secs(cfg.auth.jwks_min_refetch_secs),
+            ))
+        });
         let shared = Arc::new(Shared {
-            metrics: Arc::new(metrics),
+            metrics,
+            key_set,
             session: Arc::new(session_config(&cfg)),
             groups,
             presence,
@@ -217,6 +229,7 @@ impl Gateway {
                     .clone()
                     .resync_on_reconnect(reconnects, shutdown.clone()),
                 follow_group_changes(nats.clone(), shared.clone(), shutdown.clone()),
+                refresh_key_set(shared.key_set.clone(), shutdown.clone()),
             )
         };
         tokio::join!(serving, background);
@@ -313,6 +326,16 @@ impl Sockets {
     }
 }
 
+/// Keeps the token key set fresh, when there is one.
+async fn refresh_key_set(
+    refresher: Option<Arc<crate::jwks::KeySetRefresher>>,
+    shutdown: CancellationToken,
+) {
+    if let Some(r) = refresher {
+        r.run(shutdown).await;
+    }
+}
+
 /// The host name in the URLs `/client-config` hands out: configured, or the QUIC
 /// listen address (`localhost` when that is unspecified).
 fn public_host(cfg: &Config) -> String {
@@ -347,11 +370,12 @@ fn hs256_secret(auth: &config::AuthSection) -> anyhow::Result<Option<Vec<u8>>> {
     })
 }
 
-/// Token verification with the configured keys.
-fn authenticator(
+/// Token verification with the configured keys, and the key set's loader when one is
+/// configured (its first load done here: a gateway never starts unable to verify).
+async fn authenticator(
     auth: &config::AuthSection,
     hs_secret: Option<&[u8]>,
-) -> anyhow::Result<Authenticator> {
+) -> anyhow::Result<(Authenticator, Option<crate::jwks::KeySetLoader>)> {
     let es_key = match &auth.es256_public_key {
         Some(path) => Some(
             std::fs::read(path)
@@ -359,9 +383,18 @@ fn authenticator(
         ),
         None => None,
     };
-    Ok(Authenticator::new(hs_secret, es_key.as_deref())
+    let (loader, set) = match auth.key_set_source()? {
+        Some(source) => {
+            let loader = crate::jwks::KeySetLoader::new(source, auth.jwks_ca_file.as_deref())?;
+            let set = loader.load_at_start().await?;
+            (Some(loader), Some(set))
+        }
+        None => (None, None),
+    };
+    let authenticator = Authenticator::with_keys(hs_secret, es_key.as_deref(), set)
         .context("auth keys")?
-        .with_policy(auth.policy()))
+        .with_policy(auth.policy());
+    Ok((authenticator, loader))
 }
 
 fn open_store(cfg: &config::StorageSection) -> anyhow::Result<Arc<EdgeStore>> {

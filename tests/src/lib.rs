@@ -1,7 +1,8 @@
 //! End-to-end test harness: the [`Topology`] of `petrel_devkit` (a real hub, Redis,
 //! and edges of leaf nats-server plus in-process gateway, on free ports) configured
 //! for tests, and helpers the tests share: waiting for messages, the `petrel` binary,
-//! a gateway run as its own process.
+//! a gateway run as its own process, and a token issuer publishing a key set
+//! ([`issuer`]).
 
 use std::path::Path;
 use std::time::Duration;
@@ -9,6 +10,8 @@ use std::time::Duration;
 use anyhow::Context;
 use petrel_client::{Client, Endpoint, TransportKind, Trust};
 use petrel_gateway::Config;
+
+pub mod issuer;
 
 pub use petrel_devkit::{Edge, RawSession, Topology, TopologyBuilder, metric_sample};
 
@@ -77,6 +80,36 @@ pub async fn next_message(
         Ok(Some(other)) => anyhow::bail!("expected a message, got {other:?}"),
         Ok(None) => anyhow::bail!("connection closed"),
         Err(_) => anyhow::bail!("no message within {secs} s"),
+    }
+}
+
+/// The next typing event (from, group, typing) within `ms`, skipping other events.
+pub async fn next_typing(c: &mut Client, ms: u64) -> Option<(String, Option<String>, bool)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+    loop {
+        match tokio::time::timeout_at(deadline, c.next_event()).await {
+            Ok(Some(petrel_client::Event::Typing {
+                from,
+                group,
+                typing,
+            })) => return Some((from, group, typing)),
+            Ok(Some(_)) => {}
+            _ => return None,
+        }
+    }
+}
+
+/// The next presence state (user, state) within `ms`, skipping other events.
+pub async fn next_presence(c: &mut Client, ms: u64) -> Option<(String, String)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+    loop {
+        match tokio::time::timeout_at(deadline, c.next_event()).await {
+            Ok(Some(petrel_client::Event::Presence { user, state })) => {
+                return Some((user, state));
+            }
+            Ok(Some(_)) => {}
+            _ => return None,
+        }
     }
 }
 

@@ -1,25 +1,8 @@
 //! Typing indicators: live only (core NATS, never in a stream), to the other party
 //! across edges and to a group's members, rate-limited.
 
-use std::time::Duration;
-
-use petrel_client::{Client, Event, To, TransportKind::*};
-use petrel_tests::{TestTopology, Topology};
-
-async fn next_typing(c: &mut Client, ms: u64) -> Option<(String, Option<String>, bool)> {
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
-    loop {
-        match tokio::time::timeout_at(deadline, c.next_event()).await {
-            Ok(Some(Event::Typing {
-                from,
-                group,
-                typing,
-            })) => return Some((from, group, typing)),
-            Ok(Some(_)) => {}
-            _ => return None,
-        }
-    }
-}
+use petrel_client::{To, TransportKind::*};
+use petrel_tests::{TestTopology, Topology, next_typing};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_reaches_the_other_party_and_is_never_stored() -> anyhow::Result<()> {

@@ -141,6 +141,10 @@ async function addGroup(group, ...members) {
   await run(petrelBin, ["admin", "group", "--dev", devDir, "add", group, ...members]).done;
 }
 
+async function addContacts(user, ...contacts) {
+  await run(petrelBin, ["admin", "contact", "--dev", devDir, "add", user, ...contacts]).done;
+}
+
 test("a browser user and a Rust CLI user over native QUIC exchange messages both ways", async () => {
   const browserUser = await openUser("frank");
   const listener = await cliListen("grace");
@@ -481,6 +485,7 @@ test("receipts: a browser reader's read receipt reaches the browser sender", asy
 });
 
 test("typing: a WebTransport user's typing shows on a WebSocket user's page", async () => {
+  await addContacts("uma", "vic", "wes");
   const uma = await openUser("uma");
   const vic = await openUser("vic", { noWebTransport: true, expect: "websocket" });
   const seen = vic.page.evaluate(
@@ -517,6 +522,7 @@ test("typing: a WebTransport user's typing shows on a WebSocket user's page", as
 });
 
 test("presence: a browser watching a user sees it come online and go offline", async () => {
+  await addContacts("wendy", "xena");
   const wendy = await openUser("wendy");
   const first = await wendy.page.evaluate(
     () =>

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use petrel_core::auth::Identity;
 use petrel_core::session::{Action, Now, PublishOutcome};
-use petrel_core::wire::{Reply, encode_reply};
+use petrel_core::wire::{PresenceState, Reply, encode_reply};
 use petrel_core::{ErrorCode, Seq, UserId};
 use tracing::{debug, warn};
 
@@ -60,8 +60,14 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
                 Ok(())
             }
             Action::Join(identity) => Box::pin(self.join(identity)).await,
-            Action::Signal { subject, frame } => {
-                self.shared.live.signal(subject, frame).await;
+            Action::Signal { subject, frame, to } => {
+                let allowed = match &to {
+                    Some(u) => self.visible_users(std::slice::from_ref(u), false).await[0],
+                    None => true,
+                };
+                if allowed {
+                    self.shared.live.signal(subject, frame).await;
+                }
                 Ok(())
             }
             Action::Watch(users) => Box::pin(self.watch(users)).await,
@@ -216,13 +222,101 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
         None
     }
 
-    /// Follows exactly `users`' presence from now on, then writes their state now
-    /// (subscribed first: no change falls between).
+    /// For each of `users`, whether this connection's user may see them: remembered
+    /// answers (unless `fresh`), then the directory (bounded; unreadable: nobody).
+    async fn visible_users(&mut self, users: &[UserId], fresh: bool) -> Vec<bool> {
+        let Some(Joined { user, .. }) = &self.joined else {
+            return vec![false; users.len()];
+        };
+        let now = Instant::now();
+        let mut out: Vec<Option<bool>> = users
+            .iter()
+            .map(|u| {
+                if fresh {
+                    None
+                } else {
+                    self.visible.get(u, now)
+                }
+            })
+            .collect();
+        let ask: Vec<UserId> = users
+            .iter()
+            .zip(&out)
+            .filter(|(_, v)| v.is_none())
+            .map(|(u, _)| u.clone())
+            .collect();
+        if !ask.is_empty() {
+            let read = tokio::time::timeout(
+                Duration::from_secs(1),
+                self.shared.groups.visible(user, &ask),
+            )
+            .await;
+            match read {
+                Ok(Ok(answers)) => {
+                    for (u, v) in ask.into_iter().zip(answers) {
+                        self.visible.put(u, v, now);
+                    }
+                }
+                Ok(Err(e)) => debug!(error = %e, "cannot read visibility; showing nobody"),
+                Err(_) => debug!("reading visibility timed out; showing nobody"),
+            }
+            for (u, v) in users.iter().zip(out.iter_mut()) {
+                if v.is_none() {
+                    *v = self.visible.get(u, now);
+                }
+            }
+            // (An unreadable directory leaves them `None`: not visible, not remembered.)
+        }
+        out.into_iter().map(|v| v.unwrap_or(false)).collect()
+    }
+
+    /// After a membership change: stops following watched users no longer visible,
+    /// telling the client they are now `unknown`.
+    pub(super) async fn recheck_watched(&mut self) -> Result<(), End> {
+        if self.watched.is_empty() {
+            return Ok(());
+        }
+        let watched: Vec<UserId> = self.watched.iter().cloned().collect();
+        let visible = self.visible_users(&watched, true).await;
+        let mut frames = BytesMut::new();
+        let mut count = 0;
+        for (u, v) in watched.into_iter().zip(visible) {
+            if !v {
+                self.shared
+                    .live
+                    .leave(&LiveKey::Presence(u.clone()), self.id);
+                frames.extend_from_slice(&petrel_core::wire::encode_presence(
+                    &u,
+                    PresenceState::Unknown,
+                ));
+                self.watched.remove(&u);
+                count += 1;
+            }
+        }
+        if count == 0 {
+            return Ok(());
+        }
+        Ok(write_on(&mut self.writer, None, frames.freeze(), count, &self.wcfg).await?)
+    }
+
+    /// Follows exactly `users`' presence from now on — those this user may see — then
+    /// writes every state now (subscribed first: no change falls between); users it may
+    /// not see are answered `unknown` and not followed.
     async fn watch(&mut self, users: Vec<UserId>) -> Result<(), End> {
+        if self.joined.is_none() {
+            return Ok(());
+        }
+        // Fresh: contacts change without an announcement, and watch lists are few.
+        let visible = self.visible_users(&users, true).await;
         let Some(Joined { handle, .. }) = &self.joined else {
             return Ok(());
         };
-        let wanted: HashSet<UserId> = users.iter().cloned().collect();
+        let wanted: HashSet<UserId> = users
+            .iter()
+            .zip(&visible)
+            .filter(|(_, v)| **v)
+            .map(|(u, _)| u.clone())
+            .collect();
         for u in self.watched.difference(&wanted) {
             self.shared
                 .live
@@ -236,7 +330,15 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
         }
         self.watched = wanted;
         let presence = &self.shared.presence;
-        let states = futures::future::join_all(users.iter().map(|u| presence.state(u))).await;
+        let states =
+            futures::future::join_all(users.iter().zip(&visible).map(|(u, v)| async move {
+                if *v {
+                    presence.state(u).await
+                } else {
+                    PresenceState::Unknown
+                }
+            }))
+            .await;
         let mut frames = BytesMut::new();
         for (u, state) in users.iter().zip(states) {
             frames.extend_from_slice(&petrel_core::wire::encode_presence(u, state));

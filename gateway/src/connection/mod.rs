@@ -11,6 +11,7 @@ mod actions;
 pub mod admission;
 mod delivery;
 pub mod transport;
+mod visible;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub struct Shared {
     pub session: Arc<SessionConfig>,
     /// Token verification.
     pub auth: Arc<Authenticator>,
+    /// The token key set's refresher, when keys come from a JWKS.
+    pub key_set: Option<Arc<crate::jwks::KeySetRefresher>>,
     /// The hub's JetStream API.
     pub jetstream: Arc<JetStream>,
     /// Reading what a connection missed (edge cache, then hub).
@@ -241,7 +244,10 @@ struct Driver<R: FrameReader, W> {
     pending: Option<admission::Pending>,
     slot: Option<admission::Slot>,
     user_slot: Option<admission::UserSlot>,
+    /// Users whose presence this connection follows (each one visible to its user).
     watched: HashSet<UserId>,
+    /// Whom this connection's user may see, as the directory last said.
+    visible: visible::Visible,
     /// When to read the user's groups again (the directory was unreachable).
     groups_retry: Option<Instant>,
     /// What the session asked for, not yet carried out.
@@ -284,6 +290,7 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
             slot: None,
             user_slot: None,
             watched: HashSet::new(),
+            visible: visible::Visible::default(),
             groups_retry: None,
             actions: Vec::new(),
             last_seen: Instant::now(),
@@ -318,7 +325,7 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
 
     /// One turn of the loop; `Some` once the connection has ended.
     async fn step(&mut self) -> Option<End> {
-        self.feed_frames();
+        self.feed_frames().await;
         if let Some(end) = self.client_finished() {
             return Some(end);
         }
@@ -340,14 +347,23 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
         End::Closed(ErrorCode::Internal, why)
     }
 
-    /// Hands buffered frames to the session while it has budget for them.
-    fn feed_frames(&mut self) {
+    /// Hands buffered frames to the session while it has budget for them. A Hello whose
+    /// token names a key not in the key set waits for the set to be reloaded first, so
+    /// the first client of a rotated key is not refused.
+    async fn feed_frames(&mut self) {
         while self.session.wants_frames() {
             match self.decoder.next_frame() {
                 Ok(Some(frame)) => {
                     self.wcfg.metrics.frames_in.inc();
                     let out = match decode_command(frame) {
-                        Ok(cmd) => self.session.on_command(cmd, Now::system()),
+                        Ok(cmd) => {
+                            if let (Command::Hello { token, .. }, Some(keys)) =
+                                (&cmd, &self.shared.key_set)
+                            {
+                                keys.before_verify(token).await;
+                            }
+                            self.session.on_command(cmd, Now::system())
+                        }
                         Err(e) => self.session.on_wire_error(e),
                     };
                     self.actions.extend(out);
@@ -400,6 +416,9 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
             }
             _ = self.live.groups_changed.wait() => {
                 self.groups_retry = Box::pin(self.refresh_groups()).await;
+                // Who shares a group with whom may have changed too.
+                self.visible.forget();
+                Box::pin(self.recheck_watched()).await?;
             }
             _ = crate::sleep_until(self.groups_retry) => {
                 self.groups_retry = Box::pin(self.refresh_groups()).await;

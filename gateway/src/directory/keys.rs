@@ -13,6 +13,11 @@ pub fn groups_key(u: &UserId) -> String {
     format!("user:{u}:groups")
 }
 
+/// Set of the user ids `u` may see (presence, typing), written by the application.
+pub fn contacts_key(u: &UserId) -> String {
+    format!("contacts:{u}")
+}
+
 /// Hash of `u`'s connected devices: device → `{gateway_id}|{last_seen_ms}`.
 pub fn presence_key(u: &UserId) -> String {
     format!("presence:{u}")

@@ -3,6 +3,7 @@
 //!
 //! - [`groups`] — group membership, as the application's group service keeps it;
 //! - [`presence`] — which devices of a user are connected, on which gateway;
+//! - [`visibility`] — who may see whose presence and typing: contacts and co-members;
 //! - [`keys`] — every Redis key name, and nothing else builds one.
 //!
 //! [`Directory`] is the Redis connection they share: lazy, reconnecting by itself, each
@@ -11,6 +12,7 @@
 pub mod groups;
 pub mod keys;
 pub mod presence;
+pub mod visibility;
 
 use std::time::Duration;
 

@@ -167,6 +167,41 @@ impl Presence {
         }
     }
 
+    /// After a heartbeat wrote `devices` (`created[i]` = 1 where the entry was missing):
+    /// a device that disconnected meanwhile is removed again, and users whose entries
+    /// had been lost and who are still connected are announced online.
+    async fn after_heartbeat(
+        &self,
+        c: &mut redis::aio::ConnectionManager,
+        devices: &[(UserId, String)],
+        created: &[u32],
+    ) {
+        let gone: Vec<&(UserId, String)> = match self.local.lock() {
+            Ok(l) => devices.iter().filter(|d| !l.contains_key(*d)).collect(),
+            Err(_) => return,
+        };
+        if !gone.is_empty() {
+            let mut pipe = redis::pipe();
+            for (user, device) in &gone {
+                pipe.hdel(key(user), device).ignore();
+            }
+            if let Err(e) = pipe.query_async::<()>(c).await {
+                debug!(error = %e, "presence: removing entries of devices gone meanwhile");
+            }
+        }
+        let mut back: Vec<&UserId> = devices
+            .iter()
+            .zip(created)
+            .filter(|(d, n)| **n == 1 && !gone.contains(d))
+            .map(|((u, _), _)| u)
+            .collect();
+        back.sort_unstable();
+        back.dedup();
+        for user in back {
+            self.announce(user, PresenceState::Online).await;
+        }
+    }
+
     /// Re-writes this gateway's devices every heartbeat until `shutdown` (and so
     /// rebuilds the directory after Redis lost it).
     pub async fn heartbeat(&self, shutdown: CancellationToken) {
@@ -190,14 +225,16 @@ impl Presence {
             };
             // PING first: the pipeline is never empty (Redis refuses an empty one), and
             // a heartbeat with no device here still tells whether Redis is reachable.
+            // Each HSET answers 1 when it had to create the entry: the directory had
+            // lost it (Redis restarted empty), so watchers are told the user is online.
             let mut pipe = redis::pipe();
             pipe.cmd("PING").ignore();
             for (user, device) in &devices {
-                pipe.hset(key(user), device, self.entry()).ignore();
+                pipe.hset(key(user), device, self.entry());
                 pipe.expire(key(user), self.ttl_secs()).ignore();
             }
-            match pipe.query_async::<()>(&mut c).await {
-                Ok(()) => {
+            match pipe.query_async::<Vec<u32>>(&mut c).await {
+                Ok(created) => {
                     if failing {
                         warn!(
                             devices = devices.len(),
@@ -205,6 +242,7 @@ impl Presence {
                         );
                     }
                     failing = false;
+                    self.after_heartbeat(&mut c, &devices, &created).await;
                 }
                 Err(e) => {
                     if !failing {

@@ -2,9 +2,14 @@
 //!
 //! A client proves who it is with a JWT in Hello: `sub` is the user id, the optional
 //! `device` claim pins the device id, `exp` is required. HS256 with a shared secret is
-//! meant for development; ES256 with a public key file for production. Only the
-//! algorithms configured here are accepted, so `alg: none` or an HS256 token signed
-//! with an ES256 public key (the classic confusion attack) are refused.
+//! meant for development; for production, ES256 with a public key file, or a key set
+//! ([`KeySet`], JWKS) whose keys are picked by the token's `kid` and replaced while the
+//! gateway runs ([`Authenticator::replace_key_set`]) so signing keys can be rotated.
+//! Only the algorithms configured here are accepted, and a key-set key verifies only
+//! its own algorithm, so `alg: none` or an HS256 token signed with an ES256 public key
+//! (the classic confusion attack) are refused.
+//!
+//! `jwks` parses key sets; fetching them is the gateway's job (this crate does no I/O).
 //!
 //! Time is checked here against the caller's clock ([`Authenticator::verify`] takes
 //! `now`), within [`TokenPolicy`]: `exp` in the past, `nbf` in the future, `iat` in the
@@ -12,8 +17,14 @@
 //! `crit` header names extensions this gateway cannot honour, so it is refused too.
 //! Error messages say what is wrong, never the parser's words.
 
+use std::sync::{Arc, PoisonError, RwLock};
+
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
+
+mod jwks;
+
+pub use jwks::{KeySet, MAX_KEYS, Skipped};
 
 use crate::ids::{DeviceId, IdError, UserId};
 
@@ -59,6 +70,9 @@ pub enum AuthError {
     /// The token is malformed, badly signed, or uses an algorithm that is not accepted.
     #[error("invalid token: {0}")]
     Invalid(String),
+    /// The token names (`kid`) a key that is not in the gateway's key set.
+    #[error("token signed with a key this gateway does not know (kid)")]
+    UnknownKey,
     /// The token's `sub` or `device` is not a valid id.
     #[error("invalid id in token: {0}")]
     BadId(IdError),
@@ -86,9 +100,12 @@ pub struct Identity {
 /// Problems with the key material given to [`Authenticator`].
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    /// Neither an HS256 secret nor an ES256 key was configured.
-    #[error("no token key configured (set an HS256 secret or an ES256 public key)")]
+    /// Neither an HS256 secret, an ES256 key nor a key set was configured.
+    #[error("no token key configured (set an HS256 secret, an ES256 public key or a JWKS)")]
     NoKey,
+    /// A JWKS document that yields no usable key.
+    #[error("bad key set: {0}")]
+    BadKeySet(&'static str),
     /// The HS256 secret is too short to be safe.
     #[error("the HS256 secret must be at least 32 bytes")]
     ShortSecret,
@@ -119,6 +136,8 @@ impl Default for TokenPolicy {
 pub struct Authenticator {
     hs256: Option<DecodingKey>,
     es256: Option<DecodingKey>,
+    /// The key set, when one is configured; swapped whole on refresh.
+    key_set: Option<RwLock<Arc<KeySet>>>,
     policy: TokenPolicy,
 }
 
@@ -127,8 +146,15 @@ impl std::fmt::Debug for Authenticator {
         f.debug_struct("Authenticator")
             .field("hs256", &self.hs256.is_some())
             .field("es256", &self.es256.is_some())
+            .field("key_set", &self.key_set())
             .finish()
     }
+}
+
+/// Where a token's key comes from.
+enum KeyChoice {
+    Static(DecodingKey),
+    FromSet(jwks::VerifyKey),
 }
 
 impl Authenticator {
@@ -136,6 +162,16 @@ impl Authenticator {
     pub fn new(
         hs256_secret: Option<&[u8]>,
         es256_public_pem: Option<&[u8]>,
+    ) -> Result<Self, KeyError> {
+        Self::with_keys(hs256_secret, es256_public_pem, None)
+    }
+
+    /// Builds an authenticator from any of an HS256 secret, an ES256 public key (PEM)
+    /// and a key set; at least one is needed.
+    pub fn with_keys(
+        hs256_secret: Option<&[u8]>,
+        es256_public_pem: Option<&[u8]>,
+        key_set: Option<KeySet>,
     ) -> Result<Self, KeyError> {
         let hs256 = match hs256_secret {
             Some(s) if s.len() < 32 => return Err(KeyError::ShortSecret),
@@ -148,14 +184,41 @@ impl Authenticator {
             ),
             None => None,
         };
-        if hs256.is_none() && es256.is_none() {
+        if hs256.is_none() && es256.is_none() && key_set.is_none() {
             return Err(KeyError::NoKey);
         }
         Ok(Self {
             hs256,
             es256,
+            key_set: key_set.map(|s| RwLock::new(Arc::new(s))),
             policy: TokenPolicy::default(),
         })
+    }
+
+    /// The current key set, if one is configured.
+    pub fn key_set(&self) -> Option<Arc<KeySet>> {
+        self.key_set
+            .as_ref()
+            .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).clone())
+    }
+
+    /// Replaces the key set (a refresh). Returns false, changing nothing, if this
+    /// authenticator was built without one.
+    pub fn replace_key_set(&self, set: KeySet) -> bool {
+        let Some(slot) = &self.key_set else {
+            return false;
+        };
+        *slot.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
+        true
+    }
+
+    /// The `kid` of `token` when it names a key the key set does not hold, so that the
+    /// caller may refresh the set before verifying. `None` for every other token
+    /// (including malformed ones, which [`verify`](Self::verify) refuses).
+    pub fn unknown_kid(&self, token: &str) -> Option<String> {
+        let set = self.key_set()?;
+        let kid = jsonwebtoken::decode_header(token).ok()?.kid?;
+        (!set.contains(&kid)).then_some(kid)
     }
 
     /// The same keys under `policy`.
@@ -178,12 +241,11 @@ impl Authenticator {
         refuse_critical_extensions(token)?;
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthError::Invalid("malformed token or unsupported algorithm".into()))?;
-        let key = match header.alg {
-            Algorithm::HS256 => self.hs256.as_ref(),
-            Algorithm::ES256 => self.es256.as_ref(),
-            _ => None,
-        }
-        .ok_or_else(|| AuthError::Invalid(format!("algorithm {:?} is not accepted", header.alg)))?;
+        let key = self.key_for(&header)?;
+        let key = match &key {
+            KeyChoice::Static(k) => k,
+            KeyChoice::FromSet(k) => &k.key,
+        };
         // Times are checked below against the caller's clock, not the library's.
         let mut validation = Validation::new(header.alg);
         validation.validate_exp = false;
@@ -216,6 +278,35 @@ impl Authenticator {
 }
 
 impl Authenticator {
+    /// The key that must have signed a token with `header`: from the key set by `kid`
+    /// (and only for that key's algorithm), otherwise the static key of its algorithm.
+    fn key_for(&self, header: &Header) -> Result<KeyChoice, AuthError> {
+        if let (Some(kid), Some(set)) = (&header.kid, self.key_set()) {
+            let key = set.get(kid).ok_or(AuthError::UnknownKey)?;
+            if key.alg != header.alg {
+                return Err(AuthError::Invalid(
+                    "the token's algorithm is not the one of its key".into(),
+                ));
+            }
+            return Ok(KeyChoice::FromSet(key.clone()));
+        }
+        let key = match header.alg {
+            Algorithm::HS256 => self.hs256.as_ref(),
+            Algorithm::ES256 => self.es256.as_ref(),
+            _ => None,
+        };
+        match key {
+            Some(k) => Ok(KeyChoice::Static(k.clone())),
+            None if self.key_set.is_some() => Err(AuthError::Invalid(
+                "the token names no key (kid) of this gateway's key set".into(),
+            )),
+            None => Err(AuthError::Invalid(format!(
+                "algorithm {:?} is not accepted",
+                header.alg
+            ))),
+        }
+    }
+
     fn check_times(&self, c: &Claims, now: u64) -> Result<(), AuthError> {
         let TokenPolicy {
             leeway_secs: skew,
@@ -472,6 +563,47 @@ mod tests {
                 assert!(!why.contains(internal), "{why:?} echoes the parser");
             }
         }
+    }
+
+    #[test]
+    fn key_set_tokens_need_a_known_kid_and_that_keys_algorithm() {
+        use super::jwks::tests::{ec_key, parse};
+        let (set, _) = parse(vec![ec_key("a")]).unwrap();
+        let a = Authenticator::with_keys(Some(SECRET), None, Some(set)).unwrap();
+        let c = claims(now() + 60);
+        let hs = |kid: &str| with_header(serde_json::json!({"alg": "HS256", "kid": kid}), &c);
+        // HS256 naming the EC key: the key fixes the algorithm (no confusion).
+        let Err(AuthError::Invalid(why)) = a.verify(&hs("a"), "d", now()) else {
+            panic!("HS256 accepted for an ES256 key");
+        };
+        assert!(why.contains("algorithm"), "{why}");
+        assert_eq!(a.verify(&hs("zz"), "d", now()), Err(AuthError::UnknownKey));
+        assert_eq!(a.unknown_kid(&hs("zz")).as_deref(), Some("zz"));
+        assert_eq!(a.unknown_kid(&hs("a")), None);
+        assert_eq!(a.unknown_kid("garbage"), None);
+        // No kid: the static keys, as before.
+        assert!(a.verify(&signed(&c), "d", now()).is_ok());
+        // A rotation replaces the set whole.
+        let (next, _) = parse(vec![ec_key("zz")]).unwrap();
+        assert!(a.replace_key_set(next));
+        assert_eq!(a.verify(&hs("a"), "d", now()), Err(AuthError::UnknownKey));
+        assert!(matches!(
+            a.verify(&hs("zz"), "d", now()),
+            Err(AuthError::Invalid(_))
+        ));
+        // A key set alone: a token naming no key is refused in plain words.
+        let (set, _) = parse(vec![ec_key("a")]).unwrap();
+        let only = Authenticator::with_keys(None, None, Some(set)).unwrap();
+        let Err(AuthError::Invalid(why)) = only.verify(&signed(&c), "d", now()) else {
+            panic!("a token without kid accepted");
+        };
+        assert!(why.contains("kid"), "{why}");
+        let (set, _) = parse(vec![ec_key("a")]).unwrap();
+        assert!(
+            !Authenticator::new(Some(SECRET), None)
+                .unwrap()
+                .replace_key_set(set)
+        );
     }
 
     #[test]
