@@ -2,8 +2,6 @@
 //! device is; watchers get the state and then every change; with Redis down messages
 //! still flow and presence is unknown; when Redis returns the directory is rebuilt.
 
-use std::time::Duration;
-
 use petrel_client::{Client, SendResult, To, TransportKind::*};
 use petrel_tests::{TestTopology, Topology, next_message_on, next_presence, next_typing};
 
