@@ -8,6 +8,7 @@
 #   - node and npm      from Debian if the machine has none (web SDK build and tests)
 #   - protoc            from Debian (protobuf-compiler: generates the web SDK's types)
 #   - cargo-nextest     (test runner; from crates.io if not on the machine)
+#   - cargo-fuzz        (the fuzz smoke; from crates.io, only where a nightly toolchain is)
 set -euo pipefail
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
@@ -75,6 +76,10 @@ if [ -z "${NATS_SERVER_BIN:-}" ] || ! "$NATS_SERVER_BIN" --version >/dev/null 2>
   exit 1
 fi
 
+if cargo +nightly --version >/dev/null 2>&1 && ! cargo fuzz --version >/dev/null 2>&1; then
+  log "cargo install cargo-fuzz (the fuzz smoke; needs the nightly toolchain this machine has)"
+  cargo install --locked cargo-fuzz
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   log "cargo install cargo-nextest"
   cargo install --locked cargo-nextest

@@ -26,3 +26,11 @@ cargo build --bin petrel
 bounded 30m cargo nextest run --workspace --no-fail-fast "$@"
 echo "== browser tests (headless Chromium against petrel dev)"
 (cd web && bounded 15m npm test)
+# The stable part of fuzzing (every corpus input and a mutation smoke per target) ran
+# with the tests above; this is the coverage-guided short run, on nightly.
+echo "== fuzz smoke (cargo-fuzz, ${PETREL_FUZZ_SECONDS:-10} s per target)"
+if cargo +nightly --version >/dev/null 2>&1; then
+  bounded 15m scripts/fuzz.sh --seconds "${PETREL_FUZZ_SECONDS:-10}" --scratch
+else
+  echo "fuzz smoke: no nightly toolchain on this machine; only the stable corpus replay ran"
+fi
