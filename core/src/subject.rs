@@ -39,6 +39,13 @@ const NOTIF: &str = "notif.";
 const TYPING: &str = "typing.";
 const PRESENCE: &str = "presence.";
 const GROUP_CHANGED: &str = "group.changed.";
+const RECEIPT_CLAIM: &str = "receipt.claim.";
+
+/// The stream holding one claim per stored receipt (at most one message per subject).
+pub const RECEIPT_CLAIM_STREAM: &str = "RECEIPT_CLAIMS";
+
+/// The subjects of [`RECEIPT_CLAIM_STREAM`].
+pub const RECEIPT_CLAIMS: &str = "receipt.claim.*.*.*.*";
 
 /// Why a string is not a stored subject.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -254,6 +261,14 @@ pub fn is_notification_of(subject: &str, user: &UserId) -> bool {
 /// is stored once.
 pub fn receipt_msg_id(reader: &UserId, kind: &str, sender: &UserId, id: &ClientMsgId) -> String {
     format!("rc:{reader}:{kind}:{sender}:{id}")
+}
+
+/// The claim subject of a receipt: one per reader, kind and message. The claim stream
+/// keeps at most one message per subject and refuses a second, so a receipt is stored
+/// once however late it is repeated (the message id only dedups within the hub's
+/// duplicate window).
+pub fn receipt_claim(reader: &UserId, kind: &str, sender: &UserId, id: &ClientMsgId) -> String {
+    format!("{RECEIPT_CLAIM}{sender}.{id}.{reader}.{kind}")
 }
 
 /// Core NATS subject (no stream captures it: never stored) for typing events to a user.

@@ -6,6 +6,7 @@
 //! | SYSTEM_NOTIFICATIONS | `notif.*.*` | file, 3 days | `notif.>` → `live.notif.>` |
 //! | ONLINE_STATUS | `status.online.*`, `status.typing.*` | memory, 5 minutes | — |
 //! | PUSH | `push.*` | file, work queue, 1 day | — |
+//! | RECEIPT_CLAIMS | `receipt.claim.*.*.*.*` | file, 1 message per subject (a second refused), 8 days | — |
 //!
 //! The two message streams' names, subjects and re-publish come from
 //! [`petrel_core::subject::stream_layouts`], the one place subjects are defined.
@@ -77,6 +78,24 @@ pub fn streams(replicas: usize) -> Vec<Config> {
             discard: DiscardPolicy::Old,
             max_age: Duration::from_secs(300),
             max_message_size: 4 * 1024,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        Config {
+            name: petrel_core::subject::RECEIPT_CLAIM_STREAM.into(),
+            description: Some(
+                "One claim per stored receipt: a second receipt of a kind for a message is refused (Petrel)".into(),
+            ),
+            subjects: vec![petrel_core::subject::RECEIPT_CLAIMS.into()],
+            storage: StorageType::File,
+            retention: RetentionPolicy::Limits,
+            discard: DiscardPolicy::New,
+            discard_new_per_subject: true,
+            max_messages_per_subject: 1,
+            // Longer than USER_MESSAGES keeps a message: a receipt about an older one is
+            // refused anyway (the message is no longer in the inbox).
+            max_age: 8 * day,
+            max_message_size: 64,
             num_replicas: replicas,
             ..Default::default()
         },

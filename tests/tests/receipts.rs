@@ -137,3 +137,77 @@ async fn a_receipt_about_a_message_that_is_not_in_the_inbox_is_refused() -> anyh
     topo.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_repeated_after_the_duplicate_window_is_still_stored_once() -> anyhow::Result<()>
+{
+    let topo = Topology::start(1).await?;
+    // A short duplicate window, so that it can pass within the test: past it, the
+    // receipt's message id no longer dedups, and only its claim does.
+    let js = async_nats::jetstream::with_domain(topo.hub_client.clone(), "hub");
+    let mut cfg = js
+        .get_stream("USER_MESSAGES")
+        .await?
+        .info()
+        .await?
+        .config
+        .clone();
+    cfg.duplicate_window = Duration::from_millis(500);
+    js.update_stream(cfg).await?;
+    let mut alice = topo.connect(0, Quic, "alice", "phone").await?;
+    let mut bob = topo.connect(0, WebSocket, "bob", "phone").await?;
+    alice.send("bob", "late", "hello").await?;
+    let m = next_message_on(&mut bob, "msg.private.bob", 10).await?;
+    bob.receipt(ReceiptKind::Read, &m).await?;
+    let first = next_receipt(&mut alice).await?;
+    anyhow::ensure!(first.receipt.is_some());
+    let stored = || async {
+        let info = topo.subject_counts("msg.private.alice").await?;
+        anyhow::Ok(info.get("msg.private.alice").copied().unwrap_or(0))
+    };
+    let before = stored().await?;
+    // Wait until the hub has forgotten the receipt's message id: a probe with an id of
+    // its own, published twice a window apart, is stored twice.
+    let probe = |n: u32| {
+        let js = js.clone();
+        async move {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert(async_nats::header::NATS_MESSAGE_ID, "probe-late");
+            let ack = js
+                .publish_with_headers("msg.private.probe", h, bytes::Bytes::from(n.to_string()))
+                .await?
+                .await?;
+            anyhow::Ok(ack.duplicate)
+        }
+    };
+    anyhow::ensure!(!probe(0).await?);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut n = 1;
+    while probe(n).await? {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the window never passed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        n += 1;
+    }
+    // The window that covered the receipt has passed: bob's device repeats it (the
+    // conversation opened again), and a delivered receipt for the first time.
+    bob.receipt(ReceiptKind::Read, &m).await?;
+    bob.receipt(ReceiptKind::Delivered, &m).await?;
+    let next = next_receipt(&mut alice).await?;
+    let rc = next.receipt.as_ref().map(|r| r.kind);
+    anyhow::ensure!(rc == Some(ReceiptKind::Delivered), "{next:?}");
+    anyhow::ensure!(
+        tokio::time::timeout(Duration::from_millis(500), next_receipt(&mut alice))
+            .await
+            .is_err(),
+        "the repeated read receipt was delivered again"
+    );
+    anyhow::ensure!(
+        stored().await? == before + 1,
+        "the repeated read receipt was stored again"
+    );
+    topo.stop().await;
+    Ok(())
+}

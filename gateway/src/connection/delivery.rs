@@ -9,14 +9,14 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use petrel_core::ErrorCode;
 use petrel_core::delivery::{Fetch, Live, Order};
-use petrel_core::session::PublishRequest;
+use petrel_core::session::{PublishOutcome, PublishRequest};
 use petrel_core::wire::{Delivery, Receipt, Reply, SyncRequest, encode_deliver, encode_reply};
+use petrel_core::{ErrorCode, Seq};
 use tracing::{debug, warn};
 
 use super::transport::{FrameReader, FrameWriter, TransportError};
-use super::{Driver, End};
+use super::{Driver, End, Joined};
 use crate::hub::catchup::estimated_size;
 use crate::hub::{CatchUp, HubError, LiveItem};
 
@@ -39,7 +39,18 @@ type FetchResult = (Fetch, Result<(Vec<Delivery>, bool), HubError>);
 const MAX_RECEIPT_CHECKS: usize = 16;
 
 /// A receipt's check: whether its message is what the receipt says.
-pub(super) type ReceiptCheck = (PublishRequest, Result<bool, HubError>);
+pub(super) type ReceiptCheck = (PublishRequest, Result<ReceiptVerdict, HubError>);
+
+/// What checking a receipt found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ReceiptVerdict {
+    /// About a real message, and the first of its kind: store it.
+    First,
+    /// This reader's receipt of this kind for the message is already stored.
+    Repeated,
+    /// No such message from that sender in the reader's inbox.
+    NoSuchMessage,
+}
 
 /// A connection's fetches and history requests in progress, and the delivery order
 /// that decides what is delivered, skipped or fetched.
@@ -311,18 +322,37 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
             self.actions.extend(out);
             return;
         }
-        let catchup = self.shared.catchup.clone();
+        let Some(Joined { user: reader, .. }) = &self.joined else {
+            return;
+        };
+        let claim = petrel_core::subject::receipt_claim(
+            reader,
+            receipt.kind.as_str(),
+            &receipt.sender,
+            &receipt.client_msg_id,
+        );
+        let (catchup, jetstream) = (self.shared.catchup.clone(), self.shared.jetstream.clone());
         self.deliveries.receipts.push(Box::pin(async move {
-            let found = catchup.message_at(&receipt.subject, receipt.seq).await;
-            let matches = found.map(|m| {
-                m.is_some_and(|m| {
+            let verdict = async {
+                let found = catchup.message_at(&receipt.subject, receipt.seq).await?;
+                let real = found.is_some_and(|m| {
                     m.from == receipt.sender
                         && m.client_msg_id == receipt.client_msg_id.as_str()
                         && m.receipt.is_none()
                         && m.notification.is_none()
+                });
+                if !real {
+                    return Ok(ReceiptVerdict::NoSuchMessage);
+                }
+                // Claimed before it is stored: a crash between the two loses this one
+                // receipt (the claim stays), never stores it twice.
+                Ok(match jetstream.claim(claim).await? {
+                    true => ReceiptVerdict::First,
+                    false => ReceiptVerdict::Repeated,
                 })
-            });
-            (publish, matches)
+            }
+            .await;
+            (publish, verdict)
         }));
     }
 
@@ -330,8 +360,19 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
     pub(super) async fn on_receipt_checked(&mut self, check: ReceiptCheck) {
         let (publish, verdict) = check;
         let refusal = match verdict {
-            Ok(true) => None,
-            Ok(false) => Some((
+            Ok(ReceiptVerdict::First) => None,
+            Ok(ReceiptVerdict::Repeated) => {
+                // Already stored: nothing to do, and nothing to tell (receipts are not
+                // answered).
+                let stored = PublishOutcome::Stored {
+                    seq: Seq(0),
+                    duplicate: true,
+                };
+                let out = self.session.on_published(publish.req, stored);
+                self.actions.extend(out);
+                return;
+            }
+            Ok(ReceiptVerdict::NoSuchMessage) => Some((
                 ErrorCode::Forbidden,
                 "no such message from that sender in your inbox: receipt not stored".to_string(),
             )),

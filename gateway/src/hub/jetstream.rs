@@ -37,6 +37,16 @@ pub enum HubError {
     Subject(#[from] petrel_core::subject::SubjectError),
 }
 
+/// Whether a publish was refused because its subject already holds its one message.
+fn is_subject_full(e: &async_nats::jetstream::context::PublishError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+        .is_some_and(|j| {
+            j.error_code() == async_nats::jetstream::ErrorCode::STREAM_STORE_FAILED
+                && j.to_string().contains("maximum messages per subject")
+        })
+}
+
 impl HubError {
     fn unavailable(op: impl Into<String>, e: impl std::fmt::Display) -> Self {
         Self::Unavailable {
@@ -124,6 +134,25 @@ impl JetStream {
             .await
             .map(|_| ())
             .map_err(|e| HubError::unavailable("account info", e))
+    }
+
+    /// Claims a receipt's subject (see `petrel_core::subject::receipt_claim`): true if
+    /// this is the first claim, false if one is already stored.
+    pub async fn claim(&self, subject: String) -> Result<bool, HubError> {
+        let op = || format!("claiming {subject}");
+        let ack = self
+            .js
+            .publish(subject.clone(), bytes::Bytes::new())
+            .await
+            .map_err(|e| HubError::unavailable(op(), e))?;
+        match tokio::time::timeout(self.publish_timeout, ack).await {
+            Ok(Ok(_)) => Ok(true),
+            // The stream refuses a second message on the subject (discard new per
+            // subject): "maximum messages per subject exceeded".
+            Ok(Err(e)) if is_subject_full(&e) => Ok(false),
+            Ok(Err(e)) => Err(HubError::unavailable(op(), e)),
+            Err(_) => Err(HubError::unavailable(op(), "no acknowledgement in time")),
+        }
     }
 
     /// Puts every copy of `req` on the wire, in order, and returns a future for the
