@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use async_nats::jetstream::stream::{RetentionPolicy, StorageType};
+use async_nats::jetstream::stream::{DiscardPolicy, RetentionPolicy, StorageType};
 use petrel_devkit::nats::{NatsProcess, wait_jetstream};
 
 const PETREL: &str = env!("CARGO_BIN_EXE_petrel");
@@ -50,6 +50,7 @@ async fn provision_creates_then_updates_the_streams() -> anyhow::Result<()> {
             "USER_MESSAGES",
             "SYSTEM_NOTIFICATIONS",
             "ONLINE_STATUS",
+            "RECEIPT_CLAIMS",
             "PUSH"
         ]
     );
@@ -78,6 +79,16 @@ async fn provision_creates_then_updates_the_streams() -> anyhow::Result<()> {
     assert_eq!(
         (status.storage, status.max_age),
         (StorageType::Memory, Duration::from_secs(300))
+    );
+    let claims = config_of(&js, "RECEIPT_CLAIMS").await?;
+    assert_eq!(
+        (
+            claims.max_messages_per_subject,
+            claims.discard_new_per_subject,
+            claims.discard
+        ),
+        (1, true, DiscardPolicy::New),
+        "a second claim on a subject is refused"
     );
     let push = config_of(&js, "PUSH").await?;
     assert_eq!(push.retention, RetentionPolicy::WorkQueue);
