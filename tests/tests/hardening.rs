@@ -382,6 +382,48 @@ async fn silent_sockets_cannot_lock_out_real_clients() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_connecting_in_a_loop_is_refused_past_its_rate_and_others_are_not()
+-> anyhow::Result<()> {
+    let t = Topology::start_with(1, |cfg, _| {
+        cfg.limits.per_source_connects_per_sec = 1;
+        cfg.limits.per_source_connect_burst = 4;
+        Ok(())
+    })
+    .await?;
+    // A burst of 4 from 127.0.0.1 is let in; the connections that follow at once are
+    // refused before any handshake work: QUIC by QUIC itself, WebSocket with a 503.
+    let mut refused = Vec::new();
+    for i in 0..8 {
+        let transport = if i % 2 == 0 { Quic } else { WebSocket };
+        match t.connect(0, transport, "alice", &format!("d{i}")).await {
+            Ok(c) => c.close().await,
+            Err(e) => refused.push(format!("{transport}: {e}")),
+        }
+    }
+    assert!(refused.len() >= 3, "{refused:?}");
+    let counted = t
+        .wait_metric(
+            0,
+            "petrel_connections_refused_total{reason=\"source_rate\"}",
+            |v| v >= 3.0,
+        )
+        .await?;
+    assert!(counted >= refused.len() as f64, "{counted} {refused:?}");
+    // Another address is not held to 127.0.0.1's rate.
+    let mut endpoint = t.endpoint(0, Quic);
+    endpoint.local_ip = Some("127.0.0.3".parse()?);
+    let other = petrel_client::Client::connect(petrel_client::ConnectOptions::new(
+        endpoint,
+        t.token("bob"),
+        "phone",
+    ))
+    .await?;
+    other.send("bob", "other-address", "x").await?;
+    t.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_gateway_refuses_at_hello_with_rate_limited() -> anyhow::Result<()> {
     let t = Topology::start_with(1, |cfg, _| {
         cfg.limits.max_connections = 2;
