@@ -182,6 +182,17 @@ impl Topology {
         Ok(total)
     }
 
+    /// Sets USER_MESSAGES' duplicate window (tests shorten it so that it passes within
+    /// them).
+    pub async fn set_duplicate_window(&self, window: Duration) -> anyhow::Result<()> {
+        let js = async_nats::jetstream::with_domain(self.hub_client.clone(), "hub");
+        let mut stream = js.get_stream(petrel_core::subject::MESSAGE_STREAM).await?;
+        let mut cfg = stream.info().await?.config.clone();
+        cfg.duplicate_window = window;
+        js.update_stream(cfg).await?;
+        Ok(())
+    }
+
     /// Messages stored in USER_MESSAGES.
     pub async fn stored_messages(&self) -> anyhow::Result<u64> {
         let js = async_nats::jetstream::with_domain(self.hub_client.clone(), "hub");

@@ -309,16 +309,8 @@ async fn a_retry_past_the_duplicate_window_checks_the_stream_first() -> anyhow::
     use petrel_storage::{CF_OUTBOX, EdgeStore, OutboxEntry};
     let mut topo = Topology::start(0).await?;
     // A short duplicate window, so that it can pass within the test.
+    topo.set_duplicate_window(Duration::from_secs(1)).await?;
     let js = jetstream::with_domain(topo.hub_client.clone(), "hub");
-    let mut cfg = js
-        .get_stream("USER_MESSAGES")
-        .await?
-        .info()
-        .await?
-        .config
-        .clone();
-    cfg.duplicate_window = Duration::from_secs(1);
-    js.update_stream(cfg).await?;
 
     // "x" was stored on the hub but the edge never heard (ack lost), and "y" never
     // reached it; both are still in the edge's outbox.

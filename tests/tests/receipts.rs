@@ -144,16 +144,9 @@ async fn a_receipt_repeated_after_the_duplicate_window_is_still_stored_once() ->
     let topo = Topology::start(1).await?;
     // A short duplicate window, so that it can pass within the test: past it, the
     // receipt's message id no longer dedups, and only its claim does.
+    topo.set_duplicate_window(Duration::from_millis(500))
+        .await?;
     let js = async_nats::jetstream::with_domain(topo.hub_client.clone(), "hub");
-    let mut cfg = js
-        .get_stream("USER_MESSAGES")
-        .await?
-        .info()
-        .await?
-        .config
-        .clone();
-    cfg.duplicate_window = Duration::from_millis(500);
-    js.update_stream(cfg).await?;
     let mut alice = topo.connect(0, Quic, "alice", "phone").await?;
     let mut bob = topo.connect(0, WebSocket, "bob", "phone").await?;
     alice.send("bob", "late", "hello").await?;
