@@ -220,11 +220,7 @@ async fn notify(dev: &Path, nats: Option<String>, notice: Notice) -> anyhow::Res
         Some(n) => n,
         None => dev::Endpoints::read(dev)?.nats_hub,
     };
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(nats_url.as_str())
-        .await
-        .with_context(|| format!("connecting to {nats_url}"))?;
+    let client = connect_nats(&nats_url, None).await?;
     let n = petrel_core::wire::Notification {
         id: id.clone(),
         title,
@@ -389,11 +385,7 @@ async fn change_members(
     let nats_url = nats
         .or_else(|| endpoints.map(|e| e.nats_hub))
         .context("no NATS: pass --nats URL")?;
-    let client = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(nats_url.as_str())
-        .await
-        .with_context(|| format!("connecting to {nats_url}"))?;
+    let client = connect_nats(&nats_url, None).await?;
     for u in &users {
         let changed = if add {
             directory.add(&group, u).await
@@ -410,4 +402,50 @@ async fn change_members(
         .await
         .context("announcing the change on NATS")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Connects to NATS at `url`, logging in with the user and password in it
+/// (`nats://USER:PASSWORD@HOST:PORT`) and trusting `ca_file` for TLS if given. Errors
+/// name the URL without its password.
+pub async fn connect_nats(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+) -> anyhow::Result<async_nats::Client> {
+    let shown = redact(url);
+    let (addr, login) = match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((userinfo, host)) => (format!("{scheme}://{host}"), userinfo.split_once(':')),
+            None => (url.to_string(), None),
+        },
+        None => (url.to_string(), None),
+    };
+    let mut opts = match login {
+        Some((user, password)) => {
+            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+        }
+        None => async_nats::ConnectOptions::new(),
+    }
+    .connection_timeout(Duration::from_secs(5));
+    if let Some(ca) = ca_file {
+        anyhow::ensure!(ca.is_file(), "--ca-file {}: no such file", ca.display());
+        opts = opts
+            .add_root_certificates(ca.to_path_buf())
+            .require_tls(true);
+    }
+    opts.connect(addr.as_str())
+        .await
+        .with_context(|| format!("connecting to {shown}"))
+}
+
+/// `url` with any password replaced by `***`.
+fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, rest)), Some((_, host))) => match rest.split_once(':') {
+            Some((user, _)) if rest.find(':') < rest.find('@') => {
+                format!("{scheme}://{user}:***@{host}")
+            }
+            _ => url.to_string(),
+        },
+        _ => url.to_string(),
+    }
 }

@@ -43,6 +43,10 @@ pub enum Command {
         /// top of endpoints.json, all of them under `edges`.
         #[arg(long, default_value_t = 1, value_name = "N")]
         edges: usize,
+        /// Hub nodes: 1 (a single JetStream server, quickest) or a cluster of N
+        /// (3 is the production shape; streams get min(3, N) replicas).
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        hub_nodes: usize,
     },
     /// Print a dev token (HS256, signed with the dev secret of a `petrel dev` directory).
     Token {
@@ -80,18 +84,72 @@ pub enum Command {
         #[command(subcommand)]
         what: crate::admin::AdminCommand,
     },
-    /// Create or update the hub's JetStream streams (idempotent).
-    Provision {
-        /// NATS URL of the hub (or of a leaf connected to it).
-        #[arg(long)]
-        nats: String,
-        /// JetStream domain of the hub.
-        #[arg(long, default_value = "hub")]
-        domain: String,
-        /// Replicas per stream (3 on a 3-node hub cluster).
-        #[arg(long, default_value_t = 1)]
-        replicas: usize,
-    },
+    /// Create or update the hub's JetStream streams (idempotent). The caps discard the
+    /// oldest messages when reached.
+    Provision(ProvisionArgs),
+}
+
+/// `petrel provision` options.
+#[derive(Debug, Args)]
+pub struct ProvisionArgs {
+    /// NATS URL of the hub (or of a leaf connected to it); `nats://USER:PASSWORD@HOST:PORT`
+    /// logs in.
+    #[arg(long)]
+    pub nats: String,
+    /// PEM file of the CA to trust for a `tls://` hub URL.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// JetStream domain of the hub.
+    #[arg(long, default_value = "hub")]
+    pub domain: String,
+    /// Replicas per stream (3 on a 3-node hub cluster).
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
+    /// Most messages USER_MESSAGES keeps.
+    #[arg(long, value_name = "N", default_value_t = 10_000_000)]
+    pub messages_max_msgs: i64,
+    /// Most bytes USER_MESSAGES keeps (suffixes KB, MB, GB, KiB, MiB, GiB, …).
+    #[arg(long, value_name = "SIZE", default_value = "100GiB", value_parser = parse_size)]
+    pub messages_max_bytes: i64,
+    /// Most messages SYSTEM_NOTIFICATIONS keeps.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    pub notifications_max_msgs: i64,
+    /// Most bytes SYSTEM_NOTIFICATIONS keeps.
+    #[arg(long, value_name = "SIZE", default_value = "10GiB", value_parser = parse_size)]
+    pub notifications_max_bytes: i64,
+    /// Most presence and typing entries ONLINE_STATUS keeps.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub status_max_msgs: i64,
+}
+
+/// A byte size such as `100GiB`, `512MB` or `1048576`.
+fn parse_size(s: &str) -> Result<i64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 100GiB, 512MB, 1048576)"))?;
+    let mult: i64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        u => {
+            return Err(format!(
+                "unknown size unit {u:?} (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+            ));
+        }
+    };
+    match n.checked_mul(mult) {
+        Some(v) if v > 0 => Ok(v),
+        _ => Err(format!("{s:?} must be more than zero and fit in 63 bits")),
+    }
 }
 
 /// `petrel client` options.
@@ -185,6 +243,38 @@ pub enum ClientAction {
     },
 }
 
+async fn provision(a: ProvisionArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        (1..=5).contains(&a.replicas),
+        "--replicas must be 1 to 5 (JetStream's limit), not {}",
+        a.replicas
+    );
+    for (flag, v) in [
+        ("--messages-max-msgs", a.messages_max_msgs),
+        ("--notifications-max-msgs", a.notifications_max_msgs),
+        ("--status-max-msgs", a.status_max_msgs),
+    ] {
+        anyhow::ensure!(v > 0, "{flag} must be more than zero");
+    }
+    let limits = provision::StreamLimits {
+        replicas: a.replicas,
+        messages: provision::Cap {
+            max_messages: a.messages_max_msgs,
+            max_bytes: a.messages_max_bytes,
+        },
+        notifications: provision::Cap {
+            max_messages: a.notifications_max_msgs,
+            max_bytes: a.notifications_max_bytes,
+        },
+        status_max_messages: a.status_max_msgs,
+    };
+    let client = crate::admin::connect_nats(&a.nats, a.ca_file.as_deref()).await?;
+    for p in provision::provision(&client, &a.domain, &limits).await? {
+        println!("{}", serde_json::to_string(&p)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -192,9 +282,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dir,
             web_dir,
             edges,
+            hub_nodes,
         } => {
             let shutdown = shutdown_on_signal()?;
-            dev::run(&dir, web_dir.as_deref(), edges, shutdown).await?;
+            dev::run(&dir, web_dir.as_deref(), edges, hub_nodes, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Token {
@@ -216,21 +307,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Gateway::load(cfg).await?.run(shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Provision {
-            nats,
-            domain,
-            replicas,
-        } => {
-            let client = async_nats::ConnectOptions::new()
-                .connection_timeout(Duration::from_secs(5))
-                .connect(nats.as_str())
-                .await
-                .with_context(|| format!("connecting to {nats}"))?;
-            for p in provision::provision(&client, &domain, replicas).await? {
-                println!("{}", serde_json::to_string(&p)?);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Provision(args) => provision(args).await,
         Command::Client(args) => client(args).await,
         Command::Bench(args) => {
             petrel_bench::scenario::run(args).await?;

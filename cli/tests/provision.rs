@@ -1,17 +1,18 @@
 //! `petrel provision` against a real hub: creates the streams, then updates them
-//! idempotently, with the limits of the design.
+//! idempotently, with the limits and caps of the design, logging in as the hub's admin.
 
 use std::process::Command;
 use std::time::Duration;
 
 use async_nats::jetstream::stream::{DiscardPolicy, RetentionPolicy, StorageType};
-use petrel_devkit::nats::{NatsProcess, wait_jetstream};
+use petrel_devkit::hub::{Hub, HubOptions};
 
 const PETREL: &str = env!("CARGO_BIN_EXE_petrel");
 
-fn provision(url: &str) -> Vec<serde_json::Value> {
+fn provision(url: &str, extra: &[&str]) -> Vec<serde_json::Value> {
     let out = Command::new(PETREL)
         .args(["provision", "--nats", url, "--domain", "hub"])
+        .args(extra)
         .output()
         .unwrap();
     assert!(
@@ -35,11 +36,33 @@ async fn config_of(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provision_creates_then_updates_the_streams() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let hub = NatsProcess::start_hub(&dir.path().join("hub"), "hub", None).await?;
-    let client = wait_jetstream(&hub.client_url, "hub", Duration::from_secs(20)).await?;
+    let hub = Hub::start(dir.path(), HubOptions::default()).await?;
+    let client = hub.admin_client().await?;
 
-    let url = hub.client_url.clone();
-    let first = tokio::task::spawn_blocking(move || provision(&url)).await?;
+    // Without the admin login the hub refuses.
+    let plain = hub.client_urls()[0].clone();
+    let out = Command::new(PETREL)
+        .args(["provision", "--nats", &plain])
+        .output()?;
+    assert!(!out.status.success(), "an anonymous provision was let in");
+
+    // The production caps (100 GB + 10 GB) do not fit this hub's 8 GB store: a clear
+    // error, and nothing half-made.
+    let out = Command::new(PETREL)
+        .args(["provision", "--nats", &hub.admin_urls()[0]])
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_file_store"), "{err}");
+
+    let url = hub.admin_urls()[0].clone();
+    let small = [
+        "--messages-max-bytes",
+        "1GiB",
+        "--notifications-max-bytes",
+        "256MiB",
+    ];
+    let first = tokio::task::spawn_blocking(move || provision(&url, &small)).await?;
     let names: Vec<_> = first
         .iter()
         .map(|v| v["stream"].as_str().unwrap().to_string())
@@ -55,8 +78,21 @@ async fn provision_creates_then_updates_the_streams() -> anyhow::Result<()> {
         ]
     );
     assert!(first.iter().all(|v| v["action"] == "created"), "{first:?}");
-    let url = hub.client_url.clone();
-    let second = tokio::task::spawn_blocking(move || provision(&url)).await?;
+    let url = hub.admin_urls()[0].clone();
+    let second = tokio::task::spawn_blocking(move || {
+        provision(
+            &url,
+            &[
+                "--messages-max-msgs",
+                "5000",
+                "--messages-max-bytes",
+                "64MiB",
+                "--notifications-max-bytes",
+                "256MiB",
+            ],
+        )
+    })
+    .await?;
     assert!(
         second.iter().all(|v| v["action"] == "updated"),
         "{second:?}"
@@ -66,6 +102,11 @@ async fn provision_creates_then_updates_the_streams() -> anyhow::Result<()> {
     let day = Duration::from_secs(24 * 3600);
     let um = config_of(&js, "USER_MESSAGES").await?;
     assert_eq!(um.max_age, 7 * day);
+    assert_eq!(
+        (um.max_messages, um.max_bytes, um.discard),
+        (5000, 64 << 20, DiscardPolicy::Old),
+        "the caps given to the second run"
+    );
     assert_eq!(um.storage, StorageType::File);
     assert!(um.allow_direct);
     let rp = um.republish.expect("USER_MESSAGES re-publishes");
@@ -75,7 +116,13 @@ async fn provision_creates_then_updates_the_streams() -> anyhow::Result<()> {
     );
     let notif = config_of(&js, "SYSTEM_NOTIFICATIONS").await?;
     assert_eq!(notif.max_age, 3 * day);
+    assert_eq!(
+        (notif.max_messages, notif.max_bytes, notif.discard),
+        (1_000_000, 256 << 20, DiscardPolicy::Old),
+        "the default count cap, the given size"
+    );
     let status = config_of(&js, "ONLINE_STATUS").await?;
+    assert_eq!(status.max_messages, 100_000);
     assert_eq!(
         (status.storage, status.max_age),
         (StorageType::Memory, Duration::from_secs(300))
@@ -99,6 +146,18 @@ async fn provision_creates_then_updates_the_streams() -> anyhow::Result<()> {
         .output()?;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("connecting to nats://127.0.0.1:1"));
+    // So is a size that is not one.
+    let out = Command::new(PETREL)
+        .args([
+            "provision",
+            "--nats",
+            "nats://127.0.0.1:1",
+            "--messages-max-bytes",
+            "lots",
+        ])
+        .output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a size"));
     hub.stop().await;
     Ok(())
 }

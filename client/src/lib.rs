@@ -519,6 +519,11 @@ impl Client {
         &self.stats
     }
 
+    /// The counters, shared: they stay readable after the client has moved elsewhere.
+    pub fn stats_handle(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
     /// Sends `content` to user `to` with the client message id `id`; resolves with the
     /// gateway's SendResult. Retrying with the same id is safe: it is stored once.
     pub async fn send(

@@ -5,7 +5,13 @@
 //! Every send is first made durable in the edge's outbox (keys in acceptance order),
 //! then forwarded:
 //! - **Healthy**: entries are published in key order, many in flight (up to
-//!   `window`), acknowledged concurrently.
+//!   `window`), acknowledged concurrently — but at most one per **lane** (a stored
+//!   subject and the sender: one sender's messages in one conversation). An entry
+//!   waits while an earlier one of its lane is unacknowledged. Across a JetStream
+//!   leader change the hub can lose one publish and store the next one pipelined
+//!   behind it; with one per lane in flight, the next one of that lane is only sent
+//!   once the first is stored, so a lane's messages are stored in acceptance order
+//!   whatever fails. Different lanes have no order between them and pipeline freely.
 //! - **Degraded** (a publish failed or timed out: hub or leaf link away): nothing new
 //!   goes on the wire until the in-flight publishes have settled; then only the
 //!   oldest entry is tried, with exponential backoff. When it is stored the hub is
@@ -20,7 +26,7 @@
 //! A sender is told QUEUED (its message is durable here, not yet on the hub) once an
 //! entry has waited `queue_after` without being stored, or at once while degraded.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Tuning of the forwarder.
@@ -60,6 +66,8 @@ pub enum Step {
 #[derive(Debug)]
 struct Entry {
     key: u64,
+    /// The lanes it is stored in ([`crate::subject::ordering_lane`] of each copy).
+    lanes: Vec<u64>,
     accepted: Instant,
     in_flight: bool,
     told_queued: bool,
@@ -112,12 +120,13 @@ impl Forwarder {
         matches!(self.mode, Mode::Degraded { .. })
     }
 
-    /// A durable entry `key` (larger than any before), accepted at `accepted`.
-    /// Entries restored at start are pushed with their acceptance time too.
-    pub fn push(&mut self, key: u64, accepted: Instant) {
+    /// A durable entry `key` (larger than any before), accepted at `accepted`, stored
+    /// in `lanes`. Entries restored at start are pushed with their acceptance time too.
+    pub fn push(&mut self, key: u64, accepted: Instant, lanes: Vec<u64>) {
         debug_assert!(self.entries.back().is_none_or(|e| e.key < key));
         self.entries.push_back(Entry {
             key,
+            lanes,
             accepted,
             in_flight: false,
             told_queued: false,
@@ -178,11 +187,15 @@ impl Forwarder {
         }
         match self.mode {
             Mode::Healthy => {
+                // Lanes with an earlier entry not yet stored: nothing more of them goes.
+                let mut busy: HashSet<u64> = HashSet::new();
                 for e in &mut self.entries {
                     if self.in_flight >= self.cfg.window {
                         break;
                     }
-                    if !e.in_flight {
+                    let free = e.lanes.iter().all(|l| !busy.contains(l));
+                    busy.extend(e.lanes.iter().copied());
+                    if !e.in_flight && free {
                         e.in_flight = true;
                         self.in_flight += 1;
                         out.push(Step::Publish(e.key));
@@ -285,7 +298,7 @@ mod tests {
         let t = Instant::now();
         let mut f = Forwarder::new(cfg());
         for k in 1..=5 {
-            f.push(k, t);
+            f.push(k, t, vec![k]);
         }
         assert_eq!(publishes(&f.poll(t)), vec![1, 2, 3]);
         assert!(f.poll(t).is_empty(), "window full");
@@ -304,8 +317,8 @@ mod tests {
     fn queued_is_told_once_after_queue_after() {
         let t = Instant::now();
         let mut f = Forwarder::new(cfg());
-        f.push(1, t);
-        f.push(2, t + Duration::from_millis(500));
+        f.push(1, t, vec![1]);
+        f.push(2, t + Duration::from_millis(500), vec![2]);
         assert!(told(&f.poll(t)).is_empty());
         assert_eq!(f.next_wakeup(), Some(t + Duration::from_secs(1)));
         assert_eq!(told(&f.poll(t + Duration::from_secs(1))), vec![1]);
@@ -321,7 +334,7 @@ mod tests {
         let t = Instant::now();
         let mut f = Forwarder::new(cfg());
         for k in 1..=4 {
-            f.push(k, t);
+            f.push(k, t, vec![k]);
         }
         assert_eq!(publishes(&f.poll(t)), vec![1, 2, 3]);
         // The hub goes away: 2 fails first; 1 and 3 are still in flight.
@@ -362,13 +375,48 @@ mod tests {
         let t4 = t3 + Duration::from_millis(400);
         assert_eq!(publishes(&f.poll(t4)), vec![1]);
         // New sends while degraded are told QUEUED at once and wait their turn.
-        f.push(5, t4);
+        f.push(5, t4, vec![5]);
         assert_eq!(told(&f.poll(t4)), vec![5]);
         assert!(f.on_stored(1), "the hub is back");
         assert!(!f.is_degraded());
         assert_eq!(publishes(&f.poll(t4)), vec![2, 3, 4]);
         f.on_stored(2);
         assert_eq!(publishes(&f.poll(t4)), vec![5]);
+    }
+
+    #[test]
+    fn one_unacknowledged_publish_per_lane() {
+        let t = Instant::now();
+        let mut f = Forwarder::new(ForwarderConfig {
+            window: 10,
+            ..cfg()
+        });
+        // Lanes: 1 and 3 share lane A; 2 is in B; 4 is in A and C (a direct message's
+        // two copies); 5 is in C only.
+        let (a, b, c) = (10, 20, 30);
+        f.push(1, t, vec![a]);
+        f.push(2, t, vec![b]);
+        f.push(3, t, vec![a]);
+        f.push(4, t, vec![a, c]);
+        f.push(5, t, vec![c]);
+        assert_eq!(
+            publishes(&f.poll(t)),
+            vec![1, 2],
+            "3, 4 wait behind 1; 5 behind 4"
+        );
+        f.on_stored(2);
+        assert!(publishes(&f.poll(t)).is_empty());
+        f.on_stored(1);
+        assert_eq!(publishes(&f.poll(t)), vec![3]);
+        f.on_stored(3);
+        assert_eq!(publishes(&f.poll(t)), vec![4]);
+        // 4 is lost (a leader change): nothing behind it in its lanes went out, so
+        // nothing can be stored ahead of it.
+        f.on_failed(4, t);
+        let t1 = t + Duration::from_millis(100);
+        assert_eq!(publishes(&f.poll(t1)), vec![4], "the retry");
+        f.on_stored(4);
+        assert_eq!(publishes(&f.poll(t1)), vec![5]);
     }
 
     #[test]

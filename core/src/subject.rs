@@ -294,6 +294,19 @@ pub fn stored_subject(live: &str) -> Option<&str> {
     live.strip_prefix(LIVE_PREFIX)
 }
 
+/// The ordering lane of a stored copy: its subject and its sender (read from its
+/// `Nats-Msg-Id`, `dm:{sender}:…` or `gm:{sender}:…`). Copies in one lane must be
+/// stored in the order they were accepted — one sender's messages in one conversation;
+/// copies in different lanes have no order between them. A hash: two lanes that
+/// collide only wait for each other.
+pub fn ordering_lane(subject: &str, msg_id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let sender = msg_id.split(':').nth(1).unwrap_or(msg_id);
+    let mut h = std::hash::DefaultHasher::new();
+    (subject, sender).hash(&mut h);
+    h.finish()
+}
+
 /// `Nats-Msg-Id` of the recipient's copy of a direct message.
 ///
 /// Scoped by sender, so two senders may use the same client id; the hub's dedup

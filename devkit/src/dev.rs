@@ -6,7 +6,8 @@
 //! {"quic": "127.0.0.1:PORT", "webtransport": "https://127.0.0.1:PORT/wt",
 //!  "websocket": "wss://127.0.0.1:PORT/ws", "websocket_plain": "ws://127.0.0.1:PORT/ws",
 //!  "http": "http://127.0.0.1:PORT",
-//!  "nats_hub": "nats://…", "nats_leaf": "nats://…",
+//!  "nats_hub": "nats://…", "nats_hub_nodes": ["nats://…"],
+//!  "hub_monitoring": ["http://127.0.0.1:PORT"], "nats_leaf": "nats://…",
 //!  "cert_sha256": "hex", "gateway_id": "dev-edge", "pid": 123}
 //! ```
 //!
@@ -36,8 +37,15 @@ pub struct Endpoints {
     pub websocket_plain: Option<String>,
     /// Gateway HTTP base URL.
     pub http: String,
-    /// Hub client URL.
+    /// The first hub node's client URL, with the admin credentials in it
+    /// (development only).
     pub nats_hub: String,
+    /// Every hub node's client URL, with the admin credentials.
+    #[serde(default)]
+    pub nats_hub_nodes: Vec<String>,
+    /// Every hub node's monitoring base URL (`/varz`, `/jsz`, `/healthz`).
+    #[serde(default)]
+    pub hub_monitoring: Vec<String>,
     /// Leaf client URL, with the gateway's credentials (development only).
     pub nats_leaf: String,
     /// Leaf client URL with the business services' credentials (`notif.*.*` and
@@ -208,9 +216,14 @@ pub async fn run(
     dir: &Path,
     web_dir: Option<&Path>,
     edges: usize,
+    hub_nodes: usize,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     anyhow::ensure!((1..=16).contains(&edges), "--edges must be 1 to 16");
+    anyhow::ensure!(
+        (1..=7).contains(&hub_nodes),
+        "--hub-nodes must be 1 to 7 (3 is the production cluster)"
+    );
     let web_dir = match web_dir {
         Some(d) => Some(
             d.canonicalize()
@@ -228,6 +241,7 @@ pub async fn run(
         .root(&dir)
         .web_dir(web_dir)
         .gateway_id(gateway_id)
+        .hub_nodes(hub_nodes)
         .progress(true)
         .start()
         .await?;
@@ -269,11 +283,9 @@ fn endpoints(topo: &crate::Topology) -> Endpoints {
         websocket: first.websocket,
         websocket_plain: first.websocket_plain,
         http: first.http,
-        nats_hub: topo
-            .hub
-            .as_ref()
-            .map(|h| h.client_url.clone())
-            .unwrap_or_default(),
+        nats_hub: topo.hub.admin_urls().first().cloned().unwrap_or_default(),
+        nats_hub_nodes: topo.hub.admin_urls(),
+        hub_monitoring: topo.hub.monitoring_urls(),
         nats_leaf: first.nats_leaf,
         nats_leaf_services: topo.edges.first().map(|e| e.services_url.clone()),
         redis: topo.redis.as_ref().map(|r| r.url.clone()),
@@ -297,7 +309,7 @@ fn without_password(url: &str) -> String {
 
 fn print_ready(e: &Endpoints, serving_page: bool, path: &Path) {
     eprintln!(
-        "petrel dev: ready\n  demo page  {}\n  quic       {}\n  webtransport {}\n  websocket  {} (plain: {})\n  http       {}\n  nats hub   {}\n  nats leaf  {}\n  redis      {}\n  cert sha256 {}\n  endpoints  {}\nPress Ctrl-C to stop.",
+        "petrel dev: ready\n  demo page  {}\n  quic       {}\n  webtransport {}\n  websocket  {} (plain: {})\n  http       {}\n  nats hub   {} ({} node(s), monitoring {})\n  nats leaf  {}\n  redis      {}\n  cert sha256 {}\n  endpoints  {}\nPress Ctrl-C to stop.",
         if serving_page {
             e.http.as_str()
         } else {
@@ -308,7 +320,9 @@ fn print_ready(e: &Endpoints, serving_page: bool, path: &Path) {
         e.websocket,
         e.websocket_plain.as_deref().unwrap_or("off"),
         e.http,
-        e.nats_hub,
+        without_password(&e.nats_hub),
+        e.nats_hub_nodes.len(),
+        e.hub_monitoring.join(" "),
         without_password(&e.nats_leaf),
         e.redis.as_deref().unwrap_or("off"),
         e.cert_sha256,

@@ -4,15 +4,19 @@
 //! Layout:
 //! - [`process`] — guarded children (own process group, dead with their parent),
 //!   free ports, readiness polling, a generic server process (the benchmarks' peers);
-//! - [`nats`] — nats-server hub and leaf processes from `deploy/nats/` templates;
+//! - [`nats`] — nats-server processes and leaf nodes from `deploy/nats/` templates;
+//! - [`hub`] — the hub: one JetStream server or an N-node cluster, TLS and logins;
+//! - [`ca`] — the dev CA that signs the hub nodes' certificates;
 //! - [`redis`] — a redis-server on a unix socket;
 //! - [`topology`] — [`Topology`]: hub, Redis and edges (leaf + in-process gateway) in
 //!   one directory, built by [`TopologyBuilder`] for `petrel dev`, tests and benches;
 //! - [`clients`] — tokens, endpoints and connections to a topology's edges;
 //! - [`dev`] — `petrel dev`: the dev topology, its secret and `endpoints.json`.
 
+pub mod ca;
 pub mod clients;
 pub mod dev;
+pub mod hub;
 pub mod nats;
 pub mod process;
 pub mod redis;

@@ -1,4 +1,5 @@
-//! Real nats-server processes (hub and leaf) from the templates in `deploy/nats/`.
+//! Real nats-server processes from the templates in `deploy/nats/`: the leaf node of an
+//! edge here, the hub's nodes in [`crate::hub`].
 //!
 //! Ports: the configs ask for port `-1` (any free port) and a `ports_file_dir`; we read
 //! the ports file the server writes once it listens. No fixed ports, no races between
@@ -14,7 +15,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 
-const HUB_TEMPLATE: &str = include_str!("../../deploy/nats/hub.conf.tmpl");
 const LEAF_TEMPLATE: &str = include_str!("../../deploy/nats/leaf.conf.tmpl");
 
 /// The nats-server binary: `$NATS_SERVER_BIN` or `nats-server` on PATH. (Not a
@@ -73,14 +73,20 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::Connec
     {
         Some((scheme, user, password, host)) => {
             async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+                .connection_timeout(Duration::from_secs(5))
                 .connect(format!("{scheme}://{host}"))
                 .await
         }
-        None => async_nats::connect(url).await,
+        None => {
+            async_nats::ConnectOptions::new()
+                .connection_timeout(Duration::from_secs(5))
+                .connect(url)
+                .await
+        }
     }
 }
 
-fn with_user(url: &str, user: &str, password: &str) -> String {
+pub(crate) fn with_user(url: &str, user: &str, password: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => format!("{scheme}://{user}:{password}@{rest}"),
         None => format!("nats://{user}:{password}@{url}"),
@@ -97,11 +103,14 @@ pub struct NatsProcess {
     pub client_url: String,
     /// Leafnode URL (hub only), `nats-leaf://127.0.0.1:PORT`.
     pub leafnode_url: Option<String>,
+    /// Monitoring base URL (hub only), `http://127.0.0.1:PORT`.
+    pub monitoring_url: Option<String>,
     /// Its directory (config, log, data).
     pub dir: PathBuf,
 }
 
-fn render(template: &str, vars: &[(&str, &str)]) -> String {
+/// `template` with each `{{KEY}}` replaced by its value.
+pub(crate) fn render(template: &str, vars: &[(&str, &str)]) -> String {
     let mut out = template.to_string();
     for (k, v) in vars {
         out = out.replace(&format!("{{{{{k}}}}}"), v);
@@ -115,41 +124,23 @@ struct PortsFile {
     nats: Vec<String>,
     #[serde(default)]
     leafnode: Vec<String>,
+    #[serde(default)]
+    monitoring: Vec<String>,
 }
 
 impl NatsProcess {
-    /// Starts a hub with JetStream (domain `hub`) in `dir`. `ports`: fixed client and
-    /// leafnode ports (to restart on the same ones), or `None` for free ports.
-    pub async fn start_hub(
-        dir: &Path,
-        name: &str,
-        ports: Option<(u16, u16)>,
-    ) -> anyhow::Result<Self> {
-        let (p, lp) = ports
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .unwrap_or(("-1".into(), "-1".into()));
-        let d = dir.to_string_lossy().to_string();
-        let conf = render(
-            HUB_TEMPLATE,
-            &[
-                ("NAME", name),
-                ("PORT", &p),
-                ("LEAF_PORT", &lp),
-                ("DIR", &d),
-            ],
-        );
-        Self::start(dir, name, &conf).await
-    }
-
-    /// Starts a leaf node connected to the hub at `hub_leaf_url`, admitting only the
-    /// users of `auth`.
+    /// Starts a leaf node linked to every hub node in `hub_leaf_urls` (leafnode URLs
+    /// with the edge's credentials) over TLS verified against `ca_file`, admitting
+    /// only the users of `auth`.
     pub async fn start_leaf(
         dir: &Path,
         name: &str,
-        hub_leaf_url: &str,
+        hub_leaf_urls: &[String],
+        ca_file: &Path,
         port: Option<u16>,
         auth: &LeafAuth,
     ) -> anyhow::Result<Self> {
+        let urls: Vec<String> = hub_leaf_urls.iter().map(|u| format!("{u:?}")).collect();
         let p = port.map(|p| p.to_string()).unwrap_or("-1".into());
         let d = dir.to_string_lossy().to_string();
         let conf = render(
@@ -158,7 +149,8 @@ impl NatsProcess {
                 ("NAME", name),
                 ("PORT", &p),
                 ("DIR", &d),
-                ("HUB_LEAF_URL", hub_leaf_url),
+                ("HUB_LEAF_URLS", &urls.join(", ")),
+                ("CA_FILE", &ca_file.display().to_string()),
                 ("GATEWAY_PASSWORD", &auth.gateway),
                 ("SERVICES_PASSWORD", &auth.services),
             ],
@@ -166,7 +158,9 @@ impl NatsProcess {
         Self::start(dir, name, &conf).await
     }
 
-    async fn start(dir: &Path, name: &str, conf: &str) -> anyhow::Result<Self> {
+    /// Starts nats-server `name` with config `conf` in `dir` and waits until it
+    /// reports its ports.
+    pub async fn start(dir: &Path, name: &str, conf: &str) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let conf_path = dir.join(format!("{name}.conf"));
         // It may hold passwords: readable by this user only.
@@ -243,6 +237,7 @@ impl NatsProcess {
             name: name.to_string(),
             client_url,
             leafnode_url: ports.leafnode.first().cloned(),
+            monitoring_url: ports.monitoring.first().cloned(),
             dir: dir.to_path_buf(),
         })
     }
@@ -255,6 +250,16 @@ impl NatsProcess {
     /// Leafnode port (hub only).
     pub fn leafnode_port(&self) -> Option<u16> {
         self.leafnode_url.as_ref()?.rsplit(':').next()?.parse().ok()
+    }
+
+    /// Monitoring port (hub only).
+    pub fn monitoring_port(&self) -> Option<u16> {
+        self.monitoring_url
+            .as_ref()?
+            .rsplit(':')
+            .next()?
+            .parse()
+            .ok()
     }
 
     /// Process id.

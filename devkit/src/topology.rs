@@ -1,16 +1,19 @@
-//! A whole Petrel topology on one machine: a hub nats-server (JetStream, domain `hub`,
-//! streams provisioned), a redis-server, and edges — each a leaf nats-server and a
+//! A whole Petrel topology on one machine: a hub of one or more nats-servers
+//! ([`crate::hub`]: JetStream, domain `hub`, streams provisioned with
+//! replicas = min(3, nodes)), a redis-server, and edges — each a leaf nats-server and a
 //! gateway running in this process — on free ports under one directory:
 //!
 //! ```text
-//! ROOT/hub/          the hub's config, log and JetStream data
+//! ROOT/ca/           the dev CA and the hub nodes' certificates
+//! ROOT/hub/nodeI/    hub node I's config, log and JetStream data
 //! ROOT/redis/        redis-server's socket and log
 //! ROOT/dev-secret    the HS256 secret dev tokens are signed with
 //! ROOT/edgeN/        edge N: gateway.toml, dev-secret, nats-password, edge-cache/, leaf/
 //! ```
 //!
 //! Every leaf admits only its two users (`deploy/nats/leaf.conf.tmpl`), with passwords
-//! made for the topology ([`Topology::leaf_auth`]).
+//! made for the topology ([`Topology::leaf_auth`]), and links to every hub node over
+//! TLS as the hub's `petrel-edge` user.
 //!
 //! `petrel dev`, the end-to-end tests and the benchmarks all start theirs with
 //! [`TopologyBuilder`]. Each step waits for readiness (ports files, JetStream answering
@@ -24,6 +27,7 @@ use petrel_gateway::{BoundAddrs, Config, Gateway, provision};
 use tokio_util::sync::CancellationToken;
 
 use crate::dev;
+use crate::hub::{Hub, HubOptions};
 use crate::nats::{LeafAuth, NatsProcess, wait_jetstream};
 use crate::redis::RedisProcess;
 
@@ -42,6 +46,7 @@ pub struct TopologyBuilder {
     gateway_id: fn(usize) -> String,
     customize: Customize,
     progress: bool,
+    hub: HubOptions,
 }
 
 impl TopologyBuilder {
@@ -55,7 +60,20 @@ impl TopologyBuilder {
             gateway_id: |i| format!("edge{i}"),
             customize: Box::new(|_, _| Ok(())),
             progress: false,
+            hub: HubOptions::default(),
         }
+    }
+
+    /// Runs the hub as a cluster of `n` nodes (1: a single server).
+    pub fn hub_nodes(mut self, n: usize) -> Self {
+        self.hub.nodes = n;
+        self
+    }
+
+    /// The hub's JetStream `sync_interval` (`always`, the default, or e.g. `2m`).
+    pub fn sync_interval(mut self, interval: &str) -> Self {
+        self.hub.sync_interval = interval.into();
+        self
     }
 
     /// Lives in `root` (kept after stop) instead of a temporary directory.
@@ -108,20 +126,19 @@ impl TopologyBuilder {
                 eprintln!("petrel dev: {what}");
             }
         };
-        say("starting hub nats-server (JetStream domain hub)…");
-        let hub = NatsProcess::start_hub(&root.join("hub"), "hub", None).await?;
-        let hub_client = wait_jetstream(&hub.client_url, "hub", READY).await?;
-        for p in provision::provision(&hub_client, "hub", 1).await? {
-            say(&format!("stream {} {}", p.stream, p.action));
+        say(&format!(
+            "starting the hub: {} nats-server node(s), JetStream domain hub, sync_interval {}…",
+            self.hub.nodes, self.hub.sync_interval
+        ));
+        let hub = Hub::start(&root, self.hub.clone()).await?;
+        let hub_client = hub.admin_client().await?;
+        let limits = provision::StreamLimits::dev(hub.replicas());
+        for p in provision::provision(&hub_client, "hub", &limits).await? {
+            say(&format!(
+                "stream {} {} (replicas {})",
+                p.stream, p.action, limits.replicas
+            ));
         }
-        let hub_leaf_url = hub
-            .leafnode_url
-            .clone()
-            .context("hub has no leafnode port")?;
-        let hub_ports = (
-            hub.client_port().context("hub port")?,
-            hub.leafnode_port().context("hub leafnode port")?,
-        );
         say("starting redis-server…");
         let redis = RedisProcess::start(&root.join("redis")).await?;
         dev::write_secret(&root, &self.secret)?;
@@ -129,9 +146,7 @@ impl TopologyBuilder {
         let mut topo = Topology {
             root,
             _temp: temp,
-            hub: Some(hub),
-            hub_ports,
-            hub_leaf_url,
+            hub,
             redis: Some(redis),
             hub_client,
             leaf_auth: LeafAuth::random(),
@@ -173,10 +188,8 @@ pub struct Edge {
 pub struct Topology {
     root: PathBuf,
     _temp: Option<tempfile::TempDir>,
-    /// The hub (`None` while a test has it stopped).
-    pub hub: Option<NatsProcess>,
-    hub_ports: (u16, u16),
-    hub_leaf_url: String,
+    /// The hub's nodes.
+    pub hub: Hub,
     /// redis-server (groups, presence), on a unix socket.
     pub redis: Option<RedisProcess>,
     /// A client connected to the hub (for inspecting streams).
@@ -263,8 +276,15 @@ impl Topology {
     async fn start_leaf(&self, i: usize, port: Option<u16>) -> anyhow::Result<NatsProcess> {
         let dir = self.edge_dir(i).join("leaf");
         let name = format!("leaf{i}");
-        let leaf =
-            NatsProcess::start_leaf(&dir, &name, &self.hub_leaf_url, port, &self.leaf_auth).await?;
+        let leaf = NatsProcess::start_leaf(
+            &dir,
+            &name,
+            &self.hub.leaf_remote_urls(),
+            self.hub.ca_file(),
+            port,
+            &self.leaf_auth,
+        )
+        .await?;
         wait_jetstream(&self.leaf_auth.gateway_url(&leaf.client_url), "hub", READY)
             .await
             .context("leaf node did not connect to the hub")?;
@@ -273,8 +293,15 @@ impl Topology {
 
     /// Starts a leaf for a gateway a test runs itself (e.g. as a process).
     pub async fn start_extra_leaf(&self, dir: &Path, name: &str) -> anyhow::Result<NatsProcess> {
-        let leaf =
-            NatsProcess::start_leaf(dir, name, &self.hub_leaf_url, None, &self.leaf_auth).await?;
+        let leaf = NatsProcess::start_leaf(
+            dir,
+            name,
+            &self.hub.leaf_remote_urls(),
+            self.hub.ca_file(),
+            None,
+            &self.leaf_auth,
+        )
+        .await?;
         wait_jetstream(&self.leaf_auth.gateway_url(&leaf.client_url), "hub", READY).await?;
         Ok(leaf)
     }
@@ -327,21 +354,22 @@ impl Topology {
         Ok(())
     }
 
-    /// Stops the hub (SIGTERM); its JetStream data stays on disk.
+    /// Stops every hub node (SIGTERM); their JetStream data stays on disk.
     pub async fn stop_hub(&mut self) {
-        if let Some(h) = self.hub.take() {
-            h.stop().await;
+        for i in 0..self.hub.len() {
+            self.hub.stop_node(i).await;
         }
     }
 
-    /// Starts the hub again on the same ports and data, and waits until JetStream
-    /// answers.
+    /// Starts every stopped hub node again on the same ports and data, and waits until
+    /// JetStream answers.
     pub async fn restart_hub(&mut self) -> anyhow::Result<()> {
-        let hub =
-            NatsProcess::start_hub(&self.root.join("hub"), "hub", Some(self.hub_ports)).await?;
-        wait_jetstream(&hub.client_url, "hub", READY).await?;
-        self.hub = Some(hub);
-        Ok(())
+        for i in 0..self.hub.len() {
+            if !self.hub.is_running(i) {
+                self.hub.restart_node(i).await?;
+            }
+        }
+        self.hub.wait_ready(READY).await
     }
 
     /// Stops edge `i`'s leaf (SIGTERM): the gateway loses its link to the hub.
@@ -358,7 +386,8 @@ impl Topology {
         let leaf = NatsProcess::start_leaf(
             &e.leaf_dir,
             &format!("leaf{i}"),
-            &self.hub_leaf_url,
+            &self.hub.leaf_remote_urls(),
+            self.hub.ca_file(),
             Some(e.leaf_port),
             &self.leaf_auth,
         )
@@ -404,9 +433,7 @@ impl Topology {
                 l.stop().await;
             }
         }
-        if let Some(h) = self.hub {
-            h.stop().await;
-        }
+        self.hub.stop().await;
         if let Some(r) = self.redis {
             r.kill().await;
         }

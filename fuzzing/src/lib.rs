@@ -376,9 +376,10 @@ pub fn storage_values(data: &[u8]) {
     }
 }
 
-/// The outbox forwarder: entries pushed in order, published, stored, failed and
-/// retried under a clock that jumps. Nothing pushed is lost: every entry is stored or
-/// still held, and publishes name only entries it holds.
+/// The outbox forwarder: entries pushed in order (each in one or two of four lanes),
+/// published, stored, failed and retried under a clock that jumps. Nothing pushed is
+/// lost: every entry is stored or still held; publishes name only entries it holds;
+/// an entry goes on the wire only when no earlier entry of its lanes is unstored.
 pub fn forwarder(data: &[u8]) {
     let mut input = Input(data);
     let cfg = ForwarderConfig {
@@ -390,7 +391,8 @@ pub fn forwarder(data: &[u8]) {
     let mut f = Forwarder::new(cfg);
     let mut now = Instant::now();
     let mut next_key = 1u64;
-    let mut held: Vec<u64> = Vec::new();
+    // Held entries (not stored) with their lanes, in key order.
+    let mut held: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
     let mut published: Vec<u64> = Vec::new();
     let mut told = HashSet::new();
     let mut steps = 0;
@@ -398,17 +400,22 @@ pub fn forwarder(data: &[u8]) {
         steps += 1;
         match input.byte() % 6 {
             0 | 1 => {
-                f.push(next_key, now);
-                held.push(next_key);
+                let b = input.byte();
+                let mut lanes = vec![u64::from(b % 4)];
+                if b & 0x80 != 0 {
+                    lanes.push(u64::from((b >> 2) % 4));
+                }
+                f.push(next_key, now, lanes.clone());
+                held.insert(next_key, lanes);
                 next_key += 1;
             }
             2 if !published.is_empty() => {
-                let k = published.remove(input.byte() as usize % published.len());
+                let k = published.swap_remove(input.byte() as usize % published.len());
                 let _recovered = f.on_stored(k);
-                held.retain(|h| *h != k);
+                held.remove(&k);
             }
             3 if !published.is_empty() => {
-                let k = published.remove(input.byte() as usize % published.len());
+                let k = published.swap_remove(input.byte() as usize % published.len());
                 f.on_failed(k, now);
             }
             4 => now += Duration::from_millis(u64::from(input.u16())),
@@ -417,12 +424,22 @@ pub fn forwarder(data: &[u8]) {
         for step in f.poll(now) {
             match step {
                 Step::Publish(k) => {
-                    assert!(held.contains(&k), "published {k}, which it does not hold");
+                    let Some(lanes) = held.get(&k) else {
+                        panic!("published {k}, which it does not hold");
+                    };
                     assert!(!published.contains(&k), "{k} published twice at once");
+                    let ahead = held
+                        .range(..k)
+                        .find(|(_, l)| l.iter().any(|x| lanes.contains(x)));
+                    assert!(
+                        ahead.is_none(),
+                        "published {k} while {:?} of its lane is not stored",
+                        ahead.map(|(e, _)| e)
+                    );
                     published.push(k);
                 }
                 Step::TellQueued(k) => {
-                    assert!(held.contains(&k), "queued {k}, not held");
+                    assert!(held.contains_key(&k), "queued {k}, not held");
                     assert!(told.insert(k), "told {k} QUEUED twice");
                 }
             }

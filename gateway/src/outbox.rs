@@ -155,6 +155,15 @@ impl Outbox {
     }
 }
 
+/// The ordering lanes of an entry's copies.
+fn lanes(entry: &OutboxEntry) -> Vec<u64> {
+    entry
+        .copies
+        .iter()
+        .map(|(subject, msg_id)| petrel_core::subject::ordering_lane(subject, msg_id))
+        .collect()
+}
+
 /// One entry held in memory while it waits for the hub.
 struct Pending {
     entry: OutboxEntry,
@@ -187,7 +196,11 @@ impl Forwarding {
         let (now, now_ms) = (Instant::now(), unix_ms());
         for entry in std::mem::take(&mut self.left) {
             let age = Duration::from_millis(now_ms.saturating_sub(entry.created_ms));
-            fwd.push(entry.key, now.checked_sub(age).unwrap_or(now));
+            fwd.push(
+                entry.key,
+                now.checked_sub(age).unwrap_or(now),
+                lanes(&entry),
+            );
             bytes += entry.payload.len();
             pending.insert(entry.key, Pending { entry, reply: None });
         }
@@ -339,7 +352,7 @@ impl Forwarding {
             Ok(entries) => {
                 let now = Instant::now();
                 for (entry, s) in entries.into_iter().zip(take) {
-                    fwd.push(entry.key, now);
+                    fwd.push(entry.key, now, lanes(&entry));
                     pending.insert(
                         entry.key,
                         Pending {

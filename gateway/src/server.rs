@@ -28,6 +28,9 @@ use crate::{directory, metrics, outbox, provision, tls};
 
 /// Longest the gateway waits for its connections to end at shutdown.
 const DRAIN: Duration = Duration::from_secs(10);
+/// How often each edge asks the hub a question, to notice its return after an outage of
+/// the leaf → hub link (see `Live::resync_when_hub_returns`).
+const HUB_CHECK: Duration = Duration::from_secs(1);
 
 /// Where the gateway actually listens (ports resolved when the config said 0).
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -228,6 +231,10 @@ impl Gateway {
                     .live
                     .clone()
                     .resync_on_reconnect(reconnects, shutdown.clone()),
+                shared
+                    .live
+                    .clone()
+                    .resync_when_hub_returns(HUB_CHECK, shutdown.clone()),
                 follow_group_changes(nats.clone(), shared.clone(), shutdown.clone()),
                 refresh_key_set(shared.key_set.clone(), shutdown.clone()),
             )

@@ -1,8 +1,8 @@
 //! End-to-end test harness: the [`Topology`] of `petrel_devkit` (a real hub, Redis,
 //! and edges of leaf nats-server plus in-process gateway, on free ports) configured
 //! for tests, and helpers the tests share: waiting for messages, the `petrel` binary,
-//! a gateway run as its own process, and a token issuer publishing a key set
-//! ([`issuer`]).
+//! a gateway run as its own process, a token issuer publishing a key set
+//! ([`issuer`]), and the chaos harness ([`chaos`]).
 
 use std::path::Path;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use anyhow::Context;
 use petrel_client::{Client, Endpoint, TransportKind, Trust};
 use petrel_gateway::Config;
 
+pub mod chaos;
 pub mod issuer;
 
 pub use petrel_devkit::{Edge, RawSession, Topology, TopologyBuilder, metric_sample};
@@ -213,6 +214,12 @@ impl GatewayProcess {
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
+        self.spawn_until("/readyz").await
+    }
+
+    /// Starts it and waits for `path` to answer 200: `/readyz` (linked to the hub) or
+    /// `/healthz` (serving at all).
+    async fn spawn_until(&mut self, path: &str) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -235,12 +242,12 @@ impl GatewayProcess {
                 let log = std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default();
                 anyhow::bail!("petrel gateway exited with {status}:\n{log}");
             }
-            if let Ok((200, _)) = petrel_devkit::http_get(&self.http.to_string(), "/readyz").await {
+            if let Ok((200, _)) = petrel_devkit::http_get(&self.http.to_string(), path).await {
                 break;
             }
             anyhow::ensure!(
                 tokio::time::Instant::now() < deadline,
-                "petrel gateway not ready within 30 s (see {}/gateway.log)",
+                "petrel gateway: {path} not 200 within 30 s (see {}/gateway.log)",
                 self.dir.display()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -260,6 +267,13 @@ impl GatewayProcess {
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill().await;
         self.spawn().await
+    }
+
+    /// Starts the gateway again while the hub is away: ready to serve (`/healthz`), not
+    /// linked to the hub.
+    pub async fn restart_unready(&mut self) -> anyhow::Result<()> {
+        self.kill().await;
+        self.spawn_until("/healthz").await
     }
 
     /// The endpoint for `transport`.

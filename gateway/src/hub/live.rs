@@ -261,6 +261,34 @@ impl Live {
         }
     }
 
+    /// Asks the hub a question every `every` and makes every connection re-check what
+    /// it missed when the hub answers again after it did not. The gateway's link to its
+    /// leaf can stay up while the leaf's link to the hub drops (a hub node killed, the
+    /// hub's majority away): re-publishes sent meanwhile never reach this edge, and
+    /// nothing else would tell a connection whose subjects then go quiet.
+    pub async fn resync_when_hub_returns(
+        self: Arc<Self>,
+        every: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut reachable = true;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let answered = matches!(
+                tokio::time::timeout(Duration::from_secs(2), self.hub.round_trip()).await,
+                Ok(Ok(()))
+            );
+            if answered && !reachable {
+                tracing::info!("the hub answers again; connections re-check what they missed");
+                self.resync_all();
+            }
+            reachable = answered;
+        }
+    }
+
     /// Tells every connection to re-check its subjects from what it has delivered, as
     /// after a lost live message: called when the hub is reachable again, since live
     /// re-publishes sent while the link was down never arrived.
