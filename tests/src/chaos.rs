@@ -19,12 +19,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{SECRET, Topology, TopologyBuilder, test_config};
 
-/// Two edges on a hub of `nodes` nodes, with the test config.
+/// `edges` edges on a hub of `nodes` nodes, with the test config and no per-connection
+/// send rate limit (the scenarios pipeline sends as fast as the gateway takes them).
 pub async fn topology(nodes: usize, edges: usize) -> anyhow::Result<Topology> {
     TopologyBuilder::new(edges, SECRET.as_bytes())
         .hub_nodes(nodes)
         .customize(|cfg, _| {
             test_config(cfg);
+            cfg.limits.send_rate_per_sec = 0;
             Ok(())
         })
         .start()
