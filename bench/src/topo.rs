@@ -23,7 +23,11 @@ pub struct Target {
 
 impl Target {
     /// Starts `petrel dev --edges N` in a fresh directory and waits until it is ready.
-    pub async fn spawn(edges: usize) -> anyhow::Result<Self> {
+    pub async fn spawn(
+        edges: usize,
+        hub_nodes: usize,
+        sync_interval: &str,
+    ) -> anyhow::Result<Self> {
         let tmp = tempfile::Builder::new()
             .prefix("petrel-bench-")
             .tempdir()
@@ -41,6 +45,10 @@ impl Target {
             .arg(&dir)
             .arg("--edges")
             .arg(edges.to_string())
+            .arg("--hub-nodes")
+            .arg(hub_nodes.to_string())
+            .arg("--sync-interval")
+            .arg(sync_interval)
             .env("PETREL_LOG", "warn")
             // The per-connection send rate limit (100/s) protects a gateway from one
             // abusive client; load generators send from few connections on purpose.

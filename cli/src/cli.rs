@@ -47,6 +47,11 @@ pub enum Command {
         /// (3 is the production shape; streams get min(3, N) replicas).
         #[arg(long, default_value_t = 1, value_name = "N")]
         hub_nodes: usize,
+        /// The hub's JetStream sync_interval: `always` fsyncs before every
+        /// acknowledgement (what Petrel promises); a duration such as `2m` is
+        /// JetStream's default, faster and not safe against power loss.
+        #[arg(long, default_value = "always", value_name = "always|DURATION")]
+        sync_interval: String,
     },
     /// Print a dev token (HS256, signed with the dev secret of a `petrel dev` directory).
     Token {
@@ -283,9 +288,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             web_dir,
             edges,
             hub_nodes,
+            sync_interval,
         } => {
             let shutdown = shutdown_on_signal()?;
-            dev::run(&dir, web_dir.as_deref(), edges, hub_nodes, shutdown).await?;
+            let shape = dev::Shape {
+                edges,
+                hub_nodes,
+                sync_interval,
+            };
+            dev::run(&dir, web_dir.as_deref(), shape, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Token {

@@ -210,19 +210,43 @@ fn gateway_id(i: usize) -> String {
     }
 }
 
+/// The shape of a dev topology.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    /// Edges (leaf + gateway each).
+    pub edges: usize,
+    /// Hub nodes (1, or a cluster).
+    pub hub_nodes: usize,
+    /// The hub's JetStream `sync_interval` (`always`, or a duration such as `2m`).
+    pub sync_interval: String,
+}
+
 /// Runs the dev topology in `dir` until `shutdown`, serving `web_dir` (the demo page)
 /// on each gateway's HTTP listener.
 pub async fn run(
     dir: &Path,
     web_dir: Option<&Path>,
-    edges: usize,
-    hub_nodes: usize,
+    shape: Shape,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Shape {
+        edges,
+        hub_nodes,
+        sync_interval,
+    } = shape;
     anyhow::ensure!((1..=16).contains(&edges), "--edges must be 1 to 16");
     anyhow::ensure!(
         (1..=7).contains(&hub_nodes),
         "--hub-nodes must be 1 to 7 (3 is the production cluster)"
+    );
+    anyhow::ensure!(
+        sync_interval == "always"
+            || (sync_interval.len() > 1
+                && sync_interval.ends_with(['s', 'm', 'h'])
+                && sync_interval[..sync_interval.len() - 1]
+                    .chars()
+                    .all(|c| c.is_ascii_digit())),
+        "--sync-interval must be `always` or a duration such as 2m, 30s (got {sync_interval:?})"
     );
     let web_dir = match web_dir {
         Some(d) => Some(
@@ -242,6 +266,7 @@ pub async fn run(
         .web_dir(web_dir)
         .gateway_id(gateway_id)
         .hub_nodes(hub_nodes)
+        .sync_interval(&sync_interval)
         .progress(true)
         .start()
         .await?;

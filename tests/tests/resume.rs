@@ -34,6 +34,38 @@ async fn send_many(
     Ok(seqs)
 }
 
+/// Stores `n` messages alice → bob straight on the hub, pipelined, so the hub
+/// re-publishes them to the edge in one burst (a gateway stores one sender's messages
+/// to one peer one at a time, to keep their order across hub failures, which is too
+/// slow to overflow anything); returns their sequences in order.
+async fn flood_on_the_hub(t: &Topology, n: usize, size: usize) -> anyhow::Result<Vec<u64>> {
+    let js = async_nats::jetstream::with_domain(t.hub_client.clone(), "hub");
+    let mut acks = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = format!("flood-{i}");
+        let mut content = format!("{id} ").into_bytes();
+        content.resize(size.max(content.len()), b'.');
+        let m = petrel_core::wire::StoredMessage {
+            from: petrel_core::UserId::parse("alice")?,
+            to: petrel_core::wire::Recipient::User(petrel_core::UserId::parse("bob")?),
+            from_device: "phone".into(),
+            client_msg_id: id,
+            content: content.into(),
+            content_type: "text/plain".into(),
+            time_ms: 1,
+            gateway_id: "edge0".into(),
+            notification: None,
+            receipt: None,
+        };
+        acks.push(js.publish(INBOX, m.encode()).await?);
+    }
+    let mut seqs = Vec::with_capacity(n);
+    for a in acks {
+        seqs.push(a.await?.sequence);
+    }
+    Ok(seqs)
+}
+
 /// Reads `n` messages on bob's inbox and checks they are `prefix-0..n` in order with
 /// strictly increasing sequences.
 async fn expect_in_order(
@@ -128,7 +160,7 @@ async fn a_reader_too_slow_for_its_queue_is_caught_up_not_dropped() -> anyhow::R
     let alice = t.connect(0, Quic, "alice", "phone").await?;
     let mut bob = t.connect(0, WebSocket, "bob", "slow").await?;
     let mut carol = t.connect(0, Quic, "carol", "phone").await?;
-    let sent = send_many(&alice, "flood", 600, 16 * 1024).await?;
+    let sent = flood_on_the_hub(&t, 600, 16 * 1024).await?;
     // Others keep receiving while bob lags.
     alice.send("carol", "meanwhile", "hello carol").await?;
     let m = next_message_on(&mut carol, "msg.private.carol", 5).await?;

@@ -56,6 +56,17 @@ pub struct BenchArgs {
     /// pairs — the raw async-nats path; ingest — raw JetStream publishing.
     #[arg(long, global = true)]
     pub compare: bool,
+    /// Hub nodes of the fresh topology (3: the production cluster, streams R3).
+    #[arg(long, default_value_t = 1, value_name = "N", global = true)]
+    pub hub_nodes: usize,
+    /// The fresh topology's JetStream sync_interval (`always`, or e.g. `2m`).
+    #[arg(
+        long,
+        default_value = "always",
+        value_name = "always|DURATION",
+        global = true
+    )]
+    pub sync_interval: String,
 }
 
 /// A scenario.
@@ -157,10 +168,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Vec<Report>> {
             Some(dir) => Target::existing(dir),
             None => {
                 eprintln!(
-                    "petrel bench: starting a {}-edge petrel dev topology…",
-                    args.scenario.edges()
+                    "petrel bench: starting a {}-edge petrel dev topology (hub: {} node(s), sync_interval {})…",
+                    args.scenario.edges(),
+                    args.hub_nodes,
+                    args.sync_interval
                 );
-                Target::spawn(args.scenario.edges()).await
+                Target::spawn(args.scenario.edges(), args.hub_nodes, &args.sync_interval).await
             }
         }
     };
