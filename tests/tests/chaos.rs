@@ -325,3 +325,97 @@ async fn order_holds_across_leader_changes_under_pipelined_load() -> anyhow::Res
     topo.stop().await;
     Ok(())
 }
+
+/// Many senders (many lanes, so pipelining across them) flood bob while the stream's
+/// leader steps down again and again: bob gets every acknowledged message once, each
+/// sender's in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_senders_flood_across_leader_changes() -> anyhow::Result<()> {
+    const SENDERS: usize = 16;
+    const EACH: usize = 400;
+    let topo = chaos::topology(3, 2).await?;
+    let mut bob = topo.connect(1, WebSocket, "bob", "phone").await?;
+    let mut tasks = Vec::new();
+    for s in 0..SENDERS {
+        let c = topo.connect(0, Quic, &format!("s{s}"), "phone").await?;
+        tasks.push(tokio::spawn(async move {
+            let sender = c.sender();
+            let _keep = tokio::spawn(async move {
+                let mut c = c;
+                while c.next_event().await.is_some() {}
+            });
+            let mut window = futures::stream::FuturesUnordered::new();
+            let mut acked = 0usize;
+            for i in 0..EACH {
+                if window.len() >= 48
+                    && let Some(r) = window.next().await
+                {
+                    acked += usize::from(matches!(
+                        r,
+                        Ok(SendResult::Stored { .. } | SendResult::Queued { .. })
+                    ));
+                }
+                let id = format!("s{s}-{i}");
+                window.push(
+                    sender
+                        .start_send("bob", &id, id.clone(), "text/plain")
+                        .await?,
+                );
+            }
+            while let Some(r) = window.next().await {
+                acked += usize::from(matches!(
+                    r,
+                    Ok(SendResult::Stored { .. } | SendResult::Queued { .. })
+                ));
+            }
+            anyhow::Ok(acked)
+        }));
+    }
+    let stepdown = format!("$JS.hub.API.STREAM.LEADER.STEPDOWN.{MESSAGE_STREAM}");
+    let mut changes = 0;
+    while tasks.iter().any(|t| !t.is_finished()) && changes < 10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if let Ok(Ok(_)) = tokio::time::timeout(
+            Duration::from_secs(3),
+            topo.hub_client.request(stepdown.clone(), "".into()),
+        )
+        .await
+        {
+            changes += 1;
+        }
+    }
+    let mut acked = 0;
+    for t in tasks {
+        acked += t.await??;
+    }
+    println!(
+        "{changes} leader changes; {acked} of {} acknowledged",
+        SENDERS * EACH
+    );
+    let mut v = Verdict {
+        sent: SENDERS * EACH,
+        stored: acked,
+        ..Default::default()
+    };
+    let mut last: std::collections::HashMap<String, usize> = Default::default();
+    let mut seen = std::collections::HashSet::new();
+    while v.delivered < acked {
+        let m = next_message_on(&mut bob, "msg.private.bob", 60)
+            .await
+            .with_context(|| format!("bob got {} of {acked}", v.delivered))?;
+        let (from, n) = m.client_msg_id.split_once('-').context("id")?;
+        let n: usize = n.parse()?;
+        if !seen.insert(m.client_msg_id.clone()) {
+            v.app_duplicates += 1;
+        }
+        if last.get(from).is_some_and(|l| n < *l) {
+            v.reordered += 1;
+        }
+        last.insert(from.to_string(), n);
+        v.delivered += 1;
+    }
+    report("16 senders flooding across leader changes", &v);
+    v.ensure_kept()?;
+    topo.stop().await;
+    Ok(())
+}
