@@ -42,6 +42,9 @@ struct Track {
     fetching: bool,
     /// Highest live sequence skipped while fetching.
     behind: Option<Seq>,
+    /// Live messages were dropped (the queue overflowed) while fetching: their
+    /// sequences are unknown, so the fetch goes on once more after it seems done.
+    recheck: bool,
 }
 
 /// Per-subject delivery state of one connection.
@@ -69,16 +72,21 @@ impl Order {
 
     /// Something was dropped before reaching this connection (its queue overflowed):
     /// every subject with a known position fetches from there. Subjects already
-    /// fetching carry on.
+    /// fetching carry on, and fetch once more when they seem done: what was dropped
+    /// may lie beyond what the fetch in flight will return.
     pub fn lost(&mut self) -> Vec<Fetch> {
         let mut out = Vec::new();
         for (subject, t) in &mut self.subjects {
-            if let (Some(last), false) = (t.last, t.fetching) {
-                t.fetching = true;
-                out.push(Fetch {
-                    subject: subject.clone(),
-                    after: last,
-                });
+            match (t.last, t.fetching) {
+                (Some(last), false) => {
+                    t.fetching = true;
+                    out.push(Fetch {
+                        subject: subject.clone(),
+                        after: last,
+                    });
+                }
+                (_, true) => t.recheck = true,
+                (None, false) => {}
             }
         }
         out
@@ -128,7 +136,7 @@ impl Order {
     pub fn fetch_done(&mut self, subject: &str, more: bool) -> Option<Fetch> {
         let t = self.subjects.entry(subject.to_string()).or_default();
         let last = t.last.unwrap_or_default();
-        if more || t.behind.is_some_and(|b| b > last) {
+        if more || t.behind.is_some_and(|b| b > last) || std::mem::take(&mut t.recheck) {
             return Some(Fetch {
                 subject: subject.to_string(),
                 after: last,
@@ -224,7 +232,21 @@ mod tests {
         let mut o = Order::new();
         assert_eq!(o.on_live(S, Seq(3), Seq(0)), Live::Deliver);
         assert_eq!(o.lost(), vec![fetch(3)]);
-        assert!(o.lost().is_empty(), "already fetching");
         assert_eq!(o.fetch_done(S, false), None);
+    }
+
+    #[test]
+    fn an_overflow_during_a_fetch_fetches_once_more_at_its_end() {
+        let mut o = Order::new();
+        assert_eq!(o.on_live(S, Seq(3), Seq(0)), Live::Deliver);
+        assert_eq!(o.lost(), vec![fetch(3)]);
+        // The queue overflows again while the fetch is out: nothing new to start, but
+        // the dropped messages may be past what this fetch returns.
+        assert!(o.lost().is_empty(), "already fetching");
+        assert!(o.on_fetched(S, Seq(4)));
+        assert_eq!(o.fetch_done(S, false), Some(fetch(4)), "once more");
+        assert!(o.on_fetched(S, Seq(5)));
+        assert_eq!(o.fetch_done(S, false), None);
+        assert_eq!(o.on_live(S, Seq(6), Seq(5)), Live::Deliver);
     }
 }

@@ -37,6 +37,8 @@ type FetchResult = (Fetch, Result<(Vec<Delivery>, bool), HubError>);
 
 /// Receipts one connection may have being checked at once.
 const MAX_RECEIPT_CHECKS: usize = 16;
+/// Pause before repeating a fetch that brought nothing new.
+const EMPTY_FETCH_PAUSE: Duration = Duration::from_millis(200);
 
 /// A receipt's check: whether its message is what the receipt says.
 pub(super) type ReceiptCheck = (PublishRequest, Result<ReceiptVerdict, HubError>);
@@ -271,8 +273,15 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
             write_on(&mut self.writer, stream, frame, 1, &self.wcfg).await?;
         }
         if let Some(next) = self.deliveries.order.fetch_done(&f.subject, more) {
-            self.deliveries
-                .fetch(&self.shared.catchup, next, Duration::ZERO);
+            // A fetch that brought nothing new while more is expected (the replica
+            // answering lags behind the live stream, e.g. just after a leader change)
+            // is repeated after a pause, not in a tight loop of consumers.
+            let pause = if fresh.is_empty() {
+                EMPTY_FETCH_PAUSE
+            } else {
+                Duration::ZERO
+            };
+            self.deliveries.fetch(&self.shared.catchup, next, pause);
         }
         Ok(())
     }
