@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -412,20 +411,7 @@ pub async fn connect_nats(
     ca_file: Option<&std::path::Path>,
 ) -> anyhow::Result<async_nats::Client> {
     let shown = redact(url);
-    let (addr, login) = match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((userinfo, host)) => (format!("{scheme}://{host}"), userinfo.split_once(':')),
-            None => (url.to_string(), None),
-        },
-        None => (url.to_string(), None),
-    };
-    let mut opts = match login {
-        Some((user, password)) => {
-            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
-        }
-        None => async_nats::ConnectOptions::new(),
-    }
-    .connection_timeout(Duration::from_secs(5));
+    let (mut opts, addr) = petrel_devkit::nats::login_options(url);
     if let Some(ca) = ca_file {
         anyhow::ensure!(ca.is_file(), "--ca-file {}: no such file", ca.display());
         opts = opts

@@ -65,25 +65,26 @@ impl LeafAuth {
 /// Connects to `url`, using the user and password in it if it has them
 /// (`nats://user:password@host:port`; async-nats does not read them from the URL).
 pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
-    let userinfo = url
-        .split_once("://")
-        .and_then(|(scheme, rest)| rest.rsplit_once('@').map(|(u, host)| (scheme, u, host)));
-    match userinfo
-        .and_then(|(scheme, u, host)| u.split_once(':').map(|(n, p)| (scheme, n, p, host)))
-    {
-        Some((scheme, user, password, host)) => {
-            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
-                .connection_timeout(Duration::from_secs(5))
-                .connect(format!("{scheme}://{host}"))
-                .await
-        }
-        None => {
-            async_nats::ConnectOptions::new()
-                .connection_timeout(Duration::from_secs(5))
-                .connect(url)
-                .await
-        }
-    }
+    let (options, addr) = login_options(url);
+    options.connect(addr).await
+}
+
+/// Connect options for `url` — logging in with the user and password in it, if it has
+/// them, with a 5 s connection timeout — and the address without the credentials.
+pub fn login_options(url: &str) -> (async_nats::ConnectOptions, String) {
+    let login = url.split_once("://").and_then(|(scheme, rest)| {
+        let (userinfo, host) = rest.rsplit_once('@')?;
+        let (user, password) = userinfo.split_once(':')?;
+        Some((format!("{scheme}://{host}"), user, password))
+    });
+    let (options, addr) = match login {
+        Some((addr, user, password)) => (
+            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into()),
+            addr,
+        ),
+        None => (async_nats::ConnectOptions::new(), url.to_string()),
+    };
+    (options.connection_timeout(Duration::from_secs(5)), addr)
 }
 
 pub(crate) fn with_user(url: &str, user: &str, password: &str) -> String {

@@ -20,6 +20,62 @@ const EVERY: Duration = Duration::from_millis(100);
 /// How long deliveries may take to catch up after the load stops.
 const SETTLE: Duration = Duration::from_secs(60);
 
+/// Sends `{prefix}-0`, `{prefix}-1`, … to bob, 48 in flight (the gateway allows 64
+/// per connection), until `max` are sent or `stop`; returns how many were sent and how
+/// many acknowledged (STORED or QUEUED).
+async fn pipeline(
+    sender: petrel_client::Sender,
+    prefix: &str,
+    max: usize,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<(usize, usize)> {
+    let acknowledged = |r: Result<SendResult, _>| {
+        usize::from(matches!(
+            r,
+            Ok(SendResult::Stored { .. } | SendResult::Queued { .. })
+        ))
+    };
+    let mut window = futures::stream::FuturesUnordered::new();
+    let (mut sent, mut acked) = (0usize, 0usize);
+    while sent < max && !stop.is_cancelled() {
+        while window.len() < 48 && sent < max {
+            let id = format!("{prefix}-{sent}");
+            window.push(
+                sender
+                    .start_send("bob", &id, id.clone(), "text/plain")
+                    .await?,
+            );
+            sent += 1;
+        }
+        if let Some(r) = window.next().await {
+            acked += acknowledged(r);
+        }
+    }
+    while let Some(r) = window.next().await {
+        acked += acknowledged(r);
+    }
+    Ok((sent, acked))
+}
+
+/// Makes USER_MESSAGES' leader step down every 400 ms until `done()` or `max` changes
+/// have happened; returns how many did.
+async fn step_downs(topo: &petrel_tests::Topology, max: usize, done: impl Fn() -> bool) -> usize {
+    let stepdown = format!("$JS.hub.API.STREAM.LEADER.STEPDOWN.{MESSAGE_STREAM}");
+    let mut changes = 0;
+    while !done() && changes < max {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        if let Ok(Ok(_)) = tokio::time::timeout(
+            Duration::from_secs(3),
+            topo.hub_client.request(stepdown.clone(), "".into()),
+        )
+        .await
+        {
+            changes += 1;
+        }
+    }
+    changes
+}
+
 fn report(name: &str, v: &Verdict) {
     println!("chaos {name}: {v}");
 }
@@ -241,51 +297,8 @@ async fn order_holds_across_leader_changes_under_pipelined_load() -> anyhow::Res
         while alice.next_event().await.is_some() {}
     });
     let stop = tokio_util::sync::CancellationToken::new();
-    let sending = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            // A window of sends in flight (the gateway allows 64 per connection).
-            let mut window = futures::stream::FuturesUnordered::new();
-            let (mut sent, mut acked) = (0usize, 0usize);
-            while sent < MAX && !stop.is_cancelled() {
-                while window.len() < 48 && sent < MAX {
-                    let id = format!("alice-{sent}");
-                    window.push(
-                        sender
-                            .start_send("bob", &id, id.clone(), "text/plain")
-                            .await?,
-                    );
-                    sent += 1;
-                }
-                if let Some(r) = window.next().await {
-                    acked += usize::from(matches!(
-                        r,
-                        Ok(SendResult::Stored { .. } | SendResult::Queued { .. })
-                    ));
-                }
-            }
-            while let Some(r) = window.next().await {
-                acked += usize::from(matches!(
-                    r,
-                    Ok(SendResult::Stored { .. } | SendResult::Queued { .. })
-                ));
-            }
-            anyhow::Ok((sent, acked))
-        }
-    });
-    let stepdown = format!("$JS.hub.API.STREAM.LEADER.STEPDOWN.{MESSAGE_STREAM}");
-    let mut changes = 0;
-    while !sending.is_finished() && changes < 8 {
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        if let Ok(Ok(_)) = tokio::time::timeout(
-            Duration::from_secs(3),
-            topo.hub_client.request(stepdown.clone(), "".into()),
-        )
-        .await
-        {
-            changes += 1;
-        }
-    }
+    let sending = tokio::spawn(pipeline(sender, "alice", MAX, stop.clone()));
+    let changes = step_downs(&topo, 8, || sending.is_finished()).await;
     stop.cancel();
     let (sent, acked) = sending.await??;
     println!("{changes} leader changes while {sent} sends were pipelined; {acked} acknowledged");
@@ -344,46 +357,11 @@ async fn many_senders_flood_across_leader_changes() -> anyhow::Result<()> {
                 let mut c = c;
                 while c.next_event().await.is_some() {}
             });
-            let mut window = futures::stream::FuturesUnordered::new();
-            let mut acked = 0usize;
-            for i in 0..EACH {
-                if window.len() >= 48
-                    && let Some(r) = window.next().await
-                {
-                    acked += usize::from(matches!(
-                        r,
-                        Ok(SendResult::Stored { .. } | SendResult::Queued { .. })
-                    ));
-                }
-                let id = format!("s{s}-{i}");
-                window.push(
-                    sender
-                        .start_send("bob", &id, id.clone(), "text/plain")
-                        .await?,
-                );
-            }
-            while let Some(r) = window.next().await {
-                acked += usize::from(matches!(
-                    r,
-                    Ok(SendResult::Stored { .. } | SendResult::Queued { .. })
-                ));
-            }
+            let (_, acked) = pipeline(sender, &format!("s{s}"), EACH, Default::default()).await?;
             anyhow::Ok(acked)
         }));
     }
-    let stepdown = format!("$JS.hub.API.STREAM.LEADER.STEPDOWN.{MESSAGE_STREAM}");
-    let mut changes = 0;
-    while tasks.iter().any(|t| !t.is_finished()) && changes < 10 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if let Ok(Ok(_)) = tokio::time::timeout(
-            Duration::from_secs(3),
-            topo.hub_client.request(stepdown.clone(), "".into()),
-        )
-        .await
-        {
-            changes += 1;
-        }
-    }
+    let changes = step_downs(&topo, 10, || tasks.iter().all(|t| t.is_finished())).await;
     let mut acked = 0;
     for t in tasks {
         acked += t.await??;
