@@ -410,28 +410,5 @@ pub async fn connect_nats(
     url: &str,
     ca_file: Option<&std::path::Path>,
 ) -> anyhow::Result<async_nats::Client> {
-    let shown = redact(url);
-    let (mut opts, addr) = petrel_devkit::nats::login_options(url);
-    if let Some(ca) = ca_file {
-        anyhow::ensure!(ca.is_file(), "--ca-file {}: no such file", ca.display());
-        opts = opts
-            .add_root_certificates(ca.to_path_buf())
-            .require_tls(true);
-    }
-    opts.connect(addr.as_str())
-        .await
-        .with_context(|| format!("connecting to {shown}"))
-}
-
-/// `url` with any password replaced by `***`.
-fn redact(url: &str) -> String {
-    match (url.split_once("://"), url.rsplit_once('@')) {
-        (Some((scheme, rest)), Some((_, host))) => match rest.split_once(':') {
-            Some((user, _)) if rest.find(':') < rest.find('@') => {
-                format!("{scheme}://{user}:***@{host}")
-            }
-            _ => url.to_string(),
-        },
-        _ => url.to_string(),
-    }
+    petrel_gateway::hub::login::connect(url, ca_file).await
 }

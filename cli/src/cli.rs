@@ -52,6 +52,10 @@ pub enum Command {
         /// JetStream's default, faster and not safe against power loss.
         #[arg(long, default_value = "always", value_name = "always|DURATION")]
         sync_interval: String,
+        /// Also run a push worker, pointed at local stand-ins for APNs, FCM and Web
+        /// Push (what they receive is appended to DIR/push/received.jsonl).
+        #[arg(long)]
+        push: bool,
     },
     /// Print a dev token (HS256, signed with the dev secret of a `petrel dev` directory).
     Token {
@@ -92,6 +96,38 @@ pub enum Command {
     /// Create or update the hub's JetStream streams (idempotent). The caps discard the
     /// oldest messages when reached.
     Provision(ProvisionArgs),
+    /// Run a push worker: wakes offline devices through APNs, FCM and Web Push. Any
+    /// number of workers share the hub's durable consumers (see
+    /// deploy/push.example.toml).
+    Push(PushArgs),
+}
+
+/// `petrel push` options.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct PushArgs {
+    /// The worker's TOML config; PETREL_PUSH_* variables override its keys.
+    #[arg(long, value_name = "FILE", conflicts_with = "dev")]
+    pub config: Option<PathBuf>,
+    /// Join a running `petrel dev --push`: its hub, Redis and fake providers (one
+    /// more worker sharing the load).
+    #[arg(long, value_name = "DIR")]
+    pub dev: Option<PathBuf>,
+    /// A tool instead of a worker.
+    #[command(subcommand)]
+    pub tool: Option<PushTool>,
+}
+
+/// `petrel push` tools.
+#[derive(Debug, Subcommand)]
+pub enum PushTool {
+    /// Make a VAPID key pair for Web Push: writes the private key (PEM) to FILE and
+    /// prints the public key for the gateways' `web.vapid_public_key`.
+    VapidKey {
+        /// Where to write the private key (refuses to overwrite).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 /// `petrel provision` options.
@@ -232,6 +268,37 @@ pub enum ClientAction {
         #[arg(long)]
         stop: bool,
     },
+    /// Register this device's push target (replacing the one it had); prints
+    /// `{"registered": ...}`. For webpush, --token is the subscription's endpoint.
+    PushRegister {
+        /// apns, fcm or webpush.
+        #[arg(long, value_parser = ["apns", "fcm", "webpush"])]
+        platform: String,
+        /// APNs device token (hex), FCM registration token, or Web Push endpoint URL.
+        #[arg(long)]
+        token: String,
+        /// APNs: the app's bundle id.
+        #[arg(long, required_if_eq("platform", "apns"))]
+        topic: Option<String>,
+        /// APNs: a development (sandbox) token.
+        #[arg(long)]
+        sandbox: bool,
+        /// Web Push: the subscription's p256dh key (base64url).
+        #[arg(long, required_if_eq("platform", "webpush"))]
+        p256dh: Option<String>,
+        /// Web Push: the subscription's auth secret (base64url).
+        #[arg(long, required_if_eq("platform", "webpush"))]
+        auth: Option<String>,
+        /// The device's language (BCP 47), e.g. en-GB.
+        #[arg(long, default_value = "")]
+        locale: String,
+        /// Whether message text may appear in pushes: show, hide, or the service's
+        /// default.
+        #[arg(long, default_value = "default", value_parser = ["show", "hide", "default"])]
+        preview: String,
+    },
+    /// Remove this device's push target (what an app does on logout).
+    PushUnregister,
     /// Print one JSON object per delivered message.
     Listen {
         /// Resume state: the last processed sequence per subject, read before
@@ -280,6 +347,43 @@ async fn provision(a: ProvisionArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn push(a: PushArgs) -> anyhow::Result<ExitCode> {
+    if let Some(PushTool::VapidKey { out }) = a.tool {
+        anyhow::ensure!(
+            !out.exists(),
+            "{} exists; not overwriting a key",
+            out.display()
+        );
+        let public = petrel_push::providers::webpush::generate_key(&out)?;
+        println!("{public}");
+        eprintln!(
+            "private key written to {}; set web.vapid_public_key = \"{public}\" on the gateways and push.webpush.vapid_private_key_file on the workers",
+            out.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cfg = match (a.config, a.dev) {
+        (Some(path), _) => petrel_push::PushConfig::load(&path)?,
+        (None, Some(dir)) => {
+            let ep = Endpoints::read(&dir)?;
+            let p = ep.push.with_context(|| {
+                format!(
+                    "{} was not started with --push (no fake providers to use)",
+                    dir.display()
+                )
+            })?;
+            let mut cfg = petrel_push::PushConfig::load(&p.config)?;
+            // A second worker beside the one `petrel dev` runs: its own metrics port.
+            cfg.push.metrics_listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+            cfg
+        }
+        (None, None) => anyhow::bail!("pass --config FILE or --dev DIR"),
+    };
+    let shutdown = shutdown_on_signal()?;
+    petrel_push::run(cfg, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -289,12 +393,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             edges,
             hub_nodes,
             sync_interval,
+            push,
         } => {
             let shutdown = shutdown_on_signal()?;
             let shape = dev::Shape {
                 edges,
                 hub_nodes,
                 sync_interval,
+                push,
             };
             dev::run(&dir, web_dir.as_deref(), shape, shutdown).await?;
             Ok(ExitCode::SUCCESS)
@@ -319,6 +425,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Provision(args) => provision(args).await,
+        Command::Push(args) => push(args).await,
         Command::Client(args) => client(args).await,
         Command::Bench(args) => {
             petrel_bench::scenario::run(args).await?;
@@ -481,6 +588,53 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
                     Some(_) => {}
                 }
             }
+            client.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientAction::PushRegister {
+            platform,
+            token,
+            topic,
+            sandbox,
+            p256dh,
+            auth,
+            locale,
+            preview,
+        } => {
+            let target = match platform.as_str() {
+                "apns" => petrel_client::PushTarget::Apns {
+                    token: token.clone(),
+                    topic: topic.clone().unwrap_or_default(),
+                    sandbox: *sandbox,
+                },
+                "fcm" => petrel_client::PushTarget::Fcm {
+                    token: token.clone(),
+                },
+                _ => petrel_client::PushTarget::WebPush {
+                    endpoint: token.clone(),
+                    p256dh: p256dh.clone().unwrap_or_default(),
+                    auth: auth.clone().unwrap_or_default(),
+                },
+            };
+            let preview = match preview.as_str() {
+                "show" => Some(true),
+                "hide" => Some(false),
+                _ => None,
+            };
+            client.register_push(Some(target), locale, preview).await?;
+            println!(
+                "{}",
+                json!({"registered": platform, "user": args.user, "device": args.device})
+            );
+            client.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientAction::PushUnregister => {
+            client.register_push(None, "", None).await?;
+            println!(
+                "{}",
+                json!({"unregistered": true, "user": args.user, "device": args.device})
+            );
             client.close().await;
             Ok(ExitCode::SUCCESS)
         }

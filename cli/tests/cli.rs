@@ -22,6 +22,13 @@ fn start_dev(dir: &Path) -> Dev {
     start_dev_cmd(dir, Command::new(PETREL))
 }
 
+/// `petrel dev --push`.
+fn start_dev_with_push(dir: &Path) -> Dev {
+    let mut cmd = Command::new(PETREL);
+    cmd.args(["dev", "--push"]);
+    start_dev_cmd(dir, cmd)
+}
+
 /// Starts `petrel dev` as a terminal would run it: the leader of its own process
 /// group, so that a Ctrl-C (SIGINT to the whole group) can be sent like a terminal's.
 fn start_dev_in_own_group(dir: &Path) -> Dev {
@@ -32,8 +39,11 @@ fn start_dev_in_own_group(dir: &Path) -> Dev {
 }
 
 fn start_dev_cmd(dir: &Path, mut cmd: Command) -> Dev {
+    if cmd.get_args().next().is_none() {
+        cmd.arg("dev");
+    }
     let child = cmd
-        .args(["dev", "--dir"])
+        .arg("--dir")
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -679,4 +689,127 @@ fn admin_groups_and_notifications_from_the_cli() {
     let refused = petrel_client(&dir, &["--user", "cid", "send", "--group", "crew", "hi"]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stdout).contains("FORBIDDEN"));
+}
+
+/// The README's push session: register a phone (APNs) and a tablet (FCM), close the
+/// apps, get a message: each gets one push from the worker `petrel dev --push` runs;
+/// after push-unregister the phone gets none.
+#[test]
+fn readme_push_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let _dev = start_dev_with_push(&dir);
+    let ep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("endpoints.json")).unwrap())
+            .unwrap();
+    let received =
+        std::path::PathBuf::from(ep["push"]["received"].as_str().expect("push endpoints"));
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        json_lines(&out.stdout)
+    };
+    let r = ok(petrel_client(
+        &dir,
+        &[
+            "--user",
+            "bob",
+            "--device",
+            "phone",
+            "push-register",
+            "--platform",
+            "apns",
+            "--token",
+            "0a1b2c3d",
+            "--topic",
+            "com.example.chat",
+        ],
+    ));
+    assert_eq!(r[0]["registered"], "apns");
+    ok(petrel_client(
+        &dir,
+        &[
+            "--user",
+            "bob",
+            "--device",
+            "tablet",
+            "push-register",
+            "--platform",
+            "fcm",
+            "--token",
+            "bob-tablet-token",
+        ],
+    ));
+    let bad = petrel_client(
+        &dir,
+        &[
+            "--user",
+            "bob",
+            "--device",
+            "tv",
+            "push-register",
+            "--platform",
+            "apns",
+            "--token",
+            "zz",
+            "--topic",
+            "x",
+        ],
+    );
+    assert!(!bad.status.success(), "a non-hex APNs token is refused");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("hexadecimal"));
+    ok(petrel_client(
+        &dir,
+        &["--user", "alice", "send", "--to", "bob", "dinner at 8?"],
+    ));
+    let pushes = |token: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&received)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| r["token"] == token)
+            .collect()
+    };
+    let started = Instant::now();
+    while pushes("0a1b2c3d").is_empty() || pushes("bob-tablet-token").is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no pushes in {}",
+            received.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        pushes("0a1b2c3d")[0]["body"]["aps"]["alert"]["body"],
+        "dinner at 8?"
+    );
+    assert_eq!(
+        pushes("bob-tablet-token")[0]["body"]["notification"]["title"],
+        "alice"
+    );
+    ok(petrel_client(
+        &dir,
+        &["--user", "bob", "--device", "phone", "push-unregister"],
+    ));
+    std::thread::sleep(Duration::from_millis(1200));
+    ok(petrel_client(
+        &dir,
+        &["--user", "alice", "send", "--to", "bob", "still there?"],
+    ));
+    let started = Instant::now();
+    while pushes("bob-tablet-token").len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no second push to the tablet"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        pushes("0a1b2c3d").len(),
+        1,
+        "the unregistered phone was pushed"
+    );
 }

@@ -371,6 +371,39 @@ enum Cmd {
         frame: Bytes,
         reply: oneshot::Sender<Result<HistoryPage, ClientError>>,
     },
+    Push {
+        id: u64,
+        frame: Bytes,
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
+}
+
+/// Where this device is woken while it is offline (see [`Client::register_push`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushTarget {
+    /// APNs: the device token (hex), the app's bundle id, sandbox or production.
+    Apns {
+        /// Device token.
+        token: String,
+        /// Bundle id.
+        topic: String,
+        /// A development token.
+        sandbox: bool,
+    },
+    /// FCM: the registration token.
+    Fcm {
+        /// Registration token.
+        token: String,
+    },
+    /// A browser's PushSubscription.
+    WebPush {
+        /// Push resource URL.
+        endpoint: String,
+        /// Public key, base64url.
+        p256dh: String,
+        /// Auth secret, base64url.
+        auth: String,
+    },
 }
 
 /// A page of history (see [`Client::history`]).
@@ -636,6 +669,66 @@ impl Client {
             .map_err(|_| ClientError::Closed("connection closed before the history page".into()))?
     }
 
+    /// Registers this device's push target (replacing the one it had), or removes it
+    /// with `None` (on logout). `preview`: `Some(true)` lets the text of messages
+    /// leave the system in pushes, `Some(false)` never, `None` the service's default.
+    /// Returns once the registry on the hub has it.
+    pub async fn register_push(
+        &self,
+        target: Option<PushTarget>,
+        locale: &str,
+        preview: Option<bool>,
+    ) -> Result<(), ClientError> {
+        use pb::register_push::{Preview, Target};
+        let id = NEXT_SYNC.fetch_add(1, Ordering::Relaxed);
+        let target = target.map(|t| match t {
+            PushTarget::Apns {
+                token,
+                topic,
+                sandbox,
+            } => Target::Apns(pb::ApnsTarget {
+                device_token: token,
+                topic,
+                sandbox,
+            }),
+            PushTarget::Fcm { token } => Target::Fcm(pb::FcmTarget { token }),
+            PushTarget::WebPush {
+                endpoint,
+                p256dh,
+                auth,
+            } => Target::Webpush(pb::WebPushTarget {
+                endpoint,
+                p256dh,
+                auth,
+            }),
+        });
+        let preview = match preview {
+            None => Preview::Default,
+            Some(true) => Preview::Show,
+            Some(false) => Preview::Hide,
+        };
+        let frame = client_frame(pb::client_frame::Kind::RegisterPush(pb::RegisterPush {
+            request_id: id,
+            target,
+            locale: locale.to_string(),
+            preview: preview as i32,
+        }));
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Cmd::Push {
+                id,
+                frame,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| ClientError::Closed("client stopped".into()))?;
+        rx.await.map_err(|_| {
+            ClientError::Closed(
+                "connection closed before the push registration was answered".into(),
+            )
+        })?
+    }
+
     /// Queues a send and returns the receiver for its result without waiting, so many
     /// sends can be in flight (pipelining).
     pub async fn start_send(
@@ -841,6 +934,7 @@ async fn drive(
     });
     let mut outgoing: VecDeque<Bytes> = VecDeque::new();
     let mut syncs: HashMap<u64, oneshot::Sender<Result<HistoryPage, ClientError>>> = HashMap::new();
+    let mut pushes: HashMap<u64, oneshot::Sender<Result<(), ClientError>>> = HashMap::new();
     let reason: Option<String> = loop {
         tokio::select! {
             _ = ping.tick() => {
@@ -857,6 +951,10 @@ async fn drive(
                 Some(Cmd::Frame(frame)) => outgoing.push_back(frame),
                 Some(Cmd::Sync { id, frame, reply }) => {
                     syncs.insert(id, reply);
+                    outgoing.push_back(frame);
+                }
+                Some(Cmd::Push { id, frame, reply }) => {
+                    pushes.insert(id, reply);
                     outgoing.push_back(frame);
                 }
                 None => break None,
@@ -900,6 +998,17 @@ async fn drive(
                     if let pb::server_frame::Kind::SyncBatch(b) = kind {
                         if let Some(reply) = syncs.remove(&b.request_id) {
                             let _ = reply.send(history_page(b));
+                        }
+                    } else if let pb::server_frame::Kind::PushRegistered(r) = kind {
+                        if let Some(reply) = pushes.remove(&r.request_id) {
+                            let _ = reply.send(if r.error == 0 {
+                                Ok(())
+                            } else {
+                                Err(ClientError::Refused {
+                                    code: code_name(r.error),
+                                    message: r.detail,
+                                })
+                            });
                         }
                     } else if !handle(kind, &mut pending, &events, &stats, &mut seen).await {
                         break Some("event receiver dropped".into());
@@ -1065,6 +1174,6 @@ async fn handle(
             })
             .await
             .is_ok(),
-        Kind::Welcome(_) | Kind::Pong(_) | Kind::SyncBatch(_) => true,
+        Kind::Welcome(_) | Kind::Pong(_) | Kind::SyncBatch(_) | Kind::PushRegistered(_) => true,
     }
 }

@@ -13,6 +13,8 @@
 //! - [`route`] — reference-counted user → connections registry.
 //! - [`delivery`] — per-connection delivery order: resume, gap fill, catch-up.
 //! - [`outbox`] — store-and-forward policy: publish in order, QUEUED, retry/backoff.
+//! - [`push`] — push targets and the registry's value, who a message wakes, what a
+//!   push says (preview), provider retry policy.
 //! - [`time`] — Unix time for the I/O shells.
 //!
 //! Nothing here opens a socket, and the state machines are handed the time instead of
@@ -23,6 +25,7 @@ pub mod delivery;
 pub mod error;
 pub mod ids;
 pub mod outbox;
+pub mod push;
 pub mod route;
 pub mod session;
 pub mod subject;

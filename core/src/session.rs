@@ -155,6 +155,28 @@ pub enum Action {
         /// The receipt's copy in the sender's inbox.
         publish: PublishRequest,
     },
+    /// The device acknowledged up to these sequences (its cursors moved forward): the
+    /// push service must not wake it for them.
+    Acknowledged {
+        /// Whose.
+        user: UserId,
+        /// Which device.
+        device: crate::ids::DeviceId,
+        /// Subject → the new cursor.
+        cursors: Vec<(String, Seq)>,
+    },
+    /// Store this device's push registration (`None`: remove it) in the registry,
+    /// then answer PushRegistered.
+    RegisterPush {
+        /// Echoed in the answer.
+        request_id: u64,
+        /// Whose.
+        user: UserId,
+        /// Which device.
+        device: crate::ids::DeviceId,
+        /// What to store.
+        registration: Option<crate::push::Registration>,
+    },
     /// Close the connection with this code (after writing any replies before it).
     Close(ErrorCode, String),
 }
@@ -456,6 +478,7 @@ impl Session {
             }
             (State::Joining(id) | State::Active(id), Command::Ack(cursors)) => {
                 let user = id.user.clone();
+                let mut advanced = Vec::new();
                 for (subject, seq) in cursors {
                     if !self.owns(&user, &subject) {
                         out.push(Action::Reply(Reply::Error {
@@ -471,7 +494,15 @@ impl Session {
                     // Acks are cumulative: an older ack never moves a cursor back.
                     if seq > *cur {
                         *cur = seq;
+                        advanced.push((subject, seq));
                     }
+                }
+                if !advanced.is_empty() {
+                    out.push(Action::Acknowledged {
+                        user,
+                        device: id.device.clone(),
+                        cursors: advanced,
+                    });
                 }
             }
             (State::Joining(_) | State::Active(_), Command::Sync(req))
@@ -494,6 +525,27 @@ impl Session {
                         ErrorCode::Protocol,
                         why,
                     )));
+                }
+            }
+            (State::Joining(id) | State::Active(id), Command::RegisterPush(req)) => {
+                let registration = match req.target {
+                    None => Ok(None),
+                    Some(t) => {
+                        crate::push::Registration::new(t, req.locale, req.preview, now.unix_ms)
+                            .map(Some)
+                    }
+                };
+                match registration {
+                    Ok(registration) => out.push(Action::RegisterPush {
+                        request_id: req.request_id,
+                        user: id.user.clone(),
+                        device: id.device.clone(),
+                        registration,
+                    }),
+                    Err(why) => out.push(Action::Reply(Reply::PushRegistered {
+                        request_id: req.request_id,
+                        error: Some((ErrorCode::InvalidMessage, why)),
+                    })),
                 }
             }
             (State::Joining(_) | State::Active(_), Command::Watch(users)) => {

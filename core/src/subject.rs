@@ -41,6 +41,28 @@ const PRESENCE: &str = "presence.";
 const GROUP_CHANGED: &str = "group.changed.";
 const RECEIPT_CLAIM: &str = "receipt.claim.";
 
+/// The stream of pushes the push service gave up on, with the reason (dead letters).
+pub const PUSH_DEAD_LETTER_STREAM: &str = "PUSH_DEAD_LETTERS";
+
+/// The subjects of [`PUSH_DEAD_LETTER_STREAM`]: `push.dead.{platform}`.
+pub const PUSH_DEAD_LETTERS: &str = "push.dead.*";
+
+/// The dead-letter subject of a push to `platform` (`apns`, `fcm`, `webpush`).
+pub fn push_dead_letter(platform: &str) -> String {
+    format!("push.dead.{platform}")
+}
+
+/// The push registry: one value per user (its devices' push targets), the newest kept.
+pub const PUSH_TARGET_STREAM: &str = "PUSH_TARGETS";
+
+/// The subjects of [`PUSH_TARGET_STREAM`].
+pub const PUSH_TARGETS: &str = "push.target.*";
+
+/// The registry subject of `user`'s push targets.
+pub fn push_registry(user: &UserId) -> String {
+    format!("push.target.{user}")
+}
+
 /// The stream holding one claim per stored receipt (at most one message per subject).
 pub const RECEIPT_CLAIM_STREAM: &str = "RECEIPT_CLAIMS";
 

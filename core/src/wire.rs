@@ -49,6 +49,8 @@ pub enum Command {
     Receipt(Receipt),
     /// Follow these users' presence (replacing the earlier list).
     Watch(Vec<UserId>),
+    /// Register this device's push target, or remove it (`target` `None`).
+    RegisterPush(PushRequest),
     /// Typing started or stopped in a conversation.
     Typing {
         /// The other party or the group.
@@ -64,6 +66,51 @@ pub enum Command {
         /// Detail.
         detail: String,
     },
+}
+
+/// A `RegisterPush` frame: the target is validated by the session
+/// ([`crate::push::Registration::new`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushRequest {
+    /// Echoed in the answer.
+    pub request_id: u64,
+    /// `None`: unregister.
+    pub target: Option<crate::push::PushTarget>,
+    /// BCP 47 tag.
+    pub locale: String,
+    /// Preview preference.
+    pub preview: crate::push::Preview,
+}
+
+impl PushRequest {
+    fn from_pb(r: pb::RegisterPush) -> Self {
+        use crate::push::{Preview, PushTarget};
+        use pb::register_push::Target;
+        let target = r.target.map(|t| match t {
+            Target::Apns(a) => PushTarget::Apns {
+                token: a.device_token,
+                topic: a.topic,
+                sandbox: a.sandbox,
+            },
+            Target::Fcm(f) => PushTarget::Fcm { token: f.token },
+            Target::Webpush(w) => PushTarget::WebPush {
+                endpoint: w.endpoint,
+                p256dh: w.p256dh,
+                auth: w.auth,
+            },
+        });
+        let preview = match pb::register_push::Preview::try_from(r.preview) {
+            Ok(pb::register_push::Preview::Show) => Preview::Show,
+            Ok(pb::register_push::Preview::Hide) => Preview::Hide,
+            _ => Preview::Default,
+        };
+        Self {
+            request_id: r.request_id,
+            target,
+            locale: r.locale,
+            preview,
+        }
+    }
 }
 
 /// Delivered or read.
@@ -293,6 +340,7 @@ pub fn decode_command(frame: Bytes) -> Result<Command, WireError> {
             })
         }
         Kind::Ack(a) => Command::Ack(cursors(a.cursors)),
+        Kind::RegisterPush(r) => Command::RegisterPush(PushRequest::from_pb(r)),
         Kind::Ping(p) => Command::Ping(p.nonce),
         Kind::Watch(w) => {
             if w.users.len() > MAX_WATCH {
@@ -434,6 +482,13 @@ pub enum Reply {
         /// Refused: code and detail.
         error: Option<(ErrorCode, String)>,
     },
+    /// The answer to a RegisterPush: stored, or why not.
+    PushRegistered {
+        /// The request's id.
+        request_id: u64,
+        /// Refused: code and detail.
+        error: Option<(ErrorCode, String)>,
+    },
     /// An error; `fatal` errors are followed by a close.
     Error {
         /// Code.
@@ -538,6 +593,11 @@ pub fn encode_reply(reply: &Reply) -> Bytes {
             subject: subject.clone(),
             messages: messages.iter().map(to_pb_message).collect(),
             more: *more,
+            error: error.as_ref().map_or(0, |(c, _)| c.to_wire() as i32),
+            detail: error.as_ref().map(|(_, d)| d.clone()).unwrap_or_default(),
+        }),
+        Reply::PushRegistered { request_id, error } => Kind::PushRegistered(pb::PushRegistered {
+            request_id: *request_id,
             error: error.as_ref().map_or(0, |(c, _)| c.to_wire() as i32),
             detail: error.as_ref().map(|(_, d)| d.clone()).unwrap_or_default(),
         }),

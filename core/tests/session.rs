@@ -352,14 +352,18 @@ fn content_limits_and_acks() {
         Command::Ack(vec![("msg.private.alice".into(), Seq(5))]),
         clock.now(),
     );
-    assert!(out.is_empty(), "an ack is answered by nothing: {out:?}");
+    // No answer to the client; the push service is told what this device has.
+    assert!(
+        matches!(&out[..], [Action::Acknowledged { cursors, .. }] if cursors == &[("msg.private.alice".to_string(), Seq(5))]),
+        "an ack is answered by nothing: {out:?}"
+    );
     let cursor = |s: &Session| {
         s.cursors()
             .find(|(subject, _)| *subject == "msg.private.alice")
             .map(|(_, seq)| seq)
     };
     assert_eq!(cursor(&s), Some(Seq(5)), "the ack moved the cursor");
-    // Cumulative: an older ack does not move the cursor back.
+    // Cumulative: an older ack does not move the cursor back (and tells nobody).
     assert!(
         s.on_command(
             Command::Ack(vec![("msg.private.alice".into(), Seq(3))]),
@@ -562,5 +566,69 @@ fn content_type_history_pages_and_watch_lists_are_bounded() {
     assert!(matches!(
         &s.on_command(bob(), clock.now())[..],
         [Action::Watch(_)]
+    ));
+}
+
+#[test]
+fn push_registrations_are_checked_then_stored_for_this_device() {
+    use petrel_core::push::{Preview, PushTarget};
+    use petrel_core::wire::PushRequest;
+    let clock = Clock(Instant::now(), T0 + 42);
+    let mut s = session(&clock);
+    s.on_command(hello("alice"), clock.now());
+    let request = |id, token: &str| {
+        Command::RegisterPush(PushRequest {
+            request_id: id,
+            target: Some(PushTarget::Apns {
+                token: token.into(),
+                topic: "com.example.app".into(),
+                sandbox: true,
+            }),
+            locale: "en-GB".into(),
+            preview: Preview::Hide,
+        })
+    };
+    let out = s.on_command(request(7, "00ff"), clock.now());
+    match &out[..] {
+        [
+            Action::RegisterPush {
+                request_id: 7,
+                user,
+                registration: Some(r),
+                ..
+            },
+        ] => {
+            assert_eq!(user.as_str(), "alice");
+            assert_eq!(r.preview, Preview::Hide);
+            assert_eq!(r.registered_ms, clock.now().unix_ms);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A malformed token is answered at once, never stored.
+    let out = s.on_command(request(8, "not hex"), clock.now());
+    assert!(matches!(
+        &out[..],
+        [Action::Reply(Reply::PushRegistered {
+            request_id: 8,
+            error: Some((ErrorCode::InvalidMessage, _))
+        })]
+    ));
+    // No target: unregister.
+    let out = s.on_command(
+        Command::RegisterPush(PushRequest {
+            request_id: 9,
+            target: None,
+            locale: String::new(),
+            preview: Preview::Default,
+        }),
+        clock.now(),
+    );
+    assert!(matches!(
+        &out[..],
+        [Action::RegisterPush {
+            request_id: 9,
+            registration: None,
+            ..
+        }]
     ));
 }

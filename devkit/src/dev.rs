@@ -65,6 +65,24 @@ pub struct Endpoints {
     /// Every edge (`petrel dev --edges N`); the first is the one above.
     #[serde(default)]
     pub edges: Vec<EdgeEndpoints>,
+    /// The push worker and its fake providers (`petrel dev --push`).
+    #[serde(default)]
+    pub push: Option<PushEndpoints>,
+}
+
+/// What `petrel dev --push` runs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PushEndpoints {
+    /// The fake providers' base URL (APNs, FCM, Web Push on one HTTPS port).
+    pub providers: String,
+    /// Where every push the fakes receive is appended (JSON lines).
+    pub received: PathBuf,
+    /// The in-process worker's config (`petrel push --config` takes it too).
+    pub config: PathBuf,
+    /// The worker's `/metrics`.
+    pub metrics: String,
+    /// The VAPID public key the gateways hand out in `/client-config`.
+    pub vapid_public_key: String,
 }
 
 /// One edge of a `petrel dev` topology: its leaf and gateway.
@@ -219,6 +237,8 @@ pub struct Shape {
     pub hub_nodes: usize,
     /// The hub's JetStream `sync_interval` (`always`, or a duration such as `2m`).
     pub sync_interval: String,
+    /// Also run a push worker on local fake providers.
+    pub push: bool,
 }
 
 /// Runs the dev topology in `dir` until `shutdown`, serving `web_dir` (the demo page)
@@ -233,6 +253,7 @@ pub async fn run(
         edges,
         hub_nodes,
         sync_interval,
+        push,
     } = shape;
     anyhow::ensure!((1..=16).contains(&edges), "--edges must be 1 to 16");
     anyhow::ensure!(
@@ -261,26 +282,88 @@ pub async fn run(
     let _ = std::fs::remove_file(&endpoints_path);
     let secret = ensure_secret(&dir)?;
     let serving_page = web_dir.is_some();
+    let fakes = match push {
+        true => Some(crate::push::FakeProviders::start(&dir.join("push"), true).await?),
+        false => None,
+    };
+    let vapid = fakes.as_ref().map(|f| f.vapid_public_key.clone());
     let topo = TopologyBuilder::new(edges, &secret)
         .root(&dir)
         .web_dir(web_dir)
         .gateway_id(gateway_id)
         .hub_nodes(hub_nodes)
         .sync_interval(&sync_interval)
+        .customize(move |cfg, _| {
+            cfg.web.vapid_public_key = vapid.clone();
+            Ok(())
+        })
         .progress(true)
         .start()
         .await?;
-    let endpoints = endpoints(&topo);
+    let mut endpoints = endpoints(&topo);
+    let worker = match &fakes {
+        Some(f) => {
+            let (task, e) = start_push_worker(&dir, &topo, f, &shutdown).await?;
+            endpoints.push = Some(e);
+            Some(task)
+        }
+        None => None,
+    };
     let tmp = dir.join("endpoints.json.tmp");
     std::fs::write(&tmp, serde_json::to_string_pretty(&endpoints)?)?;
     std::fs::rename(&tmp, &endpoints_path)?;
     print_ready(&endpoints, serving_page, &endpoints_path);
-    topo.run_until(shutdown).await;
+    topo.run_until(shutdown.clone()).await;
     eprintln!("petrel dev: stopping…");
+    shutdown.cancel();
+    if let Some(w) = worker {
+        match w.await {
+            Ok(Err(e)) => eprintln!("petrel dev: the push worker ended: {e:#}"),
+            Err(e) => eprintln!("petrel dev: the push worker ended: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
+    drop(fakes);
     let _ = std::fs::remove_file(&endpoints_path);
     let stopped = topo.shut_down().await;
     eprintln!("petrel dev: stopped");
     stopped
+}
+
+/// Starts a push worker in this process on the fake providers `fakes`.
+async fn start_push_worker(
+    dir: &Path,
+    topo: &crate::Topology,
+    fakes: &crate::push::FakeProviders,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(tokio::task::JoinHandle<anyhow::Result<()>>, PushEndpoints)> {
+    let redis = topo
+        .redis
+        .as_ref()
+        .map(|r| r.url.clone())
+        .context("the push worker needs the topology's Redis")?;
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], crate::process::free_port()?));
+    let config = crate::push::write_push_config(
+        &dir.join("push"),
+        &topo.hub.admin_urls().join(","),
+        None,
+        &redis,
+        metrics,
+        fakes,
+        "",
+    )?;
+    let cfg = petrel_push::PushConfig::load(&config)?;
+    let task = tokio::spawn(petrel_push::run(cfg, shutdown.child_token()));
+    Ok((
+        task,
+        PushEndpoints {
+            providers: fakes.url.clone(),
+            received: dir.join("push").join("received.jsonl"),
+            config,
+            metrics: format!("http://{metrics}/metrics"),
+            vapid_public_key: fakes.vapid_public_key.clone(),
+        },
+    ))
 }
 
 /// What `endpoints.json` says of `topo`.
@@ -318,6 +401,7 @@ fn endpoints(topo: &crate::Topology) -> Endpoints {
         gateway_id: first.gateway_id,
         pid: std::process::id(),
         edges,
+        push: None,
     }
 }
 
@@ -353,6 +437,14 @@ fn print_ready(e: &Endpoints, serving_page: bool, path: &Path) {
         e.cert_sha256,
         path.display()
     );
+    if let Some(p) = &e.push {
+        eprintln!(
+            "petrel dev: push worker on fake providers at {} (APNs, FCM, Web Push); received pushes in {}; metrics {}",
+            p.providers,
+            p.received.display(),
+            p.metrics
+        );
+    }
     if e.edges.len() > 1 {
         eprintln!(
             "petrel dev: {} edges, see `edges` in endpoints.json",

@@ -8,6 +8,7 @@
 //! - [`hub`] — the hub: one JetStream server or an N-node cluster, TLS and logins;
 //! - [`ca`] — the dev CA that signs the hub nodes' certificates;
 //! - [`redis`] — a redis-server on a unix socket;
+//! - [`push`] — local stand-ins for APNs, FCM and Web Push speaking their protocols;
 //! - [`topology`] — [`Topology`]: hub, Redis and edges (leaf + in-process gateway) in
 //!   one directory, built by [`TopologyBuilder`] for `petrel dev`, tests and benches;
 //! - [`clients`] — tokens, endpoints and connections to a topology's edges;
@@ -19,6 +20,7 @@ pub mod dev;
 pub mod hub;
 pub mod nats;
 pub mod process;
+pub mod push;
 pub mod redis;
 pub mod topology;
 

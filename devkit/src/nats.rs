@@ -69,23 +69,7 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, async_nats::Connec
     options.connect(addr).await
 }
 
-/// Connect options for `url` — logging in with the user and password in it, if it has
-/// them, with a 5 s connection timeout — and the address without the credentials.
-pub fn login_options(url: &str) -> (async_nats::ConnectOptions, String) {
-    let login = url.split_once("://").and_then(|(scheme, rest)| {
-        let (userinfo, host) = rest.rsplit_once('@')?;
-        let (user, password) = userinfo.split_once(':')?;
-        Some((format!("{scheme}://{host}"), user, password))
-    });
-    let (options, addr) = match login {
-        Some((addr, user, password)) => (
-            async_nats::ConnectOptions::with_user_and_password(user.into(), password.into()),
-            addr,
-        ),
-        None => (async_nats::ConnectOptions::new(), url.to_string()),
-    };
-    (options.connection_timeout(Duration::from_secs(5)), addr)
-}
+pub use petrel_gateway::hub::login::login_options;
 
 pub(crate) fn with_user(url: &str, user: &str, password: &str) -> String {
     match url.split_once("://") {

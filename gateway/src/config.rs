@@ -171,11 +171,16 @@ pub struct WebSection {
     pub max_connection_secs: u64,
     /// HTTP connections open at once; more are answered 503 and closed.
     pub max_connections: usize,
+    /// The push service's VAPID public key (uncompressed P-256, base64url), handed to
+    /// browsers in `/client-config` for `pushManager.subscribe`. `petrel push
+    /// vapid-key` prints it for a key file.
+    pub vapid_public_key: Option<String>,
 }
 
 impl Default for WebSection {
     fn default() -> Self {
         Self {
+            vapid_public_key: None,
             static_dir: None,
             dev_tokens: false,
             public_host: None,
@@ -474,6 +479,52 @@ const SECTIONS: &[&str] = &[
     "gateway", "listen", "tls", "nats", "auth", "limits", "storage", "web", "redis",
 ];
 
+/// Applies `PETREL_{SECTION}_{KEY}` variables of `env` to the TOML `value`:
+/// `sections` are the tables that may be overridden, nested ones dotted
+/// (`push.apns` takes `PETREL_PUSH_APNS_KEY_ID`); the longest matching section wins.
+/// A value that parses as a TOML scalar (number, bool) is taken as such, anything
+/// else as a string. Variables of no listed section are ignored. Returns the names
+/// applied, for error messages.
+pub fn overlay_env<'e>(
+    value: &mut toml::Table,
+    env: &'e [(String, String)],
+    sections: &[&str],
+) -> anyhow::Result<Vec<&'e str>> {
+    let mut sections: Vec<&str> = sections.to_vec();
+    sections.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut applied = Vec::new();
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix("PETREL_") else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        let Some((section, key)) = sections.iter().find_map(|s| {
+            let key = rest.strip_prefix(&format!("{}_", s.replace('.', "_")))?;
+            (!key.is_empty()).then_some((*s, key))
+        }) else {
+            continue;
+        };
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .filter(|v| !v.is_table() && !v.is_array())
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        let mut table = &mut *value;
+        for part in section.split('.') {
+            let entry = table
+                .entry(part.to_string())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            let Some(t) = entry.as_table_mut() else {
+                bail!("[{section}] is not a table");
+            };
+            table = t;
+        }
+        table.insert(key.to_string(), parsed);
+        applied.push(name.as_str());
+    }
+    Ok(applied)
+}
+
 impl Config {
     /// Reads `path`, applies `PETREL_*` overrides from the process environment, and
     /// resolves relative paths against the file's directory.
@@ -492,34 +543,7 @@ impl Config {
     /// Parses TOML text with overrides from `env` (pairs of name and value).
     pub fn parse(text: &str, env: &[(String, String)]) -> anyhow::Result<Self> {
         let mut value: toml::Table = toml::from_str(text).context("invalid TOML")?;
-        let mut applied: Vec<&str> = Vec::new();
-        for (name, raw) in env {
-            let Some(rest) = name.strip_prefix("PETREL_") else {
-                continue;
-            };
-            let rest = rest.to_ascii_lowercase();
-            let Some((section, key)) = rest.split_once('_') else {
-                continue;
-            };
-            if !SECTIONS.contains(&section) {
-                continue;
-            }
-            // A value that parses as a TOML scalar (number, bool) is taken as such;
-            // anything else is a string.
-            let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .filter(|v| !v.is_table() && !v.is_array())
-                .unwrap_or_else(|| toml::Value::String(raw.clone()));
-            let table = value
-                .entry(section.to_string())
-                .or_insert_with(|| toml::Value::Table(Default::default()));
-            let Some(table) = table.as_table_mut() else {
-                bail!("[{section}] is not a table");
-            };
-            table.insert(key.to_string(), parsed);
-            applied.push(name.as_str());
-        }
+        let applied = overlay_env(&mut value, env, SECTIONS)?;
         let cfg: Config = toml::Value::Table(value).try_into().with_context(|| {
             if applied.is_empty() {
                 "invalid configuration".to_string()

@@ -287,31 +287,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// An HTTPS client trusting the system's roots and `ca_file`, on the ring provider.
 fn http_client(ca_file: Option<&Path>) -> anyhow::Result<reqwest::Client> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path)
-            .with_context(|| format!("reading auth.jwks_ca_file {}", path.display()))?;
-        let certs = rustls_pemfile::certs(&mut pem.as_slice())
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("parsing auth.jwks_ca_file {}", path.display()))?;
-        if certs.is_empty() {
-            anyhow::bail!("auth.jwks_ca_file {} holds no certificate", path.display());
-        }
-        for c in certs {
-            roots
-                .add(c)
-                .with_context(|| format!("a certificate of {}", path.display()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS versions")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tls = crate::tls::client_config(ca_file, "auth.jwks_ca_file")?;
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .timeout(FETCH_TIMEOUT)

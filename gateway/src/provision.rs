@@ -5,7 +5,8 @@
 //! | USER_MESSAGES | `msg.private.*`, `msg.group.*` | file, 7 days, 10 M messages / 100 GB | `msg.>` → `live.msg.>` |
 //! | SYSTEM_NOTIFICATIONS | `notif.*.*` | file, 3 days, 1 M messages / 10 GB | `notif.>` → `live.notif.>` |
 //! | ONLINE_STATUS | `status.online.*`, `status.typing.*` | memory, 5 minutes, 100 k messages | — |
-//! | PUSH | `push.*` | file, work queue, 1 day | — |
+//! | PUSH_DEAD_LETTERS | `push.dead.*` | file, 14 days, 100 k messages | — |
+//! | PUSH_TARGETS | `push.target.*`: the push registry, one value per user (its devices' push targets) | file, 1 message per subject, no age limit | — |
 //! | RECEIPT_CLAIMS | `receipt.claim.*.*.*.*` | file, 1 message per subject (a second refused), 8 days | — |
 //!
 //! The two message streams' names, subjects and re-publish come from
@@ -173,13 +174,31 @@ pub fn streams(limits: &StreamLimits) -> Vec<Config> {
             ..Default::default()
         },
         Config {
-            name: "PUSH".into(),
-            description: Some("Work queue for the push service (Petrel)".into()),
-            subjects: vec!["push.*".into()],
+            name: petrel_core::subject::PUSH_TARGET_STREAM.into(),
+            description: Some(
+                "The push registry: each user's devices and their push targets (Petrel)".into(),
+            ),
+            subjects: vec![petrel_core::subject::PUSH_TARGETS.into()],
             storage: StorageType::File,
-            retention: RetentionPolicy::WorkQueue,
+            retention: RetentionPolicy::Limits,
             discard: DiscardPolicy::Old,
-            max_age: day,
+            max_messages_per_subject: 1,
+            max_message_size: 64 * 1024,
+            allow_direct: true,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        Config {
+            name: petrel_core::subject::PUSH_DEAD_LETTER_STREAM.into(),
+            description: Some(
+                "Pushes the push service gave up on, with the reason (Petrel)".into(),
+            ),
+            subjects: vec![petrel_core::subject::PUSH_DEAD_LETTERS.into()],
+            storage: StorageType::File,
+            retention: RetentionPolicy::Limits,
+            discard: DiscardPolicy::Old,
+            max_age: 14 * day,
+            max_messages: 100_000,
             max_message_size: MAX_STORED_MESSAGE,
             num_replicas: replicas,
             ..Default::default()

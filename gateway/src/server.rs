@@ -101,6 +101,7 @@ impl Gateway {
             dev_secret: hs_secret.filter(|_| cfg.web.dev_tokens),
             dev_token_max_ttl: Duration::from_secs(cfg.auth.max_token_lifetime_secs),
             public_host: public_host(&cfg),
+            vapid_public_key: cfg.web.vapid_public_key.clone(),
             static_dir: cfg.web.static_dir.clone(),
             quic_port: sockets.addrs.quic.port(),
             websocket_port: sockets.addrs.websocket.port(),
@@ -113,6 +114,12 @@ impl Gateway {
             nats.clone(),
             cfg.gateway.id.clone(),
             Duration::from_secs(cfg.redis.presence_heartbeat_secs.max(1)),
+        ));
+        let acks = Arc::new(directory::Acks::new(groups.clone()));
+        let registry = Arc::new(crate::hub::PushRegistry::new(
+            nats.clone(),
+            &cfg.nats.domain,
+            Duration::from_secs(cfg.nats.publish_timeout_secs),
         ));
         metrics.register_collector(metrics::GatewayCollector {
             jetstream: jetstream.clone(),
@@ -136,6 +143,8 @@ impl Gateway {
             session: Arc::new(session_config(&cfg)),
             groups,
             presence,
+            acks,
+            registry,
             users: crate::connection::admission::Users::new(cfg.limits.users()),
             auth,
             jetstream,
@@ -225,6 +234,7 @@ impl Gateway {
         let background = async {
             tokio::join!(
                 shared.presence.heartbeat(shutdown.clone()),
+                shared.acks.run(shutdown.clone()),
                 certs.clone().maintain(shutdown.clone()),
                 crate::hub::catchup::trim_cache(store, trim_config(&storage), shutdown.clone()),
                 shared

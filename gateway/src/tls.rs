@@ -36,6 +36,38 @@ const SKEW: Duration = Duration::from_secs(3600);
 /// plus the skew allowances, within [`MAX_PINNED_VALIDITY`].
 pub const MAX_ROTATE: Duration = Duration::from_secs(6 * 24 * 3600 + 20 * 3600);
 
+/// TLS for an HTTPS client (the token issuer, push providers): the system's roots plus
+/// the CA certificates in `ca_file` (PEM; named `what` in errors), ALPN h2 then
+/// http/1.1, on the ring provider.
+pub fn client_config(ca_file: Option<&Path>, what: &str) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = ca_file {
+        let pem =
+            std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))?;
+        let certs = rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("parsing {what} {}", path.display()))?;
+        if certs.is_empty() {
+            bail!("{what} {} holds no certificate", path.display());
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .with_context(|| format!("a certificate of {}", path.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
 /// A certificate chain and its key.
 #[derive(Debug)]
 pub struct CertKey {

@@ -2,7 +2,7 @@
 //! and edges of leaf nats-server plus in-process gateway, on free ports) configured
 //! for tests, and helpers the tests share: waiting for messages, the `petrel` binary,
 //! a gateway run as its own process, a token issuer publishing a key set
-//! ([`issuer`]), and the chaos harness ([`chaos`]).
+//! ([`issuer`]), the chaos harness ([`chaos`]) and the push rig ([`push`]).
 
 use std::path::Path;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use petrel_gateway::Config;
 
 pub mod chaos;
 pub mod issuer;
+pub mod push;
 
 pub use petrel_devkit::{Edge, RawSession, Topology, TopologyBuilder, metric_sample};
 

@@ -16,6 +16,7 @@ async fn petrel_dev_with_three_hub_nodes_runs_r3_streams_that_fsync() -> anyhow:
     let dir = tmp.path().join("dev");
     let stop = tokio_util::sync::CancellationToken::new();
     let shape = dev::Shape {
+        push: false,
         edges: 1,
         hub_nodes: 3,
         sync_interval: "always".into(),
@@ -196,6 +197,7 @@ async fn the_production_hub_and_leaf_configs_are_valid() -> anyhow::Result<()> {
             .env("PETREL_EDGE_NAME", "edge-1")
             .env("PETREL_EDGE_PASSWORD", "e")
             .env("PETREL_ADMIN_PASSWORD", "a")
+            .env("PETREL_PUSH_PASSWORD", "p")
             .env("PETREL_SYS_PASSWORD", "s")
             .env("PETREL_LEAF_GATEWAY_PASSWORD", "g")
             .env("PETREL_LEAF_SERVICES_PASSWORD", "v")

@@ -120,6 +120,10 @@ async fn alerts_and_dashboard_use_only_metrics_that_exist() -> anyhow::Result<()
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .collect();
+            // The push workers' metrics are checked against a worker (tests/tests/push.rs).
+            if name.starts_with("petrel_push_") {
+                continue;
+            }
             used += 1;
             anyhow::ensure!(
                 known.contains(&name),

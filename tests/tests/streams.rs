@@ -34,6 +34,7 @@ fn kind_name(k: &pb::server_frame::Kind) -> &'static str {
         SyncBatch(_) => "sync_batch",
         Typing(_) => "typing",
         Presence(_) => "presence",
+        PushRegistered(_) => "push_registered",
     }
 }
 

@@ -25,6 +25,12 @@ import {
   SyncSchema,
   TypingSchema,
   WatchSchema,
+  RegisterPushSchema,
+  RegisterPush_Preview,
+  ApnsTargetSchema,
+  FcmTargetSchema,
+  WebPushTargetSchema,
+  type PushRegistered,
   Presence_State,
   ReceiptSchema,
   Receipt_Kind,
@@ -167,6 +173,24 @@ export interface Stats {
   reconnects: number;
 }
 
+/**
+ * Where this device is woken while it is offline (see {@link PetrelClient.registerPush}):
+ * a browser's `PushSubscription` (`subscription.toJSON()` has this shape), an APNs
+ * device token, or an FCM registration token.
+ */
+export type PushTarget =
+  | { platform: "webpush"; endpoint: string; keys: { p256dh: string; auth: string } }
+  | { platform: "apns"; token: string; topic: string; sandbox?: boolean }
+  | { platform: "fcm"; token: string };
+
+/** Options of {@link PetrelClient.registerPush}. */
+export interface PushOptions {
+  /** BCP 47 tag, e.g. "en-GB" (default: navigator.language when there is one). */
+  locale?: string;
+  /** Whether message text may appear in pushes; omitted: the service's default. */
+  preview?: boolean;
+}
+
 /** A page of history (see {@link PetrelClient.history}). */
 export interface HistoryPage {
   /** Messages in the order asked for. */
@@ -223,6 +247,7 @@ export class PetrelClient extends EventTarget {
   private readonly pending = new Map<string, PendingSend>();
   private readonly syncs = new Map<bigint, { resolve: (p: HistoryPage) => void; reject: (e: PetrelError) => void }>();
   private nextSync = 1n;
+  private readonly pushes = new Map<bigint, { resolve: () => void; reject: (e: PetrelError) => void }>();
   private readonly cursors = new Map<string, bigint>();
   private readonly seen = new Set<string>();
   private readonly seenOrder: string[] = [];
@@ -471,6 +496,100 @@ export class PetrelClient extends EventTarget {
         reject(new PetrelError("CLOSED", "connection lost before the history request was sent"));
       });
     });
+  }
+
+  /**
+   * Registers this device's push target (replacing the one it had), or removes it
+   * with `null` (on logout). Resolves once the hub's registry has it; rejects with
+   * the gateway's code (INVALID_MESSAGE for a malformed target, UNAVAILABLE when the
+   * registry cannot be reached).
+   */
+  registerPush(target: PushTarget | null, options: PushOptions = {}): Promise<void> {
+    const conn = this.conn;
+    if (!conn || this._state !== "open") {
+      return Promise.reject(new PetrelError("CLOSED", "not connected"));
+    }
+    const requestId = this.nextSync++;
+    const t =
+      target === null
+        ? undefined
+        : target.platform === "webpush"
+          ? {
+              case: "webpush" as const,
+              value: create(WebPushTargetSchema, {
+                endpoint: target.endpoint,
+                p256dh: target.keys.p256dh,
+                auth: target.keys.auth,
+              }),
+            }
+          : target.platform === "apns"
+            ? {
+                case: "apns" as const,
+                value: create(ApnsTargetSchema, {
+                  deviceToken: target.token,
+                  topic: target.topic,
+                  sandbox: target.sandbox ?? false,
+                }),
+              }
+            : { case: "fcm" as const, value: create(FcmTargetSchema, { token: target.token }) };
+    const locale =
+      options.locale ?? (typeof navigator !== "undefined" && navigator.language ? navigator.language : "");
+    const preview =
+      options.preview === undefined
+        ? RegisterPush_Preview.DEFAULT
+        : options.preview
+          ? RegisterPush_Preview.SHOW
+          : RegisterPush_Preview.HIDE;
+    const frame = encodeFrame(
+      toBinary(
+        ClientFrameSchema,
+        create(ClientFrameSchema, {
+          kind: {
+            case: "registerPush",
+            value: create(RegisterPushSchema, {
+              requestId,
+              target: t ?? { case: undefined },
+              locale,
+              preview,
+            }),
+          },
+        }),
+      ),
+    );
+    return new Promise<void>((resolve, reject) => {
+      this.pushes.set(requestId, { resolve, reject });
+      conn.write(frame).catch(() => {
+        this.pushes.delete(requestId);
+        reject(new PetrelError("CLOSED", "connection lost before the push registration was sent"));
+      });
+    });
+  }
+
+  /**
+   * Subscribes this browser to Web Push through `registration` (a service worker's)
+   * with the gateway's VAPID key (`vapid_public_key` in its `/client-config`), and
+   * registers the subscription. Resolves with the subscription.
+   */
+  async subscribeWebPush(
+    registration: ServiceWorkerRegistration,
+    vapidPublicKey: string,
+    options: PushOptions = {},
+  ): Promise<PushSubscription> {
+    const key = base64UrlDecode(vapidPublicKey);
+    const sub = await registration.pushManager.subscribe({
+      userVisibleOnly: true,
+      applicationServerKey: key.buffer.slice(key.byteOffset, key.byteOffset + key.byteLength) as ArrayBuffer,
+    });
+    const json = sub.toJSON();
+    await this.registerPush(
+      {
+        platform: "webpush",
+        endpoint: sub.endpoint,
+        keys: { p256dh: json.keys?.p256dh ?? "", auth: json.keys?.auth ?? "" },
+      },
+      options,
+    );
+    return sub;
   }
 
   /** Acknowledges `msg` (and everything before it on its subject). */
@@ -759,6 +878,8 @@ export class PetrelClient extends EventTarget {
     this.stopPings();
     for (const [, w] of this.syncs) w.reject(new PetrelError("CLOSED", "connection lost before the history page"));
     this.syncs.clear();
+    for (const [, w] of this.pushes) w.reject(new PetrelError("CLOSED", "connection lost before the push registration was answered"));
+    this.pushes.clear();
     if (this.closing) return;
     const why =
       fatal ??
@@ -802,6 +923,9 @@ export class PetrelClient extends EventTarget {
       case "syncBatch":
         this.onSyncBatch(f.kind.value);
         return null;
+      case "pushRegistered":
+        this.onPushRegistered(f.kind.value);
+        return null;
       case "error": {
         const e = new PetrelError(errorCodeName(f.kind.value.code), f.kind.value.message);
         if (f.kind.value.fatal) return e;
@@ -834,6 +958,14 @@ export class PetrelClient extends EventTarget {
     }
     this.pending.delete(r.clientMsgId);
     p.resolve(result);
+  }
+
+  private onPushRegistered(r: PushRegistered): void {
+    const waiter = this.pushes.get(r.requestId);
+    if (!waiter) return;
+    this.pushes.delete(r.requestId);
+    if (r.error) waiter.reject(new PetrelError(errorCodeName(r.error), r.detail));
+    else waiter.resolve();
   }
 
   private onSyncBatch(b: SyncBatch): void {
@@ -1032,4 +1164,13 @@ export class PetrelClient extends EventTarget {
     this._state = state;
     this.dispatchEvent(new CustomEvent("state", { detail: { state, transport: this._transport } }));
   }
+}
+
+/** Decodes base64url (padding optional). */
+function base64UrlDecode(s: string): Uint8Array {
+  const b64 = s.replace(/-/g, "+").replace(/_/g, "/") + "===".slice((s.length + 3) % 4);
+  const bin = atob(b64);
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
 }

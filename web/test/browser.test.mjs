@@ -6,6 +6,7 @@
 // $CARGO_TARGET_DIR/debug/petrel (scripts/test.sh provides both).
 import { test as nodeTest, before, after } from "node:test";
 import assert from "node:assert/strict";
+import { existsSync, readFileSync } from "node:fs";
 import { HOOK_MS, TEST_MS, httpGet, launchChromium, pageWait, petrelBin, run, startDev, within } from "./topology.mjs";
 
 const test = (name, fn) => nodeTest(name, { timeout: TEST_MS }, fn);
@@ -520,6 +521,57 @@ test("typing: a WebTransport user's typing shows on a WebSocket user's page", as
   await vic.context.close();
   await wes.context.close();
 });
+
+test("push: a browser registers a Web Push subscription with the gateway's VAPID key and is woken while closed", async () => {
+  assert.ok(ep.push, "petrel dev runs with --push");
+  const yara = await openUser("yara");
+  // A subscription as a push service would hand one out: a fresh P-256 key and auth
+  // secret (headless Chromium has no push service of its own), on the stand-in.
+  const result = await evaluateWithin(yara.page, 15_000, "the push registration", async (providers) => {
+    const cfg = await (await fetch("/client-config")).json();
+    const pair = await crypto.subtle.generateKey({ name: "ECDH", namedCurve: "P-256" }, true, ["deriveBits"]);
+    const raw = new Uint8Array(await crypto.subtle.exportKey("raw", pair.publicKey));
+    const b64 = (b) => btoa(String.fromCharCode(...b)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+    const auth = crypto.getRandomValues(new Uint8Array(16));
+    const bad = await window.petrel.client
+      .registerPush({ platform: "webpush", endpoint: `${providers}/wp/yara`, keys: { p256dh: "nope", auth: b64(auth) } })
+      .then(() => "stored", (e) => e.code);
+    await window.petrel.client.registerPush(
+      { platform: "webpush", endpoint: `${providers}/wp/browser-yara`, keys: { p256dh: b64(raw), auth: b64(auth) } },
+      { preview: false },
+    );
+    return { vapid: cfg.vapidPublicKey ?? cfg.vapid_public_key, bad };
+  }, ep.push.providers);
+  assert.equal(result.vapid, ep.push.vapid_public_key, "/client-config hands out the VAPID key");
+  assert.equal(result.bad, "INVALID_MESSAGE", "a malformed subscription is refused");
+  await yara.context.close();
+  await run(petrelBin, ["client", "--dev", devDir, "--user", "zack", "send", "--to", "yara", "wake up"]);
+  // The worker signed the request with VAPID and encrypted it for the subscription;
+  // the stand-in checked the VAPID token before answering (it does not hold this
+  // subscription's private key, so it answers 410 and the target is pruned).
+  const pushed = await waitForPush(ep.push.received, "browser-yara", 20_000);
+  assert.equal(pushed.provider, "webpush");
+  assert.equal(pushed.headers["content-encoding"], "aes128gcm");
+  assert.ok(pushed.headers.ttl && pushed.headers.urgency && pushed.headers.topic, JSON.stringify(pushed.headers));
+  assert.ok(!pushed.raw.includes("wake up"), "the payload travels encrypted");
+});
+
+/** The first push the stand-ins logged for `token`, waiting up to `ms`. */
+async function waitForPush(file, token, ms) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    if (existsSync(file)) {
+      const hit = readFileSync(file, "utf8")
+        .split("\n")
+        .filter(Boolean)
+        .map((l) => JSON.parse(l))
+        .find((r) => r.token === token);
+      if (hit) return hit;
+    }
+    if (Date.now() > deadline) throw new Error(`no push for ${token} within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
 
 test("presence: a browser watching a user sees it come online and go offline", async () => {
   await addContacts("wendy", "xena");

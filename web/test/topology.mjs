@@ -158,7 +158,7 @@ export async function startDev() {
   if (!existsSync(petrelBin)) throw new Error(`no petrel binary at ${petrelBin}: run cargo build first`);
   if (!existsSync(join(webDir, "dist/petrel.js"))) throw new Error("no dist/petrel.js: run npm run build first");
   const dir = mkdtempSync(join(tmpdir(), "petrel-web-"));
-  const child = spawnChild(petrelBin, ["dev", "--dir", dir, "--web-dir", join(webDir, "dist")], {
+  const child = spawnChild(petrelBin, ["dev", "--dir", dir, "--push", "--web-dir", join(webDir, "dist")], {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" },
   });

@@ -76,6 +76,30 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
                 self.check_receipt(receipt, publish);
                 Ok(())
             }
+            Action::Acknowledged {
+                user,
+                device,
+                cursors,
+            } => {
+                self.shared.acks.note(&user, &device, &cursors);
+                Ok(())
+            }
+            Action::RegisterPush {
+                request_id,
+                user,
+                device,
+                registration,
+            } => {
+                let error = match self.shared.registry.set(&user, &device, registration).await {
+                    Ok(()) => None,
+                    Err(e) => {
+                        debug!(%user, error = %e, "push registration not stored");
+                        Some((ErrorCode::Unavailable, e.to_string()))
+                    }
+                };
+                self.reply(Reply::PushRegistered { request_id, error })
+                    .await
+            }
             Action::Close(code, why) => Box::pin(self.close(code, why)).await,
         }
     }

@@ -56,6 +56,10 @@ pub struct Shared {
     pub groups: crate::directory::Directory,
     /// The presence directory (Redis).
     pub presence: Arc<crate::directory::Presence>,
+    /// Acked cursors on their way to Redis (for the push service).
+    pub acks: Arc<crate::directory::Acks>,
+    /// The push registry on the hub.
+    pub registry: Arc<crate::hub::PushRegistry>,
     /// Per-user connection counts and send budgets on this edge.
     pub users: Arc<admission::Users>,
     /// Frames queued toward one connection.

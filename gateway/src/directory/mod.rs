@@ -3,12 +3,14 @@
 //!
 //! - [`groups`] — group membership, as the application's group service keeps it;
 //! - [`presence`] — which devices of a user are connected, on which gateway;
+//! - [`acks`] — what each device acknowledged, for the push service;
 //! - [`visibility`] — who may see whose presence and typing: contacts and co-members;
 //! - [`keys`] — every Redis key name, and nothing else builds one.
 //!
 //! [`Directory`] is the Redis connection they share: lazy, reconnecting by itself, each
 //! request bounded, so Redis may be down when the gateway starts or at any time after.
 
+pub mod acks;
 pub mod groups;
 pub mod keys;
 pub mod presence;
@@ -18,6 +20,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+pub use acks::Acks;
 pub use groups::announce;
 pub use presence::Presence;
 

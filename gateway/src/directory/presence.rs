@@ -254,3 +254,19 @@ impl Presence {
         }
     }
 }
+
+impl Directory {
+    /// When each connected device of `user` was last seen (ms since the Unix epoch),
+    /// as the gateways last wrote it. A device is online while that is within three
+    /// heartbeats.
+    pub async fn devices_seen(
+        &self,
+        user: &UserId,
+    ) -> Result<HashMap<String, u64>, super::DirectoryError> {
+        let raw: HashMap<String, String> = self.conn()?.hgetall(key(user)).await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(d, v)| Some((d, v.rsplit('|').next()?.parse().ok()?)))
+            .collect())
+    }
+}

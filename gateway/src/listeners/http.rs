@@ -52,6 +52,8 @@ pub struct WebState {
     pub dev_secret: Option<Vec<u8>>,
     /// Longest validity of a dev token (the gateway's own token lifetime limit).
     pub dev_token_max_ttl: Duration,
+    /// The VAPID public key in `/client-config`.
+    pub vapid_public_key: Option<String>,
     /// Host name in the URLs of `/client-config`.
     pub public_host: String,
     /// Directory served for other paths.
@@ -170,6 +172,10 @@ pub struct ClientConfig {
     pub websocket_plain: Option<String>,
     /// Where the certificate hashes are.
     pub cert_hashes: String,
+    /// The push service's VAPID public key (base64url), for Web Push subscriptions;
+    /// absent when none is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vapid_public_key: Option<String>,
 }
 
 async fn client_config(State(s): State<AppState>) -> Response {
@@ -183,6 +189,7 @@ async fn client_config(State(s): State<AppState>) -> Response {
                 .websocket_plain_port
                 .map(|p| format!("ws://{host}:{p}{}", websocket::PATH)),
             cert_hashes: format!("http://{host}:{}/cert-hashes", web.http_port),
+            vapid_public_key: web.vapid_public_key.clone(),
         })
         .into_response(),
     )

@@ -18,7 +18,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file petrel/v1/petrel.proto.
  */
 export const file_petrel_v1_petrel: GenFile = /*@__PURE__*/
-  fileDesc("ChZwZXRyZWwvdjEvcGV0cmVsLnByb3RvEglwZXRyZWwudjEiqQIKC0NsaWVudEZyYW1lEiEKBWhlbGxvGAEgASgLMhAucGV0cmVsLnYxLkhlbGxvSAASHwoEc2VuZBgCIAEoCzIPLnBldHJlbC52MS5TZW5kSAASHQoDYWNrGAMgASgLMg4ucGV0cmVsLnYxLkFja0gAEh8KBHBpbmcYBCABKAsyDy5wZXRyZWwudjEuUGluZ0gAEh8KBHN5bmMYBSABKAsyDy5wZXRyZWwudjEuU3luY0gAEiMKBnR5cGluZxgGIAEoCzIRLnBldHJlbC52MS5UeXBpbmdIABIlCgdyZWNlaXB0GAcgASgLMhIucGV0cmVsLnYxLlJlY2VpcHRIABIhCgV3YXRjaBgJIAEoCzIQLnBldHJlbC52MS5XYXRjaEgAQgYKBGtpbmQiFgoFV2F0Y2gSDQoFdXNlcnMYASADKAkigwEKCFByZXNlbmNlEgwKBHVzZXIYASABKAkSKAoFc3RhdGUYAiABKA4yGS5wZXRyZWwudjEuUHJlc2VuY2UuU3RhdGUiPwoFU3RhdGUSEQoNU1RBVEVfVU5LTk9XThAAEhAKDFNUQVRFX09OTElORRABEhEKDVNUQVRFX09GRkxJTkUQAiI/CgZUeXBpbmcSDgoEdXNlchgBIAEoCUgAEg8KBWdyb3VwGAIgASgJSAASDgoGdHlwaW5nGAMgASgIQgQKAnRvIjoKC1R5cGluZ0V2ZW50EgwKBGZyb20YASABKAkSDQoFZ3JvdXAYAiABKAkSDgoGdHlwaW5nGAMgASgIIrYBCgdSZWNlaXB0EiUKBGtpbmQYASABKA4yFy5wZXRyZWwudjEuUmVjZWlwdC5LaW5kEg8KB3N1YmplY3QYAiABKAkSCwoDc2VxGAMgASgEEg4KBnNlbmRlchgEIAEoCRIVCg1jbGllbnRfbXNnX2lkGAUgASgJIj8KBEtpbmQSFAoQS0lORF9VTlNQRUNJRklFRBAAEhIKDktJTkRfREVMSVZFUkVEEAESDQoJS0lORF9SRUFEEAIibwoEU3luYxISCgpyZXF1ZXN0X2lkGAEgASgEEg8KB3N1YmplY3QYAiABKAkSFAoMbmV3ZXN0X2ZpcnN0GAMgASgIEg4KBmJlZm9yZRgEIAEoBBINCgVhZnRlchgFIAEoBBINCgVsaW1pdBgGIAEoDSKZAQoJU3luY0JhdGNoEhIKCnJlcXVlc3RfaWQYASABKAQSDwoHc3ViamVjdBgCIAEoCRIkCghtZXNzYWdlcxgDIAMoCzISLnBldHJlbC52MS5NZXNzYWdlEgwKBG1vcmUYBCABKAgSIwoFZXJyb3IYBSABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg4KBmRldGFpbBgGIAEoCSJ+CgVIZWxsbxINCgV0b2tlbhgBIAEoCRIOCgZkZXZpY2UYAiABKAkSIgoHY3Vyc29ycxgDIAMoCzIRLnBldHJlbC52MS5DdXJzb3ISGAoQcHJvdG9jb2xfdmVyc2lvbhgEIAEoDRIYChBkZWxpdmVyeV9zdHJlYW1zGAUgASgNIiYKBkN1cnNvchIPCgdzdWJqZWN0GAEgASgJEgsKA3NlcRgCIAEoBCJrCgRTZW5kEhUKDWNsaWVudF9tc2dfaWQYASABKAkSDgoEdXNlchgCIAEoCUgAEg8KBWdyb3VwGAMgASgJSAASDwoHY29udGVudBgEIAEoDBIUCgxjb250ZW50X3R5cGUYBSABKAlCBAoCdG8iKQoDQWNrEiIKB2N1cnNvcnMYASADKAsyES5wZXRyZWwudjEuQ3Vyc29yIhUKBFBpbmcSDQoFbm9uY2UYASABKAQi1AIKC1NlcnZlckZyYW1lEiUKB3dlbGNvbWUYASABKAsyEi5wZXRyZWwudjEuV2VsY29tZUgAEiwKC3NlbmRfcmVzdWx0GAIgASgLMhUucGV0cmVsLnYxLlNlbmRSZXN1bHRIABIlCgdkZWxpdmVyGAMgASgLMhIucGV0cmVsLnYxLkRlbGl2ZXJIABIfCgRwb25nGAQgASgLMg8ucGV0cmVsLnYxLlBvbmdIABIhCgVlcnJvchgFIAEoCzIQLnBldHJlbC52MS5FcnJvckgAEioKCnN5bmNfYmF0Y2gYCSABKAsyFC5wZXRyZWwudjEuU3luY0JhdGNoSAASKAoGdHlwaW5nGAggASgLMhYucGV0cmVsLnYxLlR5cGluZ0V2ZW50SAASJwoIcHJlc2VuY2UYByABKAsyEy5wZXRyZWwudjEuUHJlc2VuY2VIAEIGCgRraW5kIsEBCgdXZWxjb21lEgwKBHVzZXIYASABKAkSDgoGZGV2aWNlGAIgASgJEhUKDWNvbm5lY3Rpb25faWQYAyABKAkSFwoPbWF4X2ZyYW1lX2J5dGVzGAQgASgNEhYKDnNlcnZlcl90aW1lX21zGAUgASgEEhIKCmdhdGV3YXlfaWQYBiABKAkSIgoHY3Vyc29ycxgHIAMoCzIRLnBldHJlbC52MS5DdXJzb3ISGAoQZGVsaXZlcnlfc3RyZWFtcxgIIAEoDSKlAgoKU2VuZFJlc3VsdBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEiwKBnN0YXR1cxgCIAEoDjIcLnBldHJlbC52MS5TZW5kUmVzdWx0LlN0YXR1cxIPCgdzdWJqZWN0GAMgASgJEgsKA3NlcRgEIAEoBBIOCgZtc2dfaWQYBSABKAkSJAoGcmVhc29uGAYgASgOMhQucGV0cmVsLnYxLkVycm9yQ29kZRIOCgZkZXRhaWwYByABKAkSEQoJZHVwbGljYXRlGAggASgIIlsKBlN0YXR1cxIWChJTVEFUVVNfVU5TUEVDSUZJRUQQABIRCg1TVEFUVVNfU1RPUkVEEAESEQoNU1RBVFVTX1FVRVVFRBACEhMKD1NUQVRVU19SRUpFQ1RFRBADIi8KB0RlbGl2ZXISJAoIbWVzc2FnZXMYASADKAsyEi5wZXRyZWwudjEuTWVzc2FnZSKaAgoHTWVzc2FnZRIPCgdzdWJqZWN0GAEgASgJEgsKA3NlcRgCIAEoBBIMCgRmcm9tGAMgASgJEgoKAnRvGAQgASgJEg8KB3RpbWVfbXMYBSABKAQSFQoNY2xpZW50X21zZ19pZBgGIAEoCRIPCgdjb250ZW50GAcgASgMEhQKDGNvbnRlbnRfdHlwZRgIIAEoCRITCgtmcm9tX2RldmljZRgJIAEoCRIQCghwcmV2X3NlcRgKIAEoBBINCgVncm91cBgLIAEoCRItCgxub3RpZmljYXRpb24YDCABKAsyFy5wZXRyZWwudjEuTm90aWZpY2F0aW9uEiMKB3JlY2VpcHQYDSABKAsyEi5wZXRyZWwudjEuUmVjZWlwdCK/AgoMTm90aWZpY2F0aW9uEgoKAmlkGAEgASgJEg0KBXRpdGxlGAIgASgJEgwKBGJvZHkYAyABKAkSDgoGYWN0aW9uGAQgASgJEjIKCHByaW9yaXR5GAUgASgOMiAucGV0cmVsLnYxLk5vdGlmaWNhdGlvbi5Qcmlvcml0eRINCgViYWRnZRgGIAEoDRIvCgRkYXRhGAcgAygLMiEucGV0cmVsLnYxLk5vdGlmaWNhdGlvbi5EYXRhRW50cnkSDwoHdGltZV9tcxgIIAEoBBorCglEYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJECghQcmlvcml0eRITCg9QUklPUklUWV9OT1JNQUwQABIQCgxQUklPUklUWV9MT1cQARIRCg1QUklPUklUWV9ISUdIEAIiLQoEUG9uZxINCgVub25jZRgBIAEoBBIWCg5zZXJ2ZXJfdGltZV9tcxgCIAEoBCJLCgVFcnJvchIiCgRjb2RlGAEgASgOMhQucGV0cmVsLnYxLkVycm9yQ29kZRIPCgdtZXNzYWdlGAIgASgJEg0KBWZhdGFsGAMgASgIItUBCg1TdG9yZWRNZXNzYWdlEgwKBGZyb20YASABKAkSCgoCdG8YAiABKAkSFQoNY2xpZW50X21zZ19pZBgDIAEoCRIPCgdjb250ZW50GAQgASgMEhQKDGNvbnRlbnRfdHlwZRgFIAEoCRIPCgd0aW1lX21zGAYgASgEEhMKC2Zyb21fZGV2aWNlGAcgASgJEhIKCmdhdGV3YXlfaWQYCCABKAkSDQoFZ3JvdXAYCSABKAkSIwoHcmVjZWlwdBgKIAEoCzISLnBldHJlbC52MS5SZWNlaXB0KvwDCglFcnJvckNvZGUSGgoWRVJST1JfQ09ERV9VTlNQRUNJRklFRBAAEhgKFEVSUk9SX0NPREVfQkFEX0ZSQU1FEAESHgoaRVJST1JfQ09ERV9GUkFNRV9UT09fTEFSR0UQAhIcChhFUlJPUl9DT0RFX1VOS05PV05fRlJBTUUQAxIXChNFUlJPUl9DT0RFX1BST1RPQ09MEAQSHgoaRVJST1JfQ09ERV9VTkFVVEhFTlRJQ0FURUQQBRIcChhFUlJPUl9DT0RFX1RPS0VOX0VYUElSRUQQBhIZChVFUlJPUl9DT0RFX0lOVkFMSURfSUQQBxIgChxFUlJPUl9DT0RFX0hBTkRTSEFLRV9USU1FT1VUEAgSHgoaRVJST1JfQ09ERV9JTlZBTElEX01FU1NBR0UQCRIaChZFUlJPUl9DT0RFX1VOQVZBSUxBQkxFEAoSHAoYRVJST1JfQ09ERV9TTE9XX0NPTlNVTUVSEAsSGQoVRVJST1JfQ09ERV9HT0lOR19BV0FZEAwSGwoXRVJST1JfQ09ERV9SQVRFX0xJTUlURUQQDRIXChNFUlJPUl9DT0RFX0lOVEVSTkFMEA4SGAoURVJST1JfQ09ERV9GT1JCSURERU4QDxIiCh5FUlJPUl9DT0RFX1VOU1VQUE9SVEVEX1ZFUlNJT04QEGIGcHJvdG8z");
+  fileDesc("ChZwZXRyZWwvdjEvcGV0cmVsLnByb3RvEglwZXRyZWwudjEi2wIKC0NsaWVudEZyYW1lEiEKBWhlbGxvGAEgASgLMhAucGV0cmVsLnYxLkhlbGxvSAASHwoEc2VuZBgCIAEoCzIPLnBldHJlbC52MS5TZW5kSAASHQoDYWNrGAMgASgLMg4ucGV0cmVsLnYxLkFja0gAEh8KBHBpbmcYBCABKAsyDy5wZXRyZWwudjEuUGluZ0gAEh8KBHN5bmMYBSABKAsyDy5wZXRyZWwudjEuU3luY0gAEiMKBnR5cGluZxgGIAEoCzIRLnBldHJlbC52MS5UeXBpbmdIABIlCgdyZWNlaXB0GAcgASgLMhIucGV0cmVsLnYxLlJlY2VpcHRIABIwCg1yZWdpc3Rlcl9wdXNoGAggASgLMhcucGV0cmVsLnYxLlJlZ2lzdGVyUHVzaEgAEiEKBXdhdGNoGAkgASgLMhAucGV0cmVsLnYxLldhdGNoSABCBgoEa2luZCKrAgoMUmVnaXN0ZXJQdXNoEhIKCnJlcXVlc3RfaWQYASABKAQSJQoEYXBucxgCIAEoCzIVLnBldHJlbC52MS5BcG5zVGFyZ2V0SAASIwoDZmNtGAMgASgLMhQucGV0cmVsLnYxLkZjbVRhcmdldEgAEisKB3dlYnB1c2gYBCABKAsyGC5wZXRyZWwudjEuV2ViUHVzaFRhcmdldEgAEg4KBmxvY2FsZRgFIAEoCRIwCgdwcmV2aWV3GAYgASgOMh8ucGV0cmVsLnYxLlJlZ2lzdGVyUHVzaC5QcmV2aWV3IkIKB1ByZXZpZXcSEwoPUFJFVklFV19ERUZBVUxUEAASEAoMUFJFVklFV19TSE9XEAESEAoMUFJFVklFV19ISURFEAJCCAoGdGFyZ2V0IkIKCkFwbnNUYXJnZXQSFAoMZGV2aWNlX3Rva2VuGAEgASgJEg0KBXRvcGljGAIgASgJEg8KB3NhbmRib3gYAyABKAgiGgoJRmNtVGFyZ2V0Eg0KBXRva2VuGAEgASgJIj8KDVdlYlB1c2hUYXJnZXQSEAoIZW5kcG9pbnQYASABKAkSDgoGcDI1NmRoGAIgASgJEgwKBGF1dGgYAyABKAkiWQoOUHVzaFJlZ2lzdGVyZWQSEgoKcmVxdWVzdF9pZBgBIAEoBBIjCgVlcnJvchgCIAEoDjIULnBldHJlbC52MS5FcnJvckNvZGUSDgoGZGV0YWlsGAMgASgJIhYKBVdhdGNoEg0KBXVzZXJzGAEgAygJIoMBCghQcmVzZW5jZRIMCgR1c2VyGAEgASgJEigKBXN0YXRlGAIgASgOMhkucGV0cmVsLnYxLlByZXNlbmNlLlN0YXRlIj8KBVN0YXRlEhEKDVNUQVRFX1VOS05PV04QABIQCgxTVEFURV9PTkxJTkUQARIRCg1TVEFURV9PRkZMSU5FEAIiPwoGVHlwaW5nEg4KBHVzZXIYASABKAlIABIPCgVncm91cBgCIAEoCUgAEg4KBnR5cGluZxgDIAEoCEIECgJ0byI6CgtUeXBpbmdFdmVudBIMCgRmcm9tGAEgASgJEg0KBWdyb3VwGAIgASgJEg4KBnR5cGluZxgDIAEoCCK2AQoHUmVjZWlwdBIlCgRraW5kGAEgASgOMhcucGV0cmVsLnYxLlJlY2VpcHQuS2luZBIPCgdzdWJqZWN0GAIgASgJEgsKA3NlcRgDIAEoBBIOCgZzZW5kZXIYBCABKAkSFQoNY2xpZW50X21zZ19pZBgFIAEoCSI/CgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABISCg5LSU5EX0RFTElWRVJFRBABEg0KCUtJTkRfUkVBRBACIm8KBFN5bmMSEgoKcmVxdWVzdF9pZBgBIAEoBBIPCgdzdWJqZWN0GAIgASgJEhQKDG5ld2VzdF9maXJzdBgDIAEoCBIOCgZiZWZvcmUYBCABKAQSDQoFYWZ0ZXIYBSABKAQSDQoFbGltaXQYBiABKA0imQEKCVN5bmNCYXRjaBISCgpyZXF1ZXN0X2lkGAEgASgEEg8KB3N1YmplY3QYAiABKAkSJAoIbWVzc2FnZXMYAyADKAsyEi5wZXRyZWwudjEuTWVzc2FnZRIMCgRtb3JlGAQgASgIEiMKBWVycm9yGAUgASgOMhQucGV0cmVsLnYxLkVycm9yQ29kZRIOCgZkZXRhaWwYBiABKAkifgoFSGVsbG8SDQoFdG9rZW4YASABKAkSDgoGZGV2aWNlGAIgASgJEiIKB2N1cnNvcnMYAyADKAsyES5wZXRyZWwudjEuQ3Vyc29yEhgKEHByb3RvY29sX3ZlcnNpb24YBCABKA0SGAoQZGVsaXZlcnlfc3RyZWFtcxgFIAEoDSImCgZDdXJzb3ISDwoHc3ViamVjdBgBIAEoCRILCgNzZXEYAiABKAQiawoEU2VuZBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEg4KBHVzZXIYAiABKAlIABIPCgVncm91cBgDIAEoCUgAEg8KB2NvbnRlbnQYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJQgQKAnRvIikKA0FjaxIiCgdjdXJzb3JzGAEgAygLMhEucGV0cmVsLnYxLkN1cnNvciIVCgRQaW5nEg0KBW5vbmNlGAEgASgEIooDCgtTZXJ2ZXJGcmFtZRIlCgd3ZWxjb21lGAEgASgLMhIucGV0cmVsLnYxLldlbGNvbWVIABIsCgtzZW5kX3Jlc3VsdBgCIAEoCzIVLnBldHJlbC52MS5TZW5kUmVzdWx0SAASJQoHZGVsaXZlchgDIAEoCzISLnBldHJlbC52MS5EZWxpdmVySAASHwoEcG9uZxgEIAEoCzIPLnBldHJlbC52MS5Qb25nSAASIQoFZXJyb3IYBSABKAsyEC5wZXRyZWwudjEuRXJyb3JIABIqCgpzeW5jX2JhdGNoGAkgASgLMhQucGV0cmVsLnYxLlN5bmNCYXRjaEgAEigKBnR5cGluZxgIIAEoCzIWLnBldHJlbC52MS5UeXBpbmdFdmVudEgAEicKCHByZXNlbmNlGAcgASgLMhMucGV0cmVsLnYxLlByZXNlbmNlSAASNAoPcHVzaF9yZWdpc3RlcmVkGAsgASgLMhkucGV0cmVsLnYxLlB1c2hSZWdpc3RlcmVkSABCBgoEa2luZCLBAQoHV2VsY29tZRIMCgR1c2VyGAEgASgJEg4KBmRldmljZRgCIAEoCRIVCg1jb25uZWN0aW9uX2lkGAMgASgJEhcKD21heF9mcmFtZV9ieXRlcxgEIAEoDRIWCg5zZXJ2ZXJfdGltZV9tcxgFIAEoBBISCgpnYXRld2F5X2lkGAYgASgJEiIKB2N1cnNvcnMYByADKAsyES5wZXRyZWwudjEuQ3Vyc29yEhgKEGRlbGl2ZXJ5X3N0cmVhbXMYCCABKA0ipQIKClNlbmRSZXN1bHQSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIsCgZzdGF0dXMYAiABKA4yHC5wZXRyZWwudjEuU2VuZFJlc3VsdC5TdGF0dXMSDwoHc3ViamVjdBgDIAEoCRILCgNzZXEYBCABKAQSDgoGbXNnX2lkGAUgASgJEiQKBnJlYXNvbhgGIAEoDjIULnBldHJlbC52MS5FcnJvckNvZGUSDgoGZGV0YWlsGAcgASgJEhEKCWR1cGxpY2F0ZRgIIAEoCCJbCgZTdGF0dXMSFgoSU1RBVFVTX1VOU1BFQ0lGSUVEEAASEQoNU1RBVFVTX1NUT1JFRBABEhEKDVNUQVRVU19RVUVVRUQQAhITCg9TVEFUVVNfUkVKRUNURUQQAyIvCgdEZWxpdmVyEiQKCG1lc3NhZ2VzGAEgAygLMhIucGV0cmVsLnYxLk1lc3NhZ2UimgIKB01lc3NhZ2USDwoHc3ViamVjdBgBIAEoCRILCgNzZXEYAiABKAQSDAoEZnJvbRgDIAEoCRIKCgJ0bxgEIAEoCRIPCgd0aW1lX21zGAUgASgEEhUKDWNsaWVudF9tc2dfaWQYBiABKAkSDwoHY29udGVudBgHIAEoDBIUCgxjb250ZW50X3R5cGUYCCABKAkSEwoLZnJvbV9kZXZpY2UYCSABKAkSEAoIcHJldl9zZXEYCiABKAQSDQoFZ3JvdXAYCyABKAkSLQoMbm90aWZpY2F0aW9uGAwgASgLMhcucGV0cmVsLnYxLk5vdGlmaWNhdGlvbhIjCgdyZWNlaXB0GA0gASgLMhIucGV0cmVsLnYxLlJlY2VpcHQivwIKDE5vdGlmaWNhdGlvbhIKCgJpZBgBIAEoCRINCgV0aXRsZRgCIAEoCRIMCgRib2R5GAMgASgJEg4KBmFjdGlvbhgEIAEoCRIyCghwcmlvcml0eRgFIAEoDjIgLnBldHJlbC52MS5Ob3RpZmljYXRpb24uUHJpb3JpdHkSDQoFYmFkZ2UYBiABKA0SLwoEZGF0YRgHIAMoCzIhLnBldHJlbC52MS5Ob3RpZmljYXRpb24uRGF0YUVudHJ5Eg8KB3RpbWVfbXMYCCABKAQaKwoJRGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiRAoIUHJpb3JpdHkSEwoPUFJJT1JJVFlfTk9STUFMEAASEAoMUFJJT1JJVFlfTE9XEAESEQoNUFJJT1JJVFlfSElHSBACIi0KBFBvbmcSDQoFbm9uY2UYASABKAQSFgoOc2VydmVyX3RpbWVfbXMYAiABKAQiSwoFRXJyb3ISIgoEY29kZRgBIAEoDjIULnBldHJlbC52MS5FcnJvckNvZGUSDwoHbWVzc2FnZRgCIAEoCRINCgVmYXRhbBgDIAEoCCLVAQoNU3RvcmVkTWVzc2FnZRIMCgRmcm9tGAEgASgJEgoKAnRvGAIgASgJEhUKDWNsaWVudF9tc2dfaWQYAyABKAkSDwoHY29udGVudBgEIAEoDBIUCgxjb250ZW50X3R5cGUYBSABKAkSDwoHdGltZV9tcxgGIAEoBBITCgtmcm9tX2RldmljZRgHIAEoCRISCgpnYXRld2F5X2lkGAggASgJEg0KBWdyb3VwGAkgASgJEiMKB3JlY2VpcHQYCiABKAsyEi5wZXRyZWwudjEuUmVjZWlwdCr8AwoJRXJyb3JDb2RlEhoKFkVSUk9SX0NPREVfVU5TUEVDSUZJRUQQABIYChRFUlJPUl9DT0RFX0JBRF9GUkFNRRABEh4KGkVSUk9SX0NPREVfRlJBTUVfVE9PX0xBUkdFEAISHAoYRVJST1JfQ09ERV9VTktOT1dOX0ZSQU1FEAMSFwoTRVJST1JfQ09ERV9QUk9UT0NPTBAEEh4KGkVSUk9SX0NPREVfVU5BVVRIRU5USUNBVEVEEAUSHAoYRVJST1JfQ09ERV9UT0tFTl9FWFBJUkVEEAYSGQoVRVJST1JfQ09ERV9JTlZBTElEX0lEEAcSIAocRVJST1JfQ09ERV9IQU5EU0hBS0VfVElNRU9VVBAIEh4KGkVSUk9SX0NPREVfSU5WQUxJRF9NRVNTQUdFEAkSGgoWRVJST1JfQ09ERV9VTkFWQUlMQUJMRRAKEhwKGEVSUk9SX0NPREVfU0xPV19DT05TVU1FUhALEhkKFUVSUk9SX0NPREVfR09JTkdfQVdBWRAMEhsKF0VSUk9SX0NPREVfUkFURV9MSU1JVEVEEA0SFwoTRVJST1JfQ09ERV9JTlRFUk5BTBAOEhgKFEVSUk9SX0NPREVfRk9SQklEREVOEA8SIgoeRVJST1JfQ09ERV9VTlNVUFBPUlRFRF9WRVJTSU9OEBBiBnByb3RvMw");
 
 /**
  * @generated from message petrel.v1.ClientFrame
@@ -71,8 +71,12 @@ export type ClientFrame = Message$1<"petrel.v1.ClientFrame"> & {
     case: "receipt";
   } | {
     /**
-     * 8: RegisterPushToken (later).
-     *
+     * @generated from field: petrel.v1.RegisterPush register_push = 8;
+     */
+    value: RegisterPush;
+    case: "registerPush";
+  } | {
+    /**
      * @generated from field: petrel.v1.Watch watch = 9;
      */
     value: Watch;
@@ -86,6 +90,204 @@ export type ClientFrame = Message$1<"petrel.v1.ClientFrame"> & {
  */
 export const ClientFrameSchema: GenMessage<ClientFrame> = /*@__PURE__*/
   messageDesc(file_petrel_v1_petrel, 0);
+
+/**
+ * Registers this device's push target (replacing the one it had), or removes it when
+ * no target is set (unregister, logout). Stored on the hub for the push service, which
+ * wakes the device through it while it is offline. Answered by PushRegistered with the
+ * same request_id.
+ *
+ * @generated from message petrel.v1.RegisterPush
+ */
+export type RegisterPush = Message$1<"petrel.v1.RegisterPush"> & {
+  /**
+   * @generated from field: uint64 request_id = 1;
+   */
+  requestId: bigint;
+
+  /**
+   * @generated from oneof petrel.v1.RegisterPush.target
+   */
+  target: {
+    /**
+     * @generated from field: petrel.v1.ApnsTarget apns = 2;
+     */
+    value: ApnsTarget;
+    case: "apns";
+  } | {
+    /**
+     * @generated from field: petrel.v1.FcmTarget fcm = 3;
+     */
+    value: FcmTarget;
+    case: "fcm";
+  } | {
+    /**
+     * @generated from field: petrel.v1.WebPushTarget webpush = 4;
+     */
+    value: WebPushTarget;
+    case: "webpush";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * BCP 47 language tag of the device, e.g. "en-GB" (at most 35 characters).
+   *
+   * @generated from field: string locale = 5;
+   */
+  locale: string;
+
+  /**
+   * @generated from field: petrel.v1.RegisterPush.Preview preview = 6;
+   */
+  preview: RegisterPush_Preview;
+};
+
+/**
+ * Describes the message petrel.v1.RegisterPush.
+ * Use `create(RegisterPushSchema)` to create a new message.
+ */
+export const RegisterPushSchema: GenMessage<RegisterPush> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 1);
+
+/**
+ * @generated from enum petrel.v1.RegisterPush.Preview
+ */
+export enum RegisterPush_Preview {
+  /**
+   * The push service's configured default.
+   *
+   * @generated from enum value: PREVIEW_DEFAULT = 0;
+   */
+  DEFAULT = 0,
+
+  /**
+   * The sender and the text leave the system ("alice: hi").
+   *
+   * @generated from enum value: PREVIEW_SHOW = 1;
+   */
+  SHOW = 1,
+
+  /**
+   * Only that something arrived ("New message").
+   *
+   * @generated from enum value: PREVIEW_HIDE = 2;
+   */
+  HIDE = 2,
+}
+
+/**
+ * Describes the enum petrel.v1.RegisterPush.Preview.
+ */
+export const RegisterPush_PreviewSchema: GenEnum<RegisterPush_Preview> = /*@__PURE__*/
+  enumDesc(file_petrel_v1_petrel, 1, 0);
+
+/**
+ * An iOS/macOS device: the APNs device token (hex), the app's bundle id (apns-topic),
+ * and whether the token belongs to the sandbox (development) environment.
+ *
+ * @generated from message petrel.v1.ApnsTarget
+ */
+export type ApnsTarget = Message$1<"petrel.v1.ApnsTarget"> & {
+  /**
+   * @generated from field: string device_token = 1;
+   */
+  deviceToken: string;
+
+  /**
+   * @generated from field: string topic = 2;
+   */
+  topic: string;
+
+  /**
+   * @generated from field: bool sandbox = 3;
+   */
+  sandbox: boolean;
+};
+
+/**
+ * Describes the message petrel.v1.ApnsTarget.
+ * Use `create(ApnsTargetSchema)` to create a new message.
+ */
+export const ApnsTargetSchema: GenMessage<ApnsTarget> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 2);
+
+/**
+ * An Android device (or any FCM client): the registration token.
+ *
+ * @generated from message petrel.v1.FcmTarget
+ */
+export type FcmTarget = Message$1<"petrel.v1.FcmTarget"> & {
+  /**
+   * @generated from field: string token = 1;
+   */
+  token: string;
+};
+
+/**
+ * Describes the message petrel.v1.FcmTarget.
+ * Use `create(FcmTargetSchema)` to create a new message.
+ */
+export const FcmTargetSchema: GenMessage<FcmTarget> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 3);
+
+/**
+ * A browser's PushSubscription: the push service endpoint (https) and the keys
+ * (base64url): p256dh, the subscription's P-256 public key, and auth, its 16-byte
+ * authentication secret.
+ *
+ * @generated from message petrel.v1.WebPushTarget
+ */
+export type WebPushTarget = Message$1<"petrel.v1.WebPushTarget"> & {
+  /**
+   * @generated from field: string endpoint = 1;
+   */
+  endpoint: string;
+
+  /**
+   * @generated from field: string p256dh = 2;
+   */
+  p256dh: string;
+
+  /**
+   * @generated from field: string auth = 3;
+   */
+  auth: string;
+};
+
+/**
+ * Describes the message petrel.v1.WebPushTarget.
+ * Use `create(WebPushTargetSchema)` to create a new message.
+ */
+export const WebPushTargetSchema: GenMessage<WebPushTarget> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 4);
+
+/**
+ * The answer to RegisterPush: stored (error unset) or refused.
+ *
+ * @generated from message petrel.v1.PushRegistered
+ */
+export type PushRegistered = Message$1<"petrel.v1.PushRegistered"> & {
+  /**
+   * @generated from field: uint64 request_id = 1;
+   */
+  requestId: bigint;
+
+  /**
+   * @generated from field: petrel.v1.ErrorCode error = 2;
+   */
+  error: ErrorCode;
+
+  /**
+   * @generated from field: string detail = 3;
+   */
+  detail: string;
+};
+
+/**
+ * Describes the message petrel.v1.PushRegistered.
+ * Use `create(PushRegisteredSchema)` to create a new message.
+ */
+export const PushRegisteredSchema: GenMessage<PushRegistered> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 5);
 
 /**
  * The users whose presence this connection follows (the user's contacts), replacing
@@ -106,7 +308,7 @@ export type Watch = Message$1<"petrel.v1.Watch"> & {
  * Use `create(WatchSchema)` to create a new message.
  */
 export const WatchSchema: GenMessage<Watch> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 1);
+  messageDesc(file_petrel_v1_petrel, 6);
 
 /**
  * A watched user's presence: online while any of its devices is connected to some
@@ -131,7 +333,7 @@ export type Presence = Message$1<"petrel.v1.Presence"> & {
  * Use `create(PresenceSchema)` to create a new message.
  */
 export const PresenceSchema: GenMessage<Presence> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 2);
+  messageDesc(file_petrel_v1_petrel, 7);
 
 /**
  * @generated from enum petrel.v1.Presence.State
@@ -157,7 +359,7 @@ export enum Presence_State {
  * Describes the enum petrel.v1.Presence.State.
  */
 export const Presence_StateSchema: GenEnum<Presence_State> = /*@__PURE__*/
-  enumDesc(file_petrel_v1_petrel, 2, 0);
+  enumDesc(file_petrel_v1_petrel, 7, 0);
 
 /**
  * "I am (not) typing" in a conversation with a user or in a group. Live only: never
@@ -195,7 +397,7 @@ export type Typing = Message$1<"petrel.v1.Typing"> & {
  * Use `create(TypingSchema)` to create a new message.
  */
 export const TypingSchema: GenMessage<Typing> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 3);
+  messageDesc(file_petrel_v1_petrel, 8);
 
 /**
  * Someone is (no longer) typing: `from` in the direct conversation with them, or in
@@ -225,7 +427,7 @@ export type TypingEvent = Message$1<"petrel.v1.TypingEvent"> & {
  * Use `create(TypingEventSchema)` to create a new message.
  */
 export const TypingEventSchema: GenMessage<TypingEvent> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 4);
+  messageDesc(file_petrel_v1_petrel, 9);
 
 /**
  * "I received / read this message": sent by the recipient about a direct message it got
@@ -271,7 +473,7 @@ export type Receipt = Message$1<"petrel.v1.Receipt"> & {
  * Use `create(ReceiptSchema)` to create a new message.
  */
 export const ReceiptSchema: GenMessage<Receipt> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 5);
+  messageDesc(file_petrel_v1_petrel, 10);
 
 /**
  * @generated from enum petrel.v1.Receipt.Kind
@@ -297,7 +499,7 @@ export enum Receipt_Kind {
  * Describes the enum petrel.v1.Receipt.Kind.
  */
 export const Receipt_KindSchema: GenEnum<Receipt_Kind> = /*@__PURE__*/
-  enumDesc(file_petrel_v1_petrel, 5, 0);
+  enumDesc(file_petrel_v1_petrel, 10, 0);
 
 /**
  * A page of history on one subject, for scrolling back (newest_first, messages with
@@ -345,7 +547,7 @@ export type Sync = Message$1<"petrel.v1.Sync"> & {
  * Use `create(SyncSchema)` to create a new message.
  */
 export const SyncSchema: GenMessage<Sync> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 6);
+  messageDesc(file_petrel_v1_petrel, 11);
 
 /**
  * The answer to a Sync: messages in the order asked for; `more` when the page was full
@@ -390,7 +592,7 @@ export type SyncBatch = Message$1<"petrel.v1.SyncBatch"> & {
  * Use `create(SyncBatchSchema)` to create a new message.
  */
 export const SyncBatchSchema: GenMessage<SyncBatch> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 7);
+  messageDesc(file_petrel_v1_petrel, 12);
 
 /**
  * First frame of every connection. Nothing else is accepted before it.
@@ -443,7 +645,7 @@ export type Hello = Message$1<"petrel.v1.Hello"> & {
  * Use `create(HelloSchema)` to create a new message.
  */
 export const HelloSchema: GenMessage<Hello> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 8);
+  messageDesc(file_petrel_v1_petrel, 13);
 
 /**
  * @generated from message petrel.v1.Cursor
@@ -465,7 +667,7 @@ export type Cursor = Message$1<"petrel.v1.Cursor"> & {
  * Use `create(CursorSchema)` to create a new message.
  */
 export const CursorSchema: GenMessage<Cursor> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 9);
+  messageDesc(file_petrel_v1_petrel, 14);
 
 /**
  * A message from the connected user to a conversation.
@@ -519,7 +721,7 @@ export type Send = Message$1<"petrel.v1.Send"> & {
  * Use `create(SendSchema)` to create a new message.
  */
 export const SendSchema: GenMessage<Send> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 10);
+  messageDesc(file_petrel_v1_petrel, 15);
 
 /**
  * Cumulative acknowledgement: every message up to `seq` on `subject` is processed.
@@ -538,7 +740,7 @@ export type Ack = Message$1<"petrel.v1.Ack"> & {
  * Use `create(AckSchema)` to create a new message.
  */
 export const AckSchema: GenMessage<Ack> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 11);
+  messageDesc(file_petrel_v1_petrel, 16);
 
 /**
  * @generated from message petrel.v1.Ping
@@ -555,7 +757,7 @@ export type Ping = Message$1<"petrel.v1.Ping"> & {
  * Use `create(PingSchema)` to create a new message.
  */
 export const PingSchema: GenMessage<Ping> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 12);
+  messageDesc(file_petrel_v1_petrel, 17);
 
 /**
  * @generated from message petrel.v1.ServerFrame
@@ -608,12 +810,18 @@ export type ServerFrame = Message$1<"petrel.v1.ServerFrame"> & {
     case: "typing";
   } | {
     /**
-     * 6: (notifications travel in Deliver), 10: GoAway (later).
-     *
      * @generated from field: petrel.v1.Presence presence = 7;
      */
     value: Presence;
     case: "presence";
+  } | {
+    /**
+     * 6: (notifications travel in Deliver), 10: GoAway (later).
+     *
+     * @generated from field: petrel.v1.PushRegistered push_registered = 11;
+     */
+    value: PushRegistered;
+    case: "pushRegistered";
   } | { case: undefined; value?: undefined };
 };
 
@@ -622,7 +830,7 @@ export type ServerFrame = Message$1<"petrel.v1.ServerFrame"> & {
  * Use `create(ServerFrameSchema)` to create a new message.
  */
 export const ServerFrameSchema: GenMessage<ServerFrame> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 13);
+  messageDesc(file_petrel_v1_petrel, 18);
 
 /**
  * @generated from message petrel.v1.Welcome
@@ -689,7 +897,7 @@ export type Welcome = Message$1<"petrel.v1.Welcome"> & {
  * Use `create(WelcomeSchema)` to create a new message.
  */
 export const WelcomeSchema: GenMessage<Welcome> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 14);
+  messageDesc(file_petrel_v1_petrel, 19);
 
 /**
  * @generated from message petrel.v1.SendResult
@@ -745,7 +953,7 @@ export type SendResult = Message$1<"petrel.v1.SendResult"> & {
  * Use `create(SendResultSchema)` to create a new message.
  */
 export const SendResultSchema: GenMessage<SendResult> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 15);
+  messageDesc(file_petrel_v1_petrel, 20);
 
 /**
  * @generated from enum petrel.v1.SendResult.Status
@@ -782,7 +990,7 @@ export enum SendResult_Status {
  * Describes the enum petrel.v1.SendResult.Status.
  */
 export const SendResult_StatusSchema: GenEnum<SendResult_Status> = /*@__PURE__*/
-  enumDesc(file_petrel_v1_petrel, 15, 0);
+  enumDesc(file_petrel_v1_petrel, 20, 0);
 
 /**
  * One or more delivered messages, in order per subject.
@@ -801,7 +1009,7 @@ export type Deliver = Message$1<"petrel.v1.Deliver"> & {
  * Use `create(DeliverSchema)` to create a new message.
  */
 export const DeliverSchema: GenMessage<Deliver> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 16);
+  messageDesc(file_petrel_v1_petrel, 21);
 
 /**
  * @generated from message petrel.v1.Message
@@ -891,7 +1099,7 @@ export type Message = Message$1<"petrel.v1.Message"> & {
  * Use `create(MessageSchema)` to create a new message.
  */
 export const MessageSchema: GenMessage<Message> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 17);
+  messageDesc(file_petrel_v1_petrel, 22);
 
 /**
  * A system notification. Business services publish it (this protobuf, binary) to
@@ -955,7 +1163,7 @@ export type Notification = Message$1<"petrel.v1.Notification"> & {
  * Use `create(NotificationSchema)` to create a new message.
  */
 export const NotificationSchema: GenMessage<Notification> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 18);
+  messageDesc(file_petrel_v1_petrel, 23);
 
 /**
  * @generated from enum petrel.v1.Notification.Priority
@@ -981,7 +1189,7 @@ export enum Notification_Priority {
  * Describes the enum petrel.v1.Notification.Priority.
  */
 export const Notification_PrioritySchema: GenEnum<Notification_Priority> = /*@__PURE__*/
-  enumDesc(file_petrel_v1_petrel, 18, 0);
+  enumDesc(file_petrel_v1_petrel, 23, 0);
 
 /**
  * @generated from message petrel.v1.Pong
@@ -1003,7 +1211,7 @@ export type Pong = Message$1<"petrel.v1.Pong"> & {
  * Use `create(PongSchema)` to create a new message.
  */
 export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 19);
+  messageDesc(file_petrel_v1_petrel, 24);
 
 /**
  * @generated from message petrel.v1.Error
@@ -1032,7 +1240,7 @@ export type Error = Message$1<"petrel.v1.Error"> & {
  * Use `create(ErrorSchema)` to create a new message.
  */
 export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 20);
+  messageDesc(file_petrel_v1_petrel, 25);
 
 /**
  * What the gateway stores in JetStream (msg.private.*). Business services and the
@@ -1103,7 +1311,7 @@ export type StoredMessage = Message$1<"petrel.v1.StoredMessage"> & {
  * Use `create(StoredMessageSchema)` to create a new message.
  */
 export const StoredMessageSchema: GenMessage<StoredMessage> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 21);
+  messageDesc(file_petrel_v1_petrel, 26);
 
 /**
  * One code per client-facing error. On WebSocket the close code is 4000 + code;
