@@ -74,7 +74,8 @@ async fn provision_creates_then_updates_the_streams() -> anyhow::Result<()> {
             "SYSTEM_NOTIFICATIONS",
             "ONLINE_STATUS",
             "RECEIPT_CLAIMS",
-            "PUSH"
+            "PUSH_TARGETS",
+            "PUSH_DEAD_LETTERS"
         ]
     );
     assert!(first.iter().all(|v| v["action"] == "created"), "{first:?}");
@@ -137,8 +138,14 @@ async fn provision_creates_then_updates_the_streams() -> anyhow::Result<()> {
         (1, true, DiscardPolicy::New),
         "a second claim on a subject is refused"
     );
-    let push = config_of(&js, "PUSH").await?;
-    assert_eq!(push.retention, RetentionPolicy::WorkQueue);
+    // The push registry keeps one value per user; dead letters are kept, not consumed.
+    let registry = config_of(&js, "PUSH_TARGETS").await?;
+    assert_eq!(
+        (registry.max_messages_per_subject, registry.allow_direct),
+        (1, true)
+    );
+    let dead = config_of(&js, "PUSH_DEAD_LETTERS").await?;
+    assert_eq!(dead.retention, RetentionPolicy::Limits);
 
     // A bad URL is a clear error with a non-zero exit.
     let out = Command::new(PETREL)
