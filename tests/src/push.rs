@@ -72,7 +72,7 @@ impl Rig {
             &redis,
             metrics,
             &self.fakes,
-            &format!("{TIMINGS}{extra}"),
+            &with_timings(extra),
         )?;
         Ok((path, metrics))
     }
@@ -106,6 +106,24 @@ impl Rig {
         c.close().await;
         Ok(())
     }
+}
+
+/// [`TIMINGS`] with the keys of `extra` replaced by its values.
+fn with_timings(extra: &str) -> String {
+    let keys: Vec<&str> = extra
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
+        .collect();
+    let mut out: String = TIMINGS
+        .lines()
+        .filter(|l| {
+            l.split_once('=')
+                .is_none_or(|(k, _)| !keys.contains(&k.trim()))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    out.push_str(extra);
+    out
 }
 
 /// Waits until a worker's metrics listener answers.
