@@ -525,15 +525,44 @@ pub fn overlay_env<'e>(
     Ok(applied)
 }
 
+/// Reads the config file `path` and hands its text and the process environment to
+/// `parse`; errors name the file.
+pub fn load_with_env<T>(
+    path: &Path,
+    parse: impl FnOnce(&str, &[(String, String)]) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    parse(&text, &env).with_context(|| format!("in config {}", path.display()))
+}
+
+/// TOML `text` with the `PETREL_*` overrides of `env` for `sections`
+/// ([`overlay_env`]) as a `T`; an invalid value says which overrides were applied.
+pub fn parse_with_env<T: serde::de::DeserializeOwned>(
+    text: &str,
+    env: &[(String, String)],
+    sections: &[&str],
+) -> anyhow::Result<T> {
+    let mut value: toml::Table = toml::from_str(text).context("invalid TOML")?;
+    let applied = overlay_env(&mut value, env, sections)?;
+    toml::Value::Table(value).try_into().with_context(|| {
+        if applied.is_empty() {
+            "invalid configuration".to_string()
+        } else {
+            format!(
+                "invalid configuration (with overrides from {})",
+                applied.join(", ")
+            )
+        }
+    })
+}
+
 impl Config {
     /// Reads `path`, applies `PETREL_*` overrides from the process environment, and
     /// resolves relative paths against the file's directory.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config {}", path.display()))?;
-        let env: Vec<(String, String)> = std::env::vars().collect();
-        let mut cfg =
-            Self::parse(&text, &env).with_context(|| format!("in config {}", path.display()))?;
+        let mut cfg = load_with_env(path, Self::parse)?;
         if let Some(dir) = path.parent() {
             cfg.resolve_paths(dir);
         }
@@ -542,18 +571,7 @@ impl Config {
 
     /// Parses TOML text with overrides from `env` (pairs of name and value).
     pub fn parse(text: &str, env: &[(String, String)]) -> anyhow::Result<Self> {
-        let mut value: toml::Table = toml::from_str(text).context("invalid TOML")?;
-        let applied = overlay_env(&mut value, env, SECTIONS)?;
-        let cfg: Config = toml::Value::Table(value).try_into().with_context(|| {
-            if applied.is_empty() {
-                "invalid configuration".to_string()
-            } else {
-                format!(
-                    "invalid configuration (with overrides from {})",
-                    applied.join(", ")
-                )
-            }
-        })?;
+        let cfg: Config = parse_with_env(text, env, SECTIONS)?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -227,11 +227,7 @@ impl PushConfig {
     /// Reads `path`, applies `PETREL_PUSH_*` overrides from the environment, and
     /// resolves relative paths against the file's directory.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config {}", path.display()))?;
-        let env: Vec<(String, String)> = std::env::vars().collect();
-        let mut cfg =
-            Self::parse(&text, &env).with_context(|| format!("in config {}", path.display()))?;
+        let mut cfg = petrel_gateway::config::load_with_env(path, Self::parse)?;
         if let Some(dir) = path.parent() {
             cfg.resolve_paths(dir);
         }
@@ -240,18 +236,7 @@ impl PushConfig {
 
     /// Parses TOML text with overrides from `env`.
     pub fn parse(text: &str, env: &[(String, String)]) -> anyhow::Result<Self> {
-        let mut value: toml::Table = toml::from_str(text).context("invalid TOML")?;
-        let applied = petrel_gateway::config::overlay_env(&mut value, env, SECTIONS)?;
-        let cfg: Self = toml::Value::Table(value).try_into().with_context(|| {
-            if applied.is_empty() {
-                "invalid configuration".to_string()
-            } else {
-                format!(
-                    "invalid configuration (with overrides from {})",
-                    applied.join(", ")
-                )
-            }
-        })?;
+        let cfg: Self = petrel_gateway::config::parse_with_env(text, env, SECTIONS)?;
         cfg.push.validate()?;
         Ok(cfg)
     }

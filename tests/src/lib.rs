@@ -298,3 +298,40 @@ impl GatewayProcess {
         petrel_devkit::readyz_counter(&body, name)
     }
 }
+
+/// Every series name an OpenMetrics `text` can have: its families (`# TYPE name kind`)
+/// and what they add (`_total` for counters; `_bucket`, `_sum`, `_count` for
+/// histograms).
+pub fn series_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut known = std::collections::BTreeSet::new();
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            known.insert(name.to_string());
+            match kind {
+                "counter" => {
+                    known.insert(format!("{name}_total"));
+                }
+                "histogram" => {
+                    for s in ["_bucket", "_sum", "_count"] {
+                        known.insert(format!("{name}{s}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    known
+}
+
+/// The metric names starting with `prefix` that `text` (alert rules, a dashboard) uses.
+pub fn names_used(text: &str, prefix: &str) -> Vec<String> {
+    text.match_indices(prefix)
+        .map(|(i, _)| {
+            text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        })
+        .collect()
+}

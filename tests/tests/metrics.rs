@@ -86,25 +86,7 @@ async fn alerts_and_dashboard_use_only_metrics_that_exist() -> anyhow::Result<()
     let alice = t.connect(0, Quic, "alice", "phone").await?;
     alice.send("alice", "self", "hi").await?;
     let m = t.http_get(0, "/metrics").await?;
-    // Family names from `# TYPE name kind`; series add _total, _bucket, _sum, _count.
-    let mut known = std::collections::BTreeSet::new();
-    for l in m.lines() {
-        if let Some(rest) = l.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
-            known.insert(name.to_string());
-            match kind {
-                "counter" => {
-                    known.insert(format!("{name}_total"));
-                }
-                "histogram" => {
-                    for s in ["_bucket", "_sum", "_count"] {
-                        known.insert(format!("{name}{s}"));
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
+    let known = petrel_tests::series_names(&m);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     for file in [
         "deploy/prometheus/alerts.yml",
@@ -115,11 +97,7 @@ async fn alerts_and_dashboard_use_only_metrics_that_exist() -> anyhow::Result<()
             serde_json::from_str::<serde_json::Value>(&text)?;
         }
         let mut used = 0;
-        for (i, _) in text.match_indices("petrel_") {
-            let name: String = text[i..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
+        for name in petrel_tests::names_used(&text, "petrel_") {
             // The push workers' metrics are checked against a worker (tests/tests/push.rs).
             if name.starts_with("petrel_push_") {
                 continue;

@@ -158,24 +158,7 @@ async fn alerts_and_dashboard_use_only_push_metrics_that_exist() -> anyhow::Resu
     ));
     wait_healthy(metrics).await?;
     let text = scrape(metrics).await?;
-    let mut known = std::collections::BTreeSet::new();
-    for l in text.lines() {
-        if let Some(rest) = l.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
-            known.insert(name.to_string());
-            match kind {
-                "counter" => {
-                    known.insert(format!("{name}_total"));
-                }
-                "histogram" => {
-                    for s in ["_bucket", "_sum", "_count"] {
-                        known.insert(format!("{name}{s}"));
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
+    let known = petrel_tests::series_names(&text);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut used = 0;
     for file in [
@@ -183,11 +166,7 @@ async fn alerts_and_dashboard_use_only_push_metrics_that_exist() -> anyhow::Resu
         "deploy/grafana/petrel-dashboard.json",
     ] {
         let text = std::fs::read_to_string(root.join(file))?;
-        for (i, _) in text.match_indices("petrel_push_") {
-            let name: String = text[i..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
+        for name in petrel_tests::names_used(&text, "petrel_push_") {
             used += 1;
             anyhow::ensure!(
                 known.contains(&name),

@@ -13,7 +13,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use petrel_core::push::{Alert, Urgency};
 use serde_json::json;
 
-use super::{Outcome, app_data, retry_after, unix_secs};
+use super::{Outcome, app_data, unix_secs};
 use crate::config::ApnsSection;
 
 /// How long one provider token is used: between Apple's 20 and 60 minutes.
@@ -144,15 +144,10 @@ impl Apns {
             .body(serde_json::Value::Object(body).to_string())
             .send()
             .await;
-        let resp = match resp {
+        let (status, after, resp) = match super::refusal(resp) {
             Ok(r) => r,
-            Err(e) => return Outcome::unreachable(&e),
+            Err(outcome) => return outcome,
         };
-        let status = resp.status();
-        if status.is_success() {
-            return Outcome::Delivered;
-        }
-        let after = retry_after(resp.headers());
         let reason = super::json_body::<ErrorBody>(resp)
             .await
             .unwrap_or_default()

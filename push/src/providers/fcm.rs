@@ -226,15 +226,10 @@ impl Fcm {
             .body(body.to_string())
             .send()
             .await;
-        let resp = match resp {
+        let (status, after, resp) = match super::refusal(resp) {
             Ok(r) => r,
-            Err(e) => return Outcome::unreachable(&e),
+            Err(outcome) => return outcome,
         };
-        let status = resp.status();
-        if status.is_success() {
-            return Outcome::Delivered;
-        }
-        let after = retry_after(resp.headers());
         let err = super::json_body::<ErrorResponse>(resp)
             .await
             .unwrap_or_default()

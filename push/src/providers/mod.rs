@@ -73,6 +73,19 @@ impl Outcome {
     }
 }
 
+/// A provider's answer to read further: its status, `Retry-After` and the response;
+/// or the outcome when the answer already says it (delivered, or no answer at all).
+fn refusal(
+    sent: Result<reqwest::Response, reqwest::Error>,
+) -> Result<(reqwest::StatusCode, Option<Duration>, reqwest::Response), Outcome> {
+    let resp = sent.map_err(|e| Outcome::unreachable(&e))?;
+    let status = resp.status();
+    if status.is_success() {
+        return Err(Outcome::Delivered);
+    }
+    Ok((status, retry_after(resp.headers()), resp))
+}
+
 /// `Retry-After` in seconds (the HTTP-date form is read as "no hint").
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers

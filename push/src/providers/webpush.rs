@@ -11,7 +11,7 @@ use p256::elliptic_curve::sec1::ToEncodedPoint;
 use p256::pkcs8::DecodePrivateKey;
 use petrel_core::push::{Alert, Urgency, b64url};
 
-use super::{Outcome, app_data, ece, retry_after, unix_secs};
+use super::{Outcome, app_data, ece, unix_secs};
 use crate::config::WebPushSection;
 
 /// How long a VAPID token is valid (RFC 8292 allows at most 24 hours).
@@ -134,15 +134,10 @@ impl WebPush {
             .body(body)
             .send()
             .await;
-        let resp = match resp {
+        let (status, after, resp) = match super::refusal(resp) {
             Ok(r) => r,
-            Err(e) => return Outcome::unreachable(&e),
+            Err(outcome) => return outcome,
         };
-        let status = resp.status();
-        if status.is_success() {
-            return Outcome::Delivered;
-        }
-        let after = retry_after(resp.headers());
         let text = resp.text().await.unwrap_or_default();
         let reason = format!(
             "{status}: {}",
