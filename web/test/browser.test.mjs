@@ -7,7 +7,7 @@
 import { test as nodeTest, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
-import { HOOK_MS, TEST_MS, httpGet, launchChromium, pageWait, petrelBin, run, startDev, within } from "./topology.mjs";
+import { HOOK_MS, TEST_MS, httpGet, launchChromium, pageWait, petrelBin, run, startDev, waitFor, within } from "./topology.mjs";
 
 const test = (name, fn) => nodeTest(name, { timeout: TEST_MS }, fn);
 
@@ -544,12 +544,25 @@ test("push: a browser registers a Web Push subscription with the gateway's VAPID
   }, ep.push.providers);
   assert.equal(result.vapid, ep.push.vapid_public_key, "/client-config hands out the VAPID key");
   assert.equal(result.bad, "INVALID_MESSAGE", "a malformed subscription is refused");
+  // The app is closed: the SDK says goodbye (a context closed without it is noticed
+  // only at the transport's idle timeout, and the device counts as online until then).
+  await evaluateWithin(yara.page, 10_000, "yara's client to close", () => window.petrel.client.close());
   await yara.context.close();
-  await run(petrelBin, ["client", "--dev", devDir, "--user", "zack", "send", "--to", "yara", "wake up"]);
+  // The worker pushes only a device that is offline: wait until the gateway says so.
+  await addContacts("zack", "yara");
+  await waitFor(
+    async () =>
+      (await run(petrelBin, ["client", "--dev", devDir, "--user", "zack", "watch", "--users", "yara", "--timeout", "1"]).done).some(
+        (l) => JSON.parse(l).state.toLowerCase() === "offline",
+      ),
+    40_000,
+    "yara to be offline",
+  );
+  await run(petrelBin, ["client", "--dev", devDir, "--user", "zack", "send", "--to", "yara", "wake up"]).done;
   // The worker signed the request with VAPID and encrypted it for the subscription;
   // the stand-in checked the VAPID token before answering (it does not hold this
   // subscription's private key, so it answers 410 and the target is pruned).
-  const pushed = await waitForPush(ep.push.received, "browser-yara", 20_000);
+  const pushed = await waitForPush(ep.push.received, "browser-yara", 30_000);
   assert.equal(pushed.provider, "webpush");
   assert.equal(pushed.headers["content-encoding"], "aes128gcm");
   assert.ok(pushed.headers.ttl && pushed.headers.urgency && pushed.headers.topic, JSON.stringify(pushed.headers));
