@@ -44,6 +44,16 @@ have_libclang() {
   return 1
 }
 runs() { "$@" >/dev/null 2>&1; }
+# The message service's tests and `petrel dev` start their own PostgreSQL server with
+# initdb and pg_ctl: Debian keeps them in /usr/lib/postgresql/N/bin, off PATH
+# (devkit::postgres looks there too); psql alone is only a client.
+have_postgres() {
+  local bin
+  for bin in ${PETREL_PG_BIN:-} /usr/lib/postgresql/*/bin; do
+    [ -x "$bin/initdb" ] && [ -x "$bin/pg_ctl" ] && "$bin/postgres" --version >/dev/null 2>&1 && return 0
+  done
+  return 1
+}
 
 missing=()
 runs redis-server --version || missing+=(redis-server)
@@ -53,12 +63,14 @@ runs c++ --version || missing+=(g++)
 runs /usr/bin/chromium --version || missing+=(chromium)
 { runs node --version && runs npm --version; } || missing+=(nodejs npm)
 runs protoc --version || missing+=(protobuf-compiler)
+have_postgres || missing+=(postgresql)
 if [ "${#missing[@]}" -gt 0 ]; then
   apt_install "${missing[@]}"
 fi
 # What was installed must now pass the same checks, or the build fails much later with a
 # less helpful message (bindgen's, 5 minutes into RocksDB).
 have_libclang || { log "libclang.so is still missing after installing libclang-dev"; exit 1; }
+have_postgres || { log "initdb, pg_ctl and postgres are still missing after installing postgresql"; exit 1; }
 for tool in redis-server protoc node npm; do
   runs "$tool" --version || { log "$tool does not run after installing it"; exit 1; }
 done

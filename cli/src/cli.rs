@@ -56,6 +56,10 @@ pub enum Command {
         /// Push (what they receive is appended to DIR/push/received.jsonl).
         #[arg(long)]
         push: bool,
+        /// Do not run the message service (PostgreSQL and a `petrel messages` worker):
+        /// no conversation lists, archived history or edits, a quicker start.
+        #[arg(long)]
+        no_messages: bool,
     },
     /// Print a dev token (HS256, signed with the dev secret of a `petrel dev` directory).
     Token {
@@ -100,6 +104,23 @@ pub enum Command {
     /// number of workers share the hub's durable consumers (see
     /// deploy/push.example.toml).
     Push(PushArgs),
+    /// Run a message-service worker: archives every stored message in PostgreSQL and
+    /// answers the gateways' conversation lists, archived history and amend checks.
+    /// Any number of workers share one durable consumer (see
+    /// deploy/messages.example.toml).
+    Messages(MessagesArgs),
+}
+
+/// `petrel messages` options.
+#[derive(Debug, Args)]
+pub struct MessagesArgs {
+    /// The worker's TOML config; PETREL_MESSAGES_* variables override its keys.
+    #[arg(long, value_name = "FILE", conflicts_with = "dev")]
+    pub config: Option<PathBuf>,
+    /// Join a running `petrel dev`: its hub, Redis and PostgreSQL (one more worker
+    /// sharing the load).
+    #[arg(long, value_name = "DIR")]
+    pub dev: Option<PathBuf>,
 }
 
 /// `petrel push` options.
@@ -243,9 +264,88 @@ pub enum ClientAction {
         id: Option<String>,
         /// Message text.
         text: String,
+        /// The message this one replies to, as SUBJECT:SEQ (e.g. msg.private.bob:12).
+        #[arg(long, value_name = "SUBJECT:SEQ", value_parser = parse_reference)]
+        reply_to: Option<(String, u64)>,
+        /// Users this message mentions, comma-separated (at most 32).
+        #[arg(long = "mention", value_delimiter = ',', value_name = "USER,...")]
+        mentions: Vec<String>,
         /// Seconds to wait for the gateway's answer.
         #[arg(long, default_value_t = 15.0)]
         timeout: f64,
+    },
+    /// Edit one of your messages (found by its client message id) to TEXT, on every
+    /// device and in history; refused outside the gateway's amend window. Prints the
+    /// SendResult of the edit.
+    Edit {
+        /// The client message id of the message to edit.
+        #[arg(long)]
+        id: String,
+        /// The new text.
+        text: String,
+        /// Seconds to wait for the gateway's answer.
+        #[arg(long, default_value_t = 15.0)]
+        timeout: f64,
+    },
+    /// Recall (delete for everyone) one of your messages, found by its client message
+    /// id; refused outside the gateway's amend window. Prints the SendResult.
+    Recall {
+        /// The client message id of the message to recall.
+        #[arg(long)]
+        id: String,
+        /// Seconds to wait for the gateway's answer.
+        #[arg(long, default_value_t = 15.0)]
+        timeout: f64,
+    },
+    /// Print the conversation list (one JSON object per conversation: peer or group,
+    /// last message, unread, mentions, pinned, muted), pinned first, then newest.
+    Conversations {
+        /// Skip this many.
+        #[arg(long, default_value_t = 0)]
+        offset: u32,
+        /// At most this many (the gateway caps it at 200).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Then keep printing each conversation that changes (`{"update": …}`) until
+        /// --timeout.
+        #[arg(long)]
+        follow: bool,
+        /// With --follow: stop after this many seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
+    /// Mark a conversation read on every device of the user, up to --seq (by default
+    /// up to its newest message).
+    MarkRead {
+        /// The user of a direct conversation.
+        #[arg(
+            long = "with",
+            required_unless_present = "group",
+            conflicts_with = "group"
+        )]
+        with: Option<String>,
+        /// A group.
+        #[arg(long)]
+        group: Option<String>,
+        /// Up to this sequence on the conversation's subject.
+        #[arg(long)]
+        seq: Option<u64>,
+    },
+    /// Page the history of the direct conversation with a user (from the archive) or of
+    /// one of your subjects: one JSON object per message, newest first.
+    History {
+        /// The other user of a direct conversation.
+        #[arg(long = "with", conflicts_with = "subject")]
+        with: Option<String>,
+        /// A subject of yours (msg.private.{you}, msg.group.{g}).
+        #[arg(long, required_unless_present = "with")]
+        subject: Option<String>,
+        /// Messages before this sequence (0: from the newest).
+        #[arg(long, default_value_t = 0)]
+        before: u64,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
     },
     /// Follow users' presence: prints one JSON object per state (now, then each change).
     Watch {
@@ -347,6 +447,26 @@ async fn provision(a: ProvisionArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn messages(a: MessagesArgs) -> anyhow::Result<ExitCode> {
+    let cfg = match (a.config, a.dev) {
+        (Some(path), _) => petrel_messages::MessagesConfig::load(&path)?,
+        (None, Some(dir)) => {
+            let ep = Endpoints::read(&dir)?;
+            let m = ep
+                .messages
+                .with_context(|| format!("{} was started with --no-messages", dir.display()))?;
+            let mut cfg = petrel_messages::MessagesConfig::load(&m.config)?;
+            // A second worker beside the one `petrel dev` runs: its own metrics port.
+            cfg.messages.metrics_listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+            cfg
+        }
+        (None, None) => anyhow::bail!("pass --config FILE or --dev DIR"),
+    };
+    let shutdown = shutdown_on_signal()?;
+    petrel_messages::run(cfg, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn push(a: PushArgs) -> anyhow::Result<ExitCode> {
     if let Some(PushTool::VapidKey { out }) = a.tool {
         anyhow::ensure!(
@@ -394,6 +514,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             hub_nodes,
             sync_interval,
             push,
+            no_messages,
         } => {
             let shutdown = shutdown_on_signal()?;
             let shape = dev::Shape {
@@ -401,6 +522,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 hub_nodes,
                 sync_interval,
                 push,
+                messages: !no_messages,
             };
             dev::run(&dir, web_dir.as_deref(), shape, shutdown).await?;
             Ok(ExitCode::SUCCESS)
@@ -426,6 +548,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Provision(args) => provision(args).await,
         Command::Push(args) => push(args).await,
+        Command::Messages(args) => messages(args).await,
         Command::Client(args) => client(args).await,
         Command::Bench(args) => {
             petrel_bench::scenario::run(args).await?;
@@ -514,57 +637,137 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
             group,
             id,
             text,
+            reply_to,
+            mentions,
             timeout,
         } => {
             let id = id.clone().unwrap_or_else(random_id);
-            let wait = Duration::from_secs_f64(timeout.max(0.0));
-            let content = text.clone().into_bytes();
-            let send = async {
-                match (to, group) {
-                    (_, Some(g)) => client.send_group(g, &id, content).await,
-                    (Some(u), None) => client.send(u, &id, content).await,
-                    (None, None) => Err(petrel_client::ClientError::Config(
-                        "pass --to USER or --group GROUP".into(),
-                    )),
-                }
+            let target = match (to, group) {
+                (_, Some(g)) => petrel_client::To::Group(g),
+                (Some(u), None) => petrel_client::To::User(u),
+                (None, None) => bail!("pass --to USER or --group GROUP"),
             };
-            let result = tokio::time::timeout(wait, send).await.map_err(|_| {
-                anyhow::anyhow!(
-                    "no answer from the gateway within {timeout} s: the message may or may not be \
-                         stored; retry with --id {id} (a retry is stored once)"
+            let options = petrel_client::SendOptions {
+                reply_to: reply_to.clone(),
+                mentions: mentions.clone(),
+            };
+            let rx = client
+                .sender()
+                .start_send_with(
+                    target,
+                    &id,
+                    text.clone().into_bytes(),
+                    "text/plain",
+                    options,
                 )
-            })??;
-            let code = match &result {
-                SendResult::Stored {
-                    subject,
-                    seq,
-                    msg_id,
-                    duplicate,
-                } => {
-                    println!(
-                        "{}",
-                        json!({"status": "stored", "subject": subject, "seq": seq, "id": id, "msg_id": msg_id, "duplicate": duplicate})
-                    );
-                    ExitCode::SUCCESS
-                }
-                SendResult::Queued { msg_id } => {
-                    println!(
-                        "{}",
-                        json!({"status": "queued", "id": id, "msg_id": msg_id})
-                    );
-                    ExitCode::SUCCESS
-                }
-                SendResult::Rejected { code, detail } => {
-                    println!(
-                        "{}",
-                        json!({"status": "rejected", "id": id, "code": code, "detail": detail})
-                    );
-                    eprintln!("error: message rejected: {code}: {detail}");
-                    ExitCode::FAILURE
-                }
-            };
+                .await?;
+            let code = print_send_result(&id, rx, *timeout).await?;
             client.close().await;
             Ok(code)
+        }
+        ClientAction::Edit {
+            id: target,
+            text,
+            timeout,
+        } => {
+            let id = random_id();
+            let rx = client
+                .sender()
+                .start_amend(&id, target, Some(text.clone().into_bytes().into()))
+                .await?;
+            let code = print_send_result(&id, rx, *timeout).await?;
+            client.close().await;
+            Ok(code)
+        }
+        ClientAction::Recall {
+            id: target,
+            timeout,
+        } => {
+            let id = random_id();
+            let rx = client.sender().start_amend(&id, target, None).await?;
+            let code = print_send_result(&id, rx, *timeout).await?;
+            client.close().await;
+            Ok(code)
+        }
+        ClientAction::Conversations {
+            offset,
+            limit,
+            follow,
+            timeout,
+        } => {
+            let page = client.conversations(*offset, *limit, *follow).await?;
+            for c in &page.conversations {
+                println!("{}", conversation_json(c));
+            }
+            if *follow {
+                let deadline =
+                    timeout.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+                loop {
+                    let event = match deadline {
+                        Some(d) => {
+                            match tokio::time::timeout_at(d.into(), client.next_event()).await {
+                                Ok(e) => e,
+                                Err(_) => break,
+                            }
+                        }
+                        None => client.next_event().await,
+                    };
+                    match event {
+                        Some(Event::Conversation(c)) => {
+                            println!("{}", json!({ "update": conversation_json(&c) }));
+                        }
+                        Some(Event::Closed { reason }) => bail!("connection closed: {reason}"),
+                        None => bail!("connection closed"),
+                        Some(_) => {}
+                    }
+                }
+            } else if page.more {
+                eprintln!(
+                    "more: ask again with --offset {}",
+                    offset + page.conversations.len() as u32
+                );
+            }
+            client.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientAction::MarkRead { with, group, seq } => {
+            let target = match (with, group) {
+                (_, Some(g)) => petrel_client::To::Group(g),
+                (Some(u), None) => petrel_client::To::User(u),
+                (None, None) => bail!("pass --with USER or --group GROUP"),
+            };
+            client.mark_read(target, seq.unwrap_or(0)).await?;
+            // A read mark is not answered: a request after it makes sure the gateway
+            // has taken it before the connection closes.
+            let _ = client.conversations(0, 1, false).await;
+            println!("{}", json!({"marked": true, "seq": seq.unwrap_or(0)}));
+            client.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientAction::History {
+            with,
+            subject,
+            before,
+            limit,
+        } => {
+            let page = match (with, subject) {
+                (Some(w), _) => {
+                    client
+                        .conversation_history(w, true, *before, *limit)
+                        .await?
+                }
+                (None, Some(s)) => client.history(s, true, *before, *limit).await?,
+                (None, None) => bail!("pass --with USER or --subject SUBJECT"),
+            };
+            for m in &page.messages {
+                println!("{}", message_json(m));
+            }
+            if page.more {
+                let last = page.messages.last().map_or(0, |m| m.seq);
+                eprintln!("more: ask again with --before {last}");
+            }
+            client.close().await;
+            Ok(ExitCode::SUCCESS)
         }
         ClientAction::Watch { users, timeout } => {
             let refs: Vec<&str> = users.iter().map(String::as_str).collect();
@@ -687,20 +890,7 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
                 match event {
                     Some(Event::Message(m)) => {
                         got += 1;
-                        println!(
-                            "{}",
-                            json!({
-                                "from": m.from, "to": m.to, "text": String::from_utf8_lossy(&m.content),
-                                "subject": m.subject, "seq": m.seq, "prev_seq": m.prev_seq,
-                                "id": m.client_msg_id, "from_device": m.from_device, "time_ms": m.time_ms,
-                                "latency_ms": now_ms().saturating_sub(m.time_ms),
-                                "group": m.group,
-                                "notification": m.notification.as_ref().map(|n| json!({
-                                    "title": n.title, "body": n.body, "action": n.action,
-                                    "priority": n.priority, "badge": n.badge,
-                                })),
-                            })
-                        );
+                        println!("{}", message_json(&m));
                         client.ack(&m.subject, m.seq).await?;
                         if let Some(s) = state_file.as_mut() {
                             s.advance(&m.subject, m.seq);
@@ -709,7 +899,10 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
                     }
                     Some(Event::Error { code, message }) => eprintln!("warning: {code}: {message}"),
                     Some(
-                        Event::SendResult { .. } | Event::Typing { .. } | Event::Presence { .. },
+                        Event::SendResult { .. }
+                        | Event::Typing { .. }
+                        | Event::Presence { .. }
+                        | Event::Conversation(_),
                     ) => {}
                     Some(Event::Closed { reason }) => bail!("connection closed: {reason}"),
                     None => bail!("connection closed"),
@@ -719,6 +912,99 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// One delivered or archived message as the CLI prints it.
+fn message_json(m: &petrel_client::Message) -> serde_json::Value {
+    json!({
+        "from": m.from, "to": m.to, "text": String::from_utf8_lossy(&m.content),
+        "subject": m.subject, "seq": m.seq, "prev_seq": m.prev_seq,
+        "id": m.client_msg_id, "from_device": m.from_device, "time_ms": m.time_ms,
+        "latency_ms": now_ms().saturating_sub(m.time_ms),
+        "group": m.group,
+        "notification": m.notification.as_ref().map(|n| json!({
+            "title": n.title, "body": n.body, "action": n.action,
+            "priority": n.priority, "badge": n.badge,
+        })),
+        "reply_to": m.reply_to.as_ref().map(|(s, q)| json!({"subject": s, "seq": q})),
+        "mentions": m.mentions,
+        "amends": m.amends.as_ref().map(|(t, recall)| json!({"id": t, "recall": recall})),
+        "read": m.read.as_ref().map(|(c, q)| json!({"conversation": c, "seq": q})),
+        "edited_ms": m.edited_ms,
+        "recalled": m.recalled,
+    })
+}
+
+/// One conversation as the CLI prints it.
+fn conversation_json(c: &petrel_client::Conversation) -> serde_json::Value {
+    json!({
+        "peer": c.user, "group": c.group,
+        "last": c.last.as_ref().map(message_json),
+        "unread": c.unread, "mentions": c.unread_mentions, "read_seq": c.read_seq,
+        "pinned": c.pinned, "muted": c.muted, "updated_ms": c.updated_ms,
+    })
+}
+
+/// `SUBJECT:SEQ`.
+fn parse_reference(s: &str) -> Result<(String, u64), String> {
+    let (subject, seq) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not SUBJECT:SEQ"))?;
+    let seq = seq
+        .parse::<u64>()
+        .map_err(|e| format!("{s:?}: the sequence: {e}"))?;
+    if subject.is_empty() || seq == 0 {
+        return Err(format!("{s:?} is not SUBJECT:SEQ with SEQ ≥ 1"));
+    }
+    Ok((subject.to_string(), seq))
+}
+
+/// Waits (at most `timeout` s) for a send's answer and prints it as one JSON object;
+/// failure when it was rejected.
+async fn print_send_result(
+    id: &str,
+    rx: tokio::sync::oneshot::Receiver<SendResult>,
+    timeout: f64,
+) -> anyhow::Result<ExitCode> {
+    let wait = Duration::from_secs_f64(timeout.max(0.0));
+    let result = tokio::time::timeout(wait, rx)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "no answer from the gateway within {timeout} s: the message may or may not be \
+                 stored; retry with --id {id} (a retry is stored once)"
+            )
+        })?
+        .map_err(|_| anyhow::anyhow!("the connection closed before the gateway answered"))?;
+    Ok(match &result {
+        SendResult::Stored {
+            subject,
+            seq,
+            msg_id,
+            duplicate,
+        } => {
+            println!(
+                "{}",
+                json!({"status": "stored", "subject": subject, "seq": seq, "id": id, "msg_id": msg_id, "duplicate": duplicate})
+            );
+            ExitCode::SUCCESS
+        }
+        SendResult::Queued { msg_id } => {
+            println!(
+                "{}",
+                json!({"status": "queued", "id": id, "msg_id": msg_id})
+            );
+            ExitCode::SUCCESS
+        }
+        SendResult::Rejected { code, detail } => {
+            println!(
+                "{}",
+                json!({"status": "rejected", "id": id, "code": code, "detail": detail})
+            );
+            eprintln!("error: message rejected: {code}: {detail}");
+            ExitCode::FAILURE
+        }
+    })
 }
 
 /// `petrel impair`.

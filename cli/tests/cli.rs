@@ -813,3 +813,130 @@ fn readme_push_session() {
         "the unregistered phone was pushed"
     );
 }
+
+/// The README's conversation session: replies and mentions, a new device's list with
+/// unread counts, mark-read, the archived history of one conversation, edit and
+/// recall, against the message service `petrel dev` runs.
+#[test]
+fn readme_messages_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let _dev = start_dev(&dir);
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        json_lines(&out.stdout)
+    };
+    ok(Command::new(PETREL)
+        .args(["admin", "group", "--dev"])
+        .arg(&dir)
+        .args(["add", "team", "bob", "carol"])
+        .output()
+        .unwrap());
+    let first = ok(petrel_client(
+        &dir,
+        &["--user", "alice", "send", "--to", "bob", "lunch?"],
+    ));
+    let seq = first[0]["seq"].as_u64().unwrap();
+    let reference = format!("msg.private.bob:{seq}");
+    ok(petrel_client(
+        &dir,
+        &[
+            "--user",
+            "alice",
+            "send",
+            "--to",
+            "bob",
+            "--reply-to",
+            &reference,
+            "--mention",
+            "bob",
+            "at noon, @bob",
+        ],
+    ));
+    ok(petrel_client(
+        &dir,
+        &["--user", "carol", "send", "--group", "team", "standup in 5"],
+    ));
+    // The archive follows within moments; a new device asks until it has caught up.
+    let started = Instant::now();
+    let list = loop {
+        let list = ok(petrel_client(
+            &dir,
+            &["--user", "bob", "--device", "new-phone", "conversations"],
+        ));
+        if list.len() == 2 && list.iter().all(|c| c["unread"].as_u64() > Some(0)) {
+            break list;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{list:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(list[0]["group"], "team", "{list:?}");
+    assert_eq!(list[1]["peer"], "alice");
+    assert_eq!(list[1]["unread"], 2);
+    assert_eq!(list[1]["last"]["text"], "at noon, @bob");
+    assert_eq!(list[1]["last"]["reply_to"]["seq"], seq);
+    ok(petrel_client(
+        &dir,
+        &[
+            "--user",
+            "bob",
+            "--device",
+            "laptop",
+            "mark-read",
+            "--group",
+            "team",
+        ],
+    ));
+    let started = Instant::now();
+    loop {
+        let list = ok(petrel_client(&dir, &["--user", "bob", "conversations"]));
+        let team = list.iter().find(|c| c["group"] == "team").unwrap();
+        if team["unread"] == 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{list:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let history = ok(petrel_client(
+        &dir,
+        &["--user", "bob", "history", "--with", "alice"],
+    ));
+    let texts: Vec<&str> = history
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["at noon, @bob", "lunch?"]);
+    ok(petrel_client(
+        &dir,
+        &[
+            "--user", "alice", "send", "--to", "bob", "--id", "m-42", "helo",
+        ],
+    ));
+    // An amend finds its original in the archive: wait until bob's list shows it.
+    let started = Instant::now();
+    loop {
+        let list = ok(petrel_client(&dir, &["--user", "bob", "conversations"]));
+        if list.iter().any(|c| c["last"]["text"] == "helo") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{list:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let edited = ok(petrel_client(
+        &dir,
+        &["--user", "alice", "edit", "--id", "m-42", "hello"],
+    ));
+    assert_eq!(edited[0]["status"], "stored", "{edited:?}");
+    let recalled = ok(petrel_client(
+        &dir,
+        &["--user", "alice", "recall", "--id", "m-42"],
+    ));
+    assert_eq!(recalled[0]["status"], "stored", "{recalled:?}");
+    let not_mine = petrel_client(&dir, &["--user", "bob", "edit", "--id", "m-42", "mine"]);
+    assert!(!not_mine.status.success());
+    assert_eq!(json_lines(&not_mine.stdout)[0]["code"], "FORBIDDEN");
+}

@@ -133,6 +133,62 @@ pub struct Message {
     pub content: Bytes,
     /// Media type.
     pub content_type: String,
+    /// The message it replies to: subject and sequence.
+    pub reply_to: Option<(String, u64)>,
+    /// Users it mentions.
+    pub mentions: Vec<String>,
+    /// It edits (or, `true`, recalls) the sender's message with this client_msg_id:
+    /// apply it to that message wherever it is shown.
+    pub amends: Option<(String, bool)>,
+    /// A read mark of this user (from any of its devices): the conversation — a user
+    /// or `group:{g}` — read up to a sequence.
+    pub read: Option<(String, u64)>,
+    /// From the archive: edited at this time (ms; 0: never).
+    pub edited_ms: u64,
+    /// From the archive: recalled (its content is gone).
+    pub recalled: bool,
+}
+
+/// One conversation of the user, as the message service keeps it (see
+/// [`Client::conversations`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversation {
+    /// The other user, for a direct conversation.
+    pub user: Option<String>,
+    /// The group, for a group conversation.
+    pub group: Option<String>,
+    /// Its newest message, as it reads now (edited, or empty when recalled).
+    pub last: Option<Message>,
+    /// Messages from others after the read position.
+    pub unread: u32,
+    /// Of those, the ones mentioning the user.
+    pub unread_mentions: u32,
+    /// The read position (a sequence on the conversation's subject).
+    pub read_seq: u64,
+    /// Pinned.
+    pub pinned: bool,
+    /// Muted.
+    pub muted: bool,
+    /// When it last changed (ms).
+    pub updated_ms: u64,
+}
+
+/// A page of the conversation list.
+#[derive(Debug, Clone)]
+pub struct ConversationPage {
+    /// Pinned first, then the most recent first.
+    pub conversations: Vec<Conversation>,
+    /// More after this page.
+    pub more: bool,
+}
+
+/// What a send may carry besides its content.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SendOptions {
+    /// The message it replies to: subject and sequence.
+    pub reply_to: Option<(String, u64)>,
+    /// Users it mentions (at most 32).
+    pub mentions: Vec<String>,
 }
 
 /// Delivered or read.
@@ -236,6 +292,9 @@ pub enum Event {
         /// `ONLINE`, `OFFLINE` or `UNKNOWN`.
         state: String,
     },
+    /// One of the user's conversations changed (after [`Client::conversations`] with
+    /// `follow`): a new message, a read position moved on another device, an edit.
+    Conversation(Conversation),
     /// A non-fatal error frame.
     Error {
         /// Code name.
@@ -307,6 +366,19 @@ impl Sender {
         content: impl Into<Bytes>,
         content_type: &str,
     ) -> Result<oneshot::Receiver<SendResult>, ClientError> {
+        self.start_send_with(to, id, content, content_type, SendOptions::default())
+            .await
+    }
+
+    /// Queues a send with a reply reference and mentions (see [`SendOptions`]).
+    pub async fn start_send_with(
+        &self,
+        to: To<'_>,
+        id: &str,
+        content: impl Into<Bytes>,
+        content_type: &str,
+        options: SendOptions,
+    ) -> Result<oneshot::Receiver<SendResult>, ClientError> {
         let to = match to {
             To::User(u) => pb::send::To::User(u.to_string()),
             To::Group(g) => pb::send::To::Group(g.to_string()),
@@ -316,7 +388,42 @@ impl Sender {
             to: Some(to),
             content: content.into(),
             content_type: content_type.to_string(),
+            reply_to: options
+                .reply_to
+                .map(|(subject, seq)| pb::MessageRef { subject, seq }),
+            mentions: options.mentions,
         }));
+        self.send_frame(id, frame).await
+    }
+
+    /// Queues an edit (`Some(content)`) or recall (`None`) of this user's message
+    /// `target`, as the new message `id`; answered like a send (REJECTED with
+    /// FORBIDDEN outside the gateway's amend window).
+    pub async fn start_amend(
+        &self,
+        id: &str,
+        target: &str,
+        content: Option<Bytes>,
+    ) -> Result<oneshot::Receiver<SendResult>, ClientError> {
+        let frame = client_frame(pb::client_frame::Kind::Amend(pb::Amend {
+            client_msg_id: id.to_string(),
+            target: target.to_string(),
+            recall: content.is_none(),
+            content_type: if content.is_some() {
+                "text/plain".into()
+            } else {
+                String::new()
+            },
+            content: content.unwrap_or_default(),
+        }));
+        self.send_frame(id, frame).await
+    }
+
+    async fn send_frame(
+        &self,
+        id: &str,
+        frame: Bytes,
+    ) -> Result<oneshot::Receiver<SendResult>, ClientError> {
         let (tx, rx) = oneshot::channel();
         self.cmd
             .send(Cmd::Send {
@@ -375,6 +482,11 @@ enum Cmd {
         id: u64,
         frame: Bytes,
         reply: oneshot::Sender<Result<(), ClientError>>,
+    },
+    Conversations {
+        id: u64,
+        frame: Bytes,
+        reply: oneshot::Sender<Result<ConversationPage, ClientError>>,
     },
 }
 
@@ -647,14 +759,27 @@ impl Client {
         from: u64,
         limit: u32,
     ) -> Result<HistoryPage, ClientError> {
+        self.sync(subject.to_string(), "", newest_first, from, limit)
+            .await
+    }
+
+    async fn sync(
+        &self,
+        subject: String,
+        with: &str,
+        newest_first: bool,
+        from: u64,
+        limit: u32,
+    ) -> Result<HistoryPage, ClientError> {
         let id = NEXT_SYNC.fetch_add(1, Ordering::Relaxed);
         let frame = client_frame(pb::client_frame::Kind::Sync(pb::Sync {
             request_id: id,
-            subject: subject.to_string(),
+            subject,
             newest_first,
             before: if newest_first { from } else { 0 },
             after: if newest_first { 0 } else { from },
             limit,
+            with: with.to_string(),
         }));
         let (tx, rx) = oneshot::channel();
         self.cmd
@@ -667,6 +792,70 @@ impl Client {
             .map_err(|_| ClientError::Closed("client stopped".into()))?;
         rx.await
             .map_err(|_| ClientError::Closed("connection closed before the history page".into()))?
+    }
+
+    /// A page of the direct conversation with `with` (from the message service's
+    /// archive): newest first before `from` (0: the newest) or oldest first after it.
+    pub async fn conversation_history(
+        &self,
+        with: &str,
+        newest_first: bool,
+        from: u64,
+        limit: u32,
+    ) -> Result<HistoryPage, ClientError> {
+        // The gateway takes an empty subject with `with` as this user's inbox.
+        self.sync(String::new(), with, newest_first, from, limit)
+            .await
+    }
+
+    /// A page of the user's conversation list (pinned first, then the most recent):
+    /// `offset` skips that many. With `follow`, [`Event::Conversation`] reports every
+    /// change from now on.
+    pub async fn conversations(
+        &self,
+        offset: u32,
+        limit: u32,
+        follow: bool,
+    ) -> Result<ConversationPage, ClientError> {
+        let id = NEXT_SYNC.fetch_add(1, Ordering::Relaxed);
+        let frame = client_frame(pb::client_frame::Kind::ListConversations(
+            pb::ListConversations {
+                request_id: id,
+                offset,
+                limit,
+                follow,
+            },
+        ));
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Cmd::Conversations {
+                id,
+                frame,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| ClientError::Closed("client stopped".into()))?;
+        rx.await.map_err(|_| {
+            ClientError::Closed("connection closed before the conversation list".into())
+        })?
+    }
+
+    /// Marks the conversation with a user (`To::User`) or a group read up to `seq`
+    /// (0: up to its newest message) on every device of this user.
+    pub async fn mark_read(&self, conversation: To<'_>, seq: u64) -> Result<(), ClientError> {
+        use pb::mark_read::Conversation as C;
+        let conversation = match conversation {
+            To::User(u) => C::User(u.to_string()),
+            To::Group(g) => C::Group(g.to_string()),
+        };
+        let frame = client_frame(pb::client_frame::Kind::MarkRead(pb::MarkRead {
+            conversation: Some(conversation),
+            seq,
+        }));
+        self.cmd
+            .send(Cmd::Frame(frame))
+            .await
+            .map_err(|_| ClientError::Closed("connection closed".into()))
     }
 
     /// Registers this device's push target (replacing the one it had), or removes it
@@ -935,6 +1124,8 @@ async fn drive(
     let mut outgoing: VecDeque<Bytes> = VecDeque::new();
     let mut syncs: HashMap<u64, oneshot::Sender<Result<HistoryPage, ClientError>>> = HashMap::new();
     let mut pushes: HashMap<u64, oneshot::Sender<Result<(), ClientError>>> = HashMap::new();
+    let mut lists: HashMap<u64, oneshot::Sender<Result<ConversationPage, ClientError>>> =
+        HashMap::new();
     let reason: Option<String> = loop {
         tokio::select! {
             _ = ping.tick() => {
@@ -955,6 +1146,10 @@ async fn drive(
                 }
                 Some(Cmd::Push { id, frame, reply }) => {
                     pushes.insert(id, reply);
+                    outgoing.push_back(frame);
+                }
+                Some(Cmd::Conversations { id, frame, reply }) => {
+                    lists.insert(id, reply);
                     outgoing.push_back(frame);
                 }
                 None => break None,
@@ -1009,6 +1204,10 @@ async fn drive(
                                     message: r.detail,
                                 })
                             });
+                        }
+                    } else if let pb::server_frame::Kind::ConversationList(l) = kind {
+                        if let Some(reply) = lists.remove(&l.request_id) {
+                            let _ = reply.send(conversation_page(l));
                         }
                     } else if !handle(kind, &mut pending, &events, &stats, &mut seen).await {
                         break Some("event receiver dropped".into());
@@ -1075,7 +1274,52 @@ fn to_message(m: pb::Message) -> Message {
         client_msg_id: m.client_msg_id,
         content: m.content,
         content_type: m.content_type,
+        reply_to: m.reply_to.map(|r| (r.subject, r.seq)),
+        mentions: m.mentions,
+        amends: m.amends.map(|a| (a.target, a.recall)),
+        read: m.read.map(|r| {
+            let c = match r.conversation {
+                Some(pb::read_mark::Conversation::User(u)) => u,
+                Some(pb::read_mark::Conversation::Group(g)) => format!("group:{g}"),
+                None => String::new(),
+            };
+            (c, r.seq)
+        }),
+        edited_ms: m.edited_ms,
+        recalled: m.recalled,
     }
+}
+
+fn to_conversation(c: pb::Conversation) -> Conversation {
+    let (user, group) = match c.with {
+        Some(pb::conversation::With::User(u)) => (Some(u), None),
+        Some(pb::conversation::With::Group(g)) => (None, Some(g)),
+        None => (None, None),
+    };
+    Conversation {
+        user,
+        group,
+        last: c.last.map(to_message),
+        unread: c.unread,
+        unread_mentions: c.unread_mentions,
+        read_seq: c.read_seq,
+        pinned: c.pinned,
+        muted: c.muted,
+        updated_ms: c.updated_ms,
+    }
+}
+
+fn conversation_page(l: pb::ConversationList) -> Result<ConversationPage, ClientError> {
+    if l.error != 0 {
+        return Err(ClientError::Refused {
+            code: code_name(l.error),
+            message: l.detail,
+        });
+    }
+    Ok(ConversationPage {
+        conversations: l.conversations.into_iter().map(to_conversation).collect(),
+        more: l.more,
+    })
 }
 
 fn history_page(b: pb::SyncBatch) -> Result<HistoryPage, ClientError> {
@@ -1174,6 +1418,17 @@ async fn handle(
             })
             .await
             .is_ok(),
-        Kind::Welcome(_) | Kind::Pong(_) | Kind::SyncBatch(_) | Kind::PushRegistered(_) => true,
+        Kind::ConversationUpdate(u) => match u.conversation {
+            Some(c) => events
+                .send(Event::Conversation(to_conversation(c)))
+                .await
+                .is_ok(),
+            None => true,
+        },
+        Kind::Welcome(_)
+        | Kind::Pong(_)
+        | Kind::SyncBatch(_)
+        | Kind::PushRegistered(_)
+        | Kind::ConversationList(_) => true,
     }
 }

@@ -15,12 +15,15 @@
 //! - [`outbox`] — store-and-forward policy: publish in order, QUEUED, retry/backoff.
 //! - [`push`] — push targets and the registry's value, who a message wakes, what a
 //!   push says (preview), provider retry policy.
+//! - [`conversation`] — what a stored message means for the message service: its
+//!   conversation, its archive row, what it changes (times, read positions, edits).
 //! - [`time`] — Unix time for the I/O shells.
 //!
 //! Nothing here opens a socket, and the state machines are handed the time instead of
 //! reading a clock, so they are tested with simulated peers and a fake clock.
 
 pub mod auth;
+pub mod conversation;
 pub mod delivery;
 pub mod error;
 pub mod ids;

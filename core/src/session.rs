@@ -43,6 +43,8 @@ pub struct SessionConfig {
     pub send_burst: u32,
     /// Time allowed between accept and a valid Hello.
     pub handshake_timeout: Duration,
+    /// How long after sending a message its sender may still edit or recall it.
+    pub amend_window: Duration,
 }
 
 impl Default for SessionConfig {
@@ -55,6 +57,7 @@ impl Default for SessionConfig {
             send_rate_per_sec: 100,
             send_burst: 200,
             handshake_timeout: Duration::from_secs(10),
+            amend_window: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -177,8 +180,40 @@ pub enum Action {
         /// What to store.
         registration: Option<crate::push::Registration>,
     },
+    /// Ask the message service where the sender's message `target` went and when;
+    /// report back with [`Session::on_original`].
+    FindOriginal {
+        /// The amendment's publish request id.
+        req: u64,
+        /// Whose message.
+        user: UserId,
+        /// Its client_msg_id.
+        target: ClientMsgId,
+    },
+    /// Ask the message service for a page of the conversation list and answer with
+    /// [`Reply::Conversations`]; with `follow`, forward the user's conversation updates
+    /// to this connection from now on.
+    ListConversations {
+        /// The request.
+        request: crate::wire::ConversationsRequest,
+        /// Whose.
+        user: UserId,
+        /// The groups it is in.
+        groups: Vec<GroupId>,
+    },
     /// Close the connection with this code (after writing any replies before it).
     Close(ErrorCode, String),
+}
+
+/// Where a message went and when, as the message service knows it (for an amend).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Original {
+    /// The conversation it was sent to.
+    pub to: Recipient,
+    /// When the gateway accepted it (ms since the epoch).
+    pub time_ms: u64,
+    /// It is already recalled.
+    pub recalled: bool,
 }
 
 #[derive(Debug)]
@@ -207,6 +242,8 @@ pub struct Session {
     state: State,
     next_req: u64,
     inflight: HashMap<u64, Pending>,
+    /// Amends waiting for the message service to find their original.
+    amending: HashMap<u64, crate::wire::AmendCommand>,
     /// Sends answered QUEUED, waiting for their final STORED (not counted against
     /// the in-flight budget: they are durable, and the outbox has its own bound).
     queued: HashMap<u64, Pending>,
@@ -292,6 +329,7 @@ impl Session {
             state: State::AwaitingHello { deadline },
             next_req: 0,
             inflight: HashMap::new(),
+            amending: HashMap::new(),
             queued: HashMap::new(),
             cursors: HashMap::new(),
             delivery_streams: 0,
@@ -515,8 +553,21 @@ impl Session {
                     why,
                 )));
             }
-            (State::Joining(id) | State::Active(id), Command::Sync(req)) => {
-                if self.owns(&id.user, &req.subject) {
+            (State::Joining(id) | State::Active(id), Command::Sync(mut req)) => {
+                // A direct conversation is on the inbox; the subject may be left out.
+                if req.with.is_some() && req.subject.is_empty() {
+                    req.subject = subject::private_inbox(&id.user);
+                }
+                if req.with.is_some() && req.subject != subject::private_inbox(&id.user) {
+                    let why =
+                        "`with` pages a direct conversation: the subject must be the user's inbox"
+                            .to_string();
+                    out.push(Action::Reply(Reply::sync_refused(
+                        req,
+                        ErrorCode::Protocol,
+                        why,
+                    )));
+                } else if self.owns(&id.user, &req.subject) {
                     out.push(Action::Sync(req));
                 } else {
                     let why = format!("cannot read {:?}: not a subject of this user", req.subject);
@@ -589,6 +640,36 @@ impl Session {
                 let reader = id.user.clone();
                 self.on_receipt(&mut out, reader, r, now);
             }
+            (State::Joining(id) | State::Active(id), Command::Amend(a)) => {
+                let user = id.user.clone();
+                self.on_amend(&mut out, user, a, now);
+            }
+            (State::Joining(id) | State::Active(id), Command::MarkRead(m)) => {
+                let user = id.user.clone();
+                self.on_mark_read(&mut out, user, m, now);
+            }
+            (State::Joining(_) | State::Active(_), Command::ListConversations(request))
+                if !self.syncs.take(now.mono, SYNC_RATE, SYNC_BURST) =>
+            {
+                out.push(Action::Reply(Reply::Conversations {
+                    request_id: request.request_id,
+                    page: Err((
+                        ErrorCode::RateLimited,
+                        format!(
+                            "more than {SYNC_RATE} history or list pages per second; retry later"
+                        ),
+                    )),
+                }));
+            }
+            (State::Joining(id) | State::Active(id), Command::ListConversations(request)) => {
+                let mut groups: Vec<GroupId> = self.groups.iter().cloned().collect();
+                groups.sort();
+                out.push(Action::ListConversations {
+                    request,
+                    user: id.user.clone(),
+                    groups,
+                });
+            }
             (_, Command::Invalid { code, detail }) => out.push(Action::Reply(Reply::Error {
                 code,
                 message: detail,
@@ -616,51 +697,142 @@ impl Session {
                 status: SendStatus::Rejected { code, detail },
             })
         };
-        if !self
+        if let Err((code, detail)) = self
+            .take_send(now)
+            .and_then(|()| self.check_content(&send.content, &send.content_type))
+            .and_then(|()| self.check_reference(&sender, &send.to, send.reply_to.as_ref()))
+        {
+            out.push(reject(code, detail));
+            return;
+        }
+        let copies = match self.copies(&sender, &send.to, &send.id) {
+            Ok(c) => c,
+            Err((code, detail)) => {
+                out.push(reject(code, detail));
+                return;
+            }
+        };
+        let mut payload = self.payload(sender, send.to, device, &send.id, now);
+        payload.content = send.content;
+        payload.content_type = send.content_type;
+        payload.meta.reply_to = send.reply_to;
+        payload.meta.mentions = send.mentions;
+        let req = self.next_req;
+        self.next_req += 1;
+        self.publish(out, req, send.id, copies, payload, true);
+    }
+
+    /// A message from `from` on `device` to `to`, accepted now by this gateway, with no
+    /// content yet.
+    fn payload(
+        &self,
+        from: UserId,
+        to: Recipient,
+        device: String,
+        id: &ClientMsgId,
+        now: Now,
+    ) -> StoredMessage {
+        StoredMessage {
+            from,
+            to,
+            from_device: device,
+            client_msg_id: id.to_string(),
+            content: Bytes::new(),
+            content_type: String::new(),
+            time_ms: now.unix_ms,
+            gateway_id: self.cfg.gateway_id.clone(),
+            notification: None,
+            receipt: None,
+            meta: crate::wire::Meta::default(),
+        }
+    }
+
+    /// Takes one send from the connection's rate.
+    fn take_send(&mut self, now: Now) -> Result<(), (ErrorCode, String)> {
+        if self
             .sends
             .take(now.mono, self.cfg.send_rate_per_sec, self.cfg.send_burst)
         {
-            out.push(reject(
-                ErrorCode::RateLimited,
-                format!(
-                    "more than {} sends per second; slow down and retry with the same id",
-                    self.cfg.send_rate_per_sec
-                ),
-            ));
-            return;
+            return Ok(());
         }
-        if send.content.is_empty() {
-            out.push(reject(ErrorCode::InvalidMessage, "empty content".into()));
-            return;
+        Err((
+            ErrorCode::RateLimited,
+            format!(
+                "more than {} sends per second; slow down and retry with the same id",
+                self.cfg.send_rate_per_sec
+            ),
+        ))
+    }
+
+    /// A message's content: not empty, within the size limits.
+    fn check_content(
+        &self,
+        content: &Bytes,
+        content_type: &str,
+    ) -> Result<(), (ErrorCode, String)> {
+        if content.is_empty() {
+            return Err((ErrorCode::InvalidMessage, "empty content".into()));
         }
-        if send.content_type.len() > MAX_CONTENT_TYPE_BYTES {
-            out.push(reject(
+        if content_type.len() > MAX_CONTENT_TYPE_BYTES {
+            return Err((
                 ErrorCode::InvalidMessage,
                 format!("content_type longer than {MAX_CONTENT_TYPE_BYTES} bytes"),
             ));
-            return;
         }
-        if send.content.len() > self.cfg.max_content_bytes {
-            out.push(reject(
+        if content.len() > self.cfg.max_content_bytes {
+            return Err((
                 ErrorCode::InvalidMessage,
                 format!(
                     "content of {} bytes exceeds {}",
-                    send.content.len(),
+                    content.len(),
                     self.cfg.max_content_bytes
                 ),
             ));
-            return;
         }
-        let copies = match &send.to {
+        Ok(())
+    }
+
+    /// A reply refers to a message of its conversation: on one of the sender's own
+    /// subjects, or (what a SendResult names) the recipient's copy in its inbox.
+    fn check_reference(
+        &self,
+        sender: &UserId,
+        to: &Recipient,
+        r: Option<&crate::wire::MessageRef>,
+    ) -> Result<(), (ErrorCode, String)> {
+        let theirs = |s: &str| to.user().is_some_and(|u| s == subject::private_inbox(u));
+        match r {
+            Some(r) if !(self.owns(sender, &r.subject) || theirs(&r.subject)) || r.seq.0 == 0 => {
+                Err((
+                    ErrorCode::InvalidMessage,
+                    format!(
+                        "reply_to {}:{} is not a message on one of this user's subjects",
+                        r.subject, r.seq
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Where a message from `sender` to `to` is stored: the recipient's inbox and the
+    /// sender's own copy, or the group's subject (for a member only).
+    fn copies(
+        &self,
+        sender: &UserId,
+        to: &Recipient,
+        id: &ClientMsgId,
+    ) -> Result<Vec<Copy>, (ErrorCode, String)> {
+        Ok(match to {
             Recipient::User(to) => {
                 let mut copies = vec![Copy {
                     subject: subject::private_inbox(to),
-                    msg_id: subject::direct_msg_id(&sender, &send.id),
+                    msg_id: subject::direct_msg_id(sender, id),
                 }];
-                if *to != sender {
+                if to != sender {
                     copies.push(Copy {
-                        subject: subject::private_inbox(&sender),
-                        msg_id: subject::direct_self_copy_msg_id(&sender, &send.id),
+                        subject: subject::private_inbox(sender),
+                        msg_id: subject::direct_self_copy_msg_id(sender, id),
                     });
                 }
                 copies
@@ -669,47 +841,187 @@ impl Session {
             // group's subject.
             Recipient::Group(group) => {
                 if !self.groups.contains(group) {
-                    out.push(reject(
+                    return Err((
                         ErrorCode::Forbidden,
                         format!("not a member of group {group}"),
                     ));
-                    return;
                 }
                 vec![Copy {
                     subject: subject::group_subject(group),
-                    msg_id: subject::group_msg_id(&sender, &send.id),
+                    msg_id: subject::group_msg_id(sender, id),
                 }]
             }
-        };
-        let payload = StoredMessage {
-            from: sender,
-            to: send.to,
-            from_device: device,
-            client_msg_id: send.id.to_string(),
-            content: send.content,
-            content_type: send.content_type,
-            time_ms: now.unix_ms,
-            gateway_id: self.cfg.gateway_id.clone(),
-            notification: None,
-            receipt: None,
-        }
-        .encode();
-        let req = self.next_req;
-        self.next_req += 1;
+        })
+    }
+
+    /// Publishes `payload` to `copies` as request `req`; `answer`: the client expects a
+    /// SendResult for `id`.
+    fn publish(
+        &mut self,
+        out: &mut Vec<Action>,
+        req: u64,
+        id: ClientMsgId,
+        copies: Vec<Copy>,
+        payload: StoredMessage,
+        answer: bool,
+    ) {
         self.inflight.insert(
             req,
             Pending {
-                client_msg_id: send.id,
+                client_msg_id: id,
                 subject: copies[0].subject.clone(),
                 msg_id: copies[0].msg_id.clone(),
-                answer: true,
+                answer,
             },
         );
         out.push(Action::Publish(PublishRequest {
             req,
             copies,
-            payload,
+            payload: payload.encode(),
         }));
+    }
+
+    /// An edit or recall: checked here, then the message service is asked where the
+    /// original went ([`Session::on_original`] goes on).
+    fn on_amend(
+        &mut self,
+        out: &mut Vec<Action>,
+        user: UserId,
+        a: crate::wire::AmendCommand,
+        now: Now,
+    ) {
+        let checked = self.take_send(now).and_then(|()| {
+            if a.amendment.recall {
+                if a.content.is_empty() {
+                    Ok(())
+                } else {
+                    Err((
+                        ErrorCode::InvalidMessage,
+                        "a recall carries no content".into(),
+                    ))
+                }
+            } else {
+                self.check_content(&a.content, &a.content_type)
+            }
+        });
+        if let Err((code, detail)) = checked {
+            out.push(Action::Reply(Reply::SendResult {
+                client_msg_id: a.id.to_string(),
+                status: SendStatus::Rejected { code, detail },
+            }));
+            return;
+        }
+        let req = self.next_req;
+        self.next_req += 1;
+        let target = a.amendment.target.clone();
+        self.amending.insert(req, a);
+        out.push(Action::FindOriginal { req, user, target });
+    }
+
+    /// The message service answered where amend `req`'s original went (`Ok(None)`: it
+    /// has no such message of this sender): publish the amendment to the same
+    /// conversation, or refuse it.
+    pub fn on_original(
+        &mut self,
+        req: u64,
+        found: Result<Option<Original>, (ErrorCode, String)>,
+        now: Now,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        let (Some(a), Some(id)) = (self.amending.remove(&req), self.identity().cloned()) else {
+            return out;
+        };
+        let window = self.cfg.amend_window;
+        let checked = found.and_then(|o| match o {
+            None => Err((
+                ErrorCode::Forbidden,
+                format!("no message of {} with id {} to amend", id.user, a.amendment.target),
+            )),
+            Some(o) if o.recalled => Err((
+                ErrorCode::Forbidden,
+                format!("message {} is recalled", a.amendment.target),
+            )),
+            Some(o) if now.unix_ms > o.time_ms.saturating_add(window.as_millis() as u64) => {
+                Err((
+                    ErrorCode::Forbidden,
+                    format!(
+                        "message {} was sent more than {} s ago: it can no longer be edited or recalled",
+                        a.amendment.target,
+                        window.as_secs()
+                    ),
+                ))
+            }
+            Some(o) => Ok(o),
+        });
+        let copies = checked.and_then(|o| Ok((self.copies(&id.user, &o.to, &a.id)?, o.to)));
+        let (copies, to) = match copies {
+            Ok(c) => c,
+            Err((code, detail)) => {
+                out.push(Action::Reply(Reply::SendResult {
+                    client_msg_id: a.id.to_string(),
+                    status: SendStatus::Rejected { code, detail },
+                }));
+                return out;
+            }
+        };
+        let mut payload = self.payload(id.user.clone(), to, id.device.to_string(), &a.id, now);
+        payload.content = a.content;
+        payload.content_type = a.content_type;
+        payload.meta.amends = Some(a.amendment);
+        self.publish(&mut out, req, a.id, copies, payload, true);
+        out
+    }
+
+    /// A read mark: stored in the user's own inbox (every device of the user gets it,
+    /// and the message service moves the read position). Not answered.
+    fn on_mark_read(
+        &mut self,
+        out: &mut Vec<Action>,
+        user: UserId,
+        m: crate::wire::ReadMark,
+        now: Now,
+    ) {
+        let refuse = |code, message: String| {
+            Action::Reply(Reply::Error {
+                code,
+                message,
+                fatal: false,
+            })
+        };
+        if let Recipient::Group(g) = &m.conversation
+            && !self.groups.contains(g)
+        {
+            out.push(refuse(
+                ErrorCode::Forbidden,
+                format!("not a member of group {g}"),
+            ));
+            return;
+        }
+        if let Err((code, detail)) = self.take_send(now) {
+            out.push(refuse(code, detail));
+            return;
+        }
+        let Some(device) = self.identity().map(|i| i.device.to_string()) else {
+            return;
+        };
+        // The id names the mark, so a repeated one is stored once; "up to the newest"
+        // is a new mark each time it is said.
+        let mark_id = match m.seq.0 {
+            0 => format!("r{}", now.unix_ms),
+            n => format!("r{n}"),
+        };
+        let Ok(id) = ClientMsgId::parse(mark_id) else {
+            return;
+        };
+        let copy = Copy {
+            subject: subject::private_inbox(&user),
+            msg_id: subject::read_mark_msg_id(&user, &m.conversation, &id),
+        };
+        let mut payload = self.payload(user.clone(), Recipient::User(user), device, &id, now);
+        payload.meta.read = Some(m);
+        let req = self.next_req;
+        self.next_req += 1;
+        self.publish(out, req, id, vec![copy], payload, false);
     }
 
     /// A receipt from the reader: stored in the original sender's inbox (through the
@@ -753,22 +1065,19 @@ impl Session {
             subject: subject::private_inbox(&r.sender),
             msg_id: subject::receipt_msg_id(&reader, r.kind.as_str(), &r.sender, &r.client_msg_id),
         };
-        let payload = StoredMessage {
-            from: reader,
-            to: Recipient::User(r.sender.clone()),
-            from_device: self
-                .identity()
-                .map(|i| i.device.to_string())
-                .unwrap_or_default(),
-            client_msg_id: r.client_msg_id.to_string(),
-            content: Bytes::new(),
-            content_type: String::new(),
-            time_ms: now.unix_ms,
-            gateway_id: self.cfg.gateway_id.clone(),
-            notification: None,
-            receipt: Some(r.clone()),
-        }
-        .encode();
+        let device = self
+            .identity()
+            .map(|i| i.device.to_string())
+            .unwrap_or_default();
+        let mut payload = self.payload(
+            reader,
+            Recipient::User(r.sender.clone()),
+            device,
+            &r.client_msg_id,
+            now,
+        );
+        payload.receipt = Some(r.clone());
+        let payload = payload.encode();
         let req = self.next_req;
         self.next_req += 1;
         self.inflight.insert(

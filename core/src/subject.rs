@@ -178,6 +178,8 @@ pub enum Incoming {
     Typing,
     /// A presence event (ephemeral).
     Presence,
+    /// A conversation update from the message service (ephemeral).
+    Conversation,
 }
 
 impl Incoming {
@@ -187,6 +189,8 @@ impl Incoming {
             Some(Self::Typing)
         } else if s.starts_with(PRESENCE) {
             Some(Self::Presence)
+        } else if s.starts_with(LIVE_CONVERSATIONS) {
+            Some(Self::Conversation)
         } else {
             Subject::parse_live(s).map(Self::Stored)
         }
@@ -336,6 +340,40 @@ pub fn ordering_lane(subject: &str, msg_id: &str) -> u64 {
 /// encoding is unambiguous.
 pub fn direct_msg_id(sender: &UserId, id: &ClientMsgId) -> String {
     format!("dm:{sender}:{id}")
+}
+
+/// The message service's request subjects (answered by any worker: queue group
+/// [`MESSAGES_QUEUE`]).
+pub const MESSAGES_HISTORY: &str = "svc.messages.history";
+/// See [`MESSAGES_HISTORY`]: a page of the conversation list.
+pub const MESSAGES_CONVERSATIONS: &str = "svc.messages.conversations";
+/// See [`MESSAGES_HISTORY`]: where a sender's message went (for an amend).
+pub const MESSAGES_ORIGINAL: &str = "svc.messages.original";
+/// See [`MESSAGES_HISTORY`]: a user's unread total (the push badge).
+pub const MESSAGES_UNREAD: &str = "svc.messages.unread";
+/// Everything the message service answers.
+pub const MESSAGES_ALL: &str = "svc.messages.>";
+/// The message service's queue group.
+pub const MESSAGES_QUEUE: &str = "petrel-messages";
+
+/// Where the message service publishes `user`'s conversation updates (encoded
+/// ConversationUpdate frames), for the connections that follow them.
+pub fn live_conversations(user: &UserId) -> String {
+    format!("{LIVE_CONVERSATIONS}{user}")
+}
+
+const LIVE_CONVERSATIONS: &str = "live.conv.";
+
+/// `Nats-Msg-Id` of a read mark in `user`'s inbox about `conversation`.
+pub fn read_mark_msg_id(
+    user: &UserId,
+    conversation: &crate::wire::Recipient,
+    id: &ClientMsgId,
+) -> String {
+    match conversation {
+        crate::wire::Recipient::User(u) => format!("rd:{user}:u:{u}:{id}"),
+        crate::wire::Recipient::Group(g) => format!("rd:{user}:g:{g}:{id}"),
+    }
 }
 
 /// `Nats-Msg-Id` of the sender's own copy (in the sender's inbox), which must differ

@@ -58,6 +58,12 @@ pub enum Command {
         /// Typing now.
         typing: bool,
     },
+    /// Edit or recall one of the sender's earlier messages.
+    Amend(AmendCommand),
+    /// The user read a conversation up to a sequence.
+    MarkRead(ReadMark),
+    /// A page of the user's conversation list (and, with `follow`, live updates).
+    ListConversations(ConversationsRequest),
     /// A frame that is well-formed but carries an invalid field: answered with a
     /// non-fatal Error.
     Invalid {
@@ -221,6 +227,84 @@ pub fn encode_presence(user: &UserId, state: PresenceState) -> Bytes {
 /// Most messages in one history page.
 pub const MAX_SYNC_LIMIT: u32 = 200;
 
+/// Most conversations in one page of the list.
+pub const MAX_CONVERSATIONS_LIMIT: u32 = 200;
+
+/// Most users one message may mention.
+pub const MAX_MENTIONS: usize = 32;
+
+/// A stored message, by where it is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MessageRef {
+    /// Its stored subject.
+    pub subject: String,
+    /// Its stream sequence.
+    pub seq: Seq,
+}
+
+/// What an amendment does to the sender's message `target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Amendment {
+    /// The amended message's `client_msg_id`.
+    pub target: ClientMsgId,
+    /// Recalled (deleted for everyone) rather than edited.
+    pub recall: bool,
+}
+
+/// "Read up to `seq`" in a conversation (0: up to its newest message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadMark {
+    /// The conversation: the other user, or the group.
+    pub conversation: Recipient,
+    /// A sequence on the conversation's subject.
+    pub seq: Seq,
+}
+
+/// Everything a stored message may carry besides its content: what it replies to,
+/// whom it mentions, what it amends, a read mark; and, as the archive serves it,
+/// whether it was edited or recalled since.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Meta {
+    /// The message it replies to.
+    pub reply_to: Option<MessageRef>,
+    /// Users it mentions.
+    pub mentions: Vec<UserId>,
+    /// It edits or recalls an earlier message of its sender.
+    pub amends: Option<Amendment>,
+    /// It is a read mark in its owner's inbox.
+    pub read: Option<ReadMark>,
+    /// Archive only: when it was last edited (0: never).
+    pub edited_ms: u64,
+    /// Archive only: it was recalled (its content is gone).
+    pub recalled: bool,
+}
+
+/// A validated Amend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AmendCommand {
+    /// The amendment's own id.
+    pub id: ClientMsgId,
+    /// What it changes.
+    pub amendment: Amendment,
+    /// The new content (empty for a recall).
+    pub content: Bytes,
+    /// Its media type.
+    pub content_type: String,
+}
+
+/// A validated ListConversations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConversationsRequest {
+    /// Echoed in the answer.
+    pub request_id: u64,
+    /// How many to skip.
+    pub offset: u32,
+    /// Page size, 1..=[`MAX_CONVERSATIONS_LIMIT`].
+    pub limit: u32,
+    /// Keep sending updates on this connection.
+    pub follow: bool,
+}
+
 /// A history request (the subject is checked by the session).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncRequest {
@@ -236,6 +320,8 @@ pub struct SyncRequest {
     pub after: Seq,
     /// Page size, 1..=[`MAX_SYNC_LIMIT`].
     pub limit: u32,
+    /// On the inbox: only the direct conversation with this user (from the archive).
+    pub with: Option<UserId>,
 }
 
 /// A validated Send.
@@ -249,6 +335,10 @@ pub struct SendCommand {
     pub content: Bytes,
     /// Media type of the content.
     pub content_type: String,
+    /// The message it replies to.
+    pub reply_to: Option<MessageRef>,
+    /// Users it mentions (at most [`MAX_MENTIONS`]).
+    pub mentions: Vec<UserId>,
 }
 
 /// Where a message goes.
@@ -332,13 +422,82 @@ pub fn decode_command(frame: Bytes) -> Result<Command, WireError> {
                 },
                 None => return Ok(bad(ErrorCode::InvalidMessage, "no recipient".into())),
             };
+            if s.mentions.len() > MAX_MENTIONS {
+                return Ok(bad(
+                    ErrorCode::InvalidMessage,
+                    format!("at most {MAX_MENTIONS} mentions"),
+                ));
+            }
+            let mentions = match s.mentions.into_iter().map(UserId::parse).collect() {
+                Ok(m) => m,
+                Err(e) => return Ok(bad(ErrorCode::InvalidId, e.to_string())),
+            };
             Command::Send(SendCommand {
                 id,
                 to,
                 content: s.content,
                 content_type: truncate(&s.content_type, 128),
+                reply_to: s.reply_to.map(MessageRef::from_pb),
+                mentions,
             })
         }
+        Kind::Amend(a) => {
+            let raw_id = a.client_msg_id.clone();
+            let bad = |code, detail: String| Command::BadSend {
+                client_msg_id: raw_id.clone(),
+                code,
+                detail,
+            };
+            let (id, target) = match (
+                ClientMsgId::parse(a.client_msg_id),
+                ClientMsgId::parse(a.target),
+            ) {
+                (Ok(id), Ok(target)) => (id, target),
+                (Err(e), _) | (_, Err(e)) => return Ok(bad(ErrorCode::InvalidId, e.to_string())),
+            };
+            Command::Amend(AmendCommand {
+                id,
+                amendment: Amendment {
+                    target,
+                    recall: a.recall,
+                },
+                content: a.content,
+                content_type: truncate(&a.content_type, 128),
+            })
+        }
+        Kind::MarkRead(m) => {
+            let conversation = match m.conversation {
+                Some(pb::mark_read::Conversation::User(u)) => UserId::parse(u).map(Recipient::User),
+                Some(pb::mark_read::Conversation::Group(g)) => {
+                    GroupId::parse(g).map(Recipient::Group)
+                }
+                None => {
+                    return Ok(Command::Invalid {
+                        code: ErrorCode::Protocol,
+                        detail: "MarkRead without a conversation".into(),
+                    });
+                }
+            };
+            match conversation {
+                Ok(conversation) => Command::MarkRead(ReadMark {
+                    conversation,
+                    seq: Seq(m.seq),
+                }),
+                Err(e) => Command::Invalid {
+                    code: ErrorCode::InvalidId,
+                    detail: e.to_string(),
+                },
+            }
+        }
+        Kind::ListConversations(l) => Command::ListConversations(ConversationsRequest {
+            request_id: l.request_id,
+            offset: l.offset,
+            limit: match l.limit {
+                0 => 50,
+                n => n.min(MAX_CONVERSATIONS_LIMIT),
+            },
+            follow: l.follow,
+        }),
         Kind::Ack(a) => Command::Ack(cursors(a.cursors)),
         Kind::RegisterPush(r) => Command::RegisterPush(PushRequest::from_pb(r)),
         Kind::Ping(p) => Command::Ping(p.nonce),
@@ -389,6 +548,18 @@ pub fn decode_command(frame: Bytes) -> Result<Command, WireError> {
             Err((code, detail)) => Command::Invalid { code, detail },
         },
         Kind::Sync(s) => Command::Sync(SyncRequest {
+            with: match s.with.as_str() {
+                "" => None,
+                w => match UserId::parse(w) {
+                    Ok(u) => Some(u),
+                    Err(e) => {
+                        return Ok(Command::Invalid {
+                            code: ErrorCode::InvalidId,
+                            detail: e.to_string(),
+                        });
+                    }
+                },
+            },
             request_id: s.request_id,
             subject: s.subject,
             newest_first: s.newest_first,
@@ -488,6 +659,14 @@ pub enum Reply {
         request_id: u64,
         /// Refused: code and detail.
         error: Option<(ErrorCode, String)>,
+    },
+    /// A page of the conversation list, as the message service answered it (an
+    /// encoded `ConversationList`), or why there is none.
+    Conversations {
+        /// The request's id.
+        request_id: u64,
+        /// The service's answer, or the refusal.
+        page: Result<Bytes, (ErrorCode, String)>,
     },
     /// An error; `fatal` errors are followed by a close.
     Error {
@@ -601,6 +780,24 @@ pub fn encode_reply(reply: &Reply) -> Bytes {
             error: error.as_ref().map_or(0, |(c, _)| c.to_wire() as i32),
             detail: error.as_ref().map(|(_, d)| d.clone()).unwrap_or_default(),
         }),
+        Reply::Conversations { request_id, page } => {
+            let mut list = match page {
+                Ok(bytes) => pb::ConversationList::decode(bytes.clone()).unwrap_or_else(|e| {
+                    pb::ConversationList {
+                        error: ErrorCode::Internal.to_wire() as i32,
+                        detail: format!("the message service's answer does not decode: {e}"),
+                        ..Default::default()
+                    }
+                }),
+                Err((code, detail)) => pb::ConversationList {
+                    error: code.to_wire() as i32,
+                    detail: detail.clone(),
+                    ..Default::default()
+                },
+            };
+            list.request_id = *request_id;
+            Kind::ConversationList(list)
+        }
         Reply::Error {
             code,
             message,
@@ -637,6 +834,83 @@ pub struct StoredMessage {
     pub notification: Option<Notification>,
     /// Set for a receipt (then `from` is the reader, `to` the original sender).
     pub receipt: Option<Receipt>,
+    /// Reply, mentions, amendment, read mark.
+    pub meta: Meta,
+}
+
+impl MessageRef {
+    fn from_pb(r: pb::MessageRef) -> Self {
+        Self {
+            subject: truncate(&r.subject, 200),
+            seq: Seq(r.seq),
+        }
+    }
+
+    fn to_pb(&self) -> pb::MessageRef {
+        pb::MessageRef {
+            subject: self.subject.clone(),
+            seq: self.seq.0,
+        }
+    }
+}
+
+impl ReadMark {
+    fn to_pb(&self) -> pb::ReadMark {
+        pb::ReadMark {
+            conversation: Some(match &self.conversation {
+                Recipient::User(u) => pb::read_mark::Conversation::User(u.to_string()),
+                Recipient::Group(g) => pb::read_mark::Conversation::Group(g.to_string()),
+            }),
+            seq: self.seq.0,
+        }
+    }
+
+    fn from_pb(r: pb::ReadMark) -> Result<Self, PayloadError> {
+        Ok(Self {
+            conversation: match r.conversation {
+                Some(pb::read_mark::Conversation::User(u)) => Recipient::User(UserId::parse(u)?),
+                Some(pb::read_mark::Conversation::Group(g)) => Recipient::Group(GroupId::parse(g)?),
+                None => {
+                    return Err(PayloadError::Decode(
+                        "read mark without a conversation".into(),
+                    ));
+                }
+            },
+            seq: Seq(r.seq),
+        })
+    }
+}
+
+impl Amendment {
+    fn to_pb(&self) -> pb::Amendment {
+        pb::Amendment {
+            target: self.target.to_string(),
+            recall: self.recall,
+        }
+    }
+
+    fn from_pb(a: pb::Amendment) -> Result<Self, PayloadError> {
+        Ok(Self {
+            target: ClientMsgId::parse(a.target)?,
+            recall: a.recall,
+        })
+    }
+}
+
+impl Meta {
+    fn from_stored(m: &mut pb::StoredMessage) -> Result<Self, PayloadError> {
+        Ok(Self {
+            reply_to: m.reply_to.take().map(MessageRef::from_pb),
+            mentions: std::mem::take(&mut m.mentions)
+                .into_iter()
+                .map(UserId::parse)
+                .collect::<Result<_, _>>()?,
+            amends: m.amends.take().map(Amendment::from_pb).transpose()?,
+            read: m.read.take().map(ReadMark::from_pb).transpose()?,
+            edited_ms: 0,
+            recalled: false,
+        })
+    }
 }
 
 /// A system notification published by a business service (see docs/notifications.md).
@@ -718,6 +992,7 @@ pub fn decode_stored(subject: &str, bytes: Bytes) -> Result<StoredMessage, Paylo
         gateway_id: String::new(),
         notification: Some(n),
         receipt: None,
+        meta: Meta::default(),
     })
 }
 
@@ -749,6 +1024,10 @@ impl StoredMessage {
             from_device: self.from_device.clone(),
             gateway_id: self.gateway_id.clone(),
             receipt: self.receipt.as_ref().map(Receipt::to_pb),
+            reply_to: self.meta.reply_to.as_ref().map(MessageRef::to_pb),
+            mentions: self.meta.mentions.iter().map(|u| u.to_string()).collect(),
+            amends: self.meta.amends.as_ref().map(Amendment::to_pb),
+            read: self.meta.read.as_ref().map(ReadMark::to_pb),
         }
         .encode_to_vec()
         .into()
@@ -756,9 +1035,11 @@ impl StoredMessage {
 
     /// Decodes and validates a hub payload.
     pub fn decode(bytes: Bytes) -> Result<Self, PayloadError> {
-        let m =
+        let mut m =
             pb::StoredMessage::decode(bytes).map_err(|e| PayloadError::Decode(e.to_string()))?;
+        let meta = Meta::from_stored(&mut m)?;
         Ok(Self {
+            meta,
             from: UserId::parse(m.from)?,
             to: if m.group.is_empty() {
                 Recipient::User(UserId::parse(m.to)?)
@@ -816,7 +1097,25 @@ fn to_pb_message(d: &Delivery) -> pb::Message {
         prev_seq: d.prev_seq.0,
         notification: d.message.notification.as_ref().map(Notification::to_pb),
         receipt: d.message.receipt.as_ref().map(Receipt::to_pb),
+        reply_to: d.message.meta.reply_to.as_ref().map(MessageRef::to_pb),
+        mentions: d
+            .message
+            .meta
+            .mentions
+            .iter()
+            .map(|u| u.to_string())
+            .collect(),
+        amends: d.message.meta.amends.as_ref().map(Amendment::to_pb),
+        read: d.message.meta.read.as_ref().map(ReadMark::to_pb),
+        edited_ms: d.message.meta.edited_ms,
+        recalled: d.message.meta.recalled,
     }
+}
+
+/// The protobuf `Message` of a delivery, for the services that answer with messages
+/// (the archive's history pages).
+pub fn message_to_pb(d: &Delivery) -> pb::Message {
+    to_pb_message(d)
 }
 
 /// A TypingEvent frame: `from` is typing (or stopped) in the direct conversation with
@@ -871,6 +1170,7 @@ mod tests {
             to: Some(pb::send::To::User("bob.>".into())),
             content: Bytes::from_static(b"hi"),
             content_type: String::new(),
+            ..Default::default()
         }));
         assert!(matches!(
             decode_command(f),
@@ -912,6 +1212,14 @@ mod tests {
                 gateway_id: "edge".into(),
                 notification: None,
                 receipt: None,
+                meta: Meta {
+                    reply_to: Some(MessageRef {
+                        subject: "msg.private.bob".into(),
+                        seq: Seq(2),
+                    }),
+                    mentions: vec![UserId::parse("bob").unwrap()],
+                    ..Meta::default()
+                },
             },
         };
         let stored = StoredMessage::decode(d.message.encode()).unwrap();

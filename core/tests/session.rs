@@ -69,6 +69,8 @@ fn send(id: &str, to: &str) -> Command {
         to: Recipient::User(UserId::parse(to).unwrap()),
         content: Bytes::from_static(b"hi"),
         content_type: "text/plain".into(),
+        reply_to: None,
+        mentions: Vec::new(),
     })
 }
 
@@ -334,6 +336,8 @@ fn content_limits_and_acks() {
     let empty = Command::Send(SendCommand {
         id: ClientMsgId::parse("e").unwrap(),
         to: Recipient::User(UserId::parse("bob").unwrap()),
+        reply_to: None,
+        mentions: Vec::new(),
         content: Bytes::new(),
         content_type: String::new(),
     });
@@ -493,6 +497,8 @@ fn content_type_history_pages_and_watch_lists_are_bounded() {
     s.on_joined(clock.now());
     // A content_type is a MIME type, not a second payload.
     let long = Command::Send(SendCommand {
+        reply_to: None,
+        mentions: Vec::new(),
         id: ClientMsgId::parse("ct").unwrap(),
         to: Recipient::User(UserId::parse("bob").unwrap()),
         content: Bytes::from_static(b"hi"),
@@ -521,6 +527,7 @@ fn content_type_history_pages_and_watch_lists_are_bounded() {
             before: Seq(0),
             after: Seq(0),
             limit: 10,
+            with: None,
         })
     };
     for n in 0..20 {
@@ -631,4 +638,145 @@ fn push_registrations_are_checked_then_stored_for_this_device() {
             ..
         }]
     ));
+}
+
+fn joined(clock: &Clock, user: &str) -> Session {
+    let mut s = session(clock);
+    s.on_command(hello(user), clock.now());
+    s.on_joined(clock.now());
+    s
+}
+
+fn amend(id: &str, target: &str, content: Option<&'static [u8]>) -> Command {
+    Command::Amend(petrel_core::wire::AmendCommand {
+        id: ClientMsgId::parse(id).unwrap(),
+        amendment: petrel_core::wire::Amendment {
+            target: ClientMsgId::parse(target).unwrap(),
+            recall: content.is_none(),
+        },
+        content: content.map(Bytes::from_static).unwrap_or_default(),
+        content_type: "text/plain".into(),
+    })
+}
+
+fn rejected(out: &[Action]) -> Option<(ErrorCode, String)> {
+    out.iter().find_map(|a| match a {
+        Action::Reply(Reply::SendResult {
+            status: SendStatus::Rejected { code, detail },
+            ..
+        }) => Some((*code, detail.clone())),
+        _ => None,
+    })
+}
+
+#[test]
+fn an_amend_is_published_to_its_originals_conversation_within_the_window_only() {
+    use petrel_core::session::Original;
+    let mut clock = Clock(Instant::now(), T0);
+    let mut s = joined(&clock, "alice");
+    let bob = Recipient::User(UserId::parse("bob").unwrap());
+    let original = |age_ms: u64, recalled| Original {
+        to: bob.clone(),
+        time_ms: T0 - age_ms,
+        recalled,
+    };
+    // Inside the window (15 minutes by default): both copies, like the original's.
+    let out = s.on_command(amend("e1", "m1", Some(b"hello")), clock.now());
+    let [Action::FindOriginal { req, user, target }] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!((user.as_str(), target.as_str()), ("alice", "m1"));
+    let out = s.on_original(*req, Ok(Some(original(60_000, false))), clock.now());
+    let [Action::Publish(p)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    let subjects: Vec<&str> = p.copies.iter().map(|c| c.subject.as_str()).collect();
+    assert_eq!(subjects, ["msg.private.bob", "msg.private.alice"]);
+    let stored = StoredMessage::decode(p.payload.clone()).unwrap();
+    let a = stored.meta.amends.unwrap();
+    assert_eq!((a.target.as_str(), a.recall), ("m1", false));
+    assert_eq!(&stored.content[..], b"hello");
+    // Past the window, not found, recalled, the service away: refused, each clearly.
+    clock.advance(Duration::from_secs(1));
+    for (found, code, says) in [
+        (
+            Ok(Some(original(16 * 60_000, false))),
+            ErrorCode::Forbidden,
+            "can no longer",
+        ),
+        (Ok(None), ErrorCode::Forbidden, "no message of alice"),
+        (
+            Ok(Some(original(1000, true))),
+            ErrorCode::Forbidden,
+            "recalled",
+        ),
+        (
+            Err((ErrorCode::Unavailable, "away".to_string())),
+            ErrorCode::Unavailable,
+            "away",
+        ),
+    ] {
+        let out = s.on_command(amend("e2", "m1", None), clock.now());
+        let [Action::FindOriginal { req, .. }] = &out[..] else {
+            panic!("{out:?}")
+        };
+        let out = s.on_original(*req, found, clock.now());
+        let (c, detail) = rejected(&out).unwrap_or_else(|| panic!("{out:?}"));
+        assert_eq!(c, code);
+        assert!(detail.contains(says), "{detail}");
+    }
+    // A recall carries no content; an edit needs some.
+    assert!(rejected(&s.on_command(amend("e3", "m1", Some(b"")), clock.now())).is_some());
+    let mut with_content = amend("e4", "m1", None);
+    if let Command::Amend(a) = &mut with_content {
+        a.content = Bytes::from_static(b"x");
+    }
+    assert!(rejected(&s.on_command(with_content, clock.now())).is_some());
+}
+
+#[test]
+fn a_read_mark_goes_to_the_users_own_inbox_and_a_group_one_needs_membership() {
+    let clock = Clock(Instant::now(), T0);
+    let mut s = joined(&clock, "bob");
+    let mark = |conversation| {
+        Command::MarkRead(petrel_core::wire::ReadMark {
+            conversation,
+            seq: Seq(7),
+        })
+    };
+    let out = s.on_command(
+        mark(Recipient::User(UserId::parse("alice").unwrap())),
+        clock.now(),
+    );
+    let [Action::Publish(p)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(p.copies.len(), 1);
+    assert_eq!(p.copies[0].subject, "msg.private.bob");
+    let stored = StoredMessage::decode(p.payload.clone()).unwrap();
+    assert_eq!(stored.meta.read.map(|r| r.seq), Some(Seq(7)));
+    // Not answered: its outcome makes no reply.
+    let done = s.on_published(
+        p.req,
+        PublishOutcome::Stored {
+            seq: Seq(9),
+            duplicate: false,
+        },
+    );
+    assert!(done.is_empty(), "{done:?}");
+    let team = petrel_core::GroupId::parse("team").unwrap();
+    let out = s.on_command(mark(Recipient::Group(team.clone())), clock.now());
+    assert!(
+        matches!(
+            &out[..],
+            [Action::Reply(Reply::Error {
+                code: ErrorCode::Forbidden,
+                ..
+            })]
+        ),
+        "{out:?}"
+    );
+    s.set_groups([team.clone()].into_iter().collect());
+    let out = s.on_command(mark(Recipient::Group(team)), clock.now());
+    assert!(matches!(&out[..], [Action::Publish(_)]), "{out:?}");
 }

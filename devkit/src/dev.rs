@@ -68,6 +68,20 @@ pub struct Endpoints {
     /// The push worker and its fake providers (`petrel dev --push`).
     #[serde(default)]
     pub push: Option<PushEndpoints>,
+    /// The message service and its PostgreSQL (unless `petrel dev --no-messages`).
+    #[serde(default)]
+    pub messages: Option<MessagesEndpoints>,
+}
+
+/// What `petrel dev` runs for the message service.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MessagesEndpoints {
+    /// PostgreSQL (`postgres://petrel@127.0.0.1:PORT/postgres`, trust login on loopback).
+    pub postgres: String,
+    /// The in-process worker's config (`petrel messages --config` takes it too).
+    pub config: PathBuf,
+    /// The worker's `/metrics`.
+    pub metrics: String,
 }
 
 /// What `petrel dev --push` runs.
@@ -239,6 +253,8 @@ pub struct Shape {
     pub sync_interval: String,
     /// Also run a push worker on local fake providers.
     pub push: bool,
+    /// Run the message service (PostgreSQL and a worker).
+    pub messages: bool,
 }
 
 /// Runs the dev topology in `dir` until `shutdown`, serving `web_dir` (the demo page)
@@ -254,6 +270,7 @@ pub async fn run(
         hub_nodes,
         sync_interval,
         push,
+        messages,
     } = shape;
     anyhow::ensure!((1..=16).contains(&edges), "--edges must be 1 to 16");
     anyhow::ensure!(
@@ -309,6 +326,25 @@ pub async fn run(
         }
         None => None,
     };
+    let mut message_service = match messages {
+        true => {
+            let m = crate::messages::MessageService::start(
+                &dir.join("messages"),
+                &topo.hub.admin_urls().join(","),
+                topo.redis.as_ref().map(|r| r.url.as_str()),
+                "",
+            )
+            .await
+            .context("starting the message service")?;
+            endpoints.messages = Some(MessagesEndpoints {
+                postgres: m.postgres.url.clone(),
+                config: m.config.clone(),
+                metrics: m.metrics.clone(),
+            });
+            Some(m)
+        }
+        false => None,
+    };
     let tmp = dir.join("endpoints.json.tmp");
     std::fs::write(&tmp, serde_json::to_string_pretty(&endpoints)?)?;
     std::fs::rename(&tmp, &endpoints_path)?;
@@ -323,6 +359,12 @@ pub async fn run(
             Ok(Ok(())) => {}
         }
     }
+    if let Some(m) = message_service.as_mut()
+        && let Err(e) = m.stop_worker().await
+    {
+        eprintln!("petrel dev: the message service ended: {e:#}");
+    }
+    drop(message_service);
     drop(fakes);
     let _ = std::fs::remove_file(&endpoints_path);
     let stopped = topo.shut_down().await;
@@ -402,6 +444,7 @@ fn endpoints(topo: &crate::Topology) -> Endpoints {
         pid: std::process::id(),
         edges,
         push: None,
+        messages: None,
     }
 }
 
@@ -443,6 +486,12 @@ fn print_ready(e: &Endpoints, serving_page: bool, path: &Path) {
             p.providers,
             p.received.display(),
             p.metrics
+        );
+    }
+    if let Some(m) = &e.messages {
+        eprintln!(
+            "petrel dev: message service on PostgreSQL {}; metrics {}",
+            m.postgres, m.metrics
         );
     }
     if e.edges.len() > 1 {

@@ -8,6 +8,9 @@
 //! - [`hub`] — the hub: one JetStream server or an N-node cluster, TLS and logins;
 //! - [`ca`] — the dev CA that signs the hub nodes' certificates;
 //! - [`redis`] — a redis-server on a unix socket;
+//! - [`postgres`] — a PostgreSQL server initdb'd into its directory (as `postgres` when
+//!   run as root);
+//! - [`messages`] — the message service: PostgreSQL and an in-process worker;
 //! - [`push`] — local stand-ins for APNs, FCM and Web Push speaking their protocols;
 //! - [`topology`] — [`Topology`]: hub, Redis and edges (leaf + in-process gateway) in
 //!   one directory, built by [`TopologyBuilder`] for `petrel dev`, tests and benches;
@@ -18,7 +21,9 @@ pub mod ca;
 pub mod clients;
 pub mod dev;
 pub mod hub;
+pub mod messages;
 pub mod nats;
+pub mod postgres;
 pub mod process;
 pub mod push;
 pub mod redis;

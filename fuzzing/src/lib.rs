@@ -175,7 +175,7 @@ fn client_frame(kind: pb::client_frame::Kind) -> Bytes {
 /// find from raw protobuf bytes), or raw bytes.
 fn command_frame(input: &mut Input) -> Bytes {
     use pb::client_frame::Kind;
-    let kind = match input.byte() % 9 {
+    let kind = match input.byte() % 12 {
         0 => Kind::Hello(pb::Hello {
             token: match input.byte() % 8 {
                 0 => token_for(&input.text(), T0_MS / 1000 + input.number() % 100_000),
@@ -201,8 +201,18 @@ fn command_frame(input: &mut Input) -> Bytes {
             }),
             content: input.bytes(255).to_vec().into(),
             content_type: input.text(),
+            reply_to: input.byte().is_multiple_of(2).then(|| pb::MessageRef {
+                subject: input.text(),
+                seq: input.number(),
+            }),
+            mentions: (0..input.byte() % 40).map(|_| input.text()).collect(),
         }),
         2 => Kind::Sync(pb::Sync {
+            with: if input.byte().is_multiple_of(2) {
+                input.text()
+            } else {
+                String::new()
+            },
             request_id: input.number(),
             subject: input.text(),
             newest_first: input.byte().is_multiple_of(2),
@@ -228,6 +238,27 @@ fn command_frame(input: &mut Input) -> Bytes {
             nonce: input.number(),
         }),
         7 => Kind::Ack(pb::Ack::default()),
+        8 => Kind::Amend(pb::Amend {
+            client_msg_id: input.text(),
+            target: input.text(),
+            recall: input.byte().is_multiple_of(2),
+            content: input.bytes(64).to_vec().into(),
+            content_type: input.text(),
+        }),
+        9 => Kind::MarkRead(pb::MarkRead {
+            conversation: Some(if input.byte().is_multiple_of(2) {
+                pb::mark_read::Conversation::User(input.text())
+            } else {
+                pb::mark_read::Conversation::Group(input.text())
+            }),
+            seq: input.number(),
+        }),
+        10 => Kind::ListConversations(pb::ListConversations {
+            request_id: input.number(),
+            offset: input.number() as u32,
+            limit: input.number() as u32,
+            follow: input.byte().is_multiple_of(2),
+        }),
         _ => return Bytes::copy_from_slice(input.bytes(255)),
     };
     client_frame(kind)
@@ -307,6 +338,23 @@ pub fn session(data: &[u8]) {
             _ => {
                 if input.byte().is_multiple_of(16) {
                     s.shutdown(ErrorCode::GoingAway, "fuzz")
+                } else if input.byte().is_multiple_of(3)
+                    && let Some(req) = pending.pop()
+                {
+                    // An amend's original, as the message service might answer.
+                    let found = match input.byte() % 3 {
+                        0 => Ok(None),
+                        1 => Err((ErrorCode::Unavailable, "service away".into())),
+                        _ => Ok(Some(petrel_core::session::Original {
+                            to: petrel_core::wire::Recipient::User(
+                                petrel_core::UserId::parse("bob")
+                                    .unwrap_or_else(|_| unreachable!()),
+                            ),
+                            time_ms: T0_MS.saturating_sub(input.number() % 3_600_000),
+                            recalled: input.byte().is_multiple_of(4),
+                        })),
+                    };
+                    s.on_original(req, found, now)
                 } else if let Some(req) = pending.pop() {
                     s.on_receipt_refused(req, ErrorCode::Forbidden, "no such message".into())
                 } else {
@@ -332,6 +380,7 @@ fn take(pending: &mut Vec<u64>, actions: Vec<Action>) {
         match a {
             Action::Publish(p) => pending.push(p.req),
             Action::CheckReceipt { publish, .. } => pending.push(publish.req),
+            Action::FindOriginal { req, .. } => pending.push(req),
             _ => {}
         }
     }

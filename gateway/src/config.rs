@@ -39,6 +39,30 @@ pub struct Config {
     /// Redis: group membership and presence.
     #[serde(default)]
     pub redis: RedisSection,
+    /// What the gateway asks of the message service.
+    #[serde(default)]
+    pub messages: MessagesSection,
+}
+
+/// `[messages]`: the gateway's side of the message service (conversation lists,
+/// archived history, amends).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessagesSection {
+    /// Seconds after sending during which a sender may edit or recall a message.
+    pub amend_window_secs: u64,
+    /// Milliseconds to wait for the message service's answer before telling the client
+    /// UNAVAILABLE (history from JetStream is still served without it).
+    pub request_timeout_ms: u64,
+}
+
+impl Default for MessagesSection {
+    fn default() -> Self {
+        Self {
+            amend_window_secs: 15 * 60,
+            request_timeout_ms: 2000,
+        }
+    }
 }
 
 /// `[redis]`

@@ -402,3 +402,48 @@ impl Collector for GatewayCollector {
         Ok(())
     }
 }
+
+/// Serves `/metrics` (OpenMetrics text from `encode`) and `/healthz` on `listener`
+/// until `shutdown`: the services' (push, messages) own metrics endpoints.
+pub async fn serve_text(
+    listener: tokio::net::TcpListener,
+    encode: impl Fn() -> String + Send + Sync + 'static,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    use axum::http::header;
+    use axum::routing::get;
+    let encode = std::sync::Arc::new(encode);
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let encode = encode.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }));
+    anyhow::Context::context(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await,
+        "serving metrics",
+    )
+}
+
+/// Binds a service's metrics listener; `what` names the setting in errors.
+pub async fn bind(
+    addr: std::net::SocketAddr,
+    what: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    anyhow::Context::with_context(tokio::net::TcpListener::bind(addr).await, || {
+        format!("binding {what} {addr}")
+    })
+}

@@ -145,6 +145,10 @@ impl Gateway {
             presence,
             acks,
             registry,
+            messages: crate::hub::MessageService::new(
+                nats.clone(),
+                Duration::from_millis(cfg.messages.request_timeout_ms),
+            ),
             users: crate::connection::admission::Users::new(cfg.limits.users()),
             auth,
             jetstream,
@@ -474,6 +478,7 @@ fn session_config(cfg: &Config) -> SessionConfig {
         send_rate_per_sec: cfg.limits.send_rate_per_sec,
         send_burst: cfg.limits.send_burst,
         handshake_timeout: cfg.limits.handshake_timeout(),
+        amend_window: Duration::from_secs(cfg.messages.amend_window_secs),
     }
 }
 

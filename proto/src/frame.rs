@@ -130,6 +130,7 @@ mod tests {
                 to: Some(pb::send::To::User(to)),
                 content: content.into(),
                 content_type: "text/plain".into(),
+                ..Default::default()
             })),
         }
     }

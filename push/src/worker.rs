@@ -30,6 +30,9 @@ use crate::providers::{Outcome, Providers};
 /// Devices noted at once for one group message.
 const NOTE_PARALLEL: usize = 32;
 
+/// How long a push waits for the message service's unread total (the badge).
+const BADGE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// How often the consumers' backlog is read for the metrics.
 const PENDING_EVERY: Duration = Duration::from_secs(5);
 
@@ -42,6 +45,8 @@ pub struct Worker {
     coalescer: Coalescer,
     providers: Providers,
     metrics: Arc<Metrics>,
+    /// The message service, for the badge (the user's unread total).
+    messages: petrel_gateway::hub::MessageService,
 }
 
 /// Why a message is left for redelivery.
@@ -74,6 +79,7 @@ impl Worker {
         metrics: Arc<Metrics>,
     ) -> Self {
         let js = jetstream::with_domain(client.clone(), &cfg.nats_domain);
+        let messages = petrel_gateway::hub::MessageService::new(client.clone(), BADGE_TIMEOUT);
         let registry = PushRegistry::new(client, &cfg.nats_domain, Duration::from_secs(5));
         // An owner takes its device's count at most grace + window after noting; one
         // that has not by then is presumed dead. Shorter than the ack wait (the config
@@ -87,6 +93,7 @@ impl Worker {
             directory,
             providers,
             metrics,
+            messages,
         }
     }
 
@@ -362,11 +369,12 @@ impl Worker {
             return Ok(());
         }
         let acked = self.directory.acked(&user, &device).await?;
-        let badge = self.coalescer.undelivered(&user, &device, &acked).await?;
-        if badge == 0 {
+        let undelivered = self.coalescer.undelivered(&user, &device, &acked).await?;
+        if undelivered == 0 {
             self.skipped("acknowledged");
             return Ok(());
         }
+        let badge = self.unread_total(&user).await.unwrap_or(undelivered);
         let show = match reg.preview {
             Preview::Show => true,
             Preview::Hide => false,
@@ -374,6 +382,25 @@ impl Worker {
         };
         let alert = Alert::compose(&latest, count, badge, show);
         self.deliver(&user, &device, &reg, &alert).await
+    }
+
+    /// The user's unread total from the message service (read on any device counts);
+    /// `None` when it does not answer in time, and the badge is this device's
+    /// undelivered count instead.
+    async fn unread_total(&self, user: &UserId) -> Option<u32> {
+        let groups = self.directory.user_groups(user).await.ok()?;
+        match self
+            .messages
+            .unread_total(user, groups.into_iter().collect())
+            .await
+        {
+            Ok(t) if t > 0 => Some(t),
+            Ok(_) => None,
+            Err(e) => {
+                debug!(%user, error = %e, "badge from this device's undelivered count");
+                None
+            }
+        }
     }
 
     fn skipped(&self, reason: &'static str) {

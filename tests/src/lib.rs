@@ -335,3 +335,19 @@ pub fn names_used(text: &str, prefix: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// The message service for `topo` (a PostgreSQL of its own and a worker in this
+/// process), in a new temporary directory (dropped after the service).
+pub async fn message_service(
+    topo: &Topology,
+) -> anyhow::Result<(petrel_devkit::messages::MessageService, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let svc = petrel_devkit::messages::MessageService::start(
+        &dir.path().join("messages"),
+        &topo.hub.admin_urls().join(","),
+        topo.redis.as_ref().map(|r| r.url.as_str()),
+        "",
+    )
+    .await?;
+    Ok((svc, dir))
+}

@@ -561,6 +561,7 @@ async fn the_leaf_admits_only_its_users_and_holds_them_to_their_subjects() -> an
         gateway_id: "edge0".into(),
         notification: None,
         receipt: None,
+        meta: Default::default(),
     };
     services.publish("msg.private.bob", forged.encode()).await?;
     services.flush().await?;

@@ -17,6 +17,7 @@ async fn petrel_dev_with_three_hub_nodes_runs_r3_streams_that_fsync() -> anyhow:
     let stop = tokio_util::sync::CancellationToken::new();
     let shape = dev::Shape {
         push: false,
+        messages: false,
         edges: 1,
         hub_nodes: 3,
         sync_interval: "always".into(),

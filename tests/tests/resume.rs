@@ -56,6 +56,7 @@ async fn flood_on_the_hub(t: &Topology, n: usize, size: usize) -> anyhow::Result
             gateway_id: "edge0".into(),
             notification: None,
             receipt: None,
+            meta: Default::default(),
         };
         acks.push(js.publish(INBOX, m.encode()).await?);
     }

@@ -35,6 +35,8 @@ fn kind_name(k: &pb::server_frame::Kind) -> &'static str {
         Typing(_) => "typing",
         Presence(_) => "presence",
         PushRegistered(_) => "push_registered",
+        ConversationList(_) => "conversation_list",
+        ConversationUpdate(_) => "conversation_update",
     }
 }
 

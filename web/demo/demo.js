@@ -27,12 +27,24 @@ function render(row, save = true, atTop = false) {
   shown.add(row.id);
   const li = document.createElement("li");
   li.dataset.id = row.id;
+  if (row.key) li.dataset.key = row.key;
   li.className = row.mine ? "mine" : "";
   li.textContent = row.mine ? `${row.text}` : `${row.from}: ${row.text}`;
   const meta = document.createElement("span");
   meta.className = "meta";
   meta.textContent = row.mine ? `→ ${row.to}` : `#${row.seq}`;
   li.append(meta);
+  if (row.mine && row.id.startsWith("mine:")) {
+    const id = row.id.slice(5);
+    for (const [label, act] of [["edit", () => edit(id, prompt("New text") ?? "")], ["recall", () => recall(id)]]) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "act";
+      b.textContent = label;
+      b.addEventListener("click", () => act().catch(showError));
+      li.append(b);
+    }
+  }
   if (atTop) $("#messages").prepend(li);
   else $("#messages").append(li);
   if (save && window.petrel.user) {
@@ -82,6 +94,11 @@ async function signIn(user, options = {}) {
       if (li && m.receipt.kind === "read") li.textContent = `${li.textContent.replace(/ ✓✓.*$/, "")} ✓✓ read by ${m.from}`;
       return;
     }
+    if (m.amends) {
+      applyAmend(m.from, m.amends.target, m.amends.recall ? null : m.text);
+      return;
+    }
+    if (m.read) return; // our own read mark, from another device: the list updates
     if (m.notification) {
       render({ id: m.id, from: `🔔 ${m.from}`, text: `${m.notification.title} — ${m.notification.body}`, seq: String(m.seq), mine: false });
       return;
@@ -90,7 +107,7 @@ async function signIn(user, options = {}) {
     // this one included): one row per client message id, whichever shows up first.
     if (m.outgoing) render({ id: `mine:${m.clientMsgId}`, to: m.group ? `#${m.group}` : m.to, text: m.text, mine: true });
     else {
-      render({ id: m.id, from: m.group ? `${m.from} #${m.group}` : m.from, to: m.to, text: m.text, seq: String(m.seq), mine: false });
+      render({ id: m.id, key: `${m.from}:${m.clientMsgId}`, from: m.group ? `${m.from} #${m.group}` : m.from, to: m.to, text: m.text, seq: String(m.seq), mine: false });
       if (!m.group) client.receipt("read", m).catch(() => {});
     }
   });
@@ -110,6 +127,15 @@ async function signIn(user, options = {}) {
     const t = client.transport ?? "—";
     $("#transport").textContent = t;
     $("#transport").className = t;
+  });
+  client.addEventListener("conversation", (e) => {
+    const c = e.detail;
+    conversations.set(c.group ? `#${c.group}` : c.user, c);
+    renderConversations();
+  });
+  client.addEventListener("state", (e) => {
+    // The list follows one connection: ask again after each (re)connect.
+    if (e.detail.state === "open") refreshConversations().catch(() => {});
   });
   client.addEventListener("error", (e) => showError(e.detail));
   client.addEventListener("fallback", (e) =>
@@ -142,6 +168,65 @@ async function send(to, text) {
   return { ...r, seq: String(r.seq) };
 }
 
+const conversations = new Map(); // "bob" | "#team" → PetrelConversation
+
+function renderConversations() {
+  const ul = $("#conversations");
+  ul.replaceChildren();
+  const sorted = [...conversations].sort(([, a], [, b]) => Number(b.pinned) - Number(a.pinned) || b.updatedMs - a.updatedMs);
+  for (const [name, c] of sorted) {
+    const li = document.createElement("li");
+    li.dataset.name = name;
+    li.textContent = `${name}: ${c.last?.recalled ? "(recalled)" : (c.last?.text ?? "")}`.slice(0, 60);
+    if (c.unread > 0) {
+      const n = document.createElement("span");
+      n.className = "unread";
+      n.textContent = `${c.unread}${c.unreadMentions ? " @" : ""}`;
+      li.append(n);
+    }
+    li.addEventListener("click", () => {
+      $("#compose").elements.to.value = name;
+      window.petrel.client?.markRead(target(name)).catch(showError);
+    });
+    ul.append(li);
+  }
+}
+
+/** The conversation list from the message service, followed live. */
+async function refreshConversations() {
+  const client = window.petrel.client;
+  if (!client) throw new Error("sign in first");
+  const page = await client.conversations({ follow: true, limit: 50 });
+  conversations.clear();
+  for (const c of page.conversations) conversations.set(c.group ? `#${c.group}` : c.user, c);
+  renderConversations();
+  return page.conversations.map((c) => ({ name: c.group ? `#${c.group}` : c.user, unread: c.unread, mentions: c.unreadMentions, last: c.last?.text ?? "" }));
+}
+
+/** Shows an edit (text) or recall (null) of `from`'s message `target` on its row. */
+function applyAmend(from, target, text) {
+  const own = from === window.petrel.user;
+  const li = own
+    ? document.querySelector(`li[data-id="mine:${CSS.escape(target)}"]`)
+    : document.querySelector(`li[data-key="${CSS.escape(`${from}:${target}`)}"]`);
+  if (!li) return;
+  const prefix = own ? "" : `${from}: `;
+  li.firstChild.textContent = text === null ? `${prefix}(recalled)` : `${prefix}${text} (edited)`;
+  if (text === null) li.classList.add("recalled");
+}
+
+async function edit(id, text) {
+  const r = await window.petrel.client.amend(id, text);
+  if (r.status === "rejected") showError({ code: r.reason, message: r.detail });
+  return { ...r, seq: String(r.seq) };
+}
+
+async function recall(id) {
+  const r = await window.petrel.client.amend(id, null);
+  if (r.status === "rejected") showError({ code: r.reason, message: r.detail });
+  return { ...r, seq: String(r.seq) };
+}
+
 let olderBefore; // sequence to scroll back from (undefined: the newest)
 
 /** Loads a page of older messages from the server's history, shown above. */
@@ -170,7 +255,7 @@ function rows() {
 
 // `delivered`: every `message` event of the current client, in order, before the page
 // drops rows it already shows (for tests: what the SDK handed over since this page load).
-window.petrel = { PetrelClient, PetrelError, webTransportAvailable, signIn, send, rows, loadOlder, client: null, user: null, delivered: [] };
+window.petrel = { PetrelClient, PetrelError, webTransportAvailable, signIn, send, rows, loadOlder, refreshConversations, edit, recall, client: null, user: null, delivered: [] };
 $("#older").addEventListener("click", () => loadOlder().catch(showError));
 
 $("#signin").addEventListener("submit", (e) => {

@@ -35,6 +35,12 @@ import {
   ReceiptSchema,
   Receipt_Kind,
   type SyncBatch,
+  AmendSchema,
+  MarkReadSchema,
+  ListConversationsSchema,
+  MessageRefSchema,
+  type Conversation as WireConversation,
+  type ConversationList,
 } from "./gen/petrel/v1/petrel_pb.js";
 import { PetrelError, errorCodeName } from "./errors.js";
 import { FrameDecoder, encodeFrame } from "./frame.js";
@@ -129,6 +135,50 @@ export interface PetrelMessage {
   text: string;
   /** Sent by this user (from this or another of their devices): the copy kept in their own inbox. */
   outgoing: boolean;
+  /** The message this one replies to. */
+  replyTo?: { subject: string; seq: bigint };
+  /** Users it mentions. */
+  mentions: string[];
+  /** An edit (`recall` false: `text` is the new text) or recall of the sender's message `target`: apply it to that message. */
+  amends?: { target: string; recall: boolean };
+  /** A read mark of this user, from any of its devices: the conversation (a user, or `{ group }`) read up to `seq`. */
+  read?: { user?: string; group?: string; seq: bigint };
+  /** From the archive: when it was last edited (ms; 0: never). */
+  editedMs: number;
+  /** From the archive: recalled (no content). */
+  recalled: boolean;
+}
+
+/** One conversation of the user, as the message service keeps it. */
+export interface PetrelConversation {
+  /** The other user of a direct conversation. */
+  user?: string;
+  /** The group of a group conversation. */
+  group?: string;
+  /** Its newest message as it reads now (edited, or empty when recalled). */
+  last?: PetrelMessage;
+  unread: number;
+  unreadMentions: number;
+  readSeq: bigint;
+  pinned: boolean;
+  muted: boolean;
+  updatedMs: number;
+}
+
+/** A page of the conversation list (see {@link PetrelClient.conversations}). */
+export interface ConversationPage {
+  conversations: PetrelConversation[];
+  more: boolean;
+}
+
+/** What a send may carry besides its content. */
+export interface SendOptions {
+  clientMsgId?: string;
+  contentType?: string;
+  /** The message it replies to. */
+  replyTo?: { subject: string; seq: bigint };
+  /** Users it mentions (at most 32). */
+  mentions?: string[];
 }
 
 /** The gateway's answer to a send. */
@@ -246,6 +296,7 @@ export class PetrelClient extends EventTarget {
   private _welcome: Welcome | null = null;
   private readonly pending = new Map<string, PendingSend>();
   private readonly syncs = new Map<bigint, { resolve: (p: HistoryPage) => void; reject: (e: PetrelError) => void }>();
+  private readonly lists = new Map<bigint, { resolve: (p: ConversationPage) => void; reject: (e: PetrelError) => void }>();
   private nextSync = 1n;
   private readonly pushes = new Map<bigint, { resolve: () => void; reject: (e: PetrelError) => void }>();
   private readonly cursors = new Map<string, bigint>();
@@ -341,7 +392,7 @@ export class PetrelClient extends EventTarget {
   send(
     to: string,
     content: string | Uint8Array,
-    options: { clientMsgId?: string; contentType?: string } = {},
+    options: SendOptions = {},
   ): Promise<SendResult> {
     return this.sendTo({ case: "user", value: to }, content, options);
   }
@@ -353,7 +404,7 @@ export class PetrelClient extends EventTarget {
   sendToGroup(
     group: string,
     content: string | Uint8Array,
-    options: { clientMsgId?: string; contentType?: string } = {},
+    options: SendOptions = {},
   ): Promise<SendResult> {
     return this.sendTo({ case: "group", value: group }, content, options);
   }
@@ -361,7 +412,7 @@ export class PetrelClient extends EventTarget {
   private sendTo(
     to: { case: "user"; value: string } | { case: "group"; value: string },
     content: string | Uint8Array,
-    options: { clientMsgId?: string; contentType?: string },
+    options: SendOptions,
   ): Promise<SendResult> {
     const clientMsgId = options.clientMsgId ?? randomId();
     const bytes = typeof content === "string" ? textEncoder.encode(content) : content;
@@ -376,11 +427,97 @@ export class PetrelClient extends EventTarget {
               to,
               content: bytes,
               contentType: options.contentType ?? (typeof content === "string" ? "text/plain" : ""),
+              ...(options.replyTo ? { replyTo: create(MessageRefSchema, options.replyTo) } : {}),
+              mentions: options.mentions ?? [],
             }),
           },
         }),
       ),
     );
+    return this.sendFrame(clientMsgId, frame);
+  }
+
+  /**
+   * Edits (`content` a string) or recalls (`null`) this user's message `target` (its
+   * clientMsgId) on every device and in history. Resolves like a send; `rejected` with
+   * `FORBIDDEN` outside the gateway's window (15 minutes by default) or for a message
+   * that is not this user's.
+   */
+  amend(target: string, content: string | null, options: { clientMsgId?: string } = {}): Promise<SendResult> {
+    const clientMsgId = options.clientMsgId ?? randomId();
+    const frame = encodeFrame(
+      toBinary(
+        ClientFrameSchema,
+        create(ClientFrameSchema, {
+          kind: {
+            case: "amend",
+            value: create(AmendSchema, {
+              clientMsgId,
+              target,
+              recall: content === null,
+              content: content === null ? new Uint8Array() : textEncoder.encode(content),
+              contentType: content === null ? "" : "text/plain",
+            }),
+          },
+        }),
+      ),
+    );
+    return this.sendFrame(clientMsgId, frame);
+  }
+
+  /** Marks the conversation with a user (or `{ group }`) read up to `seq` (default: its newest) on every device of this user. */
+  async markRead(conversation: string | { group: string }, seq = 0n): Promise<void> {
+    const conn = this.conn;
+    if (!conn || this._state !== "open") throw new PetrelError("CLOSED", "not connected");
+    const c =
+      typeof conversation === "string"
+        ? ({ case: "user", value: conversation } as const)
+        : ({ case: "group", value: conversation.group } as const);
+    await conn.write(
+      encodeFrame(
+        toBinary(
+          ClientFrameSchema,
+          create(ClientFrameSchema, { kind: { case: "markRead", value: create(MarkReadSchema, { conversation: c, seq }) } }),
+        ),
+      ),
+    );
+  }
+
+  /**
+   * A page of the conversation list: pinned first, then the most recent. With
+   * `follow`, a `conversation` event ({@link PetrelConversation}) reports each change
+   * from now on (until the connection drops: ask again after a reconnect).
+   */
+  conversations(options: { offset?: number; limit?: number; follow?: boolean } = {}): Promise<ConversationPage> {
+    const conn = this.conn;
+    if (!conn || this._state !== "open") return Promise.reject(new PetrelError("CLOSED", "not connected"));
+    const requestId = this.nextSync++;
+    const frame = encodeFrame(
+      toBinary(
+        ClientFrameSchema,
+        create(ClientFrameSchema, {
+          kind: {
+            case: "listConversations",
+            value: create(ListConversationsSchema, {
+              requestId,
+              offset: options.offset ?? 0,
+              limit: options.limit ?? 50,
+              follow: options.follow ?? false,
+            }),
+          },
+        }),
+      ),
+    );
+    return new Promise<ConversationPage>((resolve, reject) => {
+      this.lists.set(requestId, { resolve, reject });
+      conn.write(frame).catch(() => {
+        this.lists.delete(requestId);
+        reject(new PetrelError("CLOSED", "connection lost before the conversation list request was sent"));
+      });
+    });
+  }
+
+  private sendFrame(clientMsgId: string, frame: Uint8Array): Promise<SendResult> {
     if (this._state === "closed" || this._state === "idle") {
       return Promise.reject(new PetrelError("CLOSED", "not connected: call connect() first"));
     }
@@ -463,7 +600,15 @@ export class PetrelClient extends EventTarget {
    * Does not move cursors; messages are not passed through the `message` event.
    */
   history(
-    options: { subject?: string; newestFirst?: boolean; before?: bigint; after?: bigint; limit?: number } = {},
+    options: {
+      subject?: string;
+      /** Only the direct conversation with this user (from the message service's archive). */
+      with?: string;
+      newestFirst?: boolean;
+      before?: bigint;
+      after?: bigint;
+      limit?: number;
+    } = {},
   ): Promise<HistoryPage> {
     const conn = this.conn;
     if (!conn || this._state !== "open" || !this._welcome) {
@@ -479,7 +624,9 @@ export class PetrelClient extends EventTarget {
             case: "sync",
             value: create(SyncSchema, {
               requestId,
-              subject: options.subject ?? `msg.private.${this._welcome.user}`,
+              // With `with`, an empty subject is the user's inbox.
+              subject: options.subject ?? (options.with ? "" : `msg.private.${this._welcome.user}`),
+              with: options.with ?? "",
               newestFirst,
               before: options.before ?? 0n,
               after: options.after ?? 0n,
@@ -878,6 +1025,8 @@ export class PetrelClient extends EventTarget {
     this.stopPings();
     for (const [, w] of this.syncs) w.reject(new PetrelError("CLOSED", "connection lost before the history page"));
     this.syncs.clear();
+    for (const [, w] of this.lists) w.reject(new PetrelError("CLOSED", "connection lost before the conversation list"));
+    this.lists.clear();
     for (const [, w] of this.pushes) w.reject(new PetrelError("CLOSED", "connection lost before the push registration was answered"));
     this.pushes.clear();
     if (this.closing) return;
@@ -926,6 +1075,14 @@ export class PetrelClient extends EventTarget {
       case "pushRegistered":
         this.onPushRegistered(f.kind.value);
         return null;
+      case "conversationList":
+        this.onConversationList(f.kind.value);
+        return null;
+      case "conversationUpdate": {
+        const c = f.kind.value.conversation;
+        if (c) this.dispatchEvent(new CustomEvent("conversation", { detail: this.toConversation(c) }));
+        return null;
+      }
       case "error": {
         const e = new PetrelError(errorCodeName(f.kind.value.code), f.kind.value.message);
         if (f.kind.value.fatal) return e;
@@ -966,6 +1123,31 @@ export class PetrelClient extends EventTarget {
     this.pushes.delete(r.requestId);
     if (r.error) waiter.reject(new PetrelError(errorCodeName(r.error), r.detail));
     else waiter.resolve();
+  }
+
+  private onConversationList(l: ConversationList): void {
+    const waiter = this.lists.get(l.requestId);
+    if (!waiter) return;
+    this.lists.delete(l.requestId);
+    if (l.error) {
+      waiter.reject(new PetrelError(errorCodeName(l.error), l.detail));
+      return;
+    }
+    waiter.resolve({ conversations: l.conversations.map((c) => this.toConversation(c)), more: l.more });
+  }
+
+  private toConversation(c: WireConversation): PetrelConversation {
+    return {
+      ...(c.with.case === "user" ? { user: c.with.value } : {}),
+      ...(c.with.case === "group" ? { group: c.with.value } : {}),
+      ...(c.last ? { last: this.toMessage(c.last) } : {}),
+      unread: c.unread,
+      unreadMentions: c.unreadMentions,
+      readSeq: c.readSeq,
+      pinned: c.pinned,
+      muted: c.muted,
+      updatedMs: Number(c.updatedMs),
+    };
   }
 
   private onSyncBatch(b: SyncBatch): void {
@@ -1018,6 +1200,20 @@ export class PetrelClient extends EventTarget {
       content: m.content,
       text: textDecoder.decode(m.content),
       outgoing: m.from === this._welcome?.user,
+      ...(m.replyTo ? { replyTo: { subject: m.replyTo.subject, seq: m.replyTo.seq } } : {}),
+      mentions: [...m.mentions],
+      ...(m.amends ? { amends: { target: m.amends.target, recall: m.amends.recall } } : {}),
+      ...(m.read
+        ? {
+            read: {
+              ...(m.read.conversation.case === "user" ? { user: m.read.conversation.value } : {}),
+              ...(m.read.conversation.case === "group" ? { group: m.read.conversation.value } : {}),
+              seq: m.read.seq,
+            },
+          }
+        : {}),
+      editedMs: Number(m.editedMs),
+      recalled: m.recalled,
     };
   }
 

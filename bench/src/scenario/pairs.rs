@@ -81,7 +81,9 @@ pub(crate) async fn run(
     }
     let sending = started.elapsed();
     let want = counts.stored.load(Ordering::Relaxed);
-    wait_for(&delivered, want, Duration::from_secs(10), "delivering").await;
+    // Through a lossy proxy a QUIC path whose probes were lost too backs off for
+    // seconds between retransmissions: 30 s without progress before calling it lost.
+    wait_for(&delivered, want, Duration::from_secs(30), "delivering").await;
     stop.cancel();
     let mut total = Tally::default();
     for t in tallies {

@@ -100,6 +100,15 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
                 self.reply(Reply::PushRegistered { request_id, error })
                     .await
             }
+            Action::FindOriginal { req, user, target } => {
+                self.find_original(req, user, target);
+                Ok(())
+            }
+            Action::ListConversations {
+                request,
+                user,
+                groups,
+            } => self.list_conversations(request, user, groups).await,
             Action::Close(code, why) => Box::pin(self.close(code, why)).await,
         }
     }

@@ -64,7 +64,15 @@ pub(super) struct Deliveries {
     pub(super) fetches: FuturesUnordered<BoxFuture<'static, FetchResult>>,
     pub(super) syncs: FuturesUnordered<BoxFuture<'static, Reply>>,
     pub(super) receipts: FuturesUnordered<BoxFuture<'static, ReceiptCheck>>,
+    /// Amends waiting for the message service to find their original.
+    pub(super) originals: FuturesUnordered<BoxFuture<'static, OriginalFound>>,
 }
+
+/// An amend's request id and what the message service said of its original.
+pub(super) type OriginalFound = (
+    u64,
+    Result<Option<petrel_core::session::Original>, (ErrorCode, String)>,
+);
 
 impl Deliveries {
     /// Starts fetching `f`, after `delay` (a retry).
@@ -294,17 +302,16 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
             let busy = Reply::sync_refused(req, ErrorCode::RateLimited, why);
             return self.write(encode_reply(&busy)).await;
         }
-        let catchup = self.shared.catchup.clone();
+        let Some(user) = self.joined.as_ref().map(|j| j.user.clone()) else {
+            return Ok(());
+        };
+        let (catchup, jetstream, messages) = (
+            self.shared.catchup.clone(),
+            self.shared.jetstream.clone(),
+            self.shared.messages.clone(),
+        );
         self.deliveries.syncs.push(Box::pin(async move {
-            let r = catchup
-                .history(
-                    &req.subject,
-                    req.newest_first,
-                    req.before,
-                    req.after,
-                    req.limit as usize,
-                )
-                .await;
+            let r = history(&catchup, &jetstream, &messages, user, &req).await;
             let (messages, more, error) = match r {
                 Ok((m, more)) => (m, more, None),
                 Err(e) => (Vec::new(), false, Some((e.code(), e.to_string()))),
@@ -318,6 +325,84 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
             }
         }));
         Ok(())
+    }
+
+    /// Starts asking the message service for a page of the conversation list; with
+    /// `follow`, this connection gets its user's conversation updates from now on
+    /// (subscribed before asking, so no change falls between the page and them).
+    pub(super) async fn list_conversations(
+        &mut self,
+        request: petrel_core::wire::ConversationsRequest,
+        user: petrel_core::UserId,
+        groups: Vec<petrel_core::GroupId>,
+    ) -> Result<(), End> {
+        if self.deliveries.syncs.len() >= MAX_SYNCS {
+            let why = format!("at most {MAX_SYNCS} history and list requests at a time");
+            let busy = Reply::Conversations {
+                request_id: request.request_id,
+                page: Err((ErrorCode::RateLimited, why)),
+            };
+            return self.write(encode_reply(&busy)).await;
+        }
+        if request.follow
+            && !self.following
+            && let Some(j) = &self.joined
+        {
+            let handle = j.handle.clone();
+            self.shared
+                .live
+                .join(
+                    &crate::hub::LiveKey::Conversations(user.clone()),
+                    self.id,
+                    handle,
+                )
+                .await;
+            self.following = true;
+        }
+        let messages = self.shared.messages.clone();
+        self.deliveries.syncs.push(Box::pin(async move {
+            let q = petrel_core::conversation::api::ConversationsQuery {
+                user,
+                groups,
+                offset: request.offset,
+                limit: request.limit,
+            };
+            Reply::Conversations {
+                request_id: request.request_id,
+                page: messages
+                    .conversations(&q)
+                    .await
+                    .map_err(|e| (e.code(), e.to_string())),
+            }
+        }));
+        Ok(())
+    }
+
+    /// Starts asking the message service where the amended message `target` went.
+    pub(super) fn find_original(
+        &mut self,
+        req: u64,
+        user: petrel_core::UserId,
+        target: petrel_core::ClientMsgId,
+    ) {
+        if self.deliveries.originals.len() >= MAX_RECEIPT_CHECKS {
+            let why = format!("at most {MAX_RECEIPT_CHECKS} edits and recalls at a time");
+            let out = self.session.on_original(
+                req,
+                Err((ErrorCode::RateLimited, why)),
+                petrel_core::session::Now::system(),
+            );
+            self.actions.extend(out);
+            return;
+        }
+        let messages = self.shared.messages.clone();
+        self.deliveries.originals.push(Box::pin(async move {
+            let found = messages
+                .original(&user, &target)
+                .await
+                .map_err(|e| (e.code(), format!("{e}; try again")));
+            (req, found)
+        }));
     }
 
     /// Starts checking that `receipt` is about a message in the reader's inbox, from
@@ -400,5 +485,85 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
                 self.actions.extend(out);
             }
         }
+    }
+}
+
+/// A page of history: a direct conversation (`with`) from the archive; a subject from
+/// the edge cache and the hub's stream, and from the archive for what the stream no
+/// longer holds (below its first sequence), continuous at the seam.
+async fn history(
+    catchup: &CatchUp,
+    jetstream: &crate::hub::JetStream,
+    messages: &crate::hub::MessageService,
+    user: petrel_core::UserId,
+    req: &SyncRequest,
+) -> Result<(Vec<Delivery>, bool), crate::hub::HubError> {
+    let limit = req.limit as usize;
+    let archive = |newest_first, before: Seq, after: Seq, limit: usize| {
+        petrel_core::conversation::api::HistoryQuery {
+            user: user.clone(),
+            subject: req.subject.clone(),
+            with: req.with.clone(),
+            newest_first,
+            before,
+            after,
+            limit: limit as u32,
+        }
+    };
+    if req.with.is_some() {
+        let q = archive(req.newest_first, req.before, req.after, limit);
+        return messages.history(&q).await;
+    }
+    if req.newest_first {
+        let (mut page, more) = catchup
+            .history(&req.subject, true, req.before, req.after, limit)
+            .await?;
+        if more || page.len() >= limit || page.last().is_some_and(|d| d.seq.0 <= 1) {
+            return Ok((page, more));
+        }
+        let first = jetstream.first_seq(&req.subject).await?;
+        if first <= 1 {
+            return Ok((page, more));
+        }
+        // The rest is older than anything the stream holds.
+        let below = page.last().map_or(
+            match req.before.0 {
+                0 => first,
+                b => b.min(first),
+            },
+            |d| d.seq.0,
+        );
+        let q = archive(true, Seq(below), Seq(0), limit - page.len());
+        match messages.history(&q).await {
+            Ok((older, more)) => {
+                page.extend(older.into_iter().filter(|d| d.seq.0 < below));
+                Ok((page, more))
+            }
+            // What the stream has is still an answer; the client asks again later.
+            Err(e) if !page.is_empty() => {
+                debug!(error = %e, "archive unavailable; the stream's page only");
+                Ok((page, true))
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        let first = jetstream.first_seq(&req.subject).await?;
+        let mut out = Vec::new();
+        let mut after = req.after;
+        if after.0.saturating_add(1) < first {
+            // Older than the stream: the archive, up to where the stream begins.
+            let q = archive(false, Seq(0), after, limit);
+            let (older, _) = messages.history(&q).await?;
+            out.extend(older.into_iter().filter(|d| d.seq.0 < first));
+            if out.len() >= limit {
+                return Ok((out, true));
+            }
+            after = Seq(first - 1);
+        }
+        let (page, more) = catchup
+            .history(&req.subject, false, Seq(0), after, limit - out.len())
+            .await?;
+        out.extend(page);
+        Ok((out, more))
     }
 }

@@ -60,6 +60,8 @@ pub struct Shared {
     pub acks: Arc<crate::directory::Acks>,
     /// The push registry on the hub.
     pub registry: Arc<crate::hub::PushRegistry>,
+    /// The message service (conversation lists, archived history, amends).
+    pub messages: crate::hub::MessageService,
     /// Per-user connection counts and send budgets on this edge.
     pub users: Arc<admission::Users>,
     /// Frames queued toward one connection.
@@ -250,6 +252,8 @@ struct Driver<R: FrameReader, W> {
     user_slot: Option<admission::UserSlot>,
     /// Users whose presence this connection follows (each one visible to its user).
     watched: HashSet<UserId>,
+    /// It receives its user's conversation updates.
+    following: bool,
     /// Whom this connection's user may see, as the directory last said.
     visible: visible::Visible,
     /// When to read the user's groups again (the directory was unreachable).
@@ -294,6 +298,7 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
             slot: None,
             user_slot: None,
             watched: HashSet::new(),
+            following: false,
             visible: visible::Visible::default(),
             groups_retry: None,
             actions: Vec::new(),
@@ -437,6 +442,10 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
             Some(check) = self.deliveries.receipts.next(), if !self.deliveries.receipts.is_empty() => {
                 self.on_receipt_checked(check).await;
             }
+            Some((req, found)) = self.deliveries.originals.next(), if !self.deliveries.originals.is_empty() => {
+                let out = self.session.on_original(req, found, Now::system());
+                self.actions.extend(out);
+            }
             Some((req, outcome)) = self.outcomes.recv() => {
                 let out = self.session.on_published(req, outcome);
                 self.actions.extend(out);
@@ -510,6 +519,9 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
         if let Some(j) = &self.joined {
             Box::pin(self.shared.presence.disconnected(&j.user, &j.device)).await;
             live.leave(&LiveKey::User(j.user.clone()), self.id);
+            if self.following {
+                live.leave(&LiveKey::Conversations(j.user.clone()), self.id);
+            }
             for g in self.session.groups() {
                 live.leave(&LiveKey::Group(g.clone()), self.id);
             }

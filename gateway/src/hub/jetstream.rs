@@ -253,20 +253,35 @@ impl JetStream {
         }
     }
 
+    /// The oldest sequence `subject`'s stream still holds (its retention removed what
+    /// is below it; the message service's archive has those).
+    pub async fn first_seq(&self, subject: &str) -> Result<u64, HubError> {
+        let name = Subject::parse(subject)?.stream();
+        Ok(self.stream_info(name).await?.state.first_sequence)
+    }
+
+    async fn stream_info(&self, name: &str) -> Result<jetstream::stream::Info, HubError> {
+        let op = || format!("stream {name}");
+        let mut stream = self
+            .js
+            .get_stream(name)
+            .await
+            .map_err(|e| HubError::unavailable(op(), e))?;
+        stream
+            .info()
+            .await
+            .map(|i| i.clone())
+            .map_err(|e| HubError::unavailable(op(), e))
+    }
+
     /// The message stream's duplicate window (how long the hub remembers a
     /// `Nats-Msg-Id`).
     pub async fn duplicate_window(&self) -> Result<Duration, HubError> {
-        let op = || format!("stream {MESSAGE_STREAM}");
-        let mut stream = self
-            .js
-            .get_stream(MESSAGE_STREAM)
-            .await
-            .map_err(|e| HubError::unavailable(op(), e))?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| HubError::unavailable(op(), e))?;
-        Ok(info.config.duplicate_window)
+        Ok(self
+            .stream_info(MESSAGE_STREAM)
+            .await?
+            .config
+            .duplicate_window)
     }
 
     /// Looks for a message stored on `subject` under `Nats-Msg-Id` `msg_id` at or after

@@ -113,6 +113,8 @@ pub enum LiveKey {
     Group(GroupId),
     /// `presence.{user}`, for every connection here watching the user.
     Presence(UserId),
+    /// `live.conv.{user}`, for every connection here following its conversation list.
+    Conversations(UserId),
 }
 
 impl LiveKey {
@@ -126,6 +128,7 @@ impl LiveKey {
             ],
             Self::Group(g) => vec![subject::live_group_subject(g), subject::typing_group(g)],
             Self::Presence(u) => vec![subject::presence_events(u)],
+            Self::Conversations(u) => vec![subject::live_conversations(u)],
         }
     }
 }
@@ -136,6 +139,7 @@ impl std::fmt::Display for LiveKey {
             Self::User(u) => write!(f, "user {u}"),
             Self::Group(g) => write!(f, "group {g}"),
             Self::Presence(u) => write!(f, "presence of {u}"),
+            Self::Conversations(u) => write!(f, "conversations of {u}"),
         }
     }
 }
@@ -375,9 +379,12 @@ impl Live {
         let _ = ready.send(true);
         while let Some(msg) = sub.next().await {
             let incoming = Incoming::classify(msg.subject.as_str());
-            if let Some(kind @ (Incoming::Typing | Incoming::Presence)) = incoming {
-                // Ephemeral (typing, presence events): the frame as the sending edge
-                // encoded it, to whoever is here now; a full queue drops it.
+            if let Some(kind @ (Incoming::Typing | Incoming::Presence | Incoming::Conversation)) =
+                incoming
+            {
+                // Ephemeral (typing, presence events, conversation updates): the frame
+                // as its sender encoded it, to whoever is here now; a full queue drops
+                // it (a conversation list is asked for again after a reconnect).
                 let item = Arc::new(LiveItem {
                     subject: String::new(),
                     seq: Seq(0),

@@ -18,7 +18,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file petrel/v1/petrel.proto.
  */
 export const file_petrel_v1_petrel: GenFile = /*@__PURE__*/
-  fileDesc("ChZwZXRyZWwvdjEvcGV0cmVsLnByb3RvEglwZXRyZWwudjEi2wIKC0NsaWVudEZyYW1lEiEKBWhlbGxvGAEgASgLMhAucGV0cmVsLnYxLkhlbGxvSAASHwoEc2VuZBgCIAEoCzIPLnBldHJlbC52MS5TZW5kSAASHQoDYWNrGAMgASgLMg4ucGV0cmVsLnYxLkFja0gAEh8KBHBpbmcYBCABKAsyDy5wZXRyZWwudjEuUGluZ0gAEh8KBHN5bmMYBSABKAsyDy5wZXRyZWwudjEuU3luY0gAEiMKBnR5cGluZxgGIAEoCzIRLnBldHJlbC52MS5UeXBpbmdIABIlCgdyZWNlaXB0GAcgASgLMhIucGV0cmVsLnYxLlJlY2VpcHRIABIwCg1yZWdpc3Rlcl9wdXNoGAggASgLMhcucGV0cmVsLnYxLlJlZ2lzdGVyUHVzaEgAEiEKBXdhdGNoGAkgASgLMhAucGV0cmVsLnYxLldhdGNoSABCBgoEa2luZCKrAgoMUmVnaXN0ZXJQdXNoEhIKCnJlcXVlc3RfaWQYASABKAQSJQoEYXBucxgCIAEoCzIVLnBldHJlbC52MS5BcG5zVGFyZ2V0SAASIwoDZmNtGAMgASgLMhQucGV0cmVsLnYxLkZjbVRhcmdldEgAEisKB3dlYnB1c2gYBCABKAsyGC5wZXRyZWwudjEuV2ViUHVzaFRhcmdldEgAEg4KBmxvY2FsZRgFIAEoCRIwCgdwcmV2aWV3GAYgASgOMh8ucGV0cmVsLnYxLlJlZ2lzdGVyUHVzaC5QcmV2aWV3IkIKB1ByZXZpZXcSEwoPUFJFVklFV19ERUZBVUxUEAASEAoMUFJFVklFV19TSE9XEAESEAoMUFJFVklFV19ISURFEAJCCAoGdGFyZ2V0IkIKCkFwbnNUYXJnZXQSFAoMZGV2aWNlX3Rva2VuGAEgASgJEg0KBXRvcGljGAIgASgJEg8KB3NhbmRib3gYAyABKAgiGgoJRmNtVGFyZ2V0Eg0KBXRva2VuGAEgASgJIj8KDVdlYlB1c2hUYXJnZXQSEAoIZW5kcG9pbnQYASABKAkSDgoGcDI1NmRoGAIgASgJEgwKBGF1dGgYAyABKAkiWQoOUHVzaFJlZ2lzdGVyZWQSEgoKcmVxdWVzdF9pZBgBIAEoBBIjCgVlcnJvchgCIAEoDjIULnBldHJlbC52MS5FcnJvckNvZGUSDgoGZGV0YWlsGAMgASgJIhYKBVdhdGNoEg0KBXVzZXJzGAEgAygJIoMBCghQcmVzZW5jZRIMCgR1c2VyGAEgASgJEigKBXN0YXRlGAIgASgOMhkucGV0cmVsLnYxLlByZXNlbmNlLlN0YXRlIj8KBVN0YXRlEhEKDVNUQVRFX1VOS05PV04QABIQCgxTVEFURV9PTkxJTkUQARIRCg1TVEFURV9PRkZMSU5FEAIiPwoGVHlwaW5nEg4KBHVzZXIYASABKAlIABIPCgVncm91cBgCIAEoCUgAEg4KBnR5cGluZxgDIAEoCEIECgJ0byI6CgtUeXBpbmdFdmVudBIMCgRmcm9tGAEgASgJEg0KBWdyb3VwGAIgASgJEg4KBnR5cGluZxgDIAEoCCK2AQoHUmVjZWlwdBIlCgRraW5kGAEgASgOMhcucGV0cmVsLnYxLlJlY2VpcHQuS2luZBIPCgdzdWJqZWN0GAIgASgJEgsKA3NlcRgDIAEoBBIOCgZzZW5kZXIYBCABKAkSFQoNY2xpZW50X21zZ19pZBgFIAEoCSI/CgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABISCg5LSU5EX0RFTElWRVJFRBABEg0KCUtJTkRfUkVBRBACIm8KBFN5bmMSEgoKcmVxdWVzdF9pZBgBIAEoBBIPCgdzdWJqZWN0GAIgASgJEhQKDG5ld2VzdF9maXJzdBgDIAEoCBIOCgZiZWZvcmUYBCABKAQSDQoFYWZ0ZXIYBSABKAQSDQoFbGltaXQYBiABKA0imQEKCVN5bmNCYXRjaBISCgpyZXF1ZXN0X2lkGAEgASgEEg8KB3N1YmplY3QYAiABKAkSJAoIbWVzc2FnZXMYAyADKAsyEi5wZXRyZWwudjEuTWVzc2FnZRIMCgRtb3JlGAQgASgIEiMKBWVycm9yGAUgASgOMhQucGV0cmVsLnYxLkVycm9yQ29kZRIOCgZkZXRhaWwYBiABKAkifgoFSGVsbG8SDQoFdG9rZW4YASABKAkSDgoGZGV2aWNlGAIgASgJEiIKB2N1cnNvcnMYAyADKAsyES5wZXRyZWwudjEuQ3Vyc29yEhgKEHByb3RvY29sX3ZlcnNpb24YBCABKA0SGAoQZGVsaXZlcnlfc3RyZWFtcxgFIAEoDSImCgZDdXJzb3ISDwoHc3ViamVjdBgBIAEoCRILCgNzZXEYAiABKAQiawoEU2VuZBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEg4KBHVzZXIYAiABKAlIABIPCgVncm91cBgDIAEoCUgAEg8KB2NvbnRlbnQYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJQgQKAnRvIikKA0FjaxIiCgdjdXJzb3JzGAEgAygLMhEucGV0cmVsLnYxLkN1cnNvciIVCgRQaW5nEg0KBW5vbmNlGAEgASgEIooDCgtTZXJ2ZXJGcmFtZRIlCgd3ZWxjb21lGAEgASgLMhIucGV0cmVsLnYxLldlbGNvbWVIABIsCgtzZW5kX3Jlc3VsdBgCIAEoCzIVLnBldHJlbC52MS5TZW5kUmVzdWx0SAASJQoHZGVsaXZlchgDIAEoCzISLnBldHJlbC52MS5EZWxpdmVySAASHwoEcG9uZxgEIAEoCzIPLnBldHJlbC52MS5Qb25nSAASIQoFZXJyb3IYBSABKAsyEC5wZXRyZWwudjEuRXJyb3JIABIqCgpzeW5jX2JhdGNoGAkgASgLMhQucGV0cmVsLnYxLlN5bmNCYXRjaEgAEigKBnR5cGluZxgIIAEoCzIWLnBldHJlbC52MS5UeXBpbmdFdmVudEgAEicKCHByZXNlbmNlGAcgASgLMhMucGV0cmVsLnYxLlByZXNlbmNlSAASNAoPcHVzaF9yZWdpc3RlcmVkGAsgASgLMhkucGV0cmVsLnYxLlB1c2hSZWdpc3RlcmVkSABCBgoEa2luZCLBAQoHV2VsY29tZRIMCgR1c2VyGAEgASgJEg4KBmRldmljZRgCIAEoCRIVCg1jb25uZWN0aW9uX2lkGAMgASgJEhcKD21heF9mcmFtZV9ieXRlcxgEIAEoDRIWCg5zZXJ2ZXJfdGltZV9tcxgFIAEoBBISCgpnYXRld2F5X2lkGAYgASgJEiIKB2N1cnNvcnMYByADKAsyES5wZXRyZWwudjEuQ3Vyc29yEhgKEGRlbGl2ZXJ5X3N0cmVhbXMYCCABKA0ipQIKClNlbmRSZXN1bHQSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIsCgZzdGF0dXMYAiABKA4yHC5wZXRyZWwudjEuU2VuZFJlc3VsdC5TdGF0dXMSDwoHc3ViamVjdBgDIAEoCRILCgNzZXEYBCABKAQSDgoGbXNnX2lkGAUgASgJEiQKBnJlYXNvbhgGIAEoDjIULnBldHJlbC52MS5FcnJvckNvZGUSDgoGZGV0YWlsGAcgASgJEhEKCWR1cGxpY2F0ZRgIIAEoCCJbCgZTdGF0dXMSFgoSU1RBVFVTX1VOU1BFQ0lGSUVEEAASEQoNU1RBVFVTX1NUT1JFRBABEhEKDVNUQVRVU19RVUVVRUQQAhITCg9TVEFUVVNfUkVKRUNURUQQAyIvCgdEZWxpdmVyEiQKCG1lc3NhZ2VzGAEgAygLMhIucGV0cmVsLnYxLk1lc3NhZ2UimgIKB01lc3NhZ2USDwoHc3ViamVjdBgBIAEoCRILCgNzZXEYAiABKAQSDAoEZnJvbRgDIAEoCRIKCgJ0bxgEIAEoCRIPCgd0aW1lX21zGAUgASgEEhUKDWNsaWVudF9tc2dfaWQYBiABKAkSDwoHY29udGVudBgHIAEoDBIUCgxjb250ZW50X3R5cGUYCCABKAkSEwoLZnJvbV9kZXZpY2UYCSABKAkSEAoIcHJldl9zZXEYCiABKAQSDQoFZ3JvdXAYCyABKAkSLQoMbm90aWZpY2F0aW9uGAwgASgLMhcucGV0cmVsLnYxLk5vdGlmaWNhdGlvbhIjCgdyZWNlaXB0GA0gASgLMhIucGV0cmVsLnYxLlJlY2VpcHQivwIKDE5vdGlmaWNhdGlvbhIKCgJpZBgBIAEoCRINCgV0aXRsZRgCIAEoCRIMCgRib2R5GAMgASgJEg4KBmFjdGlvbhgEIAEoCRIyCghwcmlvcml0eRgFIAEoDjIgLnBldHJlbC52MS5Ob3RpZmljYXRpb24uUHJpb3JpdHkSDQoFYmFkZ2UYBiABKA0SLwoEZGF0YRgHIAMoCzIhLnBldHJlbC52MS5Ob3RpZmljYXRpb24uRGF0YUVudHJ5Eg8KB3RpbWVfbXMYCCABKAQaKwoJRGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiRAoIUHJpb3JpdHkSEwoPUFJJT1JJVFlfTk9STUFMEAASEAoMUFJJT1JJVFlfTE9XEAESEQoNUFJJT1JJVFlfSElHSBACIi0KBFBvbmcSDQoFbm9uY2UYASABKAQSFgoOc2VydmVyX3RpbWVfbXMYAiABKAQiSwoFRXJyb3ISIgoEY29kZRgBIAEoDjIULnBldHJlbC52MS5FcnJvckNvZGUSDwoHbWVzc2FnZRgCIAEoCRINCgVmYXRhbBgDIAEoCCLVAQoNU3RvcmVkTWVzc2FnZRIMCgRmcm9tGAEgASgJEgoKAnRvGAIgASgJEhUKDWNsaWVudF9tc2dfaWQYAyABKAkSDwoHY29udGVudBgEIAEoDBIUCgxjb250ZW50X3R5cGUYBSABKAkSDwoHdGltZV9tcxgGIAEoBBITCgtmcm9tX2RldmljZRgHIAEoCRISCgpnYXRld2F5X2lkGAggASgJEg0KBWdyb3VwGAkgASgJEiMKB3JlY2VpcHQYCiABKAsyEi5wZXRyZWwudjEuUmVjZWlwdCr8AwoJRXJyb3JDb2RlEhoKFkVSUk9SX0NPREVfVU5TUEVDSUZJRUQQABIYChRFUlJPUl9DT0RFX0JBRF9GUkFNRRABEh4KGkVSUk9SX0NPREVfRlJBTUVfVE9PX0xBUkdFEAISHAoYRVJST1JfQ09ERV9VTktOT1dOX0ZSQU1FEAMSFwoTRVJST1JfQ09ERV9QUk9UT0NPTBAEEh4KGkVSUk9SX0NPREVfVU5BVVRIRU5USUNBVEVEEAUSHAoYRVJST1JfQ09ERV9UT0tFTl9FWFBJUkVEEAYSGQoVRVJST1JfQ09ERV9JTlZBTElEX0lEEAcSIAocRVJST1JfQ09ERV9IQU5EU0hBS0VfVElNRU9VVBAIEh4KGkVSUk9SX0NPREVfSU5WQUxJRF9NRVNTQUdFEAkSGgoWRVJST1JfQ09ERV9VTkFWQUlMQUJMRRAKEhwKGEVSUk9SX0NPREVfU0xPV19DT05TVU1FUhALEhkKFUVSUk9SX0NPREVfR09JTkdfQVdBWRAMEhsKF0VSUk9SX0NPREVfUkFURV9MSU1JVEVEEA0SFwoTRVJST1JfQ09ERV9JTlRFUk5BTBAOEhgKFEVSUk9SX0NPREVfRk9SQklEREVOEA8SIgoeRVJST1JfQ09ERV9VTlNVUFBPUlRFRF9WRVJTSU9OEBBiBnByb3RvMw");
+  fileDesc("ChZwZXRyZWwvdjEvcGV0cmVsLnByb3RvEglwZXRyZWwudjEi5AMKC0NsaWVudEZyYW1lEiEKBWhlbGxvGAEgASgLMhAucGV0cmVsLnYxLkhlbGxvSAASHwoEc2VuZBgCIAEoCzIPLnBldHJlbC52MS5TZW5kSAASHQoDYWNrGAMgASgLMg4ucGV0cmVsLnYxLkFja0gAEh8KBHBpbmcYBCABKAsyDy5wZXRyZWwudjEuUGluZ0gAEh8KBHN5bmMYBSABKAsyDy5wZXRyZWwudjEuU3luY0gAEiMKBnR5cGluZxgGIAEoCzIRLnBldHJlbC52MS5UeXBpbmdIABIlCgdyZWNlaXB0GAcgASgLMhIucGV0cmVsLnYxLlJlY2VpcHRIABIwCg1yZWdpc3Rlcl9wdXNoGAggASgLMhcucGV0cmVsLnYxLlJlZ2lzdGVyUHVzaEgAEiEKBXdhdGNoGAkgASgLMhAucGV0cmVsLnYxLldhdGNoSAASIQoFYW1lbmQYCiABKAsyEC5wZXRyZWwudjEuQW1lbmRIABIoCgltYXJrX3JlYWQYCyABKAsyEy5wZXRyZWwudjEuTWFya1JlYWRIABI6ChJsaXN0X2NvbnZlcnNhdGlvbnMYDCABKAsyHC5wZXRyZWwudjEuTGlzdENvbnZlcnNhdGlvbnNIAEIGCgRraW5kImUKBUFtZW5kEhUKDWNsaWVudF9tc2dfaWQYASABKAkSDgoGdGFyZ2V0GAIgASgJEg4KBnJlY2FsbBgDIAEoCBIPCgdjb250ZW50GAQgASgMEhQKDGNvbnRlbnRfdHlwZRgFIAEoCSJICghNYXJrUmVhZBIOCgR1c2VyGAEgASgJSAASDwoFZ3JvdXAYAiABKAlIABILCgNzZXEYAyABKARCDgoMY29udmVyc2F0aW9uIlYKEUxpc3RDb252ZXJzYXRpb25zEhIKCnJlcXVlc3RfaWQYASABKAQSDgoGb2Zmc2V0GAIgASgNEg0KBWxpbWl0GAMgASgNEg4KBmZvbGxvdxgEIAEoCCKrAgoMUmVnaXN0ZXJQdXNoEhIKCnJlcXVlc3RfaWQYASABKAQSJQoEYXBucxgCIAEoCzIVLnBldHJlbC52MS5BcG5zVGFyZ2V0SAASIwoDZmNtGAMgASgLMhQucGV0cmVsLnYxLkZjbVRhcmdldEgAEisKB3dlYnB1c2gYBCABKAsyGC5wZXRyZWwudjEuV2ViUHVzaFRhcmdldEgAEg4KBmxvY2FsZRgFIAEoCRIwCgdwcmV2aWV3GAYgASgOMh8ucGV0cmVsLnYxLlJlZ2lzdGVyUHVzaC5QcmV2aWV3IkIKB1ByZXZpZXcSEwoPUFJFVklFV19ERUZBVUxUEAASEAoMUFJFVklFV19TSE9XEAESEAoMUFJFVklFV19ISURFEAJCCAoGdGFyZ2V0IkIKCkFwbnNUYXJnZXQSFAoMZGV2aWNlX3Rva2VuGAEgASgJEg0KBXRvcGljGAIgASgJEg8KB3NhbmRib3gYAyABKAgiGgoJRmNtVGFyZ2V0Eg0KBXRva2VuGAEgASgJIj8KDVdlYlB1c2hUYXJnZXQSEAoIZW5kcG9pbnQYASABKAkSDgoGcDI1NmRoGAIgASgJEgwKBGF1dGgYAyABKAkiWQoOUHVzaFJlZ2lzdGVyZWQSEgoKcmVxdWVzdF9pZBgBIAEoBBIjCgVlcnJvchgCIAEoDjIULnBldHJlbC52MS5FcnJvckNvZGUSDgoGZGV0YWlsGAMgASgJIhYKBVdhdGNoEg0KBXVzZXJzGAEgAygJIoMBCghQcmVzZW5jZRIMCgR1c2VyGAEgASgJEigKBXN0YXRlGAIgASgOMhkucGV0cmVsLnYxLlByZXNlbmNlLlN0YXRlIj8KBVN0YXRlEhEKDVNUQVRFX1VOS05PV04QABIQCgxTVEFURV9PTkxJTkUQARIRCg1TVEFURV9PRkZMSU5FEAIiPwoGVHlwaW5nEg4KBHVzZXIYASABKAlIABIPCgVncm91cBgCIAEoCUgAEg4KBnR5cGluZxgDIAEoCEIECgJ0byI6CgtUeXBpbmdFdmVudBIMCgRmcm9tGAEgASgJEg0KBWdyb3VwGAIgASgJEg4KBnR5cGluZxgDIAEoCCK2AQoHUmVjZWlwdBIlCgRraW5kGAEgASgOMhcucGV0cmVsLnYxLlJlY2VpcHQuS2luZBIPCgdzdWJqZWN0GAIgASgJEgsKA3NlcRgDIAEoBBIOCgZzZW5kZXIYBCABKAkSFQoNY2xpZW50X21zZ19pZBgFIAEoCSI/CgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABISCg5LSU5EX0RFTElWRVJFRBABEg0KCUtJTkRfUkVBRBACIn0KBFN5bmMSEgoKcmVxdWVzdF9pZBgBIAEoBBIPCgdzdWJqZWN0GAIgASgJEhQKDG5ld2VzdF9maXJzdBgDIAEoCBIOCgZiZWZvcmUYBCABKAQSDQoFYWZ0ZXIYBSABKAQSDQoFbGltaXQYBiABKA0SDAoEd2l0aBgHIAEoCSKZAQoJU3luY0JhdGNoEhIKCnJlcXVlc3RfaWQYASABKAQSDwoHc3ViamVjdBgCIAEoCRIkCghtZXNzYWdlcxgDIAMoCzISLnBldHJlbC52MS5NZXNzYWdlEgwKBG1vcmUYBCABKAgSIwoFZXJyb3IYBSABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg4KBmRldGFpbBgGIAEoCSJ+CgVIZWxsbxINCgV0b2tlbhgBIAEoCRIOCgZkZXZpY2UYAiABKAkSIgoHY3Vyc29ycxgDIAMoCzIRLnBldHJlbC52MS5DdXJzb3ISGAoQcHJvdG9jb2xfdmVyc2lvbhgEIAEoDRIYChBkZWxpdmVyeV9zdHJlYW1zGAUgASgNIiYKBkN1cnNvchIPCgdzdWJqZWN0GAEgASgJEgsKA3NlcRgCIAEoBCKmAQoEU2VuZBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEg4KBHVzZXIYAiABKAlIABIPCgVncm91cBgDIAEoCUgAEg8KB2NvbnRlbnQYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJEicKCHJlcGx5X3RvGAYgASgLMhUucGV0cmVsLnYxLk1lc3NhZ2VSZWYSEAoIbWVudGlvbnMYByADKAlCBAoCdG8iKgoKTWVzc2FnZVJlZhIPCgdzdWJqZWN0GAEgASgJEgsKA3NlcRgCIAEoBCIpCgNBY2sSIgoHY3Vyc29ycxgBIAMoCzIRLnBldHJlbC52MS5DdXJzb3IiFQoEUGluZxINCgVub25jZRgBIAEoBCKCBAoLU2VydmVyRnJhbWUSJQoHd2VsY29tZRgBIAEoCzISLnBldHJlbC52MS5XZWxjb21lSAASLAoLc2VuZF9yZXN1bHQYAiABKAsyFS5wZXRyZWwudjEuU2VuZFJlc3VsdEgAEiUKB2RlbGl2ZXIYAyABKAsyEi5wZXRyZWwudjEuRGVsaXZlckgAEh8KBHBvbmcYBCABKAsyDy5wZXRyZWwudjEuUG9uZ0gAEiEKBWVycm9yGAUgASgLMhAucGV0cmVsLnYxLkVycm9ySAASKgoKc3luY19iYXRjaBgJIAEoCzIULnBldHJlbC52MS5TeW5jQmF0Y2hIABIoCgZ0eXBpbmcYCCABKAsyFi5wZXRyZWwudjEuVHlwaW5nRXZlbnRIABInCghwcmVzZW5jZRgHIAEoCzITLnBldHJlbC52MS5QcmVzZW5jZUgAEjQKD3B1c2hfcmVnaXN0ZXJlZBgLIAEoCzIZLnBldHJlbC52MS5QdXNoUmVnaXN0ZXJlZEgAEjgKEWNvbnZlcnNhdGlvbl9saXN0GAwgASgLMhsucGV0cmVsLnYxLkNvbnZlcnNhdGlvbkxpc3RIABI8ChNjb252ZXJzYXRpb25fdXBkYXRlGA0gASgLMh0ucGV0cmVsLnYxLkNvbnZlcnNhdGlvblVwZGF0ZUgAQgYKBGtpbmQixwEKDENvbnZlcnNhdGlvbhIOCgR1c2VyGAEgASgJSAASDwoFZ3JvdXAYAiABKAlIABIgCgRsYXN0GAMgASgLMhIucGV0cmVsLnYxLk1lc3NhZ2USDgoGdW5yZWFkGAQgASgNEhcKD3VucmVhZF9tZW50aW9ucxgFIAEoDRIQCghyZWFkX3NlcRgGIAEoBBIOCgZwaW5uZWQYByABKAgSDQoFbXV0ZWQYCCABKAgSEgoKdXBkYXRlZF9tcxgJIAEoBEIGCgR3aXRoIpkBChBDb252ZXJzYXRpb25MaXN0EhIKCnJlcXVlc3RfaWQYASABKAQSLgoNY29udmVyc2F0aW9ucxgCIAMoCzIXLnBldHJlbC52MS5Db252ZXJzYXRpb24SDAoEbW9yZRgDIAEoCBIjCgVlcnJvchgEIAEoDjIULnBldHJlbC52MS5FcnJvckNvZGUSDgoGZGV0YWlsGAUgASgJIkMKEkNvbnZlcnNhdGlvblVwZGF0ZRItCgxjb252ZXJzYXRpb24YASABKAsyFy5wZXRyZWwudjEuQ29udmVyc2F0aW9uIsEBCgdXZWxjb21lEgwKBHVzZXIYASABKAkSDgoGZGV2aWNlGAIgASgJEhUKDWNvbm5lY3Rpb25faWQYAyABKAkSFwoPbWF4X2ZyYW1lX2J5dGVzGAQgASgNEhYKDnNlcnZlcl90aW1lX21zGAUgASgEEhIKCmdhdGV3YXlfaWQYBiABKAkSIgoHY3Vyc29ycxgHIAMoCzIRLnBldHJlbC52MS5DdXJzb3ISGAoQZGVsaXZlcnlfc3RyZWFtcxgIIAEoDSKlAgoKU2VuZFJlc3VsdBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEiwKBnN0YXR1cxgCIAEoDjIcLnBldHJlbC52MS5TZW5kUmVzdWx0LlN0YXR1cxIPCgdzdWJqZWN0GAMgASgJEgsKA3NlcRgEIAEoBBIOCgZtc2dfaWQYBSABKAkSJAoGcmVhc29uGAYgASgOMhQucGV0cmVsLnYxLkVycm9yQ29kZRIOCgZkZXRhaWwYByABKAkSEQoJZHVwbGljYXRlGAggASgIIlsKBlN0YXR1cxIWChJTVEFUVVNfVU5TUEVDSUZJRUQQABIRCg1TVEFUVVNfU1RPUkVEEAESEQoNU1RBVFVTX1FVRVVFRBACEhMKD1NUQVRVU19SRUpFQ1RFRBADIi8KB0RlbGl2ZXISJAoIbWVzc2FnZXMYASADKAsyEi5wZXRyZWwudjEuTWVzc2FnZSLDAwoHTWVzc2FnZRIPCgdzdWJqZWN0GAEgASgJEgsKA3NlcRgCIAEoBBIMCgRmcm9tGAMgASgJEgoKAnRvGAQgASgJEg8KB3RpbWVfbXMYBSABKAQSFQoNY2xpZW50X21zZ19pZBgGIAEoCRIPCgdjb250ZW50GAcgASgMEhQKDGNvbnRlbnRfdHlwZRgIIAEoCRITCgtmcm9tX2RldmljZRgJIAEoCRIQCghwcmV2X3NlcRgKIAEoBBINCgVncm91cBgLIAEoCRItCgxub3RpZmljYXRpb24YDCABKAsyFy5wZXRyZWwudjEuTm90aWZpY2F0aW9uEiMKB3JlY2VpcHQYDSABKAsyEi5wZXRyZWwudjEuUmVjZWlwdBInCghyZXBseV90bxgOIAEoCzIVLnBldHJlbC52MS5NZXNzYWdlUmVmEhAKCG1lbnRpb25zGA8gAygJEiQKBmFtZW5kcxgQIAEoCzIULnBldHJlbC52MS5BbWVuZG1lbnQSIQoEcmVhZBgRIAEoCzITLnBldHJlbC52MS5SZWFkTWFyaxIRCgllZGl0ZWRfbXMYEiABKAQSEAoIcmVjYWxsZWQYEyABKAgiKwoJQW1lbmRtZW50Eg4KBnRhcmdldBgBIAEoCRIOCgZyZWNhbGwYAiABKAgiSAoIUmVhZE1hcmsSDgoEdXNlchgBIAEoCUgAEg8KBWdyb3VwGAIgASgJSAASCwoDc2VxGAMgASgEQg4KDGNvbnZlcnNhdGlvbiK/AgoMTm90aWZpY2F0aW9uEgoKAmlkGAEgASgJEg0KBXRpdGxlGAIgASgJEgwKBGJvZHkYAyABKAkSDgoGYWN0aW9uGAQgASgJEjIKCHByaW9yaXR5GAUgASgOMiAucGV0cmVsLnYxLk5vdGlmaWNhdGlvbi5Qcmlvcml0eRINCgViYWRnZRgGIAEoDRIvCgRkYXRhGAcgAygLMiEucGV0cmVsLnYxLk5vdGlmaWNhdGlvbi5EYXRhRW50cnkSDwoHdGltZV9tcxgIIAEoBBorCglEYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJECghQcmlvcml0eRITCg9QUklPUklUWV9OT1JNQUwQABIQCgxQUklPUklUWV9MT1cQARIRCg1QUklPUklUWV9ISUdIEAIiLQoEUG9uZxINCgVub25jZRgBIAEoBBIWCg5zZXJ2ZXJfdGltZV9tcxgCIAEoBCJLCgVFcnJvchIiCgRjb2RlGAEgASgOMhQucGV0cmVsLnYxLkVycm9yQ29kZRIPCgdtZXNzYWdlGAIgASgJEg0KBWZhdGFsGAMgASgIItkCCg1TdG9yZWRNZXNzYWdlEgwKBGZyb20YASABKAkSCgoCdG8YAiABKAkSFQoNY2xpZW50X21zZ19pZBgDIAEoCRIPCgdjb250ZW50GAQgASgMEhQKDGNvbnRlbnRfdHlwZRgFIAEoCRIPCgd0aW1lX21zGAYgASgEEhMKC2Zyb21fZGV2aWNlGAcgASgJEhIKCmdhdGV3YXlfaWQYCCABKAkSDQoFZ3JvdXAYCSABKAkSIwoHcmVjZWlwdBgKIAEoCzISLnBldHJlbC52MS5SZWNlaXB0EicKCHJlcGx5X3RvGAsgASgLMhUucGV0cmVsLnYxLk1lc3NhZ2VSZWYSEAoIbWVudGlvbnMYDCADKAkSJAoGYW1lbmRzGA0gASgLMhQucGV0cmVsLnYxLkFtZW5kbWVudBIhCgRyZWFkGA4gASgLMhMucGV0cmVsLnYxLlJlYWRNYXJrIn8KDEhpc3RvcnlRdWVyeRIMCgR1c2VyGAEgASgJEg8KB3N1YmplY3QYAiABKAkSDAoEd2l0aBgDIAEoCRIUCgxuZXdlc3RfZmlyc3QYBCABKAgSDgoGYmVmb3JlGAUgASgEEg0KBWFmdGVyGAYgASgEEg0KBWxpbWl0GAcgASgNIowBCg9BcmNoaXZlZE1lc3NhZ2USDwoHc3ViamVjdBgBIAEoCRILCgNzZXEYAiABKAQSDwoHcGF5bG9hZBgDIAEoDBIRCgllZGl0ZWRfbXMYBCABKAQSEAoIcmVjYWxsZWQYBSABKAgSDwoHY29udGVudBgGIAEoDBIUCgxjb250ZW50X3R5cGUYByABKAkiWAoLSGlzdG9yeVBhZ2USLAoIbWVzc2FnZXMYASADKAsyGi5wZXRyZWwudjEuQXJjaGl2ZWRNZXNzYWdlEgwKBG1vcmUYAiABKAgSDQoFZXJyb3IYAyABKAkiUQoSQ29udmVyc2F0aW9uc1F1ZXJ5EgwKBHVzZXIYASABKAkSDgoGZ3JvdXBzGAIgAygJEg4KBm9mZnNldBgDIAEoDRINCgVsaW1pdBgEIAEoDSI0Cg1PcmlnaW5hbFF1ZXJ5EgwKBHVzZXIYASABKAkSFQoNY2xpZW50X21zZ19pZBgCIAEoCSJmCghPcmlnaW5hbBINCgVmb3VuZBgBIAEoCBIKCgJ0bxgCIAEoCRINCgVncm91cBgDIAEoCRIPCgd0aW1lX21zGAQgASgEEhAKCHJlY2FsbGVkGAUgASgIEg0KBWVycm9yGAYgASgJKvwDCglFcnJvckNvZGUSGgoWRVJST1JfQ09ERV9VTlNQRUNJRklFRBAAEhgKFEVSUk9SX0NPREVfQkFEX0ZSQU1FEAESHgoaRVJST1JfQ09ERV9GUkFNRV9UT09fTEFSR0UQAhIcChhFUlJPUl9DT0RFX1VOS05PV05fRlJBTUUQAxIXChNFUlJPUl9DT0RFX1BST1RPQ09MEAQSHgoaRVJST1JfQ09ERV9VTkFVVEhFTlRJQ0FURUQQBRIcChhFUlJPUl9DT0RFX1RPS0VOX0VYUElSRUQQBhIZChVFUlJPUl9DT0RFX0lOVkFMSURfSUQQBxIgChxFUlJPUl9DT0RFX0hBTkRTSEFLRV9USU1FT1VUEAgSHgoaRVJST1JfQ09ERV9JTlZBTElEX01FU1NBR0UQCRIaChZFUlJPUl9DT0RFX1VOQVZBSUxBQkxFEAoSHAoYRVJST1JfQ09ERV9TTE9XX0NPTlNVTUVSEAsSGQoVRVJST1JfQ09ERV9HT0lOR19BV0FZEAwSGwoXRVJST1JfQ09ERV9SQVRFX0xJTUlURUQQDRIXChNFUlJPUl9DT0RFX0lOVEVSTkFMEA4SGAoURVJST1JfQ09ERV9GT1JCSURERU4QDxIiCh5FUlJPUl9DT0RFX1VOU1VQUE9SVEVEX1ZFUlNJT04QEGIGcHJvdG8z");
 
 /**
  * @generated from message petrel.v1.ClientFrame
@@ -81,6 +81,24 @@ export type ClientFrame = Message$1<"petrel.v1.ClientFrame"> & {
      */
     value: Watch;
     case: "watch";
+  } | {
+    /**
+     * @generated from field: petrel.v1.Amend amend = 10;
+     */
+    value: Amend;
+    case: "amend";
+  } | {
+    /**
+     * @generated from field: petrel.v1.MarkRead mark_read = 11;
+     */
+    value: MarkRead;
+    case: "markRead";
+  } | {
+    /**
+     * @generated from field: petrel.v1.ListConversations list_conversations = 12;
+     */
+    value: ListConversations;
+    case: "listConversations";
   } | { case: undefined; value?: undefined };
 };
 
@@ -90,6 +108,136 @@ export type ClientFrame = Message$1<"petrel.v1.ClientFrame"> & {
  */
 export const ClientFrameSchema: GenMessage<ClientFrame> = /*@__PURE__*/
   messageDesc(file_petrel_v1_petrel, 0);
+
+/**
+ * Edits or recalls one of the sender's own messages, found by its client_msg_id, within
+ * the gateway's amend window (`messages.amend_window_secs`) of its sending. Stored as a
+ * new message in the same conversation (its own client_msg_id, `amends` set) that every
+ * device and the archive apply; answered by a SendResult like a Send. Outside the
+ * window, or for a message that is not the sender's, REJECTED with FORBIDDEN.
+ *
+ * @generated from message petrel.v1.Amend
+ */
+export type Amend = Message$1<"petrel.v1.Amend"> & {
+  /**
+   * The amendment's own id ([A-Za-z0-9_-]{1,64}); a retry with the same id is stored once.
+   *
+   * @generated from field: string client_msg_id = 1;
+   */
+  clientMsgId: string;
+
+  /**
+   * The client_msg_id of the message it changes.
+   *
+   * @generated from field: string target = 2;
+   */
+  target: string;
+
+  /**
+   * True: recall (delete for everyone); `content` must be empty. False: edit to `content`.
+   *
+   * @generated from field: bool recall = 3;
+   */
+  recall: boolean;
+
+  /**
+   * @generated from field: bytes content = 4;
+   */
+  content: Uint8Array;
+
+  /**
+   * @generated from field: string content_type = 5;
+   */
+  contentType: string;
+};
+
+/**
+ * Describes the message petrel.v1.Amend.
+ * Use `create(AmendSchema)` to create a new message.
+ */
+export const AmendSchema: GenMessage<Amend> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 1);
+
+/**
+ * "I have read this conversation up to `seq`" (0: up to its newest message), from any
+ * device of the user. Stored in the user's own inbox, so every device of the user gets
+ * it (a Message with `read` set) and the message service moves the read position that
+ * the unread counts come from. Not answered; a malformed one is a non-fatal Error.
+ *
+ * @generated from message petrel.v1.MarkRead
+ */
+export type MarkRead = Message$1<"petrel.v1.MarkRead"> & {
+  /**
+   * @generated from oneof petrel.v1.MarkRead.conversation
+   */
+  conversation: {
+    /**
+     * @generated from field: string user = 1;
+     */
+    value: string;
+    case: "user";
+  } | {
+    /**
+     * @generated from field: string group = 2;
+     */
+    value: string;
+    case: "group";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * A sequence on the conversation's subject: the user's inbox for a direct
+   * conversation, the group's subject for a group.
+   *
+   * @generated from field: uint64 seq = 3;
+   */
+  seq: bigint;
+};
+
+/**
+ * Describes the message petrel.v1.MarkRead.
+ * Use `create(MarkReadSchema)` to create a new message.
+ */
+export const MarkReadSchema: GenMessage<MarkRead> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 2);
+
+/**
+ * Asks for the user's conversation list (from the message service), pinned first, then
+ * the most recent first; `offset` pages through it. `follow` keeps this connection
+ * receiving a ConversationUpdate whenever one of them changes, until it closes.
+ * Answered by a ConversationList with the same request_id.
+ *
+ * @generated from message petrel.v1.ListConversations
+ */
+export type ListConversations = Message$1<"petrel.v1.ListConversations"> & {
+  /**
+   * @generated from field: uint64 request_id = 1;
+   */
+  requestId: bigint;
+
+  /**
+   * @generated from field: uint32 offset = 2;
+   */
+  offset: number;
+
+  /**
+   * At most this many (0 means 50, capped at 200).
+   *
+   * @generated from field: uint32 limit = 3;
+   */
+  limit: number;
+
+  /**
+   * @generated from field: bool follow = 4;
+   */
+  follow: boolean;
+};
+
+/**
+ * Describes the message petrel.v1.ListConversations.
+ * Use `create(ListConversationsSchema)` to create a new message.
+ */
+export const ListConversationsSchema: GenMessage<ListConversations> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 3);
 
 /**
  * Registers this device's push target (replacing the one it had), or removes it when
@@ -146,7 +294,7 @@ export type RegisterPush = Message$1<"petrel.v1.RegisterPush"> & {
  * Use `create(RegisterPushSchema)` to create a new message.
  */
 export const RegisterPushSchema: GenMessage<RegisterPush> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 1);
+  messageDesc(file_petrel_v1_petrel, 4);
 
 /**
  * @generated from enum petrel.v1.RegisterPush.Preview
@@ -178,7 +326,7 @@ export enum RegisterPush_Preview {
  * Describes the enum petrel.v1.RegisterPush.Preview.
  */
 export const RegisterPush_PreviewSchema: GenEnum<RegisterPush_Preview> = /*@__PURE__*/
-  enumDesc(file_petrel_v1_petrel, 1, 0);
+  enumDesc(file_petrel_v1_petrel, 4, 0);
 
 /**
  * An iOS/macOS device: the APNs device token (hex), the app's bundle id (apns-topic),
@@ -208,7 +356,7 @@ export type ApnsTarget = Message$1<"petrel.v1.ApnsTarget"> & {
  * Use `create(ApnsTargetSchema)` to create a new message.
  */
 export const ApnsTargetSchema: GenMessage<ApnsTarget> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 2);
+  messageDesc(file_petrel_v1_petrel, 5);
 
 /**
  * An Android device (or any FCM client): the registration token.
@@ -227,7 +375,7 @@ export type FcmTarget = Message$1<"petrel.v1.FcmTarget"> & {
  * Use `create(FcmTargetSchema)` to create a new message.
  */
 export const FcmTargetSchema: GenMessage<FcmTarget> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 3);
+  messageDesc(file_petrel_v1_petrel, 6);
 
 /**
  * A browser's PushSubscription: the push service endpoint (https) and the keys
@@ -258,7 +406,7 @@ export type WebPushTarget = Message$1<"petrel.v1.WebPushTarget"> & {
  * Use `create(WebPushTargetSchema)` to create a new message.
  */
 export const WebPushTargetSchema: GenMessage<WebPushTarget> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 4);
+  messageDesc(file_petrel_v1_petrel, 7);
 
 /**
  * The answer to RegisterPush: stored (error unset) or refused.
@@ -287,7 +435,7 @@ export type PushRegistered = Message$1<"petrel.v1.PushRegistered"> & {
  * Use `create(PushRegisteredSchema)` to create a new message.
  */
 export const PushRegisteredSchema: GenMessage<PushRegistered> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 5);
+  messageDesc(file_petrel_v1_petrel, 8);
 
 /**
  * The users whose presence this connection follows (the user's contacts), replacing
@@ -308,7 +456,7 @@ export type Watch = Message$1<"petrel.v1.Watch"> & {
  * Use `create(WatchSchema)` to create a new message.
  */
 export const WatchSchema: GenMessage<Watch> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 6);
+  messageDesc(file_petrel_v1_petrel, 9);
 
 /**
  * A watched user's presence: online while any of its devices is connected to some
@@ -333,7 +481,7 @@ export type Presence = Message$1<"petrel.v1.Presence"> & {
  * Use `create(PresenceSchema)` to create a new message.
  */
 export const PresenceSchema: GenMessage<Presence> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 7);
+  messageDesc(file_petrel_v1_petrel, 10);
 
 /**
  * @generated from enum petrel.v1.Presence.State
@@ -359,7 +507,7 @@ export enum Presence_State {
  * Describes the enum petrel.v1.Presence.State.
  */
 export const Presence_StateSchema: GenEnum<Presence_State> = /*@__PURE__*/
-  enumDesc(file_petrel_v1_petrel, 7, 0);
+  enumDesc(file_petrel_v1_petrel, 10, 0);
 
 /**
  * "I am (not) typing" in a conversation with a user or in a group. Live only: never
@@ -397,7 +545,7 @@ export type Typing = Message$1<"petrel.v1.Typing"> & {
  * Use `create(TypingSchema)` to create a new message.
  */
 export const TypingSchema: GenMessage<Typing> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 8);
+  messageDesc(file_petrel_v1_petrel, 11);
 
 /**
  * Someone is (no longer) typing: `from` in the direct conversation with them, or in
@@ -427,7 +575,7 @@ export type TypingEvent = Message$1<"petrel.v1.TypingEvent"> & {
  * Use `create(TypingEventSchema)` to create a new message.
  */
 export const TypingEventSchema: GenMessage<TypingEvent> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 9);
+  messageDesc(file_petrel_v1_petrel, 12);
 
 /**
  * "I received / read this message": sent by the recipient about a direct message it got
@@ -473,7 +621,7 @@ export type Receipt = Message$1<"petrel.v1.Receipt"> & {
  * Use `create(ReceiptSchema)` to create a new message.
  */
 export const ReceiptSchema: GenMessage<Receipt> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 10);
+  messageDesc(file_petrel_v1_petrel, 13);
 
 /**
  * @generated from enum petrel.v1.Receipt.Kind
@@ -499,7 +647,7 @@ export enum Receipt_Kind {
  * Describes the enum petrel.v1.Receipt.Kind.
  */
 export const Receipt_KindSchema: GenEnum<Receipt_Kind> = /*@__PURE__*/
-  enumDesc(file_petrel_v1_petrel, 10, 0);
+  enumDesc(file_petrel_v1_petrel, 13, 0);
 
 /**
  * A page of history on one subject, for scrolling back (newest_first, messages with
@@ -540,6 +688,14 @@ export type Sync = Message$1<"petrel.v1.Sync"> & {
    * @generated from field: uint32 limit = 6;
    */
   limit: number;
+
+  /**
+   * On the user's inbox only (`subject` may then be empty): just the direct
+   * conversation with this user, served from the message service's archive.
+   *
+   * @generated from field: string with = 7;
+   */
+  with: string;
 };
 
 /**
@@ -547,7 +703,7 @@ export type Sync = Message$1<"petrel.v1.Sync"> & {
  * Use `create(SyncSchema)` to create a new message.
  */
 export const SyncSchema: GenMessage<Sync> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 11);
+  messageDesc(file_petrel_v1_petrel, 14);
 
 /**
  * The answer to a Sync: messages in the order asked for; `more` when the page was full
@@ -592,7 +748,7 @@ export type SyncBatch = Message$1<"petrel.v1.SyncBatch"> & {
  * Use `create(SyncBatchSchema)` to create a new message.
  */
 export const SyncBatchSchema: GenMessage<SyncBatch> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 12);
+  messageDesc(file_petrel_v1_petrel, 15);
 
 /**
  * First frame of every connection. Nothing else is accepted before it.
@@ -645,7 +801,7 @@ export type Hello = Message$1<"petrel.v1.Hello"> & {
  * Use `create(HelloSchema)` to create a new message.
  */
 export const HelloSchema: GenMessage<Hello> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 13);
+  messageDesc(file_petrel_v1_petrel, 16);
 
 /**
  * @generated from message petrel.v1.Cursor
@@ -667,7 +823,7 @@ export type Cursor = Message$1<"petrel.v1.Cursor"> & {
  * Use `create(CursorSchema)` to create a new message.
  */
 export const CursorSchema: GenMessage<Cursor> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 14);
+  messageDesc(file_petrel_v1_petrel, 17);
 
 /**
  * A message from the connected user to a conversation.
@@ -714,6 +870,21 @@ export type Send = Message$1<"petrel.v1.Send"> & {
    * @generated from field: string content_type = 5;
    */
   contentType: string;
+
+  /**
+   * The message this one replies to.
+   *
+   * @generated from field: petrel.v1.MessageRef reply_to = 6;
+   */
+  replyTo?: MessageRef | undefined;
+
+  /**
+   * Users this message mentions (at most 32); a mention of the reader counts in its
+   * conversation's unread mentions.
+   *
+   * @generated from field: repeated string mentions = 7;
+   */
+  mentions: string[];
 };
 
 /**
@@ -721,7 +892,31 @@ export type Send = Message$1<"petrel.v1.Send"> & {
  * Use `create(SendSchema)` to create a new message.
  */
 export const SendSchema: GenMessage<Send> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 15);
+  messageDesc(file_petrel_v1_petrel, 18);
+
+/**
+ * A stored message, by its subject and sequence.
+ *
+ * @generated from message petrel.v1.MessageRef
+ */
+export type MessageRef = Message$1<"petrel.v1.MessageRef"> & {
+  /**
+   * @generated from field: string subject = 1;
+   */
+  subject: string;
+
+  /**
+   * @generated from field: uint64 seq = 2;
+   */
+  seq: bigint;
+};
+
+/**
+ * Describes the message petrel.v1.MessageRef.
+ * Use `create(MessageRefSchema)` to create a new message.
+ */
+export const MessageRefSchema: GenMessage<MessageRef> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 19);
 
 /**
  * Cumulative acknowledgement: every message up to `seq` on `subject` is processed.
@@ -740,7 +935,7 @@ export type Ack = Message$1<"petrel.v1.Ack"> & {
  * Use `create(AckSchema)` to create a new message.
  */
 export const AckSchema: GenMessage<Ack> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 16);
+  messageDesc(file_petrel_v1_petrel, 20);
 
 /**
  * @generated from message petrel.v1.Ping
@@ -757,7 +952,7 @@ export type Ping = Message$1<"petrel.v1.Ping"> & {
  * Use `create(PingSchema)` to create a new message.
  */
 export const PingSchema: GenMessage<Ping> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 17);
+  messageDesc(file_petrel_v1_petrel, 21);
 
 /**
  * @generated from message petrel.v1.ServerFrame
@@ -816,12 +1011,24 @@ export type ServerFrame = Message$1<"petrel.v1.ServerFrame"> & {
     case: "presence";
   } | {
     /**
-     * 6: (notifications travel in Deliver), 10: GoAway (later).
-     *
      * @generated from field: petrel.v1.PushRegistered push_registered = 11;
      */
     value: PushRegistered;
     case: "pushRegistered";
+  } | {
+    /**
+     * @generated from field: petrel.v1.ConversationList conversation_list = 12;
+     */
+    value: ConversationList;
+    case: "conversationList";
+  } | {
+    /**
+     * 6: (notifications travel in Deliver), 10: reserved (GoAway).
+     *
+     * @generated from field: petrel.v1.ConversationUpdate conversation_update = 13;
+     */
+    value: ConversationUpdate;
+    case: "conversationUpdate";
   } | { case: undefined; value?: undefined };
 };
 
@@ -830,7 +1037,142 @@ export type ServerFrame = Message$1<"petrel.v1.ServerFrame"> & {
  * Use `create(ServerFrameSchema)` to create a new message.
  */
 export const ServerFrameSchema: GenMessage<ServerFrame> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 18);
+  messageDesc(file_petrel_v1_petrel, 22);
+
+/**
+ * One conversation of the user, as the message service keeps it.
+ *
+ * @generated from message petrel.v1.Conversation
+ */
+export type Conversation = Message$1<"petrel.v1.Conversation"> & {
+  /**
+   * @generated from oneof petrel.v1.Conversation.with
+   */
+  with: {
+    /**
+     * @generated from field: string user = 1;
+     */
+    value: string;
+    case: "user";
+  } | {
+    /**
+     * @generated from field: string group = 2;
+     */
+    value: string;
+    case: "group";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * The newest message (content as it is now: edited, or empty when recalled).
+   *
+   * @generated from field: petrel.v1.Message last = 3;
+   */
+  last?: Message | undefined;
+
+  /**
+   * Messages from others after the read position.
+   *
+   * @generated from field: uint32 unread = 4;
+   */
+  unread: number;
+
+  /**
+   * Of those, the ones that mention the user.
+   *
+   * @generated from field: uint32 unread_mentions = 5;
+   */
+  unreadMentions: number;
+
+  /**
+   * The read position: a sequence on the conversation's subject.
+   *
+   * @generated from field: uint64 read_seq = 6;
+   */
+  readSeq: bigint;
+
+  /**
+   * @generated from field: bool pinned = 7;
+   */
+  pinned: boolean;
+
+  /**
+   * @generated from field: bool muted = 8;
+   */
+  muted: boolean;
+
+  /**
+   * When it last changed, milliseconds since the Unix epoch.
+   *
+   * @generated from field: uint64 updated_ms = 9;
+   */
+  updatedMs: bigint;
+};
+
+/**
+ * Describes the message petrel.v1.Conversation.
+ * Use `create(ConversationSchema)` to create a new message.
+ */
+export const ConversationSchema: GenMessage<Conversation> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 23);
+
+/**
+ * The answer to ListConversations: one page; `more` when there are more after it.
+ *
+ * @generated from message petrel.v1.ConversationList
+ */
+export type ConversationList = Message$1<"petrel.v1.ConversationList"> & {
+  /**
+   * @generated from field: uint64 request_id = 1;
+   */
+  requestId: bigint;
+
+  /**
+   * @generated from field: repeated petrel.v1.Conversation conversations = 2;
+   */
+  conversations: Conversation[];
+
+  /**
+   * @generated from field: bool more = 3;
+   */
+  more: boolean;
+
+  /**
+   * @generated from field: petrel.v1.ErrorCode error = 4;
+   */
+  error: ErrorCode;
+
+  /**
+   * @generated from field: string detail = 5;
+   */
+  detail: string;
+};
+
+/**
+ * Describes the message petrel.v1.ConversationList.
+ * Use `create(ConversationListSchema)` to create a new message.
+ */
+export const ConversationListSchema: GenMessage<ConversationList> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 24);
+
+/**
+ * A followed conversation changed (a new message, a read position moved on another
+ * device, an edit or recall of its last message).
+ *
+ * @generated from message petrel.v1.ConversationUpdate
+ */
+export type ConversationUpdate = Message$1<"petrel.v1.ConversationUpdate"> & {
+  /**
+   * @generated from field: petrel.v1.Conversation conversation = 1;
+   */
+  conversation?: Conversation | undefined;
+};
+
+/**
+ * Describes the message petrel.v1.ConversationUpdate.
+ * Use `create(ConversationUpdateSchema)` to create a new message.
+ */
+export const ConversationUpdateSchema: GenMessage<ConversationUpdate> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 25);
 
 /**
  * @generated from message petrel.v1.Welcome
@@ -897,7 +1239,7 @@ export type Welcome = Message$1<"petrel.v1.Welcome"> & {
  * Use `create(WelcomeSchema)` to create a new message.
  */
 export const WelcomeSchema: GenMessage<Welcome> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 19);
+  messageDesc(file_petrel_v1_petrel, 26);
 
 /**
  * @generated from message petrel.v1.SendResult
@@ -953,7 +1295,7 @@ export type SendResult = Message$1<"petrel.v1.SendResult"> & {
  * Use `create(SendResultSchema)` to create a new message.
  */
 export const SendResultSchema: GenMessage<SendResult> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 20);
+  messageDesc(file_petrel_v1_petrel, 27);
 
 /**
  * @generated from enum petrel.v1.SendResult.Status
@@ -990,7 +1332,7 @@ export enum SendResult_Status {
  * Describes the enum petrel.v1.SendResult.Status.
  */
 export const SendResult_StatusSchema: GenEnum<SendResult_Status> = /*@__PURE__*/
-  enumDesc(file_petrel_v1_petrel, 20, 0);
+  enumDesc(file_petrel_v1_petrel, 27, 0);
 
 /**
  * One or more delivered messages, in order per subject.
@@ -1009,7 +1351,7 @@ export type Deliver = Message$1<"petrel.v1.Deliver"> & {
  * Use `create(DeliverSchema)` to create a new message.
  */
 export const DeliverSchema: GenMessage<Deliver> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 21);
+  messageDesc(file_petrel_v1_petrel, 28);
 
 /**
  * @generated from message petrel.v1.Message
@@ -1092,6 +1434,44 @@ export type Message = Message$1<"petrel.v1.Message"> & {
    * @generated from field: petrel.v1.Receipt receipt = 13;
    */
   receipt?: Receipt | undefined;
+
+  /**
+   * @generated from field: petrel.v1.MessageRef reply_to = 14;
+   */
+  replyTo?: MessageRef | undefined;
+
+  /**
+   * @generated from field: repeated string mentions = 15;
+   */
+  mentions: string[];
+
+  /**
+   * An edit or recall of the sender's earlier message `amends.target`.
+   *
+   * @generated from field: petrel.v1.Amendment amends = 16;
+   */
+  amends?: Amendment | undefined;
+
+  /**
+   * The user read a conversation up to a sequence (on another device or this one):
+   * in the user's own inbox, `from` is the user.
+   *
+   * @generated from field: petrel.v1.ReadMark read = 17;
+   */
+  read?: ReadMark | undefined;
+
+  /**
+   * As served from the archive: the message was edited (its content is the newest
+   * version) or recalled (content empty), at this time (ms).
+   *
+   * @generated from field: uint64 edited_ms = 18;
+   */
+  editedMs: bigint;
+
+  /**
+   * @generated from field: bool recalled = 19;
+   */
+  recalled: boolean;
 };
 
 /**
@@ -1099,7 +1479,65 @@ export type Message = Message$1<"petrel.v1.Message"> & {
  * Use `create(MessageSchema)` to create a new message.
  */
 export const MessageSchema: GenMessage<Message> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 22);
+  messageDesc(file_petrel_v1_petrel, 29);
+
+/**
+ * What an Amend changed: the target's client_msg_id, and whether it is recalled.
+ *
+ * @generated from message petrel.v1.Amendment
+ */
+export type Amendment = Message$1<"petrel.v1.Amendment"> & {
+  /**
+   * @generated from field: string target = 1;
+   */
+  target: string;
+
+  /**
+   * @generated from field: bool recall = 2;
+   */
+  recall: boolean;
+};
+
+/**
+ * Describes the message petrel.v1.Amendment.
+ * Use `create(AmendmentSchema)` to create a new message.
+ */
+export const AmendmentSchema: GenMessage<Amendment> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 30);
+
+/**
+ * @generated from message petrel.v1.ReadMark
+ */
+export type ReadMark = Message$1<"petrel.v1.ReadMark"> & {
+  /**
+   * @generated from oneof petrel.v1.ReadMark.conversation
+   */
+  conversation: {
+    /**
+     * @generated from field: string user = 1;
+     */
+    value: string;
+    case: "user";
+  } | {
+    /**
+     * @generated from field: string group = 2;
+     */
+    value: string;
+    case: "group";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * @generated from field: uint64 seq = 3;
+   */
+  seq: bigint;
+};
+
+/**
+ * Describes the message petrel.v1.ReadMark.
+ * Use `create(ReadMarkSchema)` to create a new message.
+ */
+export const ReadMarkSchema: GenMessage<ReadMark> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 31);
 
 /**
  * A system notification. Business services publish it (this protobuf, binary) to
@@ -1163,7 +1601,7 @@ export type Notification = Message$1<"petrel.v1.Notification"> & {
  * Use `create(NotificationSchema)` to create a new message.
  */
 export const NotificationSchema: GenMessage<Notification> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 23);
+  messageDesc(file_petrel_v1_petrel, 32);
 
 /**
  * @generated from enum petrel.v1.Notification.Priority
@@ -1189,7 +1627,7 @@ export enum Notification_Priority {
  * Describes the enum petrel.v1.Notification.Priority.
  */
 export const Notification_PrioritySchema: GenEnum<Notification_Priority> = /*@__PURE__*/
-  enumDesc(file_petrel_v1_petrel, 23, 0);
+  enumDesc(file_petrel_v1_petrel, 32, 0);
 
 /**
  * @generated from message petrel.v1.Pong
@@ -1211,7 +1649,7 @@ export type Pong = Message$1<"petrel.v1.Pong"> & {
  * Use `create(PongSchema)` to create a new message.
  */
 export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 24);
+  messageDesc(file_petrel_v1_petrel, 33);
 
 /**
  * @generated from message petrel.v1.Error
@@ -1240,7 +1678,7 @@ export type Error = Message$1<"petrel.v1.Error"> & {
  * Use `create(ErrorSchema)` to create a new message.
  */
 export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 25);
+  messageDesc(file_petrel_v1_petrel, 34);
 
 /**
  * What the gateway stores in JetStream (msg.private.*). Business services and the
@@ -1304,6 +1742,26 @@ export type StoredMessage = Message$1<"petrel.v1.StoredMessage"> & {
    * @generated from field: petrel.v1.Receipt receipt = 10;
    */
   receipt?: Receipt | undefined;
+
+  /**
+   * @generated from field: petrel.v1.MessageRef reply_to = 11;
+   */
+  replyTo?: MessageRef | undefined;
+
+  /**
+   * @generated from field: repeated string mentions = 12;
+   */
+  mentions: string[];
+
+  /**
+   * @generated from field: petrel.v1.Amendment amends = 13;
+   */
+  amends?: Amendment | undefined;
+
+  /**
+   * @generated from field: petrel.v1.ReadMark read = 14;
+   */
+  read?: ReadMark | undefined;
 };
 
 /**
@@ -1311,7 +1769,237 @@ export type StoredMessage = Message$1<"petrel.v1.StoredMessage"> & {
  * Use `create(StoredMessageSchema)` to create a new message.
  */
 export const StoredMessageSchema: GenMessage<StoredMessage> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 26);
+  messageDesc(file_petrel_v1_petrel, 35);
+
+/**
+ * A page of the archive: `subject`'s messages (with `with`: only the inbox's direct
+ * conversation with that user) in the order asked for.
+ *
+ * @generated from message petrel.v1.HistoryQuery
+ */
+export type HistoryQuery = Message$1<"petrel.v1.HistoryQuery"> & {
+  /**
+   * @generated from field: string user = 1;
+   */
+  user: string;
+
+  /**
+   * @generated from field: string subject = 2;
+   */
+  subject: string;
+
+  /**
+   * @generated from field: string with = 3;
+   */
+  with: string;
+
+  /**
+   * @generated from field: bool newest_first = 4;
+   */
+  newestFirst: boolean;
+
+  /**
+   * @generated from field: uint64 before = 5;
+   */
+  before: bigint;
+
+  /**
+   * @generated from field: uint64 after = 6;
+   */
+  after: bigint;
+
+  /**
+   * @generated from field: uint32 limit = 7;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message petrel.v1.HistoryQuery.
+ * Use `create(HistoryQuerySchema)` to create a new message.
+ */
+export const HistoryQuerySchema: GenMessage<HistoryQuery> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 36);
+
+/**
+ * One archived message: the stored payload as the hub stored it, and what amendments
+ * made of it since.
+ *
+ * @generated from message petrel.v1.ArchivedMessage
+ */
+export type ArchivedMessage = Message$1<"petrel.v1.ArchivedMessage"> & {
+  /**
+   * @generated from field: string subject = 1;
+   */
+  subject: string;
+
+  /**
+   * @generated from field: uint64 seq = 2;
+   */
+  seq: bigint;
+
+  /**
+   * @generated from field: bytes payload = 3;
+   */
+  payload: Uint8Array;
+
+  /**
+   * @generated from field: uint64 edited_ms = 4;
+   */
+  editedMs: bigint;
+
+  /**
+   * @generated from field: bool recalled = 5;
+   */
+  recalled: boolean;
+
+  /**
+   * The content now (the newest edit), when edited.
+   *
+   * @generated from field: bytes content = 6;
+   */
+  content: Uint8Array;
+
+  /**
+   * @generated from field: string content_type = 7;
+   */
+  contentType: string;
+};
+
+/**
+ * Describes the message petrel.v1.ArchivedMessage.
+ * Use `create(ArchivedMessageSchema)` to create a new message.
+ */
+export const ArchivedMessageSchema: GenMessage<ArchivedMessage> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 37);
+
+/**
+ * @generated from message petrel.v1.HistoryPage
+ */
+export type HistoryPage = Message$1<"petrel.v1.HistoryPage"> & {
+  /**
+   * @generated from field: repeated petrel.v1.ArchivedMessage messages = 1;
+   */
+  messages: ArchivedMessage[];
+
+  /**
+   * @generated from field: bool more = 2;
+   */
+  more: boolean;
+
+  /**
+   * @generated from field: string error = 3;
+   */
+  error: string;
+};
+
+/**
+ * Describes the message petrel.v1.HistoryPage.
+ * Use `create(HistoryPageSchema)` to create a new message.
+ */
+export const HistoryPageSchema: GenMessage<HistoryPage> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 38);
+
+/**
+ * The user's conversation list: its direct conversations and those of `groups` (the
+ * groups it is in, as the gateway knows them). Answered by a ConversationList.
+ *
+ * @generated from message petrel.v1.ConversationsQuery
+ */
+export type ConversationsQuery = Message$1<"petrel.v1.ConversationsQuery"> & {
+  /**
+   * @generated from field: string user = 1;
+   */
+  user: string;
+
+  /**
+   * @generated from field: repeated string groups = 2;
+   */
+  groups: string[];
+
+  /**
+   * @generated from field: uint32 offset = 3;
+   */
+  offset: number;
+
+  /**
+   * @generated from field: uint32 limit = 4;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message petrel.v1.ConversationsQuery.
+ * Use `create(ConversationsQuerySchema)` to create a new message.
+ */
+export const ConversationsQuerySchema: GenMessage<ConversationsQuery> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 39);
+
+/**
+ * Where the sender's message `client_msg_id` went and when, for an Amend.
+ *
+ * @generated from message petrel.v1.OriginalQuery
+ */
+export type OriginalQuery = Message$1<"petrel.v1.OriginalQuery"> & {
+  /**
+   * @generated from field: string user = 1;
+   */
+  user: string;
+
+  /**
+   * @generated from field: string client_msg_id = 2;
+   */
+  clientMsgId: string;
+};
+
+/**
+ * Describes the message petrel.v1.OriginalQuery.
+ * Use `create(OriginalQuerySchema)` to create a new message.
+ */
+export const OriginalQuerySchema: GenMessage<OriginalQuery> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 40);
+
+/**
+ * @generated from message petrel.v1.Original
+ */
+export type Original = Message$1<"petrel.v1.Original"> & {
+  /**
+   * @generated from field: bool found = 1;
+   */
+  found: boolean;
+
+  /**
+   * @generated from field: string to = 2;
+   */
+  to: string;
+
+  /**
+   * @generated from field: string group = 3;
+   */
+  group: string;
+
+  /**
+   * @generated from field: uint64 time_ms = 4;
+   */
+  timeMs: bigint;
+
+  /**
+   * @generated from field: bool recalled = 5;
+   */
+  recalled: boolean;
+
+  /**
+   * @generated from field: string error = 6;
+   */
+  error: string;
+};
+
+/**
+ * Describes the message petrel.v1.Original.
+ * Use `create(OriginalSchema)` to create a new message.
+ */
+export const OriginalSchema: GenMessage<Original> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 41);
 
 /**
  * One code per client-facing error. On WebSocket the close code is 4000 + code;

@@ -1,0 +1,605 @@
+//! The archive in PostgreSQL: the schema's migrations (`messages/migrations`, applied
+//! on start), archiving a batch of stored messages in one transaction, and the queries
+//! the gateways ask for (history pages, conversation lists, an amend's original).
+//!
+//! Archiving is idempotent: a row is keyed by (subject, sequence, storage time), all
+//! three fixed by JetStream, and a row's effects (a conversation's time, a read
+//! position, an edit) are applied only when its insert added it, in the same
+//! transaction — so a redelivered batch changes nothing, and a worker killed before its
+//! commit leaves nothing half done.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use anyhow::Context;
+use bytes::Bytes;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use petrel_core::conversation::api::{Archived, ConversationView, HistoryQuery};
+use petrel_core::conversation::{Effect, Placement, RowKind};
+use petrel_core::session::Original;
+use petrel_core::subject;
+use petrel_core::wire::{Recipient, StoredMessage};
+use petrel_core::{ClientMsgId, GroupId, Seq, UserId};
+use time::OffsetDateTime;
+use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// One stored message taken from the stream, ready to archive.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// Stored subject.
+    pub subject: String,
+    /// Stream sequence.
+    pub seq: Seq,
+    /// When the hub stored it.
+    pub stored_at: OffsetDateTime,
+    /// The payload as stored.
+    pub payload: Bytes,
+    /// Decoded.
+    pub message: StoredMessage,
+    /// Its row's placement.
+    pub placement: Placement,
+    /// What it changes.
+    pub effects: Vec<Effect>,
+}
+
+/// A conversation whose view changed in a committed batch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Changed {
+    /// `owner`'s conversation `with`.
+    Direct {
+        /// Whose.
+        owner: UserId,
+        /// With whom (a user or a group).
+        with: Recipient,
+    },
+    /// A group's conversation, for every member.
+    Group(GroupId),
+}
+
+/// The archive.
+pub struct Store {
+    pool: Pool,
+    unread_cap: i64,
+    /// Months whose partition exists (made by this process or found).
+    months: Mutex<HashSet<(i32, u8)>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+/// Most conversations an unread total adds up.
+const MAX_LISTED: u32 = 10_000;
+
+fn kind_code(k: RowKind) -> i16 {
+    k as i16
+}
+
+fn peer_key(with: &Recipient) -> (&'static str, String) {
+    match with {
+        Recipient::User(u) => ("u", u.to_string()),
+        Recipient::Group(g) => ("g", g.to_string()),
+    }
+}
+
+impl Store {
+    /// Connects (a pool of `size`) and applies the migrations not yet applied.
+    pub async fn open(url: &str, size: usize, unread_cap: u32) -> anyhow::Result<Self> {
+        let cfg: tokio_postgres::Config = url.parse().context("messages.postgres_url")?;
+        let (mut client, conn) = cfg
+            .connect(NoTls)
+            .await
+            .context("connecting to PostgreSQL")?;
+        let driving = tokio::spawn(conn);
+        let report = embedded::migrations::runner()
+            .run_async(&mut client)
+            .await
+            .context("applying the archive's migrations")?;
+        for m in report.applied_migrations() {
+            tracing::info!(migration = %m, "applied");
+        }
+        drop(client);
+        let _ = driving.await;
+        let manager = Manager::from_config(
+            cfg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(size)
+            .build()
+            .context("building the PostgreSQL pool")?;
+        Ok(Self {
+            pool,
+            unread_cap: i64::from(unread_cap),
+            months: Mutex::new(HashSet::new()),
+        })
+    }
+
+    async fn client(&self) -> anyhow::Result<deadpool_postgres::Object> {
+        self.pool.get().await.context("PostgreSQL connection")
+    }
+
+    /// Makes sure the month partitions for `rows` exist. Two workers may race to make
+    /// the same one: "already exists" is success.
+    async fn ensure_partitions(&self, rows: &[Incoming]) -> anyhow::Result<()> {
+        let wanted: HashSet<(i32, u8)> = rows
+            .iter()
+            .map(|r| r.stored_at.to_offset(time::UtcOffset::UTC))
+            .map(|t| (t.year(), t.month() as u8))
+            .collect();
+        let missing: Vec<(i32, u8)> = {
+            let known = self.months.lock().unwrap_or_else(|p| p.into_inner());
+            wanted.difference(&known).copied().collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        for (y, m) in missing {
+            let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+            let sql = format!(
+                "CREATE TABLE IF NOT EXISTS archive_{y:04}_{m:02} PARTITION OF archive \
+                 FOR VALUES FROM ('{y:04}-{m:02}-01 00:00:00+00') TO ('{ny:04}-{nm:02}-01 00:00:00+00')"
+            );
+            match client.batch_execute(&sql).await {
+                Ok(()) => {}
+                Err(e)
+                    if e.code().is_some_and(|c| {
+                        *c == tokio_postgres::error::SqlState::DUPLICATE_TABLE
+                            || *c == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+                    }) => {}
+                Err(e) => return Err(e).context("creating an archive partition"),
+            }
+            self.months
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((y, m));
+        }
+        Ok(())
+    }
+
+    /// Archives `rows` and applies the effects of those that were new, in one
+    /// transaction. Returns how many were new and the conversations that changed.
+    pub async fn archive(&self, rows: &[Incoming]) -> anyhow::Result<(usize, Vec<Changed>)> {
+        self.ensure_partitions(rows).await?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.context("BEGIN")?;
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO archive (subject, seq, stored_at, kind, owner, peer, grp, sender, \
+                 client_msg_id, time_ms, mentions, amends, payload) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        let mut new = 0;
+        let mut changed: Vec<Changed> = Vec::new();
+        for r in rows {
+            let m = &r.message;
+            let (owner, peer) = match &r.placement.direct {
+                Some((o, p)) => (Some(o.to_string()), p.to_string()),
+                None => (None, String::new()),
+            };
+            let group = r.placement.group.as_ref().map(|g| g.to_string());
+            let mentions: Vec<String> = m.meta.mentions.iter().map(|u| u.to_string()).collect();
+            let amends = m.meta.amends.as_ref().map(|a| a.target.to_string());
+            let params: [&(dyn ToSql + Sync); 13] = [
+                &r.subject,
+                &(r.seq.0 as i64),
+                &std::time::SystemTime::from(r.stored_at),
+                &kind_code(r.placement.kind),
+                &owner,
+                &peer,
+                &group,
+                &m.from.as_str(),
+                &m.client_msg_id,
+                &(m.time_ms as i64),
+                &mentions,
+                &amends,
+                &r.payload.as_ref(),
+            ];
+            if tx.execute(&insert, &params).await? == 0 {
+                continue; // archived before: its effects were applied then
+            }
+            new += 1;
+            if r.placement.kind == RowKind::Message {
+                self.apply_earlier_amendments(&tx, r).await?;
+            }
+            for e in &r.effects {
+                apply(&tx, e, m).await?;
+                changed.extend(changes(e, r));
+            }
+        }
+        tx.commit().await.context("COMMIT")?;
+        let mut seen = HashSet::new();
+        changed.retain(|c| seen.insert(c.clone()));
+        Ok((new, changed))
+    }
+
+    /// A message archived after an amendment of it (two workers, out of order): apply
+    /// what was already said about it.
+    async fn apply_earlier_amendments(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        r: &Incoming,
+    ) -> anyhow::Result<()> {
+        let rows = tx
+            .query(
+                "SELECT payload FROM archive WHERE sender = $1 AND amends = $2 ORDER BY time_ms",
+                &[&r.message.from.as_str(), &r.message.client_msg_id],
+            )
+            .await?;
+        for row in rows {
+            let payload: Vec<u8> = row.get(0);
+            if let Ok(a) = StoredMessage::decode(Bytes::from(payload))
+                && let Some(amendment) = a.meta.amends.clone()
+            {
+                let e = Effect::Amend {
+                    sender: a.from.clone(),
+                    amendment,
+                    time_ms: a.time_ms,
+                };
+                apply(tx, &e, &a).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A page of history from the archive.
+    pub async fn history(&self, q: &HistoryQuery) -> anyhow::Result<(Vec<Archived>, bool)> {
+        let client = self.client().await?;
+        let limit = i64::from(q.limit) + 1;
+        let cols = "subject, seq, payload, edited_ms, recalled, edited_content, edited_type";
+        // A direct conversation shows messages (amendments are already applied to
+        // them); a whole subject reads like the stream, every row.
+        let (filter, peer) = match &q.with {
+            Some(u) => ("AND peer = $4::text AND kind = 0", u.to_string()),
+            None => ("AND $4::text IS NOT NULL", String::new()),
+        };
+        let sql = if q.newest_first {
+            format!(
+                "SELECT {cols} FROM archive WHERE subject = $1 AND seq < $2 {filter} \
+                 ORDER BY seq DESC LIMIT $3"
+            )
+        } else {
+            format!(
+                "SELECT {cols} FROM archive WHERE subject = $1 AND seq > $2 {filter} \
+                 ORDER BY seq ASC LIMIT $3"
+            )
+        };
+        let bound = if q.newest_first {
+            match q.before.0 {
+                0 => i64::MAX,
+                b => b as i64,
+            }
+        } else {
+            q.after.0 as i64
+        };
+        let rows = client
+            .query(&sql, &[&q.subject, &bound, &limit, &peer])
+            .await?;
+        let more = rows.len() as i64 == limit;
+        let out = rows
+            .into_iter()
+            .take(q.limit as usize)
+            .map(|row| archived(&row, 0))
+            .collect();
+        Ok((out, more))
+    }
+
+    /// A page of `owner`'s conversations (or, with `only`, just that one): pinned
+    /// first, then the most recently changed.
+    pub async fn conversations(
+        &self,
+        owner: &UserId,
+        groups: &[GroupId],
+        only: Option<&Recipient>,
+        offset: u32,
+        limit: u32,
+    ) -> anyhow::Result<(Vec<ConversationView>, bool)> {
+        let client = self.client().await?;
+        let inbox = subject::private_inbox(owner);
+        let group_ids: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        let group_subjects: Vec<String> = groups.iter().map(subject::group_subject).collect();
+        let (only_kind, only_peer) = match only {
+            Some(w) => {
+                let (k, p) = peer_key(w);
+                (Some(k.to_string()), Some(p))
+            }
+            None => (None, None),
+        };
+        let take = i64::from(limit) + 1;
+        let rows = client
+            .query(
+                CONVERSATIONS_SQL,
+                &[
+                    &owner.as_str(),
+                    &inbox,
+                    &group_ids,
+                    &group_subjects,
+                    &only_kind,
+                    &only_peer,
+                    &i64::from(offset),
+                    &take,
+                    &self.unread_cap,
+                ],
+            )
+            .await?;
+        let more = rows.len() as i64 == take;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows.into_iter().take(limit as usize) {
+            let kind: String = row.get("kind");
+            let peer: String = row.get("peer");
+            let with = if kind == "g" {
+                Recipient::Group(GroupId::parse(peer)?)
+            } else {
+                Recipient::User(UserId::parse(peer)?)
+            };
+            let last_seq: Option<i64> = row.get("last_seq");
+            let last = match last_seq {
+                Some(_) => {
+                    let a = archived(&row, 9);
+                    petrel_core::conversation::api::archived_delivery(a).ok()
+                }
+                None => None,
+            };
+            out.push(ConversationView {
+                with,
+                last,
+                unread: row.get::<_, i64>("unread") as u32,
+                unread_mentions: row.get::<_, i64>("mentions") as u32,
+                read_seq: Seq(row.get::<_, i64>("read_seq") as u64),
+                pinned: row.get("pinned"),
+                muted: row.get("muted"),
+                updated_ms: row.get::<_, i64>("updated_ms") as u64,
+            });
+        }
+        Ok((out, more))
+    }
+
+    /// `owner`'s unread messages over all its conversations (each counted up to the
+    /// cap; the push badge).
+    pub async fn unread_total(&self, owner: &UserId, groups: &[GroupId]) -> anyhow::Result<u32> {
+        let (views, _) = self
+            .conversations(owner, groups, None, 0, MAX_LISTED)
+            .await?;
+        Ok(views
+            .iter()
+            .map(|v| v.unread)
+            .fold(0u32, u32::saturating_add))
+    }
+
+    /// Where `user`'s message `id` went and when.
+    pub async fn original(
+        &self,
+        user: &UserId,
+        id: &ClientMsgId,
+    ) -> anyhow::Result<Option<Original>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT peer, grp, owner, time_ms, bool_or(recalled) OVER () AS recalled FROM archive \
+                 WHERE sender = $1 AND client_msg_id = $2 AND kind = 0 LIMIT 1",
+                &[&user.as_str(), &id.as_str()],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let group: Option<String> = row.get("grp");
+        let owner: Option<String> = row.get("owner");
+        let peer: String = row.get("peer");
+        let to = match group {
+            Some(g) => Recipient::Group(GroupId::parse(g)?),
+            // The recipient's copy is in its inbox (owner); the sender's own copy's
+            // peer is the recipient.
+            None if owner.as_deref() == Some(user.as_str()) => {
+                Recipient::User(UserId::parse(peer)?)
+            }
+            None => Recipient::User(UserId::parse(owner.unwrap_or_default())?),
+        };
+        Ok(Some(Original {
+            to,
+            time_ms: row.get::<_, i64>("time_ms") as u64,
+            recalled: row.get("recalled"),
+        }))
+    }
+
+    /// Whether PostgreSQL answers (for the metrics).
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        self.client().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+}
+
+/// A row of `cols` starting at column `at`, as an [`Archived`].
+fn archived(row: &tokio_postgres::Row, at: usize) -> Archived {
+    let edited_ms = row.get::<_, i64>(at + 3) as u64;
+    let content: Option<Vec<u8>> = row.get(at + 5);
+    let content_type: Option<String> = row.get(at + 6);
+    Archived {
+        subject: row.get(at),
+        seq: Seq(row.get::<_, i64>(at + 1) as u64),
+        payload: Bytes::from(row.get::<_, Vec<u8>>(at + 2)),
+        edited_ms,
+        recalled: row.get(at + 4),
+        content: content.map(|c| (Bytes::from(c), content_type.unwrap_or_default())),
+    }
+}
+
+/// The conversation list: the owner's direct conversations and the groups it is in
+/// that have messages, each with its newest message and its unread counts (counted up
+/// to the cap, from the archive's conversation index).
+const CONVERSATIONS_SQL: &str = "
+WITH c AS (
+    SELECT kind::text AS kind, peer, $2::text AS subject, peer AS peer_key,
+           read_seq, pinned, muted, updated_ms
+    FROM conversations WHERE owner = $1 AND kind = 'u'
+    UNION ALL
+    SELECT 'g', g.grp, g.subject, '', COALESCE(m.read_seq, 0), COALESCE(m.pinned, false),
+           COALESCE(m.muted, false), gl.updated_ms
+    FROM unnest($3::text[], $4::text[]) AS g(grp, subject)
+    JOIN group_last gl ON gl.grp = g.grp
+    LEFT JOIN conversations m ON m.owner = $1 AND m.kind = 'g' AND m.peer = g.grp
+),
+page AS (
+    SELECT * FROM c
+    WHERE $5::text IS NULL OR (c.kind = $5 AND c.peer = $6)
+    ORDER BY pinned DESC, updated_ms DESC, kind, peer
+    OFFSET $7 LIMIT $8
+)
+SELECT p.kind, p.peer, p.read_seq, p.pinned, p.muted, p.updated_ms,
+       u.unread, u.mentions, l.seq AS last_seq,
+       l.subject, l.seq, l.payload, l.edited_ms, l.recalled, l.edited_content, l.edited_type
+FROM page p
+LEFT JOIN LATERAL (
+    SELECT a.subject, a.seq, a.payload, a.edited_ms, a.recalled, a.edited_content, a.edited_type
+    FROM archive a
+    WHERE a.subject = p.subject AND a.peer = p.peer_key AND a.kind = 0
+    ORDER BY a.seq DESC LIMIT 1
+) l ON true
+LEFT JOIN LATERAL (
+    SELECT count(*) AS unread, count(*) FILTER (WHERE $1 = ANY(x.mentions)) AS mentions
+    FROM (
+        SELECT a.mentions FROM archive a
+        WHERE a.subject = p.subject AND a.peer = p.peer_key AND a.kind = 0
+          AND a.seq > p.read_seq AND a.sender <> $1 AND NOT a.recalled
+        ORDER BY a.seq LIMIT $9
+    ) x
+) u ON true
+ORDER BY p.pinned DESC, p.updated_ms DESC, p.kind, p.peer";
+
+async fn apply(
+    tx: &deadpool_postgres::Transaction<'_>,
+    e: &Effect,
+    m: &StoredMessage,
+) -> anyhow::Result<()> {
+    match e {
+        Effect::DirectMessage {
+            owner,
+            with,
+            time_ms,
+            read_to,
+        } => {
+            let read = read_to.map_or(0, |s| s.0 as i64);
+            tx.execute(
+                "INSERT INTO conversations (owner, kind, peer, read_seq, updated_ms) \
+                 VALUES ($1, 'u', $2, $3, $4) \
+                 ON CONFLICT (owner, kind, peer) DO UPDATE SET \
+                 read_seq = GREATEST(conversations.read_seq, EXCLUDED.read_seq), \
+                 updated_ms = GREATEST(conversations.updated_ms, EXCLUDED.updated_ms)",
+                &[&owner.as_str(), &with.as_str(), &read, &(*time_ms as i64)],
+            )
+            .await?;
+        }
+        Effect::GroupMessage {
+            group,
+            sender,
+            seq,
+            time_ms,
+        } => {
+            tx.execute(
+                "INSERT INTO group_last (grp, last_seq, updated_ms) VALUES ($1, $2, $3) \
+                 ON CONFLICT (grp) DO UPDATE SET \
+                 last_seq = GREATEST(group_last.last_seq, EXCLUDED.last_seq), \
+                 updated_ms = GREATEST(group_last.updated_ms, EXCLUDED.updated_ms)",
+                &[&group.as_str(), &(seq.0 as i64), &(*time_ms as i64)],
+            )
+            .await?;
+            read_to(tx, sender, &Recipient::Group(group.clone()), seq.0 as i64).await?;
+        }
+        Effect::Read {
+            owner, with, seq, ..
+        } => {
+            let seq = match (with, seq.0) {
+                (Recipient::Group(g), 0) => tx
+                    .query_opt(
+                        "SELECT last_seq FROM group_last WHERE grp = $1",
+                        &[&g.as_str()],
+                    )
+                    .await?
+                    .map_or(0, |r| r.get::<_, i64>(0)),
+                (_, s) => s as i64,
+            };
+            read_to(tx, owner, with, seq).await?;
+        }
+        Effect::Amend {
+            sender,
+            amendment,
+            time_ms,
+        } => {
+            let (content, content_type): (Option<&[u8]>, Option<&str>) = if amendment.recall {
+                (None, None)
+            } else {
+                (Some(m.content.as_ref()), Some(m.content_type.as_str()))
+            };
+            // The newest amendment wins; a recall is final.
+            tx.execute(
+                "UPDATE archive SET edited_ms = $3::bigint, recalled = recalled OR $4::boolean, \
+                 edited_content = CASE WHEN $4::boolean THEN NULL ELSE $5::bytea END, \
+                 edited_type = CASE WHEN $4::boolean THEN NULL ELSE $6::text END \
+                 WHERE sender = $1 AND client_msg_id = $2 AND kind = 0 \
+                 AND NOT recalled AND (edited_ms < $3::bigint OR $4::boolean)",
+                &[
+                    &sender.as_str(),
+                    &amendment.target.as_str(),
+                    &(*time_ms as i64),
+                    &amendment.recall,
+                    &content,
+                    &content_type,
+                ],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Moves `owner`'s read position in `with` forward to `seq` (never back).
+async fn read_to(
+    tx: &deadpool_postgres::Transaction<'_>,
+    owner: &UserId,
+    with: &Recipient,
+    seq: i64,
+) -> anyhow::Result<()> {
+    let (kind, peer) = peer_key(with);
+    tx.execute(
+        "INSERT INTO conversations (owner, kind, peer, read_seq) VALUES ($1, $2::text::\"char\", $3, $4) \
+         ON CONFLICT (owner, kind, peer) DO UPDATE SET \
+         read_seq = GREATEST(conversations.read_seq, EXCLUDED.read_seq)",
+        &[&owner.as_str(), &kind, &peer, &seq],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The conversations an effect changes, for live updates.
+fn changes(e: &Effect, r: &Incoming) -> Vec<Changed> {
+    match e {
+        Effect::DirectMessage { owner, with, .. } => vec![Changed::Direct {
+            owner: owner.clone(),
+            with: Recipient::User(with.clone()),
+        }],
+        Effect::GroupMessage { group, .. } => vec![Changed::Group(group.clone())],
+        Effect::Read { owner, with, .. } => vec![Changed::Direct {
+            owner: owner.clone(),
+            with: with.clone(),
+        }],
+        Effect::Amend { .. } => match (&r.placement.direct, &r.placement.group) {
+            (Some((owner, peer)), _) => vec![Changed::Direct {
+                owner: owner.clone(),
+                with: Recipient::User(peer.clone()),
+            }],
+            (None, Some(g)) => vec![Changed::Group(g.clone())],
+            (None, None) => Vec::new(),
+        },
+    }
+}
