@@ -391,7 +391,7 @@ test("history: a new device scrolls back through what was sent before it existed
 test("conversations: a new browser device lists unread counts, another tab reads them live, and an edit reaches the page", async () => {
   const rhea = await openUser("rhea");
   for (let i = 0; i < 3; i++) await send(rhea.page, "saul", `hey ${i}`);
-  const sent = await send(rhea.page, "saul", "see you at 5");
+  await send(rhea.page, "saul", "lunch?");
   // saul's first device: no cursor, no transcript; the list comes from the message service.
   const saul = await openUser("saul");
   const list = await evaluateWithin(saul.page, 20_000, "saul's conversation list", async () => {
@@ -402,13 +402,15 @@ test("conversations: a new browser device lists unread counts, another tab reads
       await new Promise((res) => setTimeout(res, 100));
     }
   });
-  assert.equal(list.find((c) => c.name === "rhea").last, "see you at 5");
+  assert.equal(list.find((c) => c.name === "rhea").last, "lunch?");
   await pageWait(saul.page, "the list on the page", () => document.querySelector('#conversations li[data-name="rhea"] .unread')?.textContent === "4");
   // saul's second tab marks it read: the first tab's list follows live.
   const tab = await openUser("saul");
   await evaluateWithin(tab.page, 10_000, "marking rhea read", () => window.petrel.client.markRead("rhea"));
   await pageWait(saul.page, "the unread count to clear", () => !document.querySelector('#conversations li[data-name="rhea"] .unread'), undefined, 20_000);
-  // rhea edits her last message: saul's page shows the new text on its row.
+  // rhea writes while saul's page is open, then edits it: the page shows the new text.
+  const sent = await send(rhea.page, "saul", "see you at 5");
+  await waitRow(saul.page, "see you at 5");
   const edited = await evaluateWithin(rhea.page, 15_000, "the edit", (id) => window.petrel.edit(id, "see you at 6"), sent.clientMsgId);
   assert.equal(edited.status, "stored", JSON.stringify(edited));
   await pageWait(saul.page, "the edited row", () => [...document.querySelectorAll("#messages li")].some((li) => li.firstChild.textContent === "rhea: see you at 6 (edited)"), undefined, 20_000);

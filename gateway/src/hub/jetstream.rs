@@ -270,7 +270,7 @@ impl JetStream {
         stream
             .info()
             .await
-            .map(|i| i.clone())
+            .cloned()
             .map_err(|e| HubError::unavailable(op(), e))
     }
 
