@@ -111,14 +111,19 @@ impl MessageService {
         Ok(())
     }
 
-    /// Stops the worker and reports how it ended.
+    /// Stops the worker and reports how it ended (one that has not stopped within 5 s,
+    /// stuck on a hub or PostgreSQL that went away, is aborted).
     pub async fn stop_worker(&mut self) -> anyhow::Result<()> {
-        match self.worker.take() {
-            Some((task, stop)) => {
-                stop.cancel();
-                task.await.context("the message service task")?
+        let Some((mut task, stop)) = self.worker.take() else {
+            return Ok(());
+        };
+        stop.cancel();
+        match tokio::time::timeout(std::time::Duration::from_secs(5), &mut task).await {
+            Ok(ended) => ended.context("the message service task")?,
+            Err(_) => {
+                task.abort();
+                anyhow::bail!("the message service did not stop within 5 s; aborted")
             }
-            None => Ok(()),
         }
     }
 }

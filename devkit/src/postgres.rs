@@ -84,7 +84,7 @@ fn is_root() -> bool {
 }
 
 impl Postgres {
-    /// Initialises (unless already there) and starts a server for `dir`, and waits
+    /// Initialises and starts a server for `dir`, and waits
     /// until it accepts a login.
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -101,7 +101,19 @@ impl Postgres {
                     .hash(&mut h);
                 h.finish()
             };
-            let outside = std::env::temp_dir().join(format!("petrel-pg-{key:016x}"));
+            // A directory of its own for each start: a server of an earlier run that was
+            // killed may still be letting go of its files. Earlier runs' are removed.
+            let prefix = format!("petrel-pg-{key:016x}-");
+            for old in std::fs::read_dir(std::env::temp_dir())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if old.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_dir_all(old.path());
+                }
+            }
+            let outside = std::env::temp_dir().join(format!("{prefix}{}", std::process::id()));
             std::fs::create_dir_all(&outside)?;
             chown(&outside, ids)?;
             let link = dir.join("postgres");
@@ -123,9 +135,9 @@ impl Postgres {
             cleanup,
         };
         pg.url = format!("postgres://{USER}@127.0.0.1:{}/postgres", pg.port);
-        if !pg.data.join("PG_VERSION").is_file() {
-            pg.initdb().await?;
-        }
+        // Development data is throwaway: every start begins from an empty cluster.
+        let _ = std::fs::remove_dir_all(&pg.data);
+        pg.initdb().await?;
         pg.resume().await?;
         Ok(pg)
     }

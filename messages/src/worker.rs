@@ -130,7 +130,13 @@ impl Worker {
             if msgs.is_empty() {
                 continue;
             }
-            if let Err(e) = self.handle(msgs).await {
+            // Cut short at shutdown, a batch is simply given again (nothing of it is
+            // committed, or all of it is and its redelivery is a no-op).
+            let handled = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                r = self.handle(msgs) => r,
+            };
+            if let Err(e) = handled {
                 warn!(error = %format!("{e:#}"), "archiving a batch failed; it is retried");
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),

@@ -199,6 +199,7 @@ async fn the_production_hub_and_leaf_configs_are_valid() -> anyhow::Result<()> {
             .env("PETREL_EDGE_PASSWORD", "e")
             .env("PETREL_ADMIN_PASSWORD", "a")
             .env("PETREL_PUSH_PASSWORD", "p")
+            .env("PETREL_MESSAGES_PASSWORD", "m")
             .env("PETREL_SYS_PASSWORD", "s")
             .env("PETREL_LEAF_GATEWAY_PASSWORD", "g")
             .env("PETREL_LEAF_SERVICES_PASSWORD", "v")

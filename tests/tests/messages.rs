@@ -603,3 +603,27 @@ async fn with_postgres_away_for_30_s_messaging_goes_on_and_the_archive_catches_u
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alerts_use_only_message_metrics_that_exist() -> anyhow::Result<()> {
+    let (_topo, svc, _dir) = start(900).await?;
+    let addr = svc
+        .metrics
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_string();
+    let (status, text) = petrel_devkit::http_get(&addr, "/metrics").await?;
+    anyhow::ensure!(status == 200, "{status}");
+    let known = petrel_tests::series_names(&text);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let alerts = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml"))?;
+    let used = petrel_tests::names_used(&alerts, "petrel_messages_");
+    anyhow::ensure!(used.len() >= 2, "{used:?}");
+    for name in used {
+        anyhow::ensure!(
+            known.contains(&name),
+            "alerts.yml uses {name}; a worker has {known:?}"
+        );
+    }
+    Ok(())
+}

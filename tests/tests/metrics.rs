@@ -98,8 +98,9 @@ async fn alerts_and_dashboard_use_only_metrics_that_exist() -> anyhow::Result<()
         }
         let mut used = 0;
         for name in petrel_tests::names_used(&text, "petrel_") {
-            // The push workers' metrics are checked against a worker (tests/tests/push.rs).
-            if name.starts_with("petrel_push_") {
+            // The push and message workers' metrics are checked against a worker
+            // (tests/tests/push.rs, tests/tests/messages.rs).
+            if name.starts_with("petrel_push_") || name.starts_with("petrel_messages_") {
                 continue;
             }
             used += 1;
