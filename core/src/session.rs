@@ -261,6 +261,15 @@ pub struct Session {
     watches: Bucket,
 }
 
+/// A non-fatal Error frame: the connection goes on.
+fn soft_error(code: ErrorCode, message: String) -> Action {
+    Action::Reply(Reply::Error {
+        code,
+        message,
+        fatal: false,
+    })
+}
+
 /// Typing events per second per connection (and burst).
 const TYPING_RATE: u32 = 5;
 
@@ -981,13 +990,7 @@ impl Session {
         m: crate::wire::ReadMark,
         now: Now,
     ) {
-        let refuse = |code, message: String| {
-            Action::Reply(Reply::Error {
-                code,
-                message,
-                fatal: false,
-            })
-        };
+        let refuse = soft_error;
         if let Recipient::Group(g) = &m.conversation
             && !self.groups.contains(g)
         {
@@ -1034,13 +1037,7 @@ impl Session {
         r: crate::wire::Receipt,
         now: Now,
     ) {
-        let refuse = |code, message: String| {
-            Action::Reply(Reply::Error {
-                code,
-                message,
-                fatal: false,
-            })
-        };
+        let refuse = soft_error;
         if r.subject != subject::private_inbox(&reader) {
             out.push(refuse(
                 ErrorCode::Protocol,
