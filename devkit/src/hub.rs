@@ -298,19 +298,75 @@ impl Hub {
         .context("connecting to the hub as admin")
     }
 
-    /// Waits until JetStream answers through any node.
+    /// Waits until JetStream answers through any node and, for a cluster, until the
+    /// meta leader counts every running node as a current peer: before that, a
+    /// replicated stream is refused with "no suitable peers for placement".
     pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut last = String::new();
-        while started.elapsed() < timeout {
+        'answer: while started.elapsed() < timeout {
             for url in self.admin_urls() {
                 match crate::nats::wait_jetstream(&url, "hub", Duration::from_secs(2)).await {
-                    Ok(_) => return Ok(()),
+                    Ok(_) => break 'answer,
                     Err(e) => last = format!("{e:#}"),
                 }
             }
         }
-        anyhow::bail!("the hub's JetStream did not answer within {timeout:?}: {last}")
+        if started.elapsed() >= timeout {
+            anyhow::bail!("the hub's JetStream did not answer within {timeout:?}: {last}");
+        }
+        let running: Vec<&Node> = self.nodes.iter().filter(|n| n.process.is_some()).collect();
+        if self.nodes.len() == 1 {
+            return Ok(());
+        }
+        while started.elapsed() < timeout {
+            match self.meta_peers_current(&running).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = format!("{e:#}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("the hub's JetStream cluster did not form within {timeout:?}: {last}")
+    }
+
+    /// Whether one of `running` leads the meta group and reports every other one as a
+    /// current, online peer (its `/jsz`).
+    async fn meta_peers_current(&self, running: &[&Node]) -> anyhow::Result<()> {
+        let mut last = anyhow::anyhow!("no node answered /jsz");
+        for node in running {
+            let Some(ports) = node.ports else { continue };
+            let addr = format!("127.0.0.1:{}", ports.http);
+            let jsz = match crate::http_get(&addr, "/jsz").await {
+                Ok((200, body)) => body,
+                Ok((s, body)) => {
+                    last = anyhow::anyhow!("{}: /jsz {s} {body}", node.name);
+                    continue;
+                }
+                Err(e) => {
+                    last = e.context(format!("{}: /jsz", node.name));
+                    continue;
+                }
+            };
+            let v: serde_json::Value = serde_json::from_str(&jsz)
+                .with_context(|| format!("{}: /jsz is not JSON", node.name))?;
+            let meta = &v["meta_cluster"];
+            if meta["leader"].as_str() != Some(node.name.as_str()) {
+                continue;
+            }
+            let replicas = meta["replicas"].as_array().cloned().unwrap_or_default();
+            let ready = running.iter().filter(|n| n.name != node.name).all(|n| {
+                replicas.iter().any(|r| {
+                    r["name"].as_str() == Some(n.name.as_str())
+                        && r["current"].as_bool() == Some(true)
+                        && r["offline"].as_bool() != Some(true)
+                })
+            });
+            if ready {
+                return Ok(());
+            }
+            last = anyhow::anyhow!("meta leader {} reports peers {replicas:?}", node.name);
+        }
+        Err(last)
     }
 
     /// Waits until node `i` reports itself healthy (`/healthz`: JetStream enabled and

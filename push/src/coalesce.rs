@@ -68,6 +68,7 @@ return {0, last}
 const TAKE: &str = r"
 local n = tonumber(redis.call('GET', KEYS[1]) or '0')
 redis.call('DEL', KEYS[1], KEYS[2])
+if n > 0 then redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[2]) end
 return {n, redis.call('GET', KEYS[3])}
 ";
 
@@ -126,17 +127,23 @@ impl Coalescer {
     }
 
     /// Takes what the next push covers: the count since the last push and the latest
-    /// message, and frees `due` for the next owner.
+    /// message, and frees `due` for the next owner. The window starts now (`now_ms`),
+    /// in the same step: an owner noted while this push is still being composed or
+    /// sent waits out the window instead of pushing right behind it.
     pub async fn take(
         &self,
         user: &UserId,
         device: &str,
+        now_ms: u64,
     ) -> Result<(u32, Option<Latest>), CoalesceError> {
         let k = push_device_keys(user, device);
         let (n, latest): (u32, Option<String>) = redis::Script::new(TAKE)
             .key(&k.count)
             .key(&k.due)
             .key(&k.latest)
+            .key(&k.last)
+            .arg(now_ms)
+            .arg(KEEP_SECS)
             .invoke_async(&mut self.conn()?)
             .await?;
         Ok((n, latest.and_then(|j| serde_json::from_str(&j).ok())))
@@ -167,7 +174,8 @@ impl Coalescer {
         Ok((members.len() - done.len()) as u32)
     }
 
-    /// Records that a push to the device went at `now_ms`.
+    /// Records that a push to the device went at `now_ms` (after retries, later than
+    /// the window's start set by [`Coalescer::take`]).
     pub async fn pushed(
         &self,
         user: &UserId,

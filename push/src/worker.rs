@@ -355,7 +355,7 @@ impl Worker {
         let due_ms = (first.time_ms + self.cfg.grace_ms).max(last_push_ms + self.cfg.coalesce_ms);
         let wait = due_ms.saturating_sub(unix_ms());
         tokio::time::sleep(Duration::from_millis(wait)).await;
-        let (count, latest) = self.coalescer.take(&user, &device).await?;
+        let (count, latest) = self.coalescer.take(&user, &device, unix_ms()).await?;
         let Some(latest) = latest.filter(|_| count > 0) else {
             return Ok(());
         };

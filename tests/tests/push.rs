@@ -201,7 +201,8 @@ async fn a_burst_of_a_hundred_makes_a_few_pushes_the_last_with_the_count() -> an
         );
     }
     for a in answers {
-        anyhow::ensure!(matches!(a.await?, SendResult::Stored { .. }));
+        let r = a.await?;
+        anyhow::ensure!(matches!(r, SendResult::Stored { .. }), "{r:?}");
     }
     let took = started.elapsed();
     // Wait until the count adds up to the hundred (or time runs out).
