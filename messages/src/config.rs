@@ -61,7 +61,7 @@ fn default_consumer() -> String {
     "messages".into()
 }
 fn default_batch() -> usize {
-    64
+    256
 }
 fn default_ack_wait() -> u64 {
     30

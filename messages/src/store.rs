@@ -8,7 +8,7 @@
 //! transaction — so a redelivered batch changes nothing, and a worker killed before its
 //! commit leaves nothing half done.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use anyhow::Context;
@@ -22,7 +22,6 @@ use petrel_core::wire::{Recipient, StoredMessage};
 use petrel_core::{ClientMsgId, GroupId, Seq, UserId};
 use time::OffsetDateTime;
 use tokio_postgres::NoTls;
-use tokio_postgres::types::ToSql;
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -174,85 +173,23 @@ impl Store {
         self.ensure_partitions(rows).await?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.context("BEGIN")?;
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO archive (subject, seq, stored_at, kind, owner, peer, grp, sender, \
-                 client_msg_id, time_ms, mentions, amends, payload) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .await?;
-        let mut new = 0;
+        // A handful of statements per batch, whatever its size: the rows in one
+        // INSERT, the conversation effects merged per conversation.
+        let new = insert_rows(&tx, rows).await?;
+        let mut merged = Merged::default();
         let mut changed: Vec<Changed> = Vec::new();
-        for r in rows {
-            let m = &r.message;
-            let (owner, peer) = match &r.placement.direct {
-                Some((o, p)) => (Some(o.to_string()), p.to_string()),
-                None => (None, String::new()),
-            };
-            let group = r.placement.group.as_ref().map(|g| g.to_string());
-            let mentions: Vec<String> = m.meta.mentions.iter().map(|u| u.to_string()).collect();
-            let amends = m.meta.amends.as_ref().map(|a| a.target.to_string());
-            let params: [&(dyn ToSql + Sync); 13] = [
-                &r.subject,
-                &(r.seq.0 as i64),
-                &std::time::SystemTime::from(r.stored_at),
-                &kind_code(r.placement.kind),
-                &owner,
-                &peer,
-                &group,
-                &m.from.as_str(),
-                &m.client_msg_id,
-                &(m.time_ms as i64),
-                &mentions,
-                &amends,
-                &r.payload.as_ref(),
-            ];
-            if tx.execute(&insert, &params).await? == 0 {
-                continue; // archived before: its effects were applied then
-            }
-            new += 1;
-            if r.placement.kind == RowKind::Message {
-                self.apply_earlier_amendments(&tx, r).await?;
-            }
+        for r in &new {
             for e in &r.effects {
-                apply(&tx, e, m).await?;
+                merged.add(e, r);
                 changed.extend(changes(e, r));
             }
         }
+        merged.apply(&tx).await?;
+        apply_earlier_amendments(&tx, &new).await?;
         tx.commit().await.context("COMMIT")?;
         let mut seen = HashSet::new();
         changed.retain(|c| seen.insert(c.clone()));
-        Ok((new, changed))
-    }
-
-    /// A message archived after an amendment of it (two workers, out of order): apply
-    /// what was already said about it.
-    async fn apply_earlier_amendments(
-        &self,
-        tx: &deadpool_postgres::Transaction<'_>,
-        r: &Incoming,
-    ) -> anyhow::Result<()> {
-        let rows = tx
-            .query(
-                "SELECT payload FROM archive WHERE sender = $1 AND amends = $2 ORDER BY time_ms",
-                &[&r.message.from.as_str(), &r.message.client_msg_id],
-            )
-            .await?;
-        for row in rows {
-            let payload: Vec<u8> = row.get(0);
-            if let Ok(a) = StoredMessage::decode(Bytes::from(payload))
-                && let Some(amendment) = a.meta.amends.clone()
-            {
-                let e = Effect::Amend {
-                    sender: a.from.clone(),
-                    amendment,
-                    time_ms: a.time_ms,
-                };
-                apply(tx, &e, &a).await?;
-            }
-        }
-        Ok(())
+        Ok((new.len(), changed))
     }
 
     /// A page of history from the archive.
@@ -477,45 +414,286 @@ LEFT JOIN LATERAL (
 ) u ON true
 ORDER BY p.pinned DESC, p.updated_ms DESC, p.kind, p.peer";
 
+/// Inserts `rows` in one statement; returns those archived for the first time, in
+/// order (a redelivered row conflicts and is left out: its effects were applied
+/// when it was new).
+async fn insert_rows<'a>(
+    tx: &deadpool_postgres::Transaction<'_>,
+    rows: &'a [Incoming],
+) -> anyhow::Result<Vec<&'a Incoming>> {
+    let mut cols = Columns::default();
+    for r in rows {
+        cols.push(r);
+    }
+    let inserted = tx
+        .query(
+            "INSERT INTO archive (subject, seq, stored_at, kind, owner, peer, grp, sender, \
+             client_msg_id, time_ms, mentions, amends, payload) \
+             SELECT subject, seq, stored_at, kind, owner, peer, grp, sender, client_msg_id, \
+                    time_ms, string_to_array(mentions, ','), amends, payload \
+             FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::smallint[], \
+                         $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], \
+                         $10::bigint[], $11::text[], $12::text[], $13::bytea[]) \
+               AS u(subject, seq, stored_at, kind, owner, peer, grp, sender, client_msg_id, \
+                    time_ms, mentions, amends, payload) \
+             ON CONFLICT DO NOTHING RETURNING subject, seq",
+            &[
+                &cols.subject,
+                &cols.seq,
+                &cols.stored_at,
+                &cols.kind,
+                &cols.owner,
+                &cols.peer,
+                &cols.group,
+                &cols.sender,
+                &cols.client_msg_id,
+                &cols.time_ms,
+                &cols.mentions,
+                &cols.amends,
+                &cols.payload,
+            ],
+        )
+        .await
+        .context("archiving a batch")?;
+    let mut fresh: HashSet<(String, i64)> = inserted
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_, tokio_postgres::Error>>()?;
+    // A row twice in one batch is new once.
+    Ok(rows
+        .iter()
+        .filter(|r| fresh.remove(&(r.subject.clone(), r.seq.0 as i64)))
+        .collect())
+}
+
+/// A batch's rows as one array per column (for `unnest`).
+#[derive(Default)]
+struct Columns<'a> {
+    subject: Vec<&'a str>,
+    seq: Vec<i64>,
+    stored_at: Vec<std::time::SystemTime>,
+    kind: Vec<i16>,
+    owner: Vec<Option<&'a str>>,
+    peer: Vec<&'a str>,
+    group: Vec<Option<&'a str>>,
+    sender: Vec<&'a str>,
+    client_msg_id: Vec<&'a str>,
+    time_ms: Vec<i64>,
+    /// Comma-joined (user ids have no commas).
+    mentions: Vec<String>,
+    amends: Vec<Option<&'a str>>,
+    payload: Vec<&'a [u8]>,
+}
+
+impl<'a> Columns<'a> {
+    fn push(&mut self, r: &'a Incoming) {
+        let m = &r.message;
+        let (owner, peer) = match &r.placement.direct {
+            Some((o, p)) => (Some(o.as_str()), p.as_str()),
+            None => (None, ""),
+        };
+        self.subject.push(&r.subject);
+        self.seq.push(r.seq.0 as i64);
+        self.stored_at
+            .push(std::time::SystemTime::from(r.stored_at));
+        self.kind.push(kind_code(r.placement.kind));
+        self.owner.push(owner);
+        self.peer.push(peer);
+        self.group
+            .push(r.placement.group.as_ref().map(|g| g.as_str()));
+        self.sender.push(m.from.as_str());
+        self.client_msg_id.push(&m.client_msg_id);
+        self.time_ms.push(m.time_ms as i64);
+        self.mentions.push(
+            m.meta
+                .mentions
+                .iter()
+                .map(|u| u.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        self.amends
+            .push(m.meta.amends.as_ref().map(|a| a.target.as_str()));
+        self.payload.push(r.payload.as_ref());
+    }
+}
+
+/// A batch's conversation effects, merged: each conversation once with the greatest
+/// time and read position (what the statements keep anyway), so a burst into one
+/// conversation costs one row update, not one per message.
+#[derive(Default)]
+struct Merged<'a> {
+    /// (owner, peer) → (newest time, read position).
+    direct: HashMap<(&'a str, &'a str), (i64, i64)>,
+    /// group → (last seq, newest time).
+    groups: HashMap<&'a str, (i64, i64)>,
+    /// (owner, kind, peer) → read position.
+    reads: HashMap<(&'a str, &'static str, String), i64>,
+    /// Applied one by one, in order, after the merged ones: amendments, and reads "up
+    /// to the group's newest" (which need the group's newest first).
+    later: Vec<(&'a Effect, &'a StoredMessage)>,
+}
+
+impl<'a> Merged<'a> {
+    fn add(&mut self, e: &'a Effect, r: &'a Incoming) {
+        match e {
+            Effect::DirectMessage {
+                owner,
+                with,
+                time_ms,
+                read_to,
+            } => {
+                let v = self
+                    .direct
+                    .entry((owner.as_str(), with.as_str()))
+                    .or_insert((0, 0));
+                v.0 = v.0.max(*time_ms as i64);
+                v.1 = v.1.max(read_to.map_or(0, |s| s.0 as i64));
+            }
+            Effect::GroupMessage {
+                group,
+                sender,
+                seq,
+                time_ms,
+            } => {
+                let v = self.groups.entry(group.as_str()).or_insert((0, 0));
+                v.0 = v.0.max(seq.0 as i64);
+                v.1 = v.1.max(*time_ms as i64);
+                self.read(sender, &Recipient::Group(group.clone()), seq.0 as i64);
+            }
+            Effect::Read {
+                with: Recipient::Group(_),
+                seq: Seq(0),
+                ..
+            } => self.later.push((e, &r.message)),
+            Effect::Read {
+                owner, with, seq, ..
+            } => self.read(owner, with, seq.0 as i64),
+            Effect::Amend { .. } => self.later.push((e, &r.message)),
+        }
+    }
+
+    fn read(&mut self, owner: &'a UserId, with: &Recipient, seq: i64) {
+        let (kind, peer) = peer_key(with);
+        let v = self.reads.entry((owner.as_str(), kind, peer)).or_insert(0);
+        *v = (*v).max(seq);
+    }
+
+    async fn apply(self, tx: &deadpool_postgres::Transaction<'_>) -> anyhow::Result<()> {
+        if !self.direct.is_empty() {
+            let (mut owners, mut peers, mut times, mut reads) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for ((o, p), (t, r)) in &self.direct {
+                owners.push(*o);
+                peers.push(*p);
+                times.push(*t);
+                reads.push(*r);
+            }
+            tx.execute(
+                "INSERT INTO conversations (owner, kind, peer, read_seq, updated_ms) \
+                 SELECT o, 'u', p, r, t FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS u(o, p, r, t) \
+                 ON CONFLICT (owner, kind, peer) DO UPDATE SET \
+                 read_seq = GREATEST(conversations.read_seq, EXCLUDED.read_seq), \
+                 updated_ms = GREATEST(conversations.updated_ms, EXCLUDED.updated_ms)",
+                &[&owners, &peers, &reads, &times],
+            )
+            .await
+            .context("conversations of a batch")?;
+        }
+        if !self.groups.is_empty() {
+            let (mut groups, mut seqs, mut times) = (Vec::new(), Vec::new(), Vec::new());
+            for (g, (s, t)) in &self.groups {
+                groups.push(*g);
+                seqs.push(*s);
+                times.push(*t);
+            }
+            tx.execute(
+                "INSERT INTO group_last (grp, last_seq, updated_ms) \
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) \
+                 ON CONFLICT (grp) DO UPDATE SET \
+                 last_seq = GREATEST(group_last.last_seq, EXCLUDED.last_seq), \
+                 updated_ms = GREATEST(group_last.updated_ms, EXCLUDED.updated_ms)",
+                &[&groups, &seqs, &times],
+            )
+            .await
+            .context("groups of a batch")?;
+        }
+        if !self.reads.is_empty() {
+            let (mut owners, mut kinds, mut peers, mut seqs) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for ((o, k, p), s) in &self.reads {
+                owners.push(*o);
+                kinds.push(*k);
+                peers.push(p.as_str());
+                seqs.push(*s);
+            }
+            tx.execute(
+                "INSERT INTO conversations (owner, kind, peer, read_seq) \
+                 SELECT o, k::\"char\", p, s FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(o, k, p, s) \
+                 ON CONFLICT (owner, kind, peer) DO UPDATE SET \
+                 read_seq = GREATEST(conversations.read_seq, EXCLUDED.read_seq)",
+                &[&owners, &kinds, &peers, &seqs],
+            )
+            .await
+            .context("read positions of a batch")?;
+        }
+        for (e, m) in self.later {
+            apply(tx, e, m).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Messages archived after amendments of them (two workers, out of order, or an
+/// amendment earlier in the same batch): apply what was already said about them, in
+/// one query for the batch.
+async fn apply_earlier_amendments(
+    tx: &deadpool_postgres::Transaction<'_>,
+    new: &[&Incoming],
+) -> anyhow::Result<()> {
+    let (senders, ids): (Vec<&str>, Vec<&str>) = new
+        .iter()
+        .filter(|r| r.placement.kind == RowKind::Message)
+        .map(|r| (r.message.from.as_str(), r.message.client_msg_id.as_str()))
+        .unzip();
+    if senders.is_empty() {
+        return Ok(());
+    }
+    let rows = tx
+        .query(
+            "SELECT payload FROM archive WHERE amends IS NOT NULL \
+             AND (sender, amends) IN (SELECT * FROM unnest($1::text[], $2::text[])) \
+             ORDER BY time_ms",
+            &[&senders, &ids],
+        )
+        .await
+        .context("amendments of new messages")?;
+    for row in rows {
+        let payload: Vec<u8> = row.try_get(0)?;
+        if let Ok(a) = StoredMessage::decode(Bytes::from(payload))
+            && let Some(amendment) = a.meta.amends.clone()
+        {
+            let e = Effect::Amend {
+                sender: a.from.clone(),
+                amendment,
+                time_ms: a.time_ms,
+            };
+            apply(tx, &e, &a).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies one effect that is not merged: a read up to a group's newest, or an
+/// amendment (the newest wins; a recall is final).
 async fn apply(
     tx: &deadpool_postgres::Transaction<'_>,
     e: &Effect,
     m: &StoredMessage,
 ) -> anyhow::Result<()> {
     match e {
-        Effect::DirectMessage {
-            owner,
-            with,
-            time_ms,
-            read_to,
-        } => {
-            let read = read_to.map_or(0, |s| s.0 as i64);
-            tx.execute(
-                "INSERT INTO conversations (owner, kind, peer, read_seq, updated_ms) \
-                 VALUES ($1, 'u', $2, $3, $4) \
-                 ON CONFLICT (owner, kind, peer) DO UPDATE SET \
-                 read_seq = GREATEST(conversations.read_seq, EXCLUDED.read_seq), \
-                 updated_ms = GREATEST(conversations.updated_ms, EXCLUDED.updated_ms)",
-                &[&owner.as_str(), &with.as_str(), &read, &(*time_ms as i64)],
-            )
-            .await?;
-        }
-        Effect::GroupMessage {
-            group,
-            sender,
-            seq,
-            time_ms,
-        } => {
-            tx.execute(
-                "INSERT INTO group_last (grp, last_seq, updated_ms) VALUES ($1, $2, $3) \
-                 ON CONFLICT (grp) DO UPDATE SET \
-                 last_seq = GREATEST(group_last.last_seq, EXCLUDED.last_seq), \
-                 updated_ms = GREATEST(group_last.updated_ms, EXCLUDED.updated_ms)",
-                &[&group.as_str(), &(seq.0 as i64), &(*time_ms as i64)],
-            )
-            .await?;
-            read_to(tx, sender, &Recipient::Group(group.clone()), seq.0 as i64).await?;
-        }
+        // Merged for the whole batch (`Merged::apply`).
+        Effect::DirectMessage { .. } | Effect::GroupMessage { .. } => {}
         Effect::Read {
             owner, with, seq, ..
         } => {

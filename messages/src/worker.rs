@@ -27,6 +27,9 @@ use crate::store::{Changed, Incoming, Store};
 /// How long to wait after a failed batch before pulling again.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
+/// Live conversation updates computed at once after a batch (each one query).
+const UPDATES_IN_FLIGHT: usize = 8;
+
 /// How often the consumer's backlog is read for the metrics.
 const PENDING_EVERY: Duration = Duration::from_secs(2);
 
@@ -178,9 +181,9 @@ impl Worker {
                 debug!(error = %e, "ack (the batch is archived; a redelivery is a no-op)");
             }
         }
-        for c in changed {
-            self.publish_update(c).await;
-        }
+        futures::stream::iter(changed)
+            .for_each_concurrent(UPDATES_IN_FLIGHT, |c| self.publish_update(c))
+            .await;
         Ok(())
     }
 
