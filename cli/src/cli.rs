@@ -314,6 +314,14 @@ pub enum ClientAction {
         #[arg(long)]
         timeout: Option<f64>,
     },
+    /// Pin a conversation (listed first on every device of the user). Prints it.
+    Pin(WhichConversation),
+    /// Unpin a conversation. Prints it.
+    Unpin(WhichConversation),
+    /// Mute a conversation (every device of the user shows it muted). Prints it.
+    Mute(WhichConversation),
+    /// Unmute a conversation. Prints it.
+    Unmute(WhichConversation),
     /// Mark a conversation read on every device of the user, up to --seq (by default
     /// up to its newest message).
     MarkRead {
@@ -730,6 +738,10 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
             client.close().await;
             Ok(ExitCode::SUCCESS)
         }
+        ClientAction::Pin(w) => set_conversation(client, w, Some(true), None).await,
+        ClientAction::Unpin(w) => set_conversation(client, w, Some(false), None).await,
+        ClientAction::Mute(w) => set_conversation(client, w, None, Some(true)).await,
+        ClientAction::Unmute(w) => set_conversation(client, w, None, Some(false)).await,
         ClientAction::MarkRead { with, group, seq } => {
             let target = match (with, group) {
                 (_, Some(g)) => petrel_client::To::Group(g),
@@ -936,6 +948,50 @@ fn message_json(m: &petrel_client::Message) -> serde_json::Value {
 }
 
 /// One conversation as the CLI prints it.
+/// One conversation: with a user or a group.
+#[derive(Debug, clap::Args)]
+pub struct WhichConversation {
+    /// The user of a direct conversation.
+    #[arg(
+        long = "with",
+        required_unless_present = "group",
+        conflicts_with = "group"
+    )]
+    with: Option<String>,
+    /// A group.
+    #[arg(long)]
+    group: Option<String>,
+}
+
+impl WhichConversation {
+    fn to(&self) -> anyhow::Result<petrel_client::To<'_>> {
+        Ok(match (&self.with, &self.group) {
+            (_, Some(g)) => petrel_client::To::Group(g),
+            (Some(u), None) => petrel_client::To::User(u),
+            (None, None) => bail!("pass --with USER or --group GROUP"),
+        })
+    }
+}
+
+/// Pins, unpins, mutes or unmutes; prints the conversation as it is now.
+async fn set_conversation(
+    client: petrel_client::Client,
+    which: &WhichConversation,
+    pinned: Option<bool>,
+    muted: Option<bool>,
+) -> anyhow::Result<ExitCode> {
+    let now = client.set_conversation(which.to()?, pinned, muted).await?;
+    match now {
+        Some(c) => println!("{}", conversation_json(&c)),
+        None => println!(
+            "{}",
+            json!({"pinned": pinned, "muted": muted, "listed": false})
+        ),
+    }
+    client.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn conversation_json(c: &petrel_client::Conversation) -> serde_json::Value {
     json!({
         "peer": c.user, "group": c.group,

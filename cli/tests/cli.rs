@@ -901,6 +901,21 @@ fn readme_messages_session() {
         assert!(started.elapsed() < Duration::from_secs(20), "{list:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Pinned, alice comes before the group that spoke last; the answer says so.
+    let pinned = ok(petrel_client(
+        &dir,
+        &["--user", "bob", "pin", "--with", "alice"],
+    ));
+    assert_eq!(pinned[0]["pinned"], true, "{pinned:?}");
+    assert_eq!(pinned[0]["peer"], "alice", "{pinned:?}");
+    let list = ok(petrel_client(&dir, &["--user", "bob", "conversations"]));
+    assert_eq!(list[0]["peer"], "alice", "{list:?}");
+    let neither = petrel_client(&dir, &["--user", "bob", "pin"]);
+    assert!(!neither.status.success());
+    assert!(
+        String::from_utf8_lossy(&neither.stderr).contains("--with"),
+        "{neither:?}"
+    );
     let history = ok(petrel_client(
         &dir,
         &["--user", "bob", "history", "--with", "alice"],

@@ -840,6 +840,43 @@ impl Client {
         })?
     }
 
+    /// Pins or unpins (`pinned`), mutes or unmutes (`muted`) the conversation with a
+    /// user or a group for every device of this user; `None` leaves it as it is.
+    /// Returns the conversation as it is now (`None` for a group with no message yet).
+    pub async fn set_conversation(
+        &self,
+        conversation: To<'_>,
+        pinned: Option<bool>,
+        muted: Option<bool>,
+    ) -> Result<Option<Conversation>, ClientError> {
+        use pb::set_conversation::Conversation as C;
+        let id = NEXT_SYNC.fetch_add(1, Ordering::Relaxed);
+        let frame = client_frame(pb::client_frame::Kind::SetConversation(
+            pb::SetConversation {
+                request_id: id,
+                conversation: Some(match conversation {
+                    To::User(u) => C::User(u.to_string()),
+                    To::Group(g) => C::Group(g.to_string()),
+                }),
+                pinned,
+                muted,
+            },
+        ));
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Cmd::Conversations {
+                id,
+                frame,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| ClientError::Closed("client stopped".into()))?;
+        let page = rx.await.map_err(|_| {
+            ClientError::Closed("connection closed before the conversation's settings".into())
+        })??;
+        Ok(page.conversations.into_iter().next())
+    }
+
     /// Marks the conversation with a user (`To::User`) or a group read up to `seq`
     /// (0: up to its newest message) on every device of this user.
     pub async fn mark_read(&self, conversation: To<'_>, seq: u64) -> Result<(), ClientError> {

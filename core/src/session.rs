@@ -201,6 +201,18 @@ pub enum Action {
         /// The groups it is in.
         groups: Vec<GroupId>,
     },
+    /// Ask the message service to change a conversation's settings and answer with
+    /// [`Reply::Conversations`] (the conversation as it is now).
+    SetConversation {
+        /// Echoed in the answer.
+        request_id: u64,
+        /// Whose.
+        user: UserId,
+        /// The groups it is in.
+        groups: Vec<GroupId>,
+        /// The change (a group here is one of `groups`).
+        settings: crate::conversation::api::Settings,
+    },
     /// Close the connection with this code (after writing any replies before it).
     Close(ErrorCode, String),
 }
@@ -670,6 +682,16 @@ impl Session {
                     )),
                 }));
             }
+            (
+                State::Joining(id) | State::Active(id),
+                Command::SetConversation {
+                    request_id,
+                    settings,
+                },
+            ) => {
+                let user = id.user.clone();
+                self.on_set_conversation(&mut out, user, request_id, settings, now);
+            }
             (State::Joining(id) | State::Active(id), Command::ListConversations(request)) => {
                 let mut groups: Vec<GroupId> = self.groups.iter().cloned().collect();
                 groups.sort();
@@ -979,6 +1001,52 @@ impl Session {
         payload.meta.amends = Some(a.amendment);
         self.publish(&mut out, req, a.id, copies, payload, true);
         out
+    }
+
+    /// A SetConversation: answered on its request id, refused for a group the user is
+    /// not in, and limited like list pages.
+    fn on_set_conversation(
+        &mut self,
+        out: &mut Vec<Action>,
+        user: UserId,
+        request_id: u64,
+        settings: Result<crate::conversation::api::Settings, (ErrorCode, String)>,
+        now: Now,
+    ) {
+        let refuse = |out: &mut Vec<Action>, code, why: String| {
+            out.push(Action::Reply(Reply::Conversations {
+                request_id,
+                page: Err((code, why)),
+            }));
+        };
+        let settings = match settings {
+            Ok(s) => s,
+            Err((code, why)) => return refuse(out, code, why),
+        };
+        if let Recipient::Group(g) = &settings.with
+            && !self.groups.contains(g)
+        {
+            return refuse(
+                out,
+                ErrorCode::Forbidden,
+                format!("not a member of group {g}"),
+            );
+        }
+        if !self.syncs.take(now.mono, SYNC_RATE, SYNC_BURST) {
+            return refuse(
+                out,
+                ErrorCode::RateLimited,
+                format!("more than {SYNC_RATE} history or list requests per second; retry later"),
+            );
+        }
+        let mut groups: Vec<GroupId> = self.groups.iter().cloned().collect();
+        groups.sort();
+        out.push(Action::SetConversation {
+            request_id,
+            user,
+            groups,
+            settings,
+        });
     }
 
     /// A read mark: stored in the user's own inbox (every device of the user gets it,

@@ -351,6 +351,8 @@ pub const MESSAGES_CONVERSATIONS: &str = "svc.messages.conversations";
 pub const MESSAGES_ORIGINAL: &str = "svc.messages.original";
 /// See [`MESSAGES_HISTORY`]: a user's unread total (the push badge).
 pub const MESSAGES_UNREAD: &str = "svc.messages.unread";
+/// See [`MESSAGES_HISTORY`]: pin or mute a conversation.
+pub const MESSAGES_SETTINGS: &str = "svc.messages.settings";
 /// Everything the message service answers.
 pub const MESSAGES_ALL: &str = "svc.messages.>";
 /// The message service's queue group.

@@ -64,6 +64,14 @@ pub enum Command {
     MarkRead(ReadMark),
     /// A page of the user's conversation list (and, with `follow`, live updates).
     ListConversations(ConversationsRequest),
+    /// Pin, unpin, mute or unmute a conversation; a malformed one is answered on its
+    /// request id (a ConversationList with the error).
+    SetConversation {
+        /// Echoed in the answer.
+        request_id: u64,
+        /// The change, or why it is refused.
+        settings: Result<crate::conversation::api::Settings, (ErrorCode, String)>,
+    },
     /// A frame that is well-formed but carries an invalid field: answered with a
     /// non-fatal Error.
     Invalid {
@@ -305,6 +313,35 @@ pub struct ConversationsRequest {
     pub follow: bool,
 }
 
+/// Validates a SetConversation.
+fn settings(
+    c: pb::SetConversation,
+) -> Result<crate::conversation::api::Settings, (ErrorCode, String)> {
+    use pb::set_conversation::Conversation;
+    let with = match c.conversation {
+        Some(Conversation::User(u)) => UserId::parse(u).map(Recipient::User),
+        Some(Conversation::Group(g)) => GroupId::parse(g).map(Recipient::Group),
+        None => {
+            return Err((
+                ErrorCode::InvalidMessage,
+                "SetConversation without a conversation".into(),
+            ));
+        }
+    }
+    .map_err(|e| (ErrorCode::InvalidId, e.to_string()))?;
+    if c.pinned.is_none() && c.muted.is_none() {
+        return Err((
+            ErrorCode::InvalidMessage,
+            "SetConversation changes nothing: set pinned or muted".into(),
+        ));
+    }
+    Ok(crate::conversation::api::Settings {
+        with,
+        pinned: c.pinned,
+        muted: c.muted,
+    })
+}
+
 /// A history request (the subject is checked by the session).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncRequest {
@@ -489,6 +526,10 @@ pub fn decode_command(frame: Bytes) -> Result<Command, WireError> {
                 },
             }
         }
+        Kind::SetConversation(c) => Command::SetConversation {
+            request_id: c.request_id,
+            settings: settings(c),
+        },
         Kind::ListConversations(l) => Command::ListConversations(ConversationsRequest {
             request_id: l.request_id,
             offset: l.offset,

@@ -780,3 +780,72 @@ fn a_read_mark_goes_to_the_users_own_inbox_and_a_group_one_needs_membership() {
     let out = s.on_command(mark(Recipient::Group(team)), clock.now());
     assert!(matches!(&out[..], [Action::Publish(_)]), "{out:?}");
 }
+
+#[test]
+fn a_conversation_setting_is_checked_then_asked_for_and_a_group_one_needs_membership() {
+    use petrel_proto::pb;
+    let clock = Clock(Instant::now(), T0);
+    let mut s = joined(&clock, "bob");
+    let set = |conversation, pinned, muted| {
+        let frame = pb::ClientFrame {
+            kind: Some(pb::client_frame::Kind::SetConversation(
+                pb::SetConversation {
+                    request_id: 5,
+                    conversation,
+                    pinned,
+                    muted,
+                },
+            )),
+        };
+        petrel_core::wire::decode_command(prost::Message::encode_to_vec(&frame).into()).unwrap()
+    };
+    let refused = |out: &[Action]| match out {
+        [
+            Action::Reply(Reply::Conversations {
+                request_id: 5,
+                page: Err((code, why)),
+            }),
+        ] => Some((*code, why.clone())),
+        _ => None,
+    };
+    let alice = || Some(pb::set_conversation::Conversation::User("alice".into()));
+    let team = || Some(pb::set_conversation::Conversation::Group("team".into()));
+    // Nothing to change, no conversation, a bad id: refused on the request id.
+    let out = s.on_command(set(alice(), None, None), clock.now());
+    let (code, why) = refused(&out).unwrap();
+    assert_eq!(code, ErrorCode::InvalidMessage);
+    assert!(why.contains("set pinned or muted"), "{why}");
+    let out = s.on_command(set(None, Some(true), None), clock.now());
+    assert_eq!(refused(&out).map(|r| r.0), Some(ErrorCode::InvalidMessage));
+    let bad = Some(pb::set_conversation::Conversation::User("no spaces".into()));
+    let out = s.on_command(set(bad, Some(true), None), clock.now());
+    assert_eq!(refused(&out).map(|r| r.0), Some(ErrorCode::InvalidId));
+    // A direct one goes to the service with only what was set.
+    let out = s.on_command(set(alice(), Some(true), None), clock.now());
+    let [
+        Action::SetConversation {
+            request_id: 5,
+            user,
+            settings,
+            ..
+        },
+    ] = &out[..]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(user.as_str(), "bob");
+    assert_eq!(settings.pinned, Some(true));
+    assert_eq!(settings.muted, None);
+    // A group needs membership.
+    let out = s.on_command(set(team(), None, Some(true)), clock.now());
+    let (code, why) = refused(&out).unwrap();
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(why.contains("not a member of group team"), "{why}");
+    let g = petrel_core::GroupId::parse("team").unwrap();
+    s.set_groups([g.clone()].into_iter().collect());
+    let out = s.on_command(set(team(), None, Some(true)), clock.now());
+    assert!(
+        matches!(&out[..], [Action::SetConversation { groups, .. }] if groups == &vec![g]),
+        "{out:?}"
+    );
+}

@@ -1,6 +1,7 @@
 //! The gateways' requests (`svc.messages.*`, queue group `petrel-messages`: each
 //! request goes to one worker): history pages from the archive, conversation lists,
-//! an amend's original, a user's unread total. Bounded: at most [`MAX_IN_FLIGHT`] at once per worker; beyond
+//! an amend's original, a user's unread total, a conversation's settings (pin, mute;
+//! the change is also published to the user's followers). Bounded: at most [`MAX_IN_FLIGHT`] at once per worker; beyond
 //! that the subscription's buffer holds them.
 
 use std::sync::Arc;
@@ -8,8 +9,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 use petrel_core::conversation::api::{
-    ConversationsQuery, HistoryQuery, OriginalQuery, encode_conversation_list, encode_history_page,
-    encode_original, encode_unread_total,
+    ConversationsQuery, HistoryQuery, OriginalQuery, SettingsQuery, encode_conversation_list,
+    encode_conversation_update, encode_history_page, encode_original, encode_unread_total,
 };
 use petrel_core::subject;
 use tokio::sync::Semaphore;
@@ -51,7 +52,7 @@ pub async fn serve(
         let (nats, store, metrics) = (nats.clone(), store.clone(), metrics.clone());
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let (what, answer) = answer(&store, msg.subject.as_str(), msg.payload).await;
+            let (what, answer) = answer(&nats, &store, msg.subject.as_str(), msg.payload).await;
             metrics.observe_query(what, started.elapsed());
             if let Err(e) = nats.publish(reply, answer).await {
                 debug!(error = %e, "answering a request");
@@ -61,8 +62,14 @@ pub async fn serve(
     }
 }
 
-async fn answer(store: &Store, subject: &str, payload: Bytes) -> (&'static str, Bytes) {
+async fn answer(
+    nats: &async_nats::Client,
+    store: &Store,
+    subject: &str,
+    payload: Bytes,
+) -> (&'static str, Bytes) {
     match subject {
+        subject::MESSAGES_SETTINGS => ("settings", settings(nats, store, payload).await),
         subject::MESSAGES_HISTORY => ("history", history(store, payload).await),
         subject::MESSAGES_CONVERSATIONS => ("conversations", conversations(store, payload).await),
         subject::MESSAGES_ORIGINAL => ("original", original(store, payload).await),
@@ -95,6 +102,38 @@ async fn conversations(store: &Store, payload: Bytes) -> Bytes {
         .await
     {
         Ok((views, more)) => encode_conversation_list(Ok((&views, more))),
+        Err(e) => encode_conversation_list(Err(format!("the archive: {e:#}"))),
+    }
+}
+
+/// Changes a conversation's settings; answers with the conversation as it is now and
+/// sends it to the user's followers (every device of the user shows the pin).
+async fn settings(nats: &async_nats::Client, store: &Store, payload: Bytes) -> Bytes {
+    let q = match SettingsQuery::decode(payload) {
+        Ok(q) => q,
+        Err(e) => return encode_conversation_list(Err(e.to_string())),
+    };
+    let changed = async {
+        store.set_conversation(&q.user, &q.settings).await?;
+        store
+            .conversations(&q.user, &q.groups, Some(&q.settings.with), 0, 1)
+            .await
+    };
+    match changed.await {
+        Ok((views, more)) => {
+            for v in &views {
+                if let Err(e) = nats
+                    .publish(
+                        subject::live_conversations(&q.user),
+                        encode_conversation_update(v),
+                    )
+                    .await
+                {
+                    debug!(error = %e, "publishing a conversation update");
+                }
+            }
+            encode_conversation_list(Ok((&views, more)))
+        }
         Err(e) => encode_conversation_list(Err(format!("the archive: {e:#}"))),
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use anyhow::Context;
 use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use petrel_core::conversation::api::{Archived, ConversationView, HistoryQuery};
+use petrel_core::conversation::api::{Archived, ConversationView, HistoryQuery, Settings};
 use petrel_core::conversation::{Effect, Placement, RowKind};
 use petrel_core::session::Original;
 use petrel_core::subject;
@@ -232,6 +232,24 @@ impl Store {
             .map(|row| archived(&row, 0))
             .collect();
         Ok((out, more))
+    }
+
+    /// Pins, unpins, mutes or unmutes `owner`'s conversation (a `None` stays as it is).
+    pub async fn set_conversation(&self, owner: &UserId, s: &Settings) -> anyhow::Result<()> {
+        let client = self.client().await?;
+        let (kind, peer) = peer_key(&s.with);
+        client
+            .execute(
+                "INSERT INTO conversations (owner, kind, peer, pinned, muted) \
+                 VALUES ($1, $2::text::\"char\", $3, COALESCE($4, false), COALESCE($5, false)) \
+                 ON CONFLICT (owner, kind, peer) DO UPDATE SET \
+                 pinned = COALESCE($4, conversations.pinned), \
+                 muted = COALESCE($5, conversations.muted)",
+                &[&owner.as_str(), &kind, &peer, &s.pinned, &s.muted],
+            )
+            .await
+            .context("changing a conversation's settings")?;
+        Ok(())
     }
 
     /// A page of `owner`'s conversations (or, with `only`, just that one): pinned

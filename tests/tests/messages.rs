@@ -159,6 +159,109 @@ async fn a_new_device_lists_its_conversations_and_a_read_on_one_device_clears_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_or_mute_on_one_device_shows_on_every_device_and_pinned_comes_first()
+-> anyhow::Result<()> {
+    let (topo, _svc, _dir) = start(900).await?;
+    for u in ["bob", "carol"] {
+        topo.set_member("team", u, true).await?;
+    }
+    let alice = topo.connect(0, Quic, "alice", "phone").await?;
+    let carol = topo.connect(0, WebSocket, "carol", "phone").await?;
+    send(
+        &alice,
+        To::User("bob"),
+        "a1",
+        "older",
+        SendOptions::default(),
+    )
+    .await?;
+    send(
+        &carol,
+        To::Group("team"),
+        "c1",
+        "newer",
+        SendOptions::default(),
+    )
+    .await?;
+    let mut phone = topo.connect(0, Quic, "bob", "phone").await?;
+    let list = list_until(&phone, |cs| cs.len() == 2).await?;
+    anyhow::ensure!(list[0].group.as_deref() == Some("team"), "{list:#?}");
+    phone.conversations(0, 50, true).await?;
+
+    // The laptop pins alice: the answer says so, the phone hears it, and the list
+    // puts her first although the group spoke last.
+    let laptop = topo.connect(0, WebSocket, "bob", "laptop").await?;
+    let pinned = laptop
+        .set_conversation(To::User("alice"), Some(true), None)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no conversation with alice in the answer"))?;
+    anyhow::ensure!(pinned.pinned && !pinned.muted, "{pinned:#?}");
+    anyhow::ensure!(text(&pinned) == "older", "{pinned:#?}");
+    wait_update(&mut phone, |c| {
+        c.user.as_deref() == Some("alice") && c.pinned
+    })
+    .await?;
+    let list = phone.conversations(0, 50, false).await?.conversations;
+    anyhow::ensure!(list[0].user.as_deref() == Some("alice"), "{list:#?}");
+
+    // Muting the group leaves its pin alone (not pinned) and shows on the phone.
+    let muted = laptop
+        .set_conversation(To::Group("team"), None, Some(true))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no group conversation in the answer"))?;
+    anyhow::ensure!(muted.muted && !muted.pinned, "{muted:#?}");
+    wait_update(&mut phone, |c| {
+        c.group.as_deref() == Some("team") && c.muted
+    })
+    .await?;
+
+    // Unpinned, alice goes back below the newer group; her mute was never set.
+    laptop
+        .set_conversation(To::User("alice"), Some(false), None)
+        .await?;
+    let list = phone.conversations(0, 50, false).await?.conversations;
+    anyhow::ensure!(list[0].group.as_deref() == Some("team"), "{list:#?}");
+    anyhow::ensure!(
+        with_user(&list, "alice").is_some_and(|c| !c.pinned && !c.muted),
+        "{list:#?}"
+    );
+    anyhow::ensure!(
+        with_group(&list, "team").is_some_and(|c| c.muted),
+        "{list:#?}"
+    );
+
+    // A group bob is not in is refused in plain words.
+    match laptop
+        .set_conversation(To::Group("other"), Some(true), None)
+        .await
+    {
+        Err(petrel_client::ClientError::Refused { code, message }) => {
+            anyhow::ensure!(code == "FORBIDDEN", "{code}: {message}");
+            anyhow::ensure!(message.contains("not a member of group other"), "{message}");
+        }
+        other => anyhow::bail!("pinning a group bob is not in: {other:?}"),
+    }
+    Ok(())
+}
+
+/// Waits for a ConversationUpdate on `client` that `ok` accepts.
+async fn wait_update(
+    client: &mut petrel_client::Client,
+    ok: impl Fn(&petrel_client::Conversation) -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, client.next_event()).await {
+            Ok(Some(Event::Conversation(c))) if ok(&c) => return Ok(()),
+            Ok(Some(_)) => continue,
+            Ok(None) => anyhow::bail!("the connection closed"),
+            Err(_) => anyhow::bail!("no such conversation update within 15 s"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mentions_count_and_replies_keep_their_reference_through_history() -> anyhow::Result<()> {
     let (topo, _svc, _dir) = start(900).await?;
     for u in ["bob", "carol", "dave"] {

@@ -184,12 +184,34 @@ function renderConversations() {
       n.textContent = `${c.unread}${c.unreadMentions ? " @" : ""}`;
       li.append(n);
     }
+    if (c.muted) li.classList.add("muted");
+    if (c.pinned) li.classList.add("pinned");
+    const pin = document.createElement("button");
+    pin.className = "pin";
+    pin.type = "button";
+    pin.textContent = c.pinned ? "unpin" : "pin";
+    pin.title = "pinned conversations come first, on every device";
+    pin.addEventListener("click", (e) => {
+      e.stopPropagation();
+      setPinned(name, !c.pinned).catch(showError);
+    });
+    li.append(pin);
     li.addEventListener("click", () => {
       $("#compose").elements.to.value = name;
       window.petrel.client?.markRead(target(name)).catch(showError);
     });
     ul.append(li);
   }
+}
+
+/** Pins or unpins a conversation (for every device of the user); shows the answer. */
+async function setPinned(name, pinned) {
+  const client = window.petrel.client;
+  if (!client) throw new Error("sign in first");
+  const c = await client.setConversation(target(name), { pinned });
+  if (c) conversations.set(name, c);
+  renderConversations();
+  return c?.pinned ?? pinned;
 }
 
 /** The conversation list from the message service, followed live. */
@@ -255,7 +277,7 @@ function rows() {
 
 // `delivered`: every `message` event of the current client, in order, before the page
 // drops rows it already shows (for tests: what the SDK handed over since this page load).
-window.petrel = { PetrelClient, PetrelError, webTransportAvailable, signIn, send, rows, loadOlder, refreshConversations, edit, recall, client: null, user: null, delivered: [] };
+window.petrel = { PetrelClient, PetrelError, webTransportAvailable, signIn, send, rows, loadOlder, refreshConversations, setPinned, edit, recall, client: null, user: null, delivered: [] };
 $("#older").addEventListener("click", () => loadOlder().catch(showError));
 
 $("#signin").addEventListener("submit", (e) => {

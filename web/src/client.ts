@@ -12,6 +12,7 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import {
   ClientFrameSchema,
+  type ClientFrame,
   CursorSchema,
   type Message as WireMessage,
   type SendResult as WireSendResult,
@@ -38,6 +39,7 @@ import {
   AmendSchema,
   MarkReadSchema,
   ListConversationsSchema,
+  SetConversationSchema,
   MessageRefSchema,
   type Conversation as WireConversation,
   type ConversationList,
@@ -489,30 +491,57 @@ export class PetrelClient extends EventTarget {
    * from now on (until the connection drops: ask again after a reconnect).
    */
   conversations(options: { offset?: number; limit?: number; follow?: boolean } = {}): Promise<ConversationPage> {
+    return this.listRequest("conversation list", (requestId) => ({
+      case: "listConversations",
+      value: create(ListConversationsSchema, {
+        requestId,
+        offset: options.offset ?? 0,
+        limit: options.limit ?? 50,
+        follow: options.follow ?? false,
+      }),
+    }));
+  }
+
+  /**
+   * Pins or unpins, mutes or unmutes the conversation with a user (or `{ group }`) on
+   * every device of this user; a setting left out stays as it is. Resolves with the
+   * conversation as it is now (undefined for a group with no message yet); rejects
+   * with FORBIDDEN for a group this user is not in.
+   */
+  async setConversation(
+    conversation: string | { group: string },
+    settings: { pinned?: boolean; muted?: boolean },
+  ): Promise<PetrelConversation | undefined> {
+    const c =
+      typeof conversation === "string"
+        ? ({ case: "user", value: conversation } as const)
+        : ({ case: "group", value: conversation.group } as const);
+    const page = await this.listRequest("conversation setting", (requestId) => ({
+      case: "setConversation",
+      value: create(SetConversationSchema, {
+        requestId,
+        conversation: c,
+        pinned: settings.pinned,
+        muted: settings.muted,
+      }),
+    }));
+    return page.conversations[0];
+  }
+
+  /** Sends a request answered by a ConversationList with its request id. */
+  private listRequest(
+    what: string,
+    kind: (requestId: bigint) => ClientFrame["kind"],
+  ): Promise<ConversationPage> {
     const conn = this.conn;
     if (!conn || this._state !== "open") return Promise.reject(new PetrelError("CLOSED", "not connected"));
     const requestId = this.nextSync++;
-    const frame = encodeFrame(
-      toBinary(
-        ClientFrameSchema,
-        create(ClientFrameSchema, {
-          kind: {
-            case: "listConversations",
-            value: create(ListConversationsSchema, {
-              requestId,
-              offset: options.offset ?? 0,
-              limit: options.limit ?? 50,
-              follow: options.follow ?? false,
-            }),
-          },
-        }),
-      ),
-    );
+    const frame = encodeFrame(toBinary(ClientFrameSchema, create(ClientFrameSchema, { kind: kind(requestId) })));
     return new Promise<ConversationPage>((resolve, reject) => {
       this.lists.set(requestId, { resolve, reject });
       conn.write(frame).catch(() => {
         this.lists.delete(requestId);
-        reject(new PetrelError("CLOSED", "connection lost before the conversation list request was sent"));
+        reject(new PetrelError("CLOSED", `connection lost before the ${what} request was sent`));
       });
     });
   }

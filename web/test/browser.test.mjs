@@ -388,7 +388,7 @@ test("history: a new device scrolls back through what was sent before it existed
   await mona.context.close();
 });
 
-test("conversations: a new browser device lists unread counts, another tab reads them live, and an edit reaches the page", async () => {
+test("conversations: a new browser device lists unread counts, another tab reads them live, an edit reaches the page, a pin comes first", async () => {
   const rhea = await openUser("rhea");
   for (let i = 0; i < 3; i++) await send(rhea.page, "saul", `hey ${i}`);
   await send(rhea.page, "saul", "lunch?");
@@ -414,9 +414,25 @@ test("conversations: a new browser device lists unread counts, another tab reads
   const edited = await evaluateWithin(rhea.page, 15_000, "the edit", (id) => window.petrel.edit(id, "see you at 6"), sent.clientMsgId);
   assert.equal(edited.status, "stored", JSON.stringify(edited));
   await pageWait(saul.page, "the edited row", () => [...document.querySelectorAll("#messages li")].some((li) => li.firstChild.textContent === "rhea: see you at 6 (edited)"), undefined, 20_000);
+  // tess writes last, so she comes first; saul pins rhea on the page: rhea comes
+  // first, and his other tab's list agrees.
+  const tess = await openUser("tess");
+  await send(tess.page, "saul", "hello saul");
+  await pageWait(saul.page, "tess first in the list", () => document.querySelector("#conversations li")?.dataset.name === "tess", undefined, 20_000);
+  await saul.page.click('#conversations li[data-name="rhea"] .pin');
+  await pageWait(saul.page, "rhea pinned first", () => {
+    const first = document.querySelector("#conversations li");
+    return first?.dataset.name === "rhea" && first.classList.contains("pinned");
+  }, undefined, 20_000);
+  const other = await evaluateWithin(tab.page, 10_000, "the other tab's list", async () => {
+    const page = await window.petrel.client.conversations();
+    return page.conversations.map((c) => ({ user: c.user, pinned: c.pinned }));
+  });
+  assert.deepEqual(other[0], { user: "rhea", pinned: true }, JSON.stringify(other));
   await rhea.context.close();
   await saul.context.close();
   await tab.context.close();
+  await tess.context.close();
 });
 
 test("groups: a browser's group message reaches a browser member and a CLI member; a non-member is refused", async () => {

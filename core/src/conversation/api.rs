@@ -210,6 +210,72 @@ impl ConversationsQuery {
     }
 }
 
+/// What a user changes about one of their conversations (a field left `None` stays).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The other user, or the group.
+    pub with: Recipient,
+    /// Pin (true) or unpin.
+    pub pinned: Option<bool>,
+    /// Mute (true) or unmute.
+    pub muted: Option<bool>,
+}
+
+/// A [`Settings`] change for `user`, answered like a [`ConversationsQuery`] with the
+/// changed conversation alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingsQuery {
+    /// Whose.
+    pub user: UserId,
+    /// The groups it is in (for the answer's view).
+    pub groups: Vec<GroupId>,
+    /// The change.
+    pub settings: Settings,
+}
+
+impl SettingsQuery {
+    /// Request bytes.
+    pub fn encode(&self) -> Bytes {
+        use pb::settings_query::Conversation;
+        pb::SettingsQuery {
+            user: self.user.to_string(),
+            groups: self.groups.iter().map(|g| g.to_string()).collect(),
+            conversation: Some(match &self.settings.with {
+                Recipient::User(u) => Conversation::WithUser(u.to_string()),
+                Recipient::Group(g) => Conversation::WithGroup(g.to_string()),
+            }),
+            pinned: self.settings.pinned,
+            muted: self.settings.muted,
+        }
+        .encode_to_vec()
+        .into()
+    }
+
+    /// Reads a request.
+    pub fn decode(bytes: Bytes) -> Result<Self, PayloadError> {
+        use pb::settings_query::Conversation;
+        let q = pb::SettingsQuery::decode(bytes).map_err(decode_err)?;
+        let with = match q.conversation {
+            Some(Conversation::WithUser(u)) => Recipient::User(UserId::parse(u)?),
+            Some(Conversation::WithGroup(g)) => Recipient::Group(GroupId::parse(g)?),
+            None => return Err(PayloadError::Decode("no conversation".into())),
+        };
+        Ok(Self {
+            user: UserId::parse(q.user)?,
+            groups: q
+                .groups
+                .into_iter()
+                .map(GroupId::parse)
+                .collect::<Result<_, _>>()?,
+            settings: Settings {
+                with,
+                pinned: q.pinned,
+                muted: q.muted,
+            },
+        })
+    }
+}
+
 /// One conversation of a user, as the message service computes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConversationView {

@@ -109,6 +109,19 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
                 user,
                 groups,
             } => self.list_conversations(request, user, groups).await,
+            Action::SetConversation {
+                request_id,
+                user,
+                groups,
+                settings,
+            } => {
+                let q = petrel_core::conversation::api::SettingsQuery {
+                    user,
+                    groups,
+                    settings,
+                };
+                self.set_conversation(request_id, q).await
+            }
             Action::Close(code, why) => Box::pin(self.close(code, why)).await,
         }
     }

@@ -327,6 +327,34 @@ impl<R: FrameReader, W: FrameWriter> Driver<R, W> {
         Ok(())
     }
 
+    /// Starts asking the message service to change a conversation's settings; the
+    /// answer is the conversation as it is now (followers get it as an update too).
+    pub(super) async fn set_conversation(
+        &mut self,
+        request_id: u64,
+        q: petrel_core::conversation::api::SettingsQuery,
+    ) -> Result<(), End> {
+        if self.deliveries.syncs.len() >= MAX_SYNCS {
+            let why = format!("at most {MAX_SYNCS} history and list requests at a time");
+            let busy = Reply::Conversations {
+                request_id,
+                page: Err((ErrorCode::RateLimited, why)),
+            };
+            return self.write(encode_reply(&busy)).await;
+        }
+        let messages = self.shared.messages.clone();
+        self.deliveries.syncs.push(Box::pin(async move {
+            Reply::Conversations {
+                request_id,
+                page: messages
+                    .set_conversation(&q)
+                    .await
+                    .map_err(|e| (e.code(), e.to_string())),
+            }
+        }));
+        Ok(())
+    }
+
     /// Starts asking the message service for a page of the conversation list; with
     /// `follow`, this connection gets its user's conversation updates from now on
     /// (subscribed before asking, so no change falls between the page and them).

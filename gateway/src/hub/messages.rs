@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use petrel_core::conversation::api::{
-    ConversationsQuery, HistoryQuery, OriginalQuery, decode_history_page, decode_original,
-    decode_unread_total,
+    ConversationsQuery, HistoryQuery, OriginalQuery, SettingsQuery, decode_history_page,
+    decode_original, decode_unread_total,
 };
 use petrel_core::session::Original;
 use petrel_core::subject;
@@ -61,6 +61,13 @@ impl MessageService {
     /// A page of the conversation list: the service's encoded `ConversationList`.
     pub async fn conversations(&self, q: &ConversationsQuery) -> Result<Bytes, HubError> {
         self.request("conversations", subject::MESSAGES_CONVERSATIONS, q.encode())
+            .await
+    }
+
+    /// Changes a conversation's settings: the service's encoded `ConversationList`
+    /// holding the conversation as it is now.
+    pub async fn set_conversation(&self, q: &SettingsQuery) -> Result<Bytes, HubError> {
+        self.request("settings", subject::MESSAGES_SETTINGS, q.encode())
             .await
     }
 

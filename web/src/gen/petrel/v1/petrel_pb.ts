@@ -18,7 +18,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file petrel/v1/petrel.proto.
  */
 export const file_petrel_v1_petrel: GenFile = /*@__PURE__*/
-  fileDesc("ChZwZXRyZWwvdjEvcGV0cmVsLnByb3RvEglwZXRyZWwudjEi5AMKC0NsaWVudEZyYW1lEiEKBWhlbGxvGAEgASgLMhAucGV0cmVsLnYxLkhlbGxvSAASHwoEc2VuZBgCIAEoCzIPLnBldHJlbC52MS5TZW5kSAASHQoDYWNrGAMgASgLMg4ucGV0cmVsLnYxLkFja0gAEh8KBHBpbmcYBCABKAsyDy5wZXRyZWwudjEuUGluZ0gAEh8KBHN5bmMYBSABKAsyDy5wZXRyZWwudjEuU3luY0gAEiMKBnR5cGluZxgGIAEoCzIRLnBldHJlbC52MS5UeXBpbmdIABIlCgdyZWNlaXB0GAcgASgLMhIucGV0cmVsLnYxLlJlY2VpcHRIABIwCg1yZWdpc3Rlcl9wdXNoGAggASgLMhcucGV0cmVsLnYxLlJlZ2lzdGVyUHVzaEgAEiEKBXdhdGNoGAkgASgLMhAucGV0cmVsLnYxLldhdGNoSAASIQoFYW1lbmQYCiABKAsyEC5wZXRyZWwudjEuQW1lbmRIABIoCgltYXJrX3JlYWQYCyABKAsyEy5wZXRyZWwudjEuTWFya1JlYWRIABI6ChJsaXN0X2NvbnZlcnNhdGlvbnMYDCABKAsyHC5wZXRyZWwudjEuTGlzdENvbnZlcnNhdGlvbnNIAEIGCgRraW5kImUKBUFtZW5kEhUKDWNsaWVudF9tc2dfaWQYASABKAkSDgoGdGFyZ2V0GAIgASgJEg4KBnJlY2FsbBgDIAEoCBIPCgdjb250ZW50GAQgASgMEhQKDGNvbnRlbnRfdHlwZRgFIAEoCSJICghNYXJrUmVhZBIOCgR1c2VyGAEgASgJSAASDwoFZ3JvdXAYAiABKAlIABILCgNzZXEYAyABKARCDgoMY29udmVyc2F0aW9uIlYKEUxpc3RDb252ZXJzYXRpb25zEhIKCnJlcXVlc3RfaWQYASABKAQSDgoGb2Zmc2V0GAIgASgNEg0KBWxpbWl0GAMgASgNEg4KBmZvbGxvdxgEIAEoCCKrAgoMUmVnaXN0ZXJQdXNoEhIKCnJlcXVlc3RfaWQYASABKAQSJQoEYXBucxgCIAEoCzIVLnBldHJlbC52MS5BcG5zVGFyZ2V0SAASIwoDZmNtGAMgASgLMhQucGV0cmVsLnYxLkZjbVRhcmdldEgAEisKB3dlYnB1c2gYBCABKAsyGC5wZXRyZWwudjEuV2ViUHVzaFRhcmdldEgAEg4KBmxvY2FsZRgFIAEoCRIwCgdwcmV2aWV3GAYgASgOMh8ucGV0cmVsLnYxLlJlZ2lzdGVyUHVzaC5QcmV2aWV3IkIKB1ByZXZpZXcSEwoPUFJFVklFV19ERUZBVUxUEAASEAoMUFJFVklFV19TSE9XEAESEAoMUFJFVklFV19ISURFEAJCCAoGdGFyZ2V0IkIKCkFwbnNUYXJnZXQSFAoMZGV2aWNlX3Rva2VuGAEgASgJEg0KBXRvcGljGAIgASgJEg8KB3NhbmRib3gYAyABKAgiGgoJRmNtVGFyZ2V0Eg0KBXRva2VuGAEgASgJIj8KDVdlYlB1c2hUYXJnZXQSEAoIZW5kcG9pbnQYASABKAkSDgoGcDI1NmRoGAIgASgJEgwKBGF1dGgYAyABKAkiWQoOUHVzaFJlZ2lzdGVyZWQSEgoKcmVxdWVzdF9pZBgBIAEoBBIjCgVlcnJvchgCIAEoDjIULnBldHJlbC52MS5FcnJvckNvZGUSDgoGZGV0YWlsGAMgASgJIhYKBVdhdGNoEg0KBXVzZXJzGAEgAygJIoMBCghQcmVzZW5jZRIMCgR1c2VyGAEgASgJEigKBXN0YXRlGAIgASgOMhkucGV0cmVsLnYxLlByZXNlbmNlLlN0YXRlIj8KBVN0YXRlEhEKDVNUQVRFX1VOS05PV04QABIQCgxTVEFURV9PTkxJTkUQARIRCg1TVEFURV9PRkZMSU5FEAIiPwoGVHlwaW5nEg4KBHVzZXIYASABKAlIABIPCgVncm91cBgCIAEoCUgAEg4KBnR5cGluZxgDIAEoCEIECgJ0byI6CgtUeXBpbmdFdmVudBIMCgRmcm9tGAEgASgJEg0KBWdyb3VwGAIgASgJEg4KBnR5cGluZxgDIAEoCCK2AQoHUmVjZWlwdBIlCgRraW5kGAEgASgOMhcucGV0cmVsLnYxLlJlY2VpcHQuS2luZBIPCgdzdWJqZWN0GAIgASgJEgsKA3NlcRgDIAEoBBIOCgZzZW5kZXIYBCABKAkSFQoNY2xpZW50X21zZ19pZBgFIAEoCSI/CgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABISCg5LSU5EX0RFTElWRVJFRBABEg0KCUtJTkRfUkVBRBACIn0KBFN5bmMSEgoKcmVxdWVzdF9pZBgBIAEoBBIPCgdzdWJqZWN0GAIgASgJEhQKDG5ld2VzdF9maXJzdBgDIAEoCBIOCgZiZWZvcmUYBCABKAQSDQoFYWZ0ZXIYBSABKAQSDQoFbGltaXQYBiABKA0SDAoEd2l0aBgHIAEoCSKZAQoJU3luY0JhdGNoEhIKCnJlcXVlc3RfaWQYASABKAQSDwoHc3ViamVjdBgCIAEoCRIkCghtZXNzYWdlcxgDIAMoCzISLnBldHJlbC52MS5NZXNzYWdlEgwKBG1vcmUYBCABKAgSIwoFZXJyb3IYBSABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg4KBmRldGFpbBgGIAEoCSJ+CgVIZWxsbxINCgV0b2tlbhgBIAEoCRIOCgZkZXZpY2UYAiABKAkSIgoHY3Vyc29ycxgDIAMoCzIRLnBldHJlbC52MS5DdXJzb3ISGAoQcHJvdG9jb2xfdmVyc2lvbhgEIAEoDRIYChBkZWxpdmVyeV9zdHJlYW1zGAUgASgNIiYKBkN1cnNvchIPCgdzdWJqZWN0GAEgASgJEgsKA3NlcRgCIAEoBCKmAQoEU2VuZBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEg4KBHVzZXIYAiABKAlIABIPCgVncm91cBgDIAEoCUgAEg8KB2NvbnRlbnQYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJEicKCHJlcGx5X3RvGAYgASgLMhUucGV0cmVsLnYxLk1lc3NhZ2VSZWYSEAoIbWVudGlvbnMYByADKAlCBAoCdG8iKgoKTWVzc2FnZVJlZhIPCgdzdWJqZWN0GAEgASgJEgsKA3NlcRgCIAEoBCIpCgNBY2sSIgoHY3Vyc29ycxgBIAMoCzIRLnBldHJlbC52MS5DdXJzb3IiFQoEUGluZxINCgVub25jZRgBIAEoBCKCBAoLU2VydmVyRnJhbWUSJQoHd2VsY29tZRgBIAEoCzISLnBldHJlbC52MS5XZWxjb21lSAASLAoLc2VuZF9yZXN1bHQYAiABKAsyFS5wZXRyZWwudjEuU2VuZFJlc3VsdEgAEiUKB2RlbGl2ZXIYAyABKAsyEi5wZXRyZWwudjEuRGVsaXZlckgAEh8KBHBvbmcYBCABKAsyDy5wZXRyZWwudjEuUG9uZ0gAEiEKBWVycm9yGAUgASgLMhAucGV0cmVsLnYxLkVycm9ySAASKgoKc3luY19iYXRjaBgJIAEoCzIULnBldHJlbC52MS5TeW5jQmF0Y2hIABIoCgZ0eXBpbmcYCCABKAsyFi5wZXRyZWwudjEuVHlwaW5nRXZlbnRIABInCghwcmVzZW5jZRgHIAEoCzITLnBldHJlbC52MS5QcmVzZW5jZUgAEjQKD3B1c2hfcmVnaXN0ZXJlZBgLIAEoCzIZLnBldHJlbC52MS5QdXNoUmVnaXN0ZXJlZEgAEjgKEWNvbnZlcnNhdGlvbl9saXN0GAwgASgLMhsucGV0cmVsLnYxLkNvbnZlcnNhdGlvbkxpc3RIABI8ChNjb252ZXJzYXRpb25fdXBkYXRlGA0gASgLMh0ucGV0cmVsLnYxLkNvbnZlcnNhdGlvblVwZGF0ZUgAQgYKBGtpbmQixwEKDENvbnZlcnNhdGlvbhIOCgR1c2VyGAEgASgJSAASDwoFZ3JvdXAYAiABKAlIABIgCgRsYXN0GAMgASgLMhIucGV0cmVsLnYxLk1lc3NhZ2USDgoGdW5yZWFkGAQgASgNEhcKD3VucmVhZF9tZW50aW9ucxgFIAEoDRIQCghyZWFkX3NlcRgGIAEoBBIOCgZwaW5uZWQYByABKAgSDQoFbXV0ZWQYCCABKAgSEgoKdXBkYXRlZF9tcxgJIAEoBEIGCgR3aXRoIpkBChBDb252ZXJzYXRpb25MaXN0EhIKCnJlcXVlc3RfaWQYASABKAQSLgoNY29udmVyc2F0aW9ucxgCIAMoCzIXLnBldHJlbC52MS5Db252ZXJzYXRpb24SDAoEbW9yZRgDIAEoCBIjCgVlcnJvchgEIAEoDjIULnBldHJlbC52MS5FcnJvckNvZGUSDgoGZGV0YWlsGAUgASgJIkMKEkNvbnZlcnNhdGlvblVwZGF0ZRItCgxjb252ZXJzYXRpb24YASABKAsyFy5wZXRyZWwudjEuQ29udmVyc2F0aW9uIsEBCgdXZWxjb21lEgwKBHVzZXIYASABKAkSDgoGZGV2aWNlGAIgASgJEhUKDWNvbm5lY3Rpb25faWQYAyABKAkSFwoPbWF4X2ZyYW1lX2J5dGVzGAQgASgNEhYKDnNlcnZlcl90aW1lX21zGAUgASgEEhIKCmdhdGV3YXlfaWQYBiABKAkSIgoHY3Vyc29ycxgHIAMoCzIRLnBldHJlbC52MS5DdXJzb3ISGAoQZGVsaXZlcnlfc3RyZWFtcxgIIAEoDSKlAgoKU2VuZFJlc3VsdBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEiwKBnN0YXR1cxgCIAEoDjIcLnBldHJlbC52MS5TZW5kUmVzdWx0LlN0YXR1cxIPCgdzdWJqZWN0GAMgASgJEgsKA3NlcRgEIAEoBBIOCgZtc2dfaWQYBSABKAkSJAoGcmVhc29uGAYgASgOMhQucGV0cmVsLnYxLkVycm9yQ29kZRIOCgZkZXRhaWwYByABKAkSEQoJZHVwbGljYXRlGAggASgIIlsKBlN0YXR1cxIWChJTVEFUVVNfVU5TUEVDSUZJRUQQABIRCg1TVEFUVVNfU1RPUkVEEAESEQoNU1RBVFVTX1FVRVVFRBACEhMKD1NUQVRVU19SRUpFQ1RFRBADIi8KB0RlbGl2ZXISJAoIbWVzc2FnZXMYASADKAsyEi5wZXRyZWwudjEuTWVzc2FnZSLDAwoHTWVzc2FnZRIPCgdzdWJqZWN0GAEgASgJEgsKA3NlcRgCIAEoBBIMCgRmcm9tGAMgASgJEgoKAnRvGAQgASgJEg8KB3RpbWVfbXMYBSABKAQSFQoNY2xpZW50X21zZ19pZBgGIAEoCRIPCgdjb250ZW50GAcgASgMEhQKDGNvbnRlbnRfdHlwZRgIIAEoCRITCgtmcm9tX2RldmljZRgJIAEoCRIQCghwcmV2X3NlcRgKIAEoBBINCgVncm91cBgLIAEoCRItCgxub3RpZmljYXRpb24YDCABKAsyFy5wZXRyZWwudjEuTm90aWZpY2F0aW9uEiMKB3JlY2VpcHQYDSABKAsyEi5wZXRyZWwudjEuUmVjZWlwdBInCghyZXBseV90bxgOIAEoCzIVLnBldHJlbC52MS5NZXNzYWdlUmVmEhAKCG1lbnRpb25zGA8gAygJEiQKBmFtZW5kcxgQIAEoCzIULnBldHJlbC52MS5BbWVuZG1lbnQSIQoEcmVhZBgRIAEoCzITLnBldHJlbC52MS5SZWFkTWFyaxIRCgllZGl0ZWRfbXMYEiABKAQSEAoIcmVjYWxsZWQYEyABKAgiKwoJQW1lbmRtZW50Eg4KBnRhcmdldBgBIAEoCRIOCgZyZWNhbGwYAiABKAgiSAoIUmVhZE1hcmsSDgoEdXNlchgBIAEoCUgAEg8KBWdyb3VwGAIgASgJSAASCwoDc2VxGAMgASgEQg4KDGNvbnZlcnNhdGlvbiK/AgoMTm90aWZpY2F0aW9uEgoKAmlkGAEgASgJEg0KBXRpdGxlGAIgASgJEgwKBGJvZHkYAyABKAkSDgoGYWN0aW9uGAQgASgJEjIKCHByaW9yaXR5GAUgASgOMiAucGV0cmVsLnYxLk5vdGlmaWNhdGlvbi5Qcmlvcml0eRINCgViYWRnZRgGIAEoDRIvCgRkYXRhGAcgAygLMiEucGV0cmVsLnYxLk5vdGlmaWNhdGlvbi5EYXRhRW50cnkSDwoHdGltZV9tcxgIIAEoBBorCglEYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJECghQcmlvcml0eRITCg9QUklPUklUWV9OT1JNQUwQABIQCgxQUklPUklUWV9MT1cQARIRCg1QUklPUklUWV9ISUdIEAIiLQoEUG9uZxINCgVub25jZRgBIAEoBBIWCg5zZXJ2ZXJfdGltZV9tcxgCIAEoBCJLCgVFcnJvchIiCgRjb2RlGAEgASgOMhQucGV0cmVsLnYxLkVycm9yQ29kZRIPCgdtZXNzYWdlGAIgASgJEg0KBWZhdGFsGAMgASgIItkCCg1TdG9yZWRNZXNzYWdlEgwKBGZyb20YASABKAkSCgoCdG8YAiABKAkSFQoNY2xpZW50X21zZ19pZBgDIAEoCRIPCgdjb250ZW50GAQgASgMEhQKDGNvbnRlbnRfdHlwZRgFIAEoCRIPCgd0aW1lX21zGAYgASgEEhMKC2Zyb21fZGV2aWNlGAcgASgJEhIKCmdhdGV3YXlfaWQYCCABKAkSDQoFZ3JvdXAYCSABKAkSIwoHcmVjZWlwdBgKIAEoCzISLnBldHJlbC52MS5SZWNlaXB0EicKCHJlcGx5X3RvGAsgASgLMhUucGV0cmVsLnYxLk1lc3NhZ2VSZWYSEAoIbWVudGlvbnMYDCADKAkSJAoGYW1lbmRzGA0gASgLMhQucGV0cmVsLnYxLkFtZW5kbWVudBIhCgRyZWFkGA4gASgLMhMucGV0cmVsLnYxLlJlYWRNYXJrIn8KDEhpc3RvcnlRdWVyeRIMCgR1c2VyGAEgASgJEg8KB3N1YmplY3QYAiABKAkSDAoEd2l0aBgDIAEoCRIUCgxuZXdlc3RfZmlyc3QYBCABKAgSDgoGYmVmb3JlGAUgASgEEg0KBWFmdGVyGAYgASgEEg0KBWxpbWl0GAcgASgNIowBCg9BcmNoaXZlZE1lc3NhZ2USDwoHc3ViamVjdBgBIAEoCRILCgNzZXEYAiABKAQSDwoHcGF5bG9hZBgDIAEoDBIRCgllZGl0ZWRfbXMYBCABKAQSEAoIcmVjYWxsZWQYBSABKAgSDwoHY29udGVudBgGIAEoDBIUCgxjb250ZW50X3R5cGUYByABKAkiWAoLSGlzdG9yeVBhZ2USLAoIbWVzc2FnZXMYASADKAsyGi5wZXRyZWwudjEuQXJjaGl2ZWRNZXNzYWdlEgwKBG1vcmUYAiABKAgSDQoFZXJyb3IYAyABKAkiUQoSQ29udmVyc2F0aW9uc1F1ZXJ5EgwKBHVzZXIYASABKAkSDgoGZ3JvdXBzGAIgAygJEg4KBm9mZnNldBgDIAEoDRINCgVsaW1pdBgEIAEoDSI0Cg1PcmlnaW5hbFF1ZXJ5EgwKBHVzZXIYASABKAkSFQoNY2xpZW50X21zZ19pZBgCIAEoCSJmCghPcmlnaW5hbBINCgVmb3VuZBgBIAEoCBIKCgJ0bxgCIAEoCRINCgVncm91cBgDIAEoCRIPCgd0aW1lX21zGAQgASgEEhAKCHJlY2FsbGVkGAUgASgIEg0KBWVycm9yGAYgASgJIisKC1VucmVhZFRvdGFsEg0KBXRvdGFsGAEgASgNEg0KBWVycm9yGAIgASgJKvwDCglFcnJvckNvZGUSGgoWRVJST1JfQ09ERV9VTlNQRUNJRklFRBAAEhgKFEVSUk9SX0NPREVfQkFEX0ZSQU1FEAESHgoaRVJST1JfQ09ERV9GUkFNRV9UT09fTEFSR0UQAhIcChhFUlJPUl9DT0RFX1VOS05PV05fRlJBTUUQAxIXChNFUlJPUl9DT0RFX1BST1RPQ09MEAQSHgoaRVJST1JfQ09ERV9VTkFVVEhFTlRJQ0FURUQQBRIcChhFUlJPUl9DT0RFX1RPS0VOX0VYUElSRUQQBhIZChVFUlJPUl9DT0RFX0lOVkFMSURfSUQQBxIgChxFUlJPUl9DT0RFX0hBTkRTSEFLRV9USU1FT1VUEAgSHgoaRVJST1JfQ09ERV9JTlZBTElEX01FU1NBR0UQCRIaChZFUlJPUl9DT0RFX1VOQVZBSUxBQkxFEAoSHAoYRVJST1JfQ09ERV9TTE9XX0NPTlNVTUVSEAsSGQoVRVJST1JfQ09ERV9HT0lOR19BV0FZEAwSGwoXRVJST1JfQ09ERV9SQVRFX0xJTUlURUQQDRIXChNFUlJPUl9DT0RFX0lOVEVSTkFMEA4SGAoURVJST1JfQ09ERV9GT1JCSURERU4QDxIiCh5FUlJPUl9DT0RFX1VOU1VQUE9SVEVEX1ZFUlNJT04QEGIGcHJvdG8z");
+  fileDesc("ChZwZXRyZWwvdjEvcGV0cmVsLnByb3RvEglwZXRyZWwudjEinAQKC0NsaWVudEZyYW1lEiEKBWhlbGxvGAEgASgLMhAucGV0cmVsLnYxLkhlbGxvSAASHwoEc2VuZBgCIAEoCzIPLnBldHJlbC52MS5TZW5kSAASHQoDYWNrGAMgASgLMg4ucGV0cmVsLnYxLkFja0gAEh8KBHBpbmcYBCABKAsyDy5wZXRyZWwudjEuUGluZ0gAEh8KBHN5bmMYBSABKAsyDy5wZXRyZWwudjEuU3luY0gAEiMKBnR5cGluZxgGIAEoCzIRLnBldHJlbC52MS5UeXBpbmdIABIlCgdyZWNlaXB0GAcgASgLMhIucGV0cmVsLnYxLlJlY2VpcHRIABIwCg1yZWdpc3Rlcl9wdXNoGAggASgLMhcucGV0cmVsLnYxLlJlZ2lzdGVyUHVzaEgAEiEKBXdhdGNoGAkgASgLMhAucGV0cmVsLnYxLldhdGNoSAASIQoFYW1lbmQYCiABKAsyEC5wZXRyZWwudjEuQW1lbmRIABIoCgltYXJrX3JlYWQYCyABKAsyEy5wZXRyZWwudjEuTWFya1JlYWRIABI6ChJsaXN0X2NvbnZlcnNhdGlvbnMYDCABKAsyHC5wZXRyZWwudjEuTGlzdENvbnZlcnNhdGlvbnNIABI2ChBzZXRfY29udmVyc2F0aW9uGA0gASgLMhoucGV0cmVsLnYxLlNldENvbnZlcnNhdGlvbkgAQgYKBGtpbmQiZQoFQW1lbmQSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIOCgZ0YXJnZXQYAiABKAkSDgoGcmVjYWxsGAMgASgIEg8KB2NvbnRlbnQYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJIkgKCE1hcmtSZWFkEg4KBHVzZXIYASABKAlIABIPCgVncm91cBgCIAEoCUgAEgsKA3NlcRgDIAEoBEIOCgxjb252ZXJzYXRpb24iVgoRTGlzdENvbnZlcnNhdGlvbnMSEgoKcmVxdWVzdF9pZBgBIAEoBBIOCgZvZmZzZXQYAiABKA0SDQoFbGltaXQYAyABKA0SDgoGZm9sbG93GAQgASgIIpQBCg9TZXRDb252ZXJzYXRpb24SEgoKcmVxdWVzdF9pZBgBIAEoBBIOCgR1c2VyGAIgASgJSAASDwoFZ3JvdXAYAyABKAlIABITCgZwaW5uZWQYBCABKAhIAYgBARISCgVtdXRlZBgFIAEoCEgCiAEBQg4KDGNvbnZlcnNhdGlvbkIJCgdfcGlubmVkQggKBl9tdXRlZCKrAgoMUmVnaXN0ZXJQdXNoEhIKCnJlcXVlc3RfaWQYASABKAQSJQoEYXBucxgCIAEoCzIVLnBldHJlbC52MS5BcG5zVGFyZ2V0SAASIwoDZmNtGAMgASgLMhQucGV0cmVsLnYxLkZjbVRhcmdldEgAEisKB3dlYnB1c2gYBCABKAsyGC5wZXRyZWwudjEuV2ViUHVzaFRhcmdldEgAEg4KBmxvY2FsZRgFIAEoCRIwCgdwcmV2aWV3GAYgASgOMh8ucGV0cmVsLnYxLlJlZ2lzdGVyUHVzaC5QcmV2aWV3IkIKB1ByZXZpZXcSEwoPUFJFVklFV19ERUZBVUxUEAASEAoMUFJFVklFV19TSE9XEAESEAoMUFJFVklFV19ISURFEAJCCAoGdGFyZ2V0IkIKCkFwbnNUYXJnZXQSFAoMZGV2aWNlX3Rva2VuGAEgASgJEg0KBXRvcGljGAIgASgJEg8KB3NhbmRib3gYAyABKAgiGgoJRmNtVGFyZ2V0Eg0KBXRva2VuGAEgASgJIj8KDVdlYlB1c2hUYXJnZXQSEAoIZW5kcG9pbnQYASABKAkSDgoGcDI1NmRoGAIgASgJEgwKBGF1dGgYAyABKAkiWQoOUHVzaFJlZ2lzdGVyZWQSEgoKcmVxdWVzdF9pZBgBIAEoBBIjCgVlcnJvchgCIAEoDjIULnBldHJlbC52MS5FcnJvckNvZGUSDgoGZGV0YWlsGAMgASgJIhYKBVdhdGNoEg0KBXVzZXJzGAEgAygJIoMBCghQcmVzZW5jZRIMCgR1c2VyGAEgASgJEigKBXN0YXRlGAIgASgOMhkucGV0cmVsLnYxLlByZXNlbmNlLlN0YXRlIj8KBVN0YXRlEhEKDVNUQVRFX1VOS05PV04QABIQCgxTVEFURV9PTkxJTkUQARIRCg1TVEFURV9PRkZMSU5FEAIiPwoGVHlwaW5nEg4KBHVzZXIYASABKAlIABIPCgVncm91cBgCIAEoCUgAEg4KBnR5cGluZxgDIAEoCEIECgJ0byI6CgtUeXBpbmdFdmVudBIMCgRmcm9tGAEgASgJEg0KBWdyb3VwGAIgASgJEg4KBnR5cGluZxgDIAEoCCK2AQoHUmVjZWlwdBIlCgRraW5kGAEgASgOMhcucGV0cmVsLnYxLlJlY2VpcHQuS2luZBIPCgdzdWJqZWN0GAIgASgJEgsKA3NlcRgDIAEoBBIOCgZzZW5kZXIYBCABKAkSFQoNY2xpZW50X21zZ19pZBgFIAEoCSI/CgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABISCg5LSU5EX0RFTElWRVJFRBABEg0KCUtJTkRfUkVBRBACIn0KBFN5bmMSEgoKcmVxdWVzdF9pZBgBIAEoBBIPCgdzdWJqZWN0GAIgASgJEhQKDG5ld2VzdF9maXJzdBgDIAEoCBIOCgZiZWZvcmUYBCABKAQSDQoFYWZ0ZXIYBSABKAQSDQoFbGltaXQYBiABKA0SDAoEd2l0aBgHIAEoCSKZAQoJU3luY0JhdGNoEhIKCnJlcXVlc3RfaWQYASABKAQSDwoHc3ViamVjdBgCIAEoCRIkCghtZXNzYWdlcxgDIAMoCzISLnBldHJlbC52MS5NZXNzYWdlEgwKBG1vcmUYBCABKAgSIwoFZXJyb3IYBSABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg4KBmRldGFpbBgGIAEoCSJ+CgVIZWxsbxINCgV0b2tlbhgBIAEoCRIOCgZkZXZpY2UYAiABKAkSIgoHY3Vyc29ycxgDIAMoCzIRLnBldHJlbC52MS5DdXJzb3ISGAoQcHJvdG9jb2xfdmVyc2lvbhgEIAEoDRIYChBkZWxpdmVyeV9zdHJlYW1zGAUgASgNIiYKBkN1cnNvchIPCgdzdWJqZWN0GAEgASgJEgsKA3NlcRgCIAEoBCKmAQoEU2VuZBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEg4KBHVzZXIYAiABKAlIABIPCgVncm91cBgDIAEoCUgAEg8KB2NvbnRlbnQYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJEicKCHJlcGx5X3RvGAYgASgLMhUucGV0cmVsLnYxLk1lc3NhZ2VSZWYSEAoIbWVudGlvbnMYByADKAlCBAoCdG8iKgoKTWVzc2FnZVJlZhIPCgdzdWJqZWN0GAEgASgJEgsKA3NlcRgCIAEoBCIpCgNBY2sSIgoHY3Vyc29ycxgBIAMoCzIRLnBldHJlbC52MS5DdXJzb3IiFQoEUGluZxINCgVub25jZRgBIAEoBCKCBAoLU2VydmVyRnJhbWUSJQoHd2VsY29tZRgBIAEoCzISLnBldHJlbC52MS5XZWxjb21lSAASLAoLc2VuZF9yZXN1bHQYAiABKAsyFS5wZXRyZWwudjEuU2VuZFJlc3VsdEgAEiUKB2RlbGl2ZXIYAyABKAsyEi5wZXRyZWwudjEuRGVsaXZlckgAEh8KBHBvbmcYBCABKAsyDy5wZXRyZWwudjEuUG9uZ0gAEiEKBWVycm9yGAUgASgLMhAucGV0cmVsLnYxLkVycm9ySAASKgoKc3luY19iYXRjaBgJIAEoCzIULnBldHJlbC52MS5TeW5jQmF0Y2hIABIoCgZ0eXBpbmcYCCABKAsyFi5wZXRyZWwudjEuVHlwaW5nRXZlbnRIABInCghwcmVzZW5jZRgHIAEoCzITLnBldHJlbC52MS5QcmVzZW5jZUgAEjQKD3B1c2hfcmVnaXN0ZXJlZBgLIAEoCzIZLnBldHJlbC52MS5QdXNoUmVnaXN0ZXJlZEgAEjgKEWNvbnZlcnNhdGlvbl9saXN0GAwgASgLMhsucGV0cmVsLnYxLkNvbnZlcnNhdGlvbkxpc3RIABI8ChNjb252ZXJzYXRpb25fdXBkYXRlGA0gASgLMh0ucGV0cmVsLnYxLkNvbnZlcnNhdGlvblVwZGF0ZUgAQgYKBGtpbmQixwEKDENvbnZlcnNhdGlvbhIOCgR1c2VyGAEgASgJSAASDwoFZ3JvdXAYAiABKAlIABIgCgRsYXN0GAMgASgLMhIucGV0cmVsLnYxLk1lc3NhZ2USDgoGdW5yZWFkGAQgASgNEhcKD3VucmVhZF9tZW50aW9ucxgFIAEoDRIQCghyZWFkX3NlcRgGIAEoBBIOCgZwaW5uZWQYByABKAgSDQoFbXV0ZWQYCCABKAgSEgoKdXBkYXRlZF9tcxgJIAEoBEIGCgR3aXRoIpkBChBDb252ZXJzYXRpb25MaXN0EhIKCnJlcXVlc3RfaWQYASABKAQSLgoNY29udmVyc2F0aW9ucxgCIAMoCzIXLnBldHJlbC52MS5Db252ZXJzYXRpb24SDAoEbW9yZRgDIAEoCBIjCgVlcnJvchgEIAEoDjIULnBldHJlbC52MS5FcnJvckNvZGUSDgoGZGV0YWlsGAUgASgJIkMKEkNvbnZlcnNhdGlvblVwZGF0ZRItCgxjb252ZXJzYXRpb24YASABKAsyFy5wZXRyZWwudjEuQ29udmVyc2F0aW9uIsEBCgdXZWxjb21lEgwKBHVzZXIYASABKAkSDgoGZGV2aWNlGAIgASgJEhUKDWNvbm5lY3Rpb25faWQYAyABKAkSFwoPbWF4X2ZyYW1lX2J5dGVzGAQgASgNEhYKDnNlcnZlcl90aW1lX21zGAUgASgEEhIKCmdhdGV3YXlfaWQYBiABKAkSIgoHY3Vyc29ycxgHIAMoCzIRLnBldHJlbC52MS5DdXJzb3ISGAoQZGVsaXZlcnlfc3RyZWFtcxgIIAEoDSKlAgoKU2VuZFJlc3VsdBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEiwKBnN0YXR1cxgCIAEoDjIcLnBldHJlbC52MS5TZW5kUmVzdWx0LlN0YXR1cxIPCgdzdWJqZWN0GAMgASgJEgsKA3NlcRgEIAEoBBIOCgZtc2dfaWQYBSABKAkSJAoGcmVhc29uGAYgASgOMhQucGV0cmVsLnYxLkVycm9yQ29kZRIOCgZkZXRhaWwYByABKAkSEQoJZHVwbGljYXRlGAggASgIIlsKBlN0YXR1cxIWChJTVEFUVVNfVU5TUEVDSUZJRUQQABIRCg1TVEFUVVNfU1RPUkVEEAESEQoNU1RBVFVTX1FVRVVFRBACEhMKD1NUQVRVU19SRUpFQ1RFRBADIi8KB0RlbGl2ZXISJAoIbWVzc2FnZXMYASADKAsyEi5wZXRyZWwudjEuTWVzc2FnZSLDAwoHTWVzc2FnZRIPCgdzdWJqZWN0GAEgASgJEgsKA3NlcRgCIAEoBBIMCgRmcm9tGAMgASgJEgoKAnRvGAQgASgJEg8KB3RpbWVfbXMYBSABKAQSFQoNY2xpZW50X21zZ19pZBgGIAEoCRIPCgdjb250ZW50GAcgASgMEhQKDGNvbnRlbnRfdHlwZRgIIAEoCRITCgtmcm9tX2RldmljZRgJIAEoCRIQCghwcmV2X3NlcRgKIAEoBBINCgVncm91cBgLIAEoCRItCgxub3RpZmljYXRpb24YDCABKAsyFy5wZXRyZWwudjEuTm90aWZpY2F0aW9uEiMKB3JlY2VpcHQYDSABKAsyEi5wZXRyZWwudjEuUmVjZWlwdBInCghyZXBseV90bxgOIAEoCzIVLnBldHJlbC52MS5NZXNzYWdlUmVmEhAKCG1lbnRpb25zGA8gAygJEiQKBmFtZW5kcxgQIAEoCzIULnBldHJlbC52MS5BbWVuZG1lbnQSIQoEcmVhZBgRIAEoCzITLnBldHJlbC52MS5SZWFkTWFyaxIRCgllZGl0ZWRfbXMYEiABKAQSEAoIcmVjYWxsZWQYEyABKAgiKwoJQW1lbmRtZW50Eg4KBnRhcmdldBgBIAEoCRIOCgZyZWNhbGwYAiABKAgiSAoIUmVhZE1hcmsSDgoEdXNlchgBIAEoCUgAEg8KBWdyb3VwGAIgASgJSAASCwoDc2VxGAMgASgEQg4KDGNvbnZlcnNhdGlvbiK/AgoMTm90aWZpY2F0aW9uEgoKAmlkGAEgASgJEg0KBXRpdGxlGAIgASgJEgwKBGJvZHkYAyABKAkSDgoGYWN0aW9uGAQgASgJEjIKCHByaW9yaXR5GAUgASgOMiAucGV0cmVsLnYxLk5vdGlmaWNhdGlvbi5Qcmlvcml0eRINCgViYWRnZRgGIAEoDRIvCgRkYXRhGAcgAygLMiEucGV0cmVsLnYxLk5vdGlmaWNhdGlvbi5EYXRhRW50cnkSDwoHdGltZV9tcxgIIAEoBBorCglEYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJECghQcmlvcml0eRITCg9QUklPUklUWV9OT1JNQUwQABIQCgxQUklPUklUWV9MT1cQARIRCg1QUklPUklUWV9ISUdIEAIiLQoEUG9uZxINCgVub25jZRgBIAEoBBIWCg5zZXJ2ZXJfdGltZV9tcxgCIAEoBCJLCgVFcnJvchIiCgRjb2RlGAEgASgOMhQucGV0cmVsLnYxLkVycm9yQ29kZRIPCgdtZXNzYWdlGAIgASgJEg0KBWZhdGFsGAMgASgIItkCCg1TdG9yZWRNZXNzYWdlEgwKBGZyb20YASABKAkSCgoCdG8YAiABKAkSFQoNY2xpZW50X21zZ19pZBgDIAEoCRIPCgdjb250ZW50GAQgASgMEhQKDGNvbnRlbnRfdHlwZRgFIAEoCRIPCgd0aW1lX21zGAYgASgEEhMKC2Zyb21fZGV2aWNlGAcgASgJEhIKCmdhdGV3YXlfaWQYCCABKAkSDQoFZ3JvdXAYCSABKAkSIwoHcmVjZWlwdBgKIAEoCzISLnBldHJlbC52MS5SZWNlaXB0EicKCHJlcGx5X3RvGAsgASgLMhUucGV0cmVsLnYxLk1lc3NhZ2VSZWYSEAoIbWVudGlvbnMYDCADKAkSJAoGYW1lbmRzGA0gASgLMhQucGV0cmVsLnYxLkFtZW5kbWVudBIhCgRyZWFkGA4gASgLMhMucGV0cmVsLnYxLlJlYWRNYXJrIn8KDEhpc3RvcnlRdWVyeRIMCgR1c2VyGAEgASgJEg8KB3N1YmplY3QYAiABKAkSDAoEd2l0aBgDIAEoCRIUCgxuZXdlc3RfZmlyc3QYBCABKAgSDgoGYmVmb3JlGAUgASgEEg0KBWFmdGVyGAYgASgEEg0KBWxpbWl0GAcgASgNIowBCg9BcmNoaXZlZE1lc3NhZ2USDwoHc3ViamVjdBgBIAEoCRILCgNzZXEYAiABKAQSDwoHcGF5bG9hZBgDIAEoDBIRCgllZGl0ZWRfbXMYBCABKAQSEAoIcmVjYWxsZWQYBSABKAgSDwoHY29udGVudBgGIAEoDBIUCgxjb250ZW50X3R5cGUYByABKAkiWAoLSGlzdG9yeVBhZ2USLAoIbWVzc2FnZXMYASADKAsyGi5wZXRyZWwudjEuQXJjaGl2ZWRNZXNzYWdlEgwKBG1vcmUYAiABKAgSDQoFZXJyb3IYAyABKAkiUQoSQ29udmVyc2F0aW9uc1F1ZXJ5EgwKBHVzZXIYASABKAkSDgoGZ3JvdXBzGAIgAygJEg4KBm9mZnNldBgDIAEoDRINCgVsaW1pdBgEIAEoDSKmAQoNU2V0dGluZ3NRdWVyeRIMCgR1c2VyGAEgASgJEg4KBmdyb3VwcxgCIAMoCRITCgl3aXRoX3VzZXIYAyABKAlIABIUCgp3aXRoX2dyb3VwGAQgASgJSAASEwoGcGlubmVkGAUgASgISAGIAQESEgoFbXV0ZWQYBiABKAhIAogBAUIOCgxjb252ZXJzYXRpb25CCQoHX3Bpbm5lZEIICgZfbXV0ZWQiNAoNT3JpZ2luYWxRdWVyeRIMCgR1c2VyGAEgASgJEhUKDWNsaWVudF9tc2dfaWQYAiABKAkiZgoIT3JpZ2luYWwSDQoFZm91bmQYASABKAgSCgoCdG8YAiABKAkSDQoFZ3JvdXAYAyABKAkSDwoHdGltZV9tcxgEIAEoBBIQCghyZWNhbGxlZBgFIAEoCBINCgVlcnJvchgGIAEoCSIrCgtVbnJlYWRUb3RhbBINCgV0b3RhbBgBIAEoDRINCgVlcnJvchgCIAEoCSr8AwoJRXJyb3JDb2RlEhoKFkVSUk9SX0NPREVfVU5TUEVDSUZJRUQQABIYChRFUlJPUl9DT0RFX0JBRF9GUkFNRRABEh4KGkVSUk9SX0NPREVfRlJBTUVfVE9PX0xBUkdFEAISHAoYRVJST1JfQ09ERV9VTktOT1dOX0ZSQU1FEAMSFwoTRVJST1JfQ09ERV9QUk9UT0NPTBAEEh4KGkVSUk9SX0NPREVfVU5BVVRIRU5USUNBVEVEEAUSHAoYRVJST1JfQ09ERV9UT0tFTl9FWFBJUkVEEAYSGQoVRVJST1JfQ09ERV9JTlZBTElEX0lEEAcSIAocRVJST1JfQ09ERV9IQU5EU0hBS0VfVElNRU9VVBAIEh4KGkVSUk9SX0NPREVfSU5WQUxJRF9NRVNTQUdFEAkSGgoWRVJST1JfQ09ERV9VTkFWQUlMQUJMRRAKEhwKGEVSUk9SX0NPREVfU0xPV19DT05TVU1FUhALEhkKFUVSUk9SX0NPREVfR09JTkdfQVdBWRAMEhsKF0VSUk9SX0NPREVfUkFURV9MSU1JVEVEEA0SFwoTRVJST1JfQ09ERV9JTlRFUk5BTBAOEhgKFEVSUk9SX0NPREVfRk9SQklEREVOEA8SIgoeRVJST1JfQ09ERV9VTlNVUFBPUlRFRF9WRVJTSU9OEBBiBnByb3RvMw");
 
 /**
  * @generated from message petrel.v1.ClientFrame
@@ -99,6 +99,12 @@ export type ClientFrame = Message$1<"petrel.v1.ClientFrame"> & {
      */
     value: ListConversations;
     case: "listConversations";
+  } | {
+    /**
+     * @generated from field: petrel.v1.SetConversation set_conversation = 13;
+     */
+    value: SetConversation;
+    case: "setConversation";
   } | { case: undefined; value?: undefined };
 };
 
@@ -240,6 +246,56 @@ export const ListConversationsSchema: GenMessage<ListConversations> = /*@__PURE_
   messageDesc(file_petrel_v1_petrel, 3);
 
 /**
+ * Pins or unpins, mutes or unmutes one of the user's conversations, for every device of
+ * the user (the message service keeps it; a device following its list gets a
+ * ConversationUpdate). A field left out stays as it is; at least one must be set.
+ * Answered by a ConversationList with the same request_id holding the conversation as
+ * it is now; a group the user is not in is FORBIDDEN.
+ *
+ * @generated from message petrel.v1.SetConversation
+ */
+export type SetConversation = Message$1<"petrel.v1.SetConversation"> & {
+  /**
+   * @generated from field: uint64 request_id = 1;
+   */
+  requestId: bigint;
+
+  /**
+   * @generated from oneof petrel.v1.SetConversation.conversation
+   */
+  conversation: {
+    /**
+     * @generated from field: string user = 2;
+     */
+    value: string;
+    case: "user";
+  } | {
+    /**
+     * @generated from field: string group = 3;
+     */
+    value: string;
+    case: "group";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * @generated from field: optional bool pinned = 4;
+   */
+  pinned?: boolean | undefined;
+
+  /**
+   * @generated from field: optional bool muted = 5;
+   */
+  muted?: boolean | undefined;
+};
+
+/**
+ * Describes the message petrel.v1.SetConversation.
+ * Use `create(SetConversationSchema)` to create a new message.
+ */
+export const SetConversationSchema: GenMessage<SetConversation> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 4);
+
+/**
  * Registers this device's push target (replacing the one it had), or removes it when
  * no target is set (unregister, logout). Stored on the hub for the push service, which
  * wakes the device through it while it is offline. Answered by PushRegistered with the
@@ -294,7 +350,7 @@ export type RegisterPush = Message$1<"petrel.v1.RegisterPush"> & {
  * Use `create(RegisterPushSchema)` to create a new message.
  */
 export const RegisterPushSchema: GenMessage<RegisterPush> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 4);
+  messageDesc(file_petrel_v1_petrel, 5);
 
 /**
  * @generated from enum petrel.v1.RegisterPush.Preview
@@ -326,7 +382,7 @@ export enum RegisterPush_Preview {
  * Describes the enum petrel.v1.RegisterPush.Preview.
  */
 export const RegisterPush_PreviewSchema: GenEnum<RegisterPush_Preview> = /*@__PURE__*/
-  enumDesc(file_petrel_v1_petrel, 4, 0);
+  enumDesc(file_petrel_v1_petrel, 5, 0);
 
 /**
  * An iOS/macOS device: the APNs device token (hex), the app's bundle id (apns-topic),
@@ -356,7 +412,7 @@ export type ApnsTarget = Message$1<"petrel.v1.ApnsTarget"> & {
  * Use `create(ApnsTargetSchema)` to create a new message.
  */
 export const ApnsTargetSchema: GenMessage<ApnsTarget> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 5);
+  messageDesc(file_petrel_v1_petrel, 6);
 
 /**
  * An Android device (or any FCM client): the registration token.
@@ -375,7 +431,7 @@ export type FcmTarget = Message$1<"petrel.v1.FcmTarget"> & {
  * Use `create(FcmTargetSchema)` to create a new message.
  */
 export const FcmTargetSchema: GenMessage<FcmTarget> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 6);
+  messageDesc(file_petrel_v1_petrel, 7);
 
 /**
  * A browser's PushSubscription: the push service endpoint (https) and the keys
@@ -406,7 +462,7 @@ export type WebPushTarget = Message$1<"petrel.v1.WebPushTarget"> & {
  * Use `create(WebPushTargetSchema)` to create a new message.
  */
 export const WebPushTargetSchema: GenMessage<WebPushTarget> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 7);
+  messageDesc(file_petrel_v1_petrel, 8);
 
 /**
  * The answer to RegisterPush: stored (error unset) or refused.
@@ -435,7 +491,7 @@ export type PushRegistered = Message$1<"petrel.v1.PushRegistered"> & {
  * Use `create(PushRegisteredSchema)` to create a new message.
  */
 export const PushRegisteredSchema: GenMessage<PushRegistered> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 8);
+  messageDesc(file_petrel_v1_petrel, 9);
 
 /**
  * The users whose presence this connection follows (the user's contacts), replacing
@@ -456,7 +512,7 @@ export type Watch = Message$1<"petrel.v1.Watch"> & {
  * Use `create(WatchSchema)` to create a new message.
  */
 export const WatchSchema: GenMessage<Watch> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 9);
+  messageDesc(file_petrel_v1_petrel, 10);
 
 /**
  * A watched user's presence: online while any of its devices is connected to some
@@ -481,7 +537,7 @@ export type Presence = Message$1<"petrel.v1.Presence"> & {
  * Use `create(PresenceSchema)` to create a new message.
  */
 export const PresenceSchema: GenMessage<Presence> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 10);
+  messageDesc(file_petrel_v1_petrel, 11);
 
 /**
  * @generated from enum petrel.v1.Presence.State
@@ -507,7 +563,7 @@ export enum Presence_State {
  * Describes the enum petrel.v1.Presence.State.
  */
 export const Presence_StateSchema: GenEnum<Presence_State> = /*@__PURE__*/
-  enumDesc(file_petrel_v1_petrel, 10, 0);
+  enumDesc(file_petrel_v1_petrel, 11, 0);
 
 /**
  * "I am (not) typing" in a conversation with a user or in a group. Live only: never
@@ -545,7 +601,7 @@ export type Typing = Message$1<"petrel.v1.Typing"> & {
  * Use `create(TypingSchema)` to create a new message.
  */
 export const TypingSchema: GenMessage<Typing> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 11);
+  messageDesc(file_petrel_v1_petrel, 12);
 
 /**
  * Someone is (no longer) typing: `from` in the direct conversation with them, or in
@@ -575,7 +631,7 @@ export type TypingEvent = Message$1<"petrel.v1.TypingEvent"> & {
  * Use `create(TypingEventSchema)` to create a new message.
  */
 export const TypingEventSchema: GenMessage<TypingEvent> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 12);
+  messageDesc(file_petrel_v1_petrel, 13);
 
 /**
  * "I received / read this message": sent by the recipient about a direct message it got
@@ -621,7 +677,7 @@ export type Receipt = Message$1<"petrel.v1.Receipt"> & {
  * Use `create(ReceiptSchema)` to create a new message.
  */
 export const ReceiptSchema: GenMessage<Receipt> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 13);
+  messageDesc(file_petrel_v1_petrel, 14);
 
 /**
  * @generated from enum petrel.v1.Receipt.Kind
@@ -647,7 +703,7 @@ export enum Receipt_Kind {
  * Describes the enum petrel.v1.Receipt.Kind.
  */
 export const Receipt_KindSchema: GenEnum<Receipt_Kind> = /*@__PURE__*/
-  enumDesc(file_petrel_v1_petrel, 13, 0);
+  enumDesc(file_petrel_v1_petrel, 14, 0);
 
 /**
  * A page of history on one subject, for scrolling back (newest_first, messages with
@@ -703,7 +759,7 @@ export type Sync = Message$1<"petrel.v1.Sync"> & {
  * Use `create(SyncSchema)` to create a new message.
  */
 export const SyncSchema: GenMessage<Sync> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 14);
+  messageDesc(file_petrel_v1_petrel, 15);
 
 /**
  * The answer to a Sync: messages in the order asked for; `more` when the page was full
@@ -748,7 +804,7 @@ export type SyncBatch = Message$1<"petrel.v1.SyncBatch"> & {
  * Use `create(SyncBatchSchema)` to create a new message.
  */
 export const SyncBatchSchema: GenMessage<SyncBatch> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 15);
+  messageDesc(file_petrel_v1_petrel, 16);
 
 /**
  * First frame of every connection. Nothing else is accepted before it.
@@ -801,7 +857,7 @@ export type Hello = Message$1<"petrel.v1.Hello"> & {
  * Use `create(HelloSchema)` to create a new message.
  */
 export const HelloSchema: GenMessage<Hello> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 16);
+  messageDesc(file_petrel_v1_petrel, 17);
 
 /**
  * @generated from message petrel.v1.Cursor
@@ -823,7 +879,7 @@ export type Cursor = Message$1<"petrel.v1.Cursor"> & {
  * Use `create(CursorSchema)` to create a new message.
  */
 export const CursorSchema: GenMessage<Cursor> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 17);
+  messageDesc(file_petrel_v1_petrel, 18);
 
 /**
  * A message from the connected user to a conversation.
@@ -892,7 +948,7 @@ export type Send = Message$1<"petrel.v1.Send"> & {
  * Use `create(SendSchema)` to create a new message.
  */
 export const SendSchema: GenMessage<Send> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 18);
+  messageDesc(file_petrel_v1_petrel, 19);
 
 /**
  * A stored message, by its subject and sequence.
@@ -916,7 +972,7 @@ export type MessageRef = Message$1<"petrel.v1.MessageRef"> & {
  * Use `create(MessageRefSchema)` to create a new message.
  */
 export const MessageRefSchema: GenMessage<MessageRef> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 19);
+  messageDesc(file_petrel_v1_petrel, 20);
 
 /**
  * Cumulative acknowledgement: every message up to `seq` on `subject` is processed.
@@ -935,7 +991,7 @@ export type Ack = Message$1<"petrel.v1.Ack"> & {
  * Use `create(AckSchema)` to create a new message.
  */
 export const AckSchema: GenMessage<Ack> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 20);
+  messageDesc(file_petrel_v1_petrel, 21);
 
 /**
  * @generated from message petrel.v1.Ping
@@ -952,7 +1008,7 @@ export type Ping = Message$1<"petrel.v1.Ping"> & {
  * Use `create(PingSchema)` to create a new message.
  */
 export const PingSchema: GenMessage<Ping> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 21);
+  messageDesc(file_petrel_v1_petrel, 22);
 
 /**
  * @generated from message petrel.v1.ServerFrame
@@ -1037,7 +1093,7 @@ export type ServerFrame = Message$1<"petrel.v1.ServerFrame"> & {
  * Use `create(ServerFrameSchema)` to create a new message.
  */
 export const ServerFrameSchema: GenMessage<ServerFrame> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 22);
+  messageDesc(file_petrel_v1_petrel, 23);
 
 /**
  * One conversation of the user, as the message service keeps it.
@@ -1113,7 +1169,7 @@ export type Conversation = Message$1<"petrel.v1.Conversation"> & {
  * Use `create(ConversationSchema)` to create a new message.
  */
 export const ConversationSchema: GenMessage<Conversation> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 23);
+  messageDesc(file_petrel_v1_petrel, 24);
 
 /**
  * The answer to ListConversations: one page; `more` when there are more after it.
@@ -1152,7 +1208,7 @@ export type ConversationList = Message$1<"petrel.v1.ConversationList"> & {
  * Use `create(ConversationListSchema)` to create a new message.
  */
 export const ConversationListSchema: GenMessage<ConversationList> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 24);
+  messageDesc(file_petrel_v1_petrel, 25);
 
 /**
  * A followed conversation changed (a new message, a read position moved on another
@@ -1172,7 +1228,7 @@ export type ConversationUpdate = Message$1<"petrel.v1.ConversationUpdate"> & {
  * Use `create(ConversationUpdateSchema)` to create a new message.
  */
 export const ConversationUpdateSchema: GenMessage<ConversationUpdate> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 25);
+  messageDesc(file_petrel_v1_petrel, 26);
 
 /**
  * @generated from message petrel.v1.Welcome
@@ -1239,7 +1295,7 @@ export type Welcome = Message$1<"petrel.v1.Welcome"> & {
  * Use `create(WelcomeSchema)` to create a new message.
  */
 export const WelcomeSchema: GenMessage<Welcome> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 26);
+  messageDesc(file_petrel_v1_petrel, 27);
 
 /**
  * @generated from message petrel.v1.SendResult
@@ -1295,7 +1351,7 @@ export type SendResult = Message$1<"petrel.v1.SendResult"> & {
  * Use `create(SendResultSchema)` to create a new message.
  */
 export const SendResultSchema: GenMessage<SendResult> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 27);
+  messageDesc(file_petrel_v1_petrel, 28);
 
 /**
  * @generated from enum petrel.v1.SendResult.Status
@@ -1332,7 +1388,7 @@ export enum SendResult_Status {
  * Describes the enum petrel.v1.SendResult.Status.
  */
 export const SendResult_StatusSchema: GenEnum<SendResult_Status> = /*@__PURE__*/
-  enumDesc(file_petrel_v1_petrel, 27, 0);
+  enumDesc(file_petrel_v1_petrel, 28, 0);
 
 /**
  * One or more delivered messages, in order per subject.
@@ -1351,7 +1407,7 @@ export type Deliver = Message$1<"petrel.v1.Deliver"> & {
  * Use `create(DeliverSchema)` to create a new message.
  */
 export const DeliverSchema: GenMessage<Deliver> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 28);
+  messageDesc(file_petrel_v1_petrel, 29);
 
 /**
  * @generated from message petrel.v1.Message
@@ -1479,7 +1535,7 @@ export type Message = Message$1<"petrel.v1.Message"> & {
  * Use `create(MessageSchema)` to create a new message.
  */
 export const MessageSchema: GenMessage<Message> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 29);
+  messageDesc(file_petrel_v1_petrel, 30);
 
 /**
  * What an Amend changed: the target's client_msg_id, and whether it is recalled.
@@ -1503,7 +1559,7 @@ export type Amendment = Message$1<"petrel.v1.Amendment"> & {
  * Use `create(AmendmentSchema)` to create a new message.
  */
 export const AmendmentSchema: GenMessage<Amendment> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 30);
+  messageDesc(file_petrel_v1_petrel, 31);
 
 /**
  * @generated from message petrel.v1.ReadMark
@@ -1537,7 +1593,7 @@ export type ReadMark = Message$1<"petrel.v1.ReadMark"> & {
  * Use `create(ReadMarkSchema)` to create a new message.
  */
 export const ReadMarkSchema: GenMessage<ReadMark> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 31);
+  messageDesc(file_petrel_v1_petrel, 32);
 
 /**
  * A system notification. Business services publish it (this protobuf, binary) to
@@ -1601,7 +1657,7 @@ export type Notification = Message$1<"petrel.v1.Notification"> & {
  * Use `create(NotificationSchema)` to create a new message.
  */
 export const NotificationSchema: GenMessage<Notification> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 32);
+  messageDesc(file_petrel_v1_petrel, 33);
 
 /**
  * @generated from enum petrel.v1.Notification.Priority
@@ -1627,7 +1683,7 @@ export enum Notification_Priority {
  * Describes the enum petrel.v1.Notification.Priority.
  */
 export const Notification_PrioritySchema: GenEnum<Notification_Priority> = /*@__PURE__*/
-  enumDesc(file_petrel_v1_petrel, 32, 0);
+  enumDesc(file_petrel_v1_petrel, 33, 0);
 
 /**
  * @generated from message petrel.v1.Pong
@@ -1649,7 +1705,7 @@ export type Pong = Message$1<"petrel.v1.Pong"> & {
  * Use `create(PongSchema)` to create a new message.
  */
 export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 33);
+  messageDesc(file_petrel_v1_petrel, 34);
 
 /**
  * @generated from message petrel.v1.Error
@@ -1678,7 +1734,7 @@ export type Error = Message$1<"petrel.v1.Error"> & {
  * Use `create(ErrorSchema)` to create a new message.
  */
 export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 34);
+  messageDesc(file_petrel_v1_petrel, 35);
 
 /**
  * What the gateway stores in JetStream (msg.private.*). Business services and the
@@ -1769,7 +1825,7 @@ export type StoredMessage = Message$1<"petrel.v1.StoredMessage"> & {
  * Use `create(StoredMessageSchema)` to create a new message.
  */
 export const StoredMessageSchema: GenMessage<StoredMessage> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 35);
+  messageDesc(file_petrel_v1_petrel, 36);
 
 /**
  * A page of the archive: `subject`'s messages (with `with`: only the inbox's direct
@@ -1819,7 +1875,7 @@ export type HistoryQuery = Message$1<"petrel.v1.HistoryQuery"> & {
  * Use `create(HistoryQuerySchema)` to create a new message.
  */
 export const HistoryQuerySchema: GenMessage<HistoryQuery> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 36);
+  messageDesc(file_petrel_v1_petrel, 37);
 
 /**
  * One archived message: the stored payload as the hub stored it, and what amendments
@@ -1871,7 +1927,7 @@ export type ArchivedMessage = Message$1<"petrel.v1.ArchivedMessage"> & {
  * Use `create(ArchivedMessageSchema)` to create a new message.
  */
 export const ArchivedMessageSchema: GenMessage<ArchivedMessage> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 37);
+  messageDesc(file_petrel_v1_petrel, 38);
 
 /**
  * @generated from message petrel.v1.HistoryPage
@@ -1898,7 +1954,7 @@ export type HistoryPage = Message$1<"petrel.v1.HistoryPage"> & {
  * Use `create(HistoryPageSchema)` to create a new message.
  */
 export const HistoryPageSchema: GenMessage<HistoryPage> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 38);
+  messageDesc(file_petrel_v1_petrel, 39);
 
 /**
  * The user's conversation list: its direct conversations and those of `groups` (the
@@ -1933,7 +1989,59 @@ export type ConversationsQuery = Message$1<"petrel.v1.ConversationsQuery"> & {
  * Use `create(ConversationsQuerySchema)` to create a new message.
  */
 export const ConversationsQuerySchema: GenMessage<ConversationsQuery> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 39);
+  messageDesc(file_petrel_v1_petrel, 40);
+
+/**
+ * SetConversation for `user` (whose `groups` are as in ConversationsQuery); answered
+ * like a ConversationsQuery, with the changed conversation alone.
+ *
+ * @generated from message petrel.v1.SettingsQuery
+ */
+export type SettingsQuery = Message$1<"petrel.v1.SettingsQuery"> & {
+  /**
+   * @generated from field: string user = 1;
+   */
+  user: string;
+
+  /**
+   * @generated from field: repeated string groups = 2;
+   */
+  groups: string[];
+
+  /**
+   * @generated from oneof petrel.v1.SettingsQuery.conversation
+   */
+  conversation: {
+    /**
+     * @generated from field: string with_user = 3;
+     */
+    value: string;
+    case: "withUser";
+  } | {
+    /**
+     * @generated from field: string with_group = 4;
+     */
+    value: string;
+    case: "withGroup";
+  } | { case: undefined; value?: undefined };
+
+  /**
+   * @generated from field: optional bool pinned = 5;
+   */
+  pinned?: boolean | undefined;
+
+  /**
+   * @generated from field: optional bool muted = 6;
+   */
+  muted?: boolean | undefined;
+};
+
+/**
+ * Describes the message petrel.v1.SettingsQuery.
+ * Use `create(SettingsQuerySchema)` to create a new message.
+ */
+export const SettingsQuerySchema: GenMessage<SettingsQuery> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 41);
 
 /**
  * Where the sender's message `client_msg_id` went and when, for an Amend.
@@ -1957,7 +2065,7 @@ export type OriginalQuery = Message$1<"petrel.v1.OriginalQuery"> & {
  * Use `create(OriginalQuerySchema)` to create a new message.
  */
 export const OriginalQuerySchema: GenMessage<OriginalQuery> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 40);
+  messageDesc(file_petrel_v1_petrel, 42);
 
 /**
  * @generated from message petrel.v1.Original
@@ -1999,7 +2107,7 @@ export type Original = Message$1<"petrel.v1.Original"> & {
  * Use `create(OriginalSchema)` to create a new message.
  */
 export const OriginalSchema: GenMessage<Original> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 41);
+  messageDesc(file_petrel_v1_petrel, 43);
 
 /**
  * The user's unread messages over all its conversations (the push badge). Asked with a
@@ -2024,7 +2132,7 @@ export type UnreadTotal = Message$1<"petrel.v1.UnreadTotal"> & {
  * Use `create(UnreadTotalSchema)` to create a new message.
  */
 export const UnreadTotalSchema: GenMessage<UnreadTotal> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 42);
+  messageDesc(file_petrel_v1_petrel, 44);
 
 /**
  * One code per client-facing error. On WebSocket the close code is 4000 + code;
