@@ -1,6 +1,8 @@
 //! `ingest`: S connections pipeline group messages (one stored copy each) as fast as
 //! the gateway answers; stored sends per second and send → STORED latency. The group's
-//! members are the senders themselves, so each also receives every message (drained).
+//! members are the senders themselves, so each also receives every message: a send
+//! answered QUEUED (the hub took longer than the gateway's `queue_after_ms`) counts as
+//! delivered only once every member has received it.
 
 use std::time::Instant;
 
@@ -40,7 +42,7 @@ pub(crate) async fn run(
     let mut drains = Vec::new();
     for (i, c) in clients.into_iter().enumerate() {
         let send = c.sender();
-        drains.push(super::receive(c, |_| false, count.clone(), stop.clone()));
+        drains.push(super::receive(c, |_| true, count.clone(), stop.clone()));
         let group = group.clone();
         let pb = pb.clone();
         let n = if i == 0 {
@@ -51,6 +53,7 @@ pub(crate) async fn run(
         tasks.push(tokio::spawn(async move {
             let mut lat = Latency::new();
             let mut stored = 0u64;
+            let mut queued = 0u64;
             let mut rejected = 0u64;
             let mut inflight = futures::stream::FuturesUnordered::new();
             let mut next = 0u64;
@@ -75,27 +78,44 @@ pub(crate) async fn run(
                             lat.record(t.elapsed());
                             pb.inc(1);
                         }
+                        Ok(SendResult::Queued { .. }) => {
+                            queued += 1;
+                            pb.inc(1);
+                        }
                         _ => rejected += 1,
                     }
                 }
             }
-            anyhow::Ok((stored, rejected, lat))
+            anyhow::Ok((stored, queued, rejected, lat))
         }));
     }
     let mut stored = 0;
+    let mut queued = 0;
     let mut rejected = 0;
     let mut lat = Latency::new();
     for t in tasks {
-        let (s, r, l) = t.await??;
+        let (s, q, r, l) = t.await??;
         stored += s;
+        queued += q;
         rejected += r;
         lat.merge(&l);
     }
     let elapsed = started.elapsed();
     pb.finish_and_clear();
+    // Every member receives every accepted message; a queued one reaches them once the
+    // outbox has handed it to the hub.
+    let expected = (stored + queued) * senders as u64;
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while count.load(std::sync::atomic::Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     stop.cancel();
+    let mut received = u64::MAX;
+    let mut duplicates = 0;
     for d in drains {
-        d.await?;
+        let t = d.await?;
+        received = received.min(t.delivered);
+        duplicates += t.duplicates;
     }
     let mut r = Report::new(
         "ingest",
@@ -104,11 +124,13 @@ pub(crate) async fn run(
     );
     r.seconds = elapsed.as_secs_f64();
     r.sent = messages;
-    r.delivered = stored;
-    r.lost = messages - stored;
+    r.delivered = received.min(messages);
+    r.lost = messages - r.delivered;
+    r.duplicates = duplicates;
     r.rate = stored as f64 / r.seconds;
     r.rate_unit = "stored sends/s".into();
     r.latency = lat.summary();
+    r.set("queued", queued);
     r.set("rejected", rejected);
     Ok(r)
 }
