@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use petrel_client::{Client, ConnectOptions, Endpoint, Event, SendResult, TransportKind, Trust};
+use petrel_client::{
+    ConnectOptions, Connection, Endpoint, Event, SendResult, TransportKind, Trust,
+};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -587,18 +589,33 @@ pub(crate) fn random_id() -> String {
     hex::encode(bytes)
 }
 
-async fn connect(args: &ClientArgs, cursors: Vec<(String, u64)>) -> anyhow::Result<Client> {
-    let (address, trust) = match (&args.endpoint, &args.cert_sha256) {
-        (Some(ep), Some(hash)) => (ep.clone(), Trust::from_hex_sha256(hash)?),
+/// The gateway's endpoints for these arguments, the one of `--transport` first (with
+/// `--endpoint`, just that one), and the token.
+async fn endpoints(args: &ClientArgs) -> anyhow::Result<(Vec<Endpoint>, String)> {
+    let endpoint = |transport, address, trust| Endpoint {
+        transport,
+        address,
+        trust,
+        server_name: Some("localhost".into()),
+        connect_timeout: Duration::from_secs(10),
+        local_ip: None,
+    };
+    let endpoints = match (&args.endpoint, &args.cert_sha256) {
+        (Some(ep), Some(hash)) => vec![endpoint(
+            args.transport,
+            ep.clone(),
+            Trust::from_hex_sha256(hash)?,
+        )],
         _ => {
             let ep = Endpoints::read(&args.dev)?;
-            let address = match args.transport {
-                TransportKind::Quic => ep.quic.clone(),
-                TransportKind::WebSocket => ep.websocket.clone(),
-            };
             // The dev certificate rotates: pin the one served now.
-            let hash = dev::current_cert_sha256(&ep).await;
-            (address, Trust::from_hex_sha256(&hash)?)
+            let trust = Trust::from_hex_sha256(&dev::current_cert_sha256(&ep).await)?;
+            let quic = endpoint(TransportKind::Quic, ep.quic.clone(), trust.clone());
+            let ws = endpoint(TransportKind::WebSocket, ep.websocket.clone(), trust);
+            match args.transport {
+                TransportKind::Quic => vec![quic, ws],
+                TransportKind::WebSocket => vec![ws, quic],
+            }
         }
     };
     let token = match &args.token {
@@ -610,20 +627,31 @@ async fn connect(args: &ClientArgs, cursors: Vec<(String, u64)>) -> anyhow::Resu
             Duration::from_secs(3600),
         )?,
     };
-    let endpoint = Endpoint {
-        transport: args.transport,
-        address,
-        trust,
-        server_name: Some("localhost".into()),
-        connect_timeout: Duration::from_secs(10),
-        local_ip: None,
-    };
+    Ok((endpoints, token))
+}
+
+/// One connection on `--transport` (requests that need no reconnecting).
+async fn connect(args: &ClientArgs, cursors: Vec<(String, u64)>) -> anyhow::Result<Connection> {
+    let (mut endpoints, token) = endpoints(args).await?;
+    let endpoint = endpoints.remove(0);
     let mut opts = ConnectOptions::new(endpoint, token, args.device.clone());
     opts.cursors = cursors;
     opts.delivery_streams = args.delivery_streams;
-    Client::connect(opts)
+    Connection::connect(opts)
         .await
         .with_context(|| format!("connecting as {} over {}", args.user, args.transport))
+}
+
+/// The reconnecting client: QUIC and WebSocket of the gateway, `--transport` first.
+async fn start_client(
+    args: &ClientArgs,
+    cursors: Vec<(String, u64)>,
+) -> anyhow::Result<petrel_client::Client> {
+    let (endpoints, token) = endpoints(args).await?;
+    let mut opts = petrel_client::ClientOptions::new(endpoints, token, args.device.clone());
+    opts.cursors = cursors;
+    opts.delivery_streams = args.delivery_streams;
+    Ok(petrel_client::Client::start(opts)?)
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -631,6 +659,18 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
+    match &args.action {
+        ClientAction::Send { .. }
+        | ClientAction::Edit { .. }
+        | ClientAction::Recall { .. }
+        | ClientAction::Listen { .. } => reconnecting(&args).await,
+        _ => one_connection(&args).await,
+    }
+}
+
+/// Sends and listening ride the reconnecting client: a send waits out a lost
+/// connection (re-sent with its id), a listener survives gateway restarts.
+async fn reconnecting(args: &ClientArgs) -> anyhow::Result<ExitCode> {
     let mut state_file = match &args.action {
         ClientAction::Listen {
             state: Some(path), ..
@@ -638,8 +678,8 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let cursors = state_file.as_ref().map(|s| s.cursors()).unwrap_or_default();
-    let mut client = connect(&args, cursors).await?;
-    match &args.action {
+    let mut client = start_client(args, cursors).await?;
+    let (id, pending, timeout) = match &args.action {
         ClientAction::Send {
             to,
             group,
@@ -659,19 +699,11 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
                 reply_to: reply_to.clone(),
                 mentions: mentions.clone(),
             };
-            let rx = client
-                .sender()
-                .start_send_with(
-                    target,
-                    &id,
-                    text.clone().into_bytes(),
-                    "text/plain",
-                    options,
-                )
+            let text = text.clone().into_bytes();
+            let pending = client
+                .start_send(target, &id, text, "text/plain", options)
                 .await?;
-            let code = print_send_result(&id, rx, *timeout).await?;
-            client.close().await;
-            Ok(code)
+            (id, pending, *timeout)
         }
         ClientAction::Edit {
             id: target,
@@ -679,24 +711,62 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
             timeout,
         } => {
             let id = random_id();
-            let rx = client
-                .sender()
-                .start_amend(&id, target, Some(text.clone().into_bytes().into()))
-                .await?;
-            let code = print_send_result(&id, rx, *timeout).await?;
-            client.close().await;
-            Ok(code)
+            let text = Some(text.clone().into_bytes().into());
+            (
+                id.clone(),
+                client.start_amend(&id, target, text).await?,
+                *timeout,
+            )
         }
         ClientAction::Recall {
             id: target,
             timeout,
         } => {
             let id = random_id();
-            let rx = client.sender().start_amend(&id, target, None).await?;
-            let code = print_send_result(&id, rx, *timeout).await?;
-            client.close().await;
-            Ok(code)
+            (
+                id.clone(),
+                client.start_amend(&id, target, None).await?,
+                *timeout,
+            )
         }
+        ClientAction::Listen { count, timeout, .. } => {
+            let code = listen(&mut client, state_file.as_mut(), *count, *timeout).await?;
+            client.close().await;
+            return Ok(code);
+        }
+        _ => bail!("not a reconnecting action"),
+    };
+    // Read the events meanwhile: a client whose events are not read stalls.
+    let events = tokio::spawn(async move {
+        while let Some(ev) = client.next_event().await {
+            match ev {
+                Event::Disconnected { reason, retry_in } => match retry_in {
+                    Some(d) => eprintln!(
+                        "warning: connection lost ({reason}); retrying in {:.1} s",
+                        d.as_secs_f64()
+                    ),
+                    None => eprintln!("error: {reason}"),
+                },
+                Event::SendPending { id } => {
+                    eprintln!("not connected yet: {id} waits in the outbox")
+                }
+                _ => {}
+            }
+        }
+        client
+    });
+    let code = print_send_result(&id, pending.result(), timeout).await;
+    events.abort();
+    code
+}
+
+async fn one_connection(args: &ClientArgs) -> anyhow::Result<ExitCode> {
+    let mut client = connect(args, Vec::new()).await?;
+    match &args.action {
+        ClientAction::Send { .. }
+        | ClientAction::Edit { .. }
+        | ClientAction::Recall { .. }
+        | ClientAction::Listen { .. } => bail!("this action needs the reconnecting client"),
         ClientAction::Conversations {
             offset,
             limit,
@@ -863,67 +933,79 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
             client.close().await;
             Ok(ExitCode::SUCCESS)
         }
-        ClientAction::Listen {
-            count,
-            timeout,
-            state: _,
-        } => {
-            let deadline = timeout.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
-            let w = client.welcome();
-            if let Some(s) = state_file.as_mut() {
-                s.rebase(&w.cursors);
-                s.save()?;
-            }
-            eprintln!(
-                "listening as {}/{} over {} on gateway {} (connection {})",
-                w.user,
-                w.device,
-                client.transport(),
-                w.gateway_id,
-                w.connection_id
-            );
-            let mut got = 0u64;
-            loop {
-                if count.is_some_and(|c| got >= c) {
+    }
+}
+
+/// Prints every message once, across reconnects, until `count` or `timeout`.
+async fn listen(
+    client: &mut petrel_client::Client,
+    mut state_file: Option<&mut petrel_client::state::CursorFile>,
+    count: Option<u64>,
+    timeout: Option<f64>,
+) -> anyhow::Result<ExitCode> {
+    let deadline = timeout.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+    let mut got = 0u64;
+    let mut connected_before = false;
+    loop {
+        if count.is_some_and(|c| got >= c) {
+            break;
+        }
+        let event = match deadline {
+            Some(d) => match tokio::time::timeout_at(d.into(), client.next_event()).await {
+                Ok(e) => e,
+                Err(_) => {
+                    if let Some(c) = count {
+                        bail!("timed out after {got} of {c} messages");
+                    }
                     break;
                 }
-                let event = match deadline {
-                    Some(d) => match tokio::time::timeout_at(d.into(), client.next_event()).await {
-                        Ok(e) => e,
-                        Err(_) => {
-                            if let Some(c) = count {
-                                bail!("timed out after {got} of {c} messages");
-                            }
-                            break;
-                        }
+            },
+            None => client.next_event().await,
+        };
+        match event {
+            Some(Event::Connected {
+                transport,
+                welcome: w,
+            }) => {
+                if let Some(s) = state_file.as_deref_mut() {
+                    s.rebase(&w.cursors);
+                    s.save()?;
+                }
+                eprintln!(
+                    "{} as {}/{} over {transport} on gateway {} (connection {})",
+                    if connected_before {
+                        "reconnected"
+                    } else {
+                        "listening"
                     },
-                    None => client.next_event().await,
-                };
-                match event {
-                    Some(Event::Message(m)) => {
-                        got += 1;
-                        println!("{}", message_json(&m));
-                        client.ack(&m.subject, m.seq).await?;
-                        if let Some(s) = state_file.as_mut() {
-                            s.advance(&m.subject, m.seq);
-                            s.save()?;
-                        }
-                    }
-                    Some(Event::Error { code, message }) => eprintln!("warning: {code}: {message}"),
-                    Some(
-                        Event::SendResult { .. }
-                        | Event::Typing { .. }
-                        | Event::Presence { .. }
-                        | Event::Conversation(_),
-                    ) => {}
-                    Some(Event::Closed { reason }) => bail!("connection closed: {reason}"),
-                    None => bail!("connection closed"),
+                    w.user,
+                    w.device,
+                    w.gateway_id,
+                    w.connection_id
+                );
+                connected_before = true;
+            }
+            Some(Event::Disconnected { reason, retry_in }) => match retry_in {
+                Some(d) => eprintln!(
+                    "warning: connection lost ({reason}); retrying in {:.1} s",
+                    d.as_secs_f64()
+                ),
+                None => bail!("{reason}"),
+            },
+            Some(Event::Message(m)) => {
+                got += 1;
+                println!("{}", message_json(&m));
+                if let Some(s) = state_file.as_deref_mut() {
+                    s.advance(&m.subject, m.seq);
+                    s.save()?;
                 }
             }
-            client.close().await;
-            Ok(ExitCode::SUCCESS)
+            Some(Event::Error { code, message }) => eprintln!("warning: {code}: {message}"),
+            Some(_) => {}
+            None => bail!("the client stopped"),
         }
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// One delivered or archived message as the CLI prints it.
@@ -975,7 +1057,7 @@ impl WhichConversation {
 
 /// Pins, unpins, mutes or unmutes; prints the conversation as it is now.
 async fn set_conversation(
-    client: petrel_client::Client,
+    client: petrel_client::Connection,
     which: &WhichConversation,
     pinned: Option<bool>,
     muted: Option<bool>,
@@ -1017,9 +1099,9 @@ fn parse_reference(s: &str) -> Result<(String, u64), String> {
 
 /// Waits (at most `timeout` s) for a send's answer and prints it as one JSON object;
 /// failure when it was rejected.
-async fn print_send_result(
+async fn print_send_result<E>(
     id: &str,
-    rx: tokio::sync::oneshot::Receiver<SendResult>,
+    rx: impl std::future::Future<Output = Result<SendResult, E>>,
     timeout: f64,
 ) -> anyhow::Result<ExitCode> {
     let wait = Duration::from_secs_f64(timeout.max(0.0));

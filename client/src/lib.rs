@@ -4,14 +4,14 @@
 //! - [`transport`] — raw byte connections over native QUIC or WebSocket/TLS, and how
 //!   the gateway closed one ([`CloseInfo`], its error code named the same way on both);
 //! - [`tls`] — certificate trust (SHA-256 pin or CA file);
-//! - this file — [`Client`]: Hello/Welcome, `send` resolving with the SendResult, a
+//! - this file — [`Connection`]: Hello/Welcome, `send` resolving with the SendResult, a
 //!   stream of [`Event`]s, acks, and duplicate suppression (a message whose
 //!   `(subject, seq)` the app has already seen is dropped and counted). Error codes
 //!   are spelled as everywhere else: `UNAUTHENTICATED` ([`petrel_proto::error_code_name`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), petrel_client::ClientError> {
-//! use petrel_client::{Client, ConnectOptions, Endpoint, TransportKind, Trust};
+//! use petrel_client::{Connection, ConnectOptions, Endpoint, TransportKind, Trust};
 //! let endpoint = Endpoint {
 //!     transport: TransportKind::Quic,
 //!     address: "127.0.0.1:4433".into(),
@@ -20,12 +20,16 @@
 //!     connect_timeout: std::time::Duration::from_secs(5),
 //!     local_ip: None,
 //! };
-//! let mut client = Client::connect(ConnectOptions::new(endpoint, "JWT", "phone")).await?;
+//! let mut client = Connection::connect(ConnectOptions::new(endpoint, "JWT", "phone")).await?;
 //! let result = client.send("bob", "msg-1", "hello").await?;
 //! while let Some(event) = client.next_event().await { println!("{event:?}"); }
 //! # Ok(()) }
 //! ```
 
+mod frames;
+mod link;
+mod reconnecting;
+pub mod session;
 pub mod state;
 pub mod tls;
 pub mod transport;
@@ -35,10 +39,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use petrel_proto::{FrameDecoder, encode_frame, pb};
+use petrel_proto::pb;
 use prost_free::decode_server;
 use tokio::sync::{mpsc, oneshot};
 
+pub use reconnecting::{Client, ClientOptions, Handle, PendingSend};
 pub use tls::Trust;
 pub use transport::{CloseInfo, Endpoint, RawReader, RawWriter, Read, TransportKind, connect_raw};
 
@@ -150,7 +155,7 @@ pub struct Message {
 }
 
 /// One conversation of the user, as the message service keeps it (see
-/// [`Client::conversations`]).
+/// [`Connection::conversations`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conversation {
     /// The other user, for a direct conversation.
@@ -265,6 +270,28 @@ pub enum SendResult {
 /// Something that happened on the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// ([`Client`] only) Connected, after Welcome; also after every reconnect.
+    Connected {
+        /// The transport it runs on.
+        transport: TransportKind,
+        /// What the gateway said.
+        welcome: Welcome,
+    },
+    /// ([`Client`] only) The connection is gone. `retry_in`: the next attempt starts
+    /// then, by itself; `None`: no more attempts (the reason says why, e.g. a token
+    /// refused), and the events end.
+    Disconnected {
+        /// Why.
+        reason: String,
+        /// When the next attempt starts.
+        retry_in: Option<std::time::Duration>,
+    },
+    /// ([`Client`] only) A send made while not connected is in the outbox; it is
+    /// written, and re-sent with its id until answered, once connected.
+    SendPending {
+        /// The send's client message id.
+        id: String,
+    },
     /// A new message (never one the app has seen).
     Message(Message),
     /// The final result of a send answered earlier as [`SendResult::Queued`] (the
@@ -284,7 +311,7 @@ pub enum Event {
         /// Typing now.
         typing: bool,
     },
-    /// A watched user's presence (after [`Client::watch`]): `ONLINE`, `OFFLINE` or
+    /// A watched user's presence (after [`Connection::watch`]): `ONLINE`, `OFFLINE` or
     /// `UNKNOWN` (the directory cannot be read).
     Presence {
         /// Who.
@@ -292,7 +319,7 @@ pub enum Event {
         /// `ONLINE`, `OFFLINE` or `UNKNOWN`.
         state: String,
     },
-    /// One of the user's conversations changed (after [`Client::conversations`] with
+    /// One of the user's conversations changed (after [`Connection::conversations`] with
     /// `follow`): a new message, a read position moved on another device, an edit.
     Conversation(Conversation),
     /// A non-fatal error frame.
@@ -338,7 +365,7 @@ pub enum To<'a> {
     Group(&'a str),
 }
 
-/// Sends on a [`Client`]'s connection from another task.
+/// Sends on a [`Connection`]'s connection from another task.
 #[derive(Clone, Debug)]
 pub struct Sender {
     cmd: mpsc::Sender<Cmd>,
@@ -346,7 +373,7 @@ pub struct Sender {
 
 impl Sender {
     /// Queues a send and returns the receiver for its result without waiting (see
-    /// [`Client::start_send`]).
+    /// [`Connection::start_send`]).
     pub async fn start_send(
         &self,
         to: &str,
@@ -379,20 +406,7 @@ impl Sender {
         content_type: &str,
         options: SendOptions,
     ) -> Result<oneshot::Receiver<SendResult>, ClientError> {
-        let to = match to {
-            To::User(u) => pb::send::To::User(u.to_string()),
-            To::Group(g) => pb::send::To::Group(g.to_string()),
-        };
-        let frame = client_frame(pb::client_frame::Kind::Send(pb::Send {
-            client_msg_id: id.to_string(),
-            to: Some(to),
-            content: content.into(),
-            content_type: content_type.to_string(),
-            reply_to: options
-                .reply_to
-                .map(|(subject, seq)| pb::MessageRef { subject, seq }),
-            mentions: options.mentions,
-        }));
+        let frame = frames::send(to, id, content.into(), content_type, options);
         self.send_frame(id, frame).await
     }
 
@@ -405,17 +419,7 @@ impl Sender {
         target: &str,
         content: Option<Bytes>,
     ) -> Result<oneshot::Receiver<SendResult>, ClientError> {
-        let frame = client_frame(pb::client_frame::Kind::Amend(pb::Amend {
-            client_msg_id: id.to_string(),
-            target: target.to_string(),
-            recall: content.is_none(),
-            content_type: if content.is_some() {
-                "text/plain".into()
-            } else {
-                String::new()
-            },
-            content: content.unwrap_or_default(),
-        }));
+        let frame = frames::amend(id, target, content);
         self.send_frame(id, frame).await
     }
 
@@ -450,7 +454,7 @@ impl Sender {
             .map_err(|_| ClientError::Closed("connection closed before the SendResult".into()))
     }
 
-    /// Sends and waits for the result (see [`Client::send`]).
+    /// Sends and waits for the result (see [`Connection::send`]).
     pub async fn send(
         &self,
         to: &str,
@@ -490,7 +494,7 @@ enum Cmd {
     },
 }
 
-/// Where this device is woken while it is offline (see [`Client::register_push`]).
+/// Where this device is woken while it is offline (see [`Connection::register_push`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PushTarget {
     /// APNs: the device token (hex), the app's bundle id, sandbox or production.
@@ -518,7 +522,7 @@ pub enum PushTarget {
     },
 }
 
-/// A page of history (see [`Client::history`]).
+/// A page of history (see [`Connection::history`]).
 #[derive(Debug, Clone)]
 pub struct HistoryPage {
     /// Messages in the order asked for.
@@ -539,7 +543,7 @@ pub struct Stats {
 }
 
 /// A connected client.
-pub struct Client {
+pub struct Connection {
     cmd: mpsc::Sender<Cmd>,
     events: mpsc::Receiver<Event>,
     welcome: Welcome,
@@ -562,51 +566,31 @@ mod prost_free {
 
 use petrel_proto::error_code_name as code_name;
 
-fn client_frame(kind: pb::client_frame::Kind) -> Bytes {
-    encode_frame(&pb::ClientFrame { kind: Some(kind) })
-}
+use frames::client_frame;
 
-impl Client {
+impl Connection {
     /// Connects, authenticates and waits for Welcome.
     pub async fn connect(opts: ConnectOptions) -> Result<Self, ClientError> {
-        let (mut reader, mut writer) = connect_raw(&opts.endpoint).await?;
-        let hello = client_frame(pb::client_frame::Kind::Hello(pb::Hello {
-            token: opts.token.clone(),
-            device: opts.device.clone(),
-            cursors: opts
-                .cursors
-                .iter()
-                .map(|(subject, seq)| pb::Cursor {
-                    subject: subject.clone(),
-                    seq: *seq,
-                })
-                .collect(),
-            protocol_version: petrel_proto::PROTOCOL_VERSION,
-            delivery_streams: opts.delivery_streams,
-        }));
+        let (reader, mut writer) = connect_raw(&opts.endpoint).await?;
+        let hello = frames::hello(
+            &opts.token,
+            &opts.device,
+            &opts.cursors,
+            opts.delivery_streams,
+        );
         writer.write(hello).await?;
-        let mut decoder = FrameDecoder::new(opts.max_frame_bytes);
+        let mut link = link::Link::new(reader, opts.max_frame_bytes);
         let welcome = loop {
-            match next_frame(&mut reader, &mut decoder).await? {
-                Some(pb::server_frame::Kind::Welcome(w)) => {
-                    break Welcome {
-                        cursors: w.cursors.into_iter().map(|c| (c.subject, c.seq)).collect(),
-                        user: w.user,
-                        device: w.device,
-                        connection_id: w.connection_id,
-                        gateway_id: w.gateway_id,
-                        max_frame_bytes: w.max_frame_bytes,
-                        delivery_streams: w.delivery_streams,
-                    };
-                }
-                Some(pb::server_frame::Kind::Error(e)) => {
+            match link.next_control().await {
+                Ok(pb::server_frame::Kind::Welcome(w)) => break welcome_of(w),
+                Ok(pb::server_frame::Kind::Error(e)) => {
                     return Err(ClientError::Refused {
                         code: code_name(e.code),
                         message: e.message,
                     });
                 }
-                Some(_) => continue,
-                None => return Err(ClientError::Closed("closed before Welcome".into())),
+                Ok(_) => continue,
+                Err(e) => return Err(ClientError::Closed(format!("before Welcome: {}", e.reason))),
             }
         };
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
@@ -617,27 +601,11 @@ impl Client {
         for (subject, seq) in &welcome.cursors {
             seen.insert(subject.clone(), *seq);
         }
-        let datagrams = reader.datagram_connection();
+        let datagrams = link.quic().cloned();
         // Read only after Welcome: what the gateway sent on delivery streams waits in
         // QUIC until then, so nothing is handed to the app before Welcome.
-        let deliveries = match (&datagrams, welcome.delivery_streams) {
-            (Some(conn), n) if n > 0 => {
-                Some(DeliveryStreams::start(conn.clone(), opts.max_frame_bytes))
-            }
-            _ => None,
-        };
-        let driver = tokio::spawn(drive(
-            Reading {
-                reader,
-                decoder,
-                deliveries,
-            },
-            writer,
-            cmd_rx,
-            ev_tx,
-            stats.clone(),
-            seen,
-        ));
+        link.start_deliveries(welcome.delivery_streams);
+        let driver = tokio::spawn(drive(link, writer, cmd_rx, ev_tx, stats.clone(), seen));
         Ok(Self {
             cmd: cmd_tx,
             events: ev_rx,
@@ -694,9 +662,7 @@ impl Client {
     /// Follows these users' presence (replacing any earlier list; at most 256): one
     /// [`Event::Presence`] each now, then one per change.
     pub async fn watch(&self, users: &[&str]) -> Result<(), ClientError> {
-        let frame = client_frame(pb::client_frame::Kind::Watch(pb::Watch {
-            users: users.iter().map(|u| u.to_string()).collect(),
-        }));
+        let frame = frames::watch(users);
         self.cmd
             .send(Cmd::Frame(frame))
             .await
@@ -706,14 +672,7 @@ impl Client {
     /// Says this user is (no longer) typing to a user or in a group. Live only, not
     /// answered; the gateway drops more than 5 a second.
     pub async fn typing(&self, to: To<'_>, typing: bool) -> Result<(), ClientError> {
-        let to = match to {
-            To::User(u) => pb::typing::To::User(u.to_string()),
-            To::Group(g) => pb::typing::To::Group(g.to_string()),
-        };
-        let frame = client_frame(pb::client_frame::Kind::Typing(pb::Typing {
-            to: Some(to),
-            typing,
-        }));
+        let frame = frames::typing(to, typing);
         // Unreliable and unordered is fine for typing: a datagram where QUIC offers
         // one, so a lost packet never holds up the stream.
         if let Some(conn) = &self.datagrams
@@ -733,16 +692,7 @@ impl Client {
     /// Tells the sender of `message` (a direct message in this user's inbox) that it
     /// was delivered or read. Stored in the sender's inbox; not answered.
     pub async fn receipt(&self, kind: ReceiptKind, message: &Message) -> Result<(), ClientError> {
-        let frame = client_frame(pb::client_frame::Kind::Receipt(pb::Receipt {
-            kind: match kind {
-                ReceiptKind::Delivered => pb::receipt::Kind::Delivered,
-                ReceiptKind::Read => pb::receipt::Kind::Read,
-            } as i32,
-            subject: message.subject.clone(),
-            seq: message.seq,
-            sender: message.from.clone(),
-            client_msg_id: message.client_msg_id.clone(),
-        }));
+        let frame = frames::receipt(kind, message);
         self.cmd
             .send(Cmd::Frame(frame))
             .await
@@ -880,15 +830,7 @@ impl Client {
     /// Marks the conversation with a user (`To::User`) or a group read up to `seq`
     /// (0: up to its newest message) on every device of this user.
     pub async fn mark_read(&self, conversation: To<'_>, seq: u64) -> Result<(), ClientError> {
-        use pb::mark_read::Conversation as C;
-        let conversation = match conversation {
-            To::User(u) => C::User(u.to_string()),
-            To::Group(g) => C::Group(g.to_string()),
-        };
-        let frame = client_frame(pb::client_frame::Kind::MarkRead(pb::MarkRead {
-            conversation: Some(conversation),
-            seq,
-        }));
+        let frame = frames::mark_read(conversation, seq);
         self.cmd
             .send(Cmd::Frame(frame))
             .await
@@ -980,12 +922,7 @@ impl Client {
 
     /// Acknowledges everything up to `seq` on `subject`.
     pub async fn ack(&self, subject: &str, seq: u64) -> Result<(), ClientError> {
-        let frame = client_frame(pb::client_frame::Kind::Ack(pb::Ack {
-            cursors: vec![pb::Cursor {
-                subject: subject.to_string(),
-                seq,
-            }],
-        }));
+        let frame = frames::ack([(subject.to_string(), seq)]);
         self.cmd
             .send(Cmd::Frame(frame))
             .await
@@ -1004,143 +941,14 @@ impl Client {
     }
 }
 
-/// The next QUIC datagram; never ready on WebSocket or once the connection is over.
-async fn next_datagram(conn: Option<&quinn::Connection>) -> Option<Bytes> {
-    match conn {
-        Some(c) => match c.read_datagram().await {
-            Ok(d) => Some(d),
-            Err(_) => std::future::pending().await,
-        },
-        None => std::future::pending().await,
-    }
-}
-
-async fn next_frame(
-    reader: &mut RawReader,
-    decoder: &mut FrameDecoder,
-) -> Result<Option<pb::server_frame::Kind>, ClientError> {
-    loop {
-        if let Some(frame) = decoder
-            .next_frame()
-            .map_err(|e| ClientError::Protocol(e.to_string()))?
-        {
-            let f = decode_server(frame).map_err(ClientError::Protocol)?;
-            match f.kind {
-                Some(k) => return Ok(Some(k)),
-                None => continue, // a frame kind newer than this client: skip it
-            }
-        }
-        match reader.read().await? {
-            Read::Data(b) => decoder.push(&b),
-            Read::Closed(info) => {
-                return match info {
-                    Some(CloseInfo {
-                        error: Some(code),
-                        reason,
-                        ..
-                    }) => Err(ClientError::Closed(format!("{code}: {reason}"))),
-                    Some(i) if i.code != 0 && i.code != 1000 => Err(ClientError::Closed(format!(
-                        "close code {}: {}",
-                        i.code, i.reason
-                    ))),
-                    _ => Ok(None),
-                };
-            }
-        }
-    }
-}
-
-/// Everything the gateway's frames arrive on: the control stream and, on QUIC, the
-/// delivery streams.
-struct Reading {
-    reader: RawReader,
-    decoder: FrameDecoder,
-    deliveries: Option<DeliveryStreams>,
-}
-
-/// Reads the delivery streams the gateway opens: one task accepts them, one task per
-/// stream splits its frames; all of them go to `rx` in each stream's order. The
-/// channel is bounded, so an app that stops reading events stops the stream reads,
-/// and QUIC flow control pushes back on the gateway.
-struct DeliveryStreams {
-    rx: mpsc::Receiver<Result<pb::server_frame::Kind, ClientError>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl DeliveryStreams {
-    fn start(conn: quinn::Connection, max_frame_bytes: usize) -> Self {
-        let (tx, rx) = mpsc::channel(64);
-        let accept = tokio::spawn(async move {
-            let mut readers = tokio::task::JoinSet::new();
-            // Ends when the connection does; dropping `readers` stops the rest.
-            while let Ok(mut recv) = conn.accept_uni().await {
-                let tx = tx.clone();
-                readers.spawn(async move {
-                    let mut decoder = FrameDecoder::new(max_frame_bytes);
-                    loop {
-                        let item = match decoder.next_frame() {
-                            Ok(Some(frame)) => match decode_server(frame) {
-                                Ok(pb::ServerFrame { kind: Some(k) }) => Ok(k),
-                                Ok(_) => continue, // newer than this client: skip it
-                                Err(e) => Err(ClientError::Protocol(e)),
-                            },
-                            Ok(None) => match recv.read_chunk(64 * 1024, true).await {
-                                Ok(Some(c)) => {
-                                    decoder.push(&c.bytes);
-                                    continue;
-                                }
-                                // Finished, reset or the connection ended: the
-                                // control stream reports why.
-                                _ => return,
-                            },
-                            Err(e) => Err(ClientError::Protocol(format!("delivery stream: {e}"))),
-                        };
-                        let fatal = item.is_err();
-                        if tx.send(item).await.is_err() || fatal {
-                            return;
-                        }
-                    }
-                });
-                while readers.try_join_next().is_some() {}
-            }
-        });
-        Self { rx, accept }
-    }
-}
-
-impl Drop for DeliveryStreams {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-/// The next frame from a delivery stream; never ready without them.
-async fn next_delivery(
-    d: Option<&mut DeliveryStreams>,
-) -> Option<Result<pb::server_frame::Kind, ClientError>> {
-    match d {
-        Some(d) => match d.rx.recv().await {
-            Some(r) => Some(r),
-            None => std::future::pending().await,
-        },
-        None => std::future::pending().await,
-    }
-}
-
 async fn drive(
-    reading: Reading,
+    mut link: link::Link,
     mut writer: RawWriter,
     mut cmds: mpsc::Receiver<Cmd>,
     events: mpsc::Sender<Event>,
     stats: Arc<Stats>,
     mut seen: HashMap<String, u64>,
 ) {
-    let Reading {
-        mut reader,
-        mut decoder,
-        mut deliveries,
-    } = reading;
-    let datagrams = reader.datagram_connection();
     let mut pending: HashMap<String, Vec<oneshot::Sender<SendResult>>> = HashMap::new();
     // Keeps the connection inside the gateway's idle timeout (60 s by default) when
     // nothing else is sent. QUIC has its own keep-alive too; WebSocket relies on this.
@@ -1167,7 +975,7 @@ async fn drive(
         tokio::select! {
             _ = ping.tick() => {
                 nonce += 1;
-                outgoing.push_back(client_frame(pb::client_frame::Kind::Ping(pb::Ping { nonce })));
+                outgoing.push_back(frames::ping(nonce));
             }
             // Take new commands only while few frames wait for the writer, so a
             // stalled connection pushes back on `send` instead of queueing without end.
@@ -1205,28 +1013,8 @@ async fn drive(
                     _ => "writer stopped".into(),
                 });
             }
-            Some(d) = next_datagram(datagrams.as_ref()) => {
-                // A datagram carries one whole frame (typing from the gateway).
-                let mut one = FrameDecoder::new(4096);
-                one.push(&d);
-                if let Ok(Some(frame)) = one.next_frame()
-                    && let Ok(f) = decode_server(frame)
-                    && let Some(kind @ pb::server_frame::Kind::Typing(_)) = f.kind
-                    && !handle(kind, &mut pending, &events, &stats, &mut seen).await
-                {
-                    break Some("event receiver dropped".into());
-                }
-            }
-            Some(frame) = next_delivery(deliveries.as_mut()) => match frame {
+            frame = link.next() => match frame {
                 Ok(kind) => {
-                    if !handle(kind, &mut pending, &events, &stats, &mut seen).await {
-                        break Some("event receiver dropped".into());
-                    }
-                }
-                Err(e) => break Some(e.to_string()),
-            },
-            frame = next_frame(&mut reader, &mut decoder) => match frame {
-                Ok(Some(kind)) => {
                     if let pb::server_frame::Kind::SyncBatch(b) = kind {
                         if let Some(reply) = syncs.remove(&b.request_id) {
                             let _ = reply.send(history_page(b));
@@ -1250,8 +1038,7 @@ async fn drive(
                         break Some("event receiver dropped".into());
                     }
                 }
-                Ok(None) => break Some("closed by the gateway".into()),
-                Err(e) => break Some(e.to_string()),
+                Err(e) => break Some(e.reason),
             },
         }
     };
@@ -1268,6 +1055,18 @@ async fn drive(
     };
     write_task.abort();
     let _ = events.send(Event::Closed { reason }).await;
+}
+
+fn welcome_of(w: pb::Welcome) -> Welcome {
+    Welcome {
+        cursors: w.cursors.into_iter().map(|c| (c.subject, c.seq)).collect(),
+        user: w.user,
+        device: w.device,
+        connection_id: w.connection_id,
+        gateway_id: w.gateway_id,
+        max_frame_bytes: w.max_frame_bytes,
+        delivery_streams: w.delivery_streams,
+    }
 }
 
 fn to_message(m: pb::Message) -> Message {
@@ -1372,6 +1171,50 @@ fn history_page(b: pb::SyncBatch) -> Result<HistoryPage, ClientError> {
     })
 }
 
+/// A SendResult frame as the app sees it: the send's id and its result.
+fn send_result_of(r: pb::SendResult) -> (String, SendResult) {
+    let result = match pb::send_result::Status::try_from(r.status) {
+        Ok(pb::send_result::Status::Stored) => SendResult::Stored {
+            subject: r.subject,
+            seq: r.seq,
+            msg_id: r.msg_id,
+            duplicate: r.duplicate,
+        },
+        Ok(pb::send_result::Status::Queued) => SendResult::Queued { msg_id: r.msg_id },
+        _ => SendResult::Rejected {
+            code: code_name(r.reason),
+            detail: r.detail,
+        },
+    };
+    (r.client_msg_id, result)
+}
+
+/// The event of a frame that needs no state to become one: presence, typing, a
+/// conversation's update.
+fn plain_event(kind: pb::server_frame::Kind) -> Option<Event> {
+    use pb::server_frame::Kind;
+    match kind {
+        Kind::Presence(p) => Some(Event::Presence {
+            user: p.user,
+            state: match pb::presence::State::try_from(p.state) {
+                Ok(pb::presence::State::Online) => "ONLINE",
+                Ok(pb::presence::State::Offline) => "OFFLINE",
+                _ => "UNKNOWN",
+            }
+            .to_string(),
+        }),
+        Kind::Typing(t) => Some(Event::Typing {
+            from: t.from,
+            group: (!t.group.is_empty()).then_some(t.group),
+            typing: t.typing,
+        }),
+        Kind::ConversationUpdate(u) => u
+            .conversation
+            .map(|c| Event::Conversation(to_conversation(c))),
+        _ => None,
+    }
+}
+
 async fn handle(
     kind: pb::server_frame::Kind,
     pending: &mut HashMap<String, Vec<oneshot::Sender<SendResult>>>,
@@ -1382,35 +1225,17 @@ async fn handle(
     use pb::server_frame::Kind;
     match kind {
         Kind::SendResult(r) => {
-            let result = match pb::send_result::Status::try_from(r.status) {
-                Ok(pb::send_result::Status::Stored) => SendResult::Stored {
-                    subject: r.subject,
-                    seq: r.seq,
-                    msg_id: r.msg_id,
-                    duplicate: r.duplicate,
-                },
-                Ok(pb::send_result::Status::Queued) => SendResult::Queued { msg_id: r.msg_id },
-                _ => SendResult::Rejected {
-                    code: code_name(r.reason),
-                    detail: r.detail,
-                },
-            };
-            if let Some(waiters) = pending.get_mut(&r.client_msg_id)
+            let (id, result) = send_result_of(r);
+            if let Some(waiters) = pending.get_mut(&id)
                 && !waiters.is_empty()
             {
                 let _ = waiters.remove(0).send(result);
                 if waiters.is_empty() {
-                    pending.remove(&r.client_msg_id);
+                    pending.remove(&id);
                 }
                 return true;
             }
-            events
-                .send(Event::SendResult {
-                    id: r.client_msg_id,
-                    result,
-                })
-                .await
-                .is_ok()
+            events.send(Event::SendResult { id, result }).await.is_ok()
         }
         Kind::Deliver(d) => {
             for m in d.messages {
@@ -1435,37 +1260,9 @@ async fn handle(
             })
             .await
             .is_ok(),
-        Kind::Presence(p) => events
-            .send(Event::Presence {
-                user: p.user,
-                state: match pb::presence::State::try_from(p.state) {
-                    Ok(pb::presence::State::Online) => "ONLINE",
-                    Ok(pb::presence::State::Offline) => "OFFLINE",
-                    _ => "UNKNOWN",
-                }
-                .to_string(),
-            })
-            .await
-            .is_ok(),
-        Kind::Typing(t) => events
-            .send(Event::Typing {
-                from: t.from,
-                group: (!t.group.is_empty()).then_some(t.group),
-                typing: t.typing,
-            })
-            .await
-            .is_ok(),
-        Kind::ConversationUpdate(u) => match u.conversation {
-            Some(c) => events
-                .send(Event::Conversation(to_conversation(c)))
-                .await
-                .is_ok(),
+        other => match plain_event(other) {
+            Some(ev) => events.send(ev).await.is_ok(),
             None => true,
         },
-        Kind::Welcome(_)
-        | Kind::Pong(_)
-        | Kind::SyncBatch(_)
-        | Kind::PushRegistered(_)
-        | Kind::ConversationList(_) => true,
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use petrel_client::{Client, ClientError, ConnectOptions, Endpoint, TransportKind, Trust};
+use petrel_client::{ClientError, ConnectOptions, Connection, Endpoint, TransportKind, Trust};
 use petrel_core::auth::mint_dev_token;
 
 use crate::Topology;
@@ -39,7 +39,7 @@ impl Topology {
         transport: TransportKind,
         user: &str,
         device: &str,
-    ) -> Result<Client, ClientError> {
+    ) -> Result<Connection, ClientError> {
         self.connect_with_token(edge, transport, &self.token(user), device)
             .await
     }
@@ -51,8 +51,8 @@ impl Topology {
         transport: TransportKind,
         token: &str,
         device: &str,
-    ) -> Result<Client, ClientError> {
-        Client::connect(ConnectOptions::new(
+    ) -> Result<Connection, ClientError> {
+        Connection::connect(ConnectOptions::new(
             self.endpoint(edge, transport),
             token,
             device,

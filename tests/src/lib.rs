@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use petrel_client::{Client, Endpoint, TransportKind, Trust};
+use petrel_client::{Connection, Endpoint, TransportKind, Trust};
 use petrel_gateway::Config;
 
 pub mod chaos;
@@ -74,7 +74,7 @@ impl TestTopology for Topology {
 
 /// Waits for the next message event, failing after `secs`.
 pub async fn next_message(
-    client: &mut Client,
+    client: &mut Connection,
     secs: u64,
 ) -> anyhow::Result<petrel_client::Message> {
     match tokio::time::timeout(Duration::from_secs(secs), client.next_event()).await {
@@ -86,7 +86,7 @@ pub async fn next_message(
 }
 
 /// The next typing event (from, group, typing) within `ms`, skipping other events.
-pub async fn next_typing(c: &mut Client, ms: u64) -> Option<(String, Option<String>, bool)> {
+pub async fn next_typing(c: &mut Connection, ms: u64) -> Option<(String, Option<String>, bool)> {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
     loop {
         match tokio::time::timeout_at(deadline, c.next_event()).await {
@@ -102,7 +102,7 @@ pub async fn next_typing(c: &mut Client, ms: u64) -> Option<(String, Option<Stri
 }
 
 /// The next presence state (user, state) within `ms`, skipping other events.
-pub async fn next_presence(c: &mut Client, ms: u64) -> Option<(String, String)> {
+pub async fn next_presence(c: &mut Connection, ms: u64) -> Option<(String, String)> {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
     loop {
         match tokio::time::timeout_at(deadline, c.next_event()).await {
@@ -117,7 +117,7 @@ pub async fn next_presence(c: &mut Client, ms: u64) -> Option<(String, String)> 
 
 /// Like [`next_message`] but skips messages on other subjects (e.g. the sender's own copies).
 pub async fn next_message_on(
-    client: &mut Client,
+    client: &mut Connection,
     subject: &str,
     secs: u64,
 ) -> anyhow::Result<petrel_client::Message> {

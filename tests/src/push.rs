@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use petrel_client::{Client, PushTarget, SendResult, TransportKind::*};
+use petrel_client::{Connection, PushTarget, SendResult, TransportKind::*};
 use petrel_devkit::push::{FakeProviders, Received, write_push_config};
 use tokio_util::sync::CancellationToken;
 
@@ -180,7 +180,7 @@ pub fn webpush(fakes: &FakeProviders, id: &str) -> PushTarget {
 }
 
 /// Sends and expects STORED.
-pub async fn send(c: &Client, to: &str, id: &str, text: &str) -> anyhow::Result<()> {
+pub async fn send(c: &Connection, to: &str, id: &str, text: &str) -> anyhow::Result<()> {
     match c.send(to, id, text.as_bytes().to_vec()).await? {
         SendResult::Stored { .. } => Ok(()),
         other => anyhow::bail!("{id}: {other:?}"),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use petrel_client::{Client, Event, TransportKind::*};
+use petrel_client::{Connection, Event, TransportKind::*};
 use petrel_tests::{TestTopology, Topology};
 
 const MEMBERS: usize = 1_000;
@@ -19,7 +19,11 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 
 /// Reads `n` group messages; returns the latency of each (µs since the sender's
 /// `base` clock, written in the content, to arrival).
-async fn read_n(mut c: Client, n: usize, base: Instant) -> anyhow::Result<(Client, Vec<f64>)> {
+async fn read_n(
+    mut c: Connection,
+    n: usize,
+    base: Instant,
+) -> anyhow::Result<(Connection, Vec<f64>)> {
     let mut lat = Vec::with_capacity(n);
     while lat.len() < n {
         match tokio::time::timeout(Duration::from_secs(60), c.next_event()).await {
@@ -54,7 +58,7 @@ async fn group_fanout_1000_members_on_one_edge() -> anyhow::Result<()> {
     }
     dir.add(&g, &petrel_core::UserId::parse("sender")?).await?;
     let started = Instant::now();
-    let members: Vec<Client> = futures::stream::iter(0..MEMBERS)
+    let members: Vec<Connection> = futures::stream::iter(0..MEMBERS)
         .map(|i| {
             let topo = topo.clone();
             async move { topo.connect(0, Quic, &format!("m{i}"), "d").await }

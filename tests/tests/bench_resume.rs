@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use petrel_client::{Client, ConnectOptions, SendResult, TransportKind::*};
+use petrel_client::{ConnectOptions, Connection, SendResult, TransportKind::*};
 use petrel_tests::{TestTopology, Topology, next_message_on};
 
 const INBOX: &str = "msg.private.bob";
@@ -14,7 +14,7 @@ async fn resume(t: &Topology, edge: usize, device: &str, cursor: u64) -> anyhow:
     let started = Instant::now();
     let mut opts = ConnectOptions::new(t.endpoint(edge, Quic), t.token("bob"), device);
     opts.cursors = vec![(INBOX.to_string(), cursor)];
-    let mut bob = Client::connect(opts).await?;
+    let mut bob = Connection::connect(opts).await?;
     for i in 0..MISSED {
         let m = next_message_on(&mut bob, INBOX, 10).await?;
         anyhow::ensure!(m.client_msg_id == format!("m{i}"), "out of order at {i}");

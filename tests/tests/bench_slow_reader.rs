@@ -51,7 +51,7 @@ async fn memory_while_a_reader_never_reads() -> anyhow::Result<()> {
 }
 
 /// Sends 4,096 × 16 KiB from alice to `to`; returns the peak RSS seen and the seconds.
-async fn flood(alice: &mut petrel_client::Client, to: &str) -> anyhow::Result<(f64, f64)> {
+async fn flood(alice: &mut petrel_client::Connection, to: &str) -> anyhow::Result<(f64, f64)> {
     let started = Instant::now();
     let mut peak = rss_mib();
     for chunk in 0..16 {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use petrel_client::{Client, ConnectOptions, TransportKind::*, Trust};
+use petrel_client::{ConnectOptions, Connection, TransportKind::*, Trust};
 use petrel_gateway::tls::{self, CertHashes};
 use petrel_tests::{TestTopology, Topology, next_message_on};
 
@@ -49,15 +49,19 @@ async fn connect_pinned(
     t: &Topology,
     transport: petrel_client::TransportKind,
     sha256: &str,
-) -> Result<Client, petrel_client::ClientError> {
+) -> Result<Connection, petrel_client::ClientError> {
     let mut ep = t.endpoint(0, transport);
     ep.trust = Trust::from_hex_sha256(sha256)?;
     ep.connect_timeout = Duration::from_secs(3);
-    Client::connect(ConnectOptions::new(ep, t.token("bob"), "pinned")).await
+    Connection::connect(ConnectOptions::new(ep, t.token("bob"), "pinned")).await
 }
 
 /// Alice sends to bob; each of bob's `clients` must receive it.
-async fn still_works(t: &Topology, clients: &mut [&mut Client], id: &str) -> anyhow::Result<()> {
+async fn still_works(
+    t: &Topology,
+    clients: &mut [&mut Connection],
+    id: &str,
+) -> anyhow::Result<()> {
     let alice = t.connect(0, Quic, "alice", "phone").await?;
     alice.send("bob", id, "still here").await?;
     for bob in clients.iter_mut() {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use futures::StreamExt;
-use petrel_client::{Client, ConnectOptions, Event, SendResult, TransportKind::*};
+use petrel_client::{ConnectOptions, Connection, Event, SendResult, TransportKind::*};
 use petrel_core::subject::MESSAGE_STREAM;
 use petrel_tests::chaos::{self, Load, Verdict};
 use petrel_tests::{GatewayProcess, next_message_on};
@@ -200,7 +200,7 @@ async fn gateway_killed_while_the_hub_is_away_forwards_its_queued_sends() -> any
     let mut gw = GatewayProcess::start(&dir, &leaf_url, topo.leaf_auth(), &[]).await?;
     let endpoint = gw.endpoint(Quic);
     let alice =
-        Client::connect(ConnectOptions::new(endpoint, topo.token("alice"), "laptop")).await?;
+        Connection::connect(ConnectOptions::new(endpoint, topo.token("alice"), "laptop")).await?;
     let mut phone = topo.connect(0, Quic, "bob", "phone").await?;
     let mut laptop = topo.connect(0, WebSocket, "bob", "laptop").await?;
     ensure!(matches!(

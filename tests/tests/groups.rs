@@ -3,12 +3,12 @@
 //! send, membership changes take effect live, and an edge subscribes to a group only
 //! while a member is connected there.
 
-use petrel_client::{Client, SendResult, TransportKind::*};
+use petrel_client::{Connection, SendResult, TransportKind::*};
 use petrel_tests::{TestTopology, Topology, next_message_on};
 
 const TEAM: &str = "msg.group.team";
 
-async fn expect_group_messages(c: &mut Client, ids: &[&str]) -> anyhow::Result<Vec<u64>> {
+async fn expect_group_messages(c: &mut Connection, ids: &[&str]) -> anyhow::Result<Vec<u64>> {
     let mut seqs = Vec::new();
     for id in ids {
         let m = next_message_on(c, TEAM, 10).await?;
@@ -140,7 +140,7 @@ async fn a_member_resumes_a_group_from_its_cursor() -> anyhow::Result<()> {
         cursors: vec![(TEAM.to_string(), seen[1])],
         ..petrel_client::ConnectOptions::new(topo.endpoint(1, Quic), topo.token("bob"), "phone")
     };
-    let mut bob = Client::connect(opts).await?;
+    let mut bob = Connection::connect(opts).await?;
     expect_group_messages(&mut bob, &["c", "d", "e"]).await?;
     alice.send_group("team", "f", "f").await?;
     expect_group_messages(&mut bob, &["f"]).await?;
@@ -149,7 +149,7 @@ async fn a_member_resumes_a_group_from_its_cursor() -> anyhow::Result<()> {
         cursors: vec![("msg.group.other".to_string(), 0)],
         ..petrel_client::ConnectOptions::new(topo.endpoint(1, Quic), topo.token("bob"), "tablet")
     };
-    let tablet = Client::connect(opts).await?;
+    let tablet = Connection::connect(opts).await?;
     anyhow::ensure!(
         tablet
             .welcome()

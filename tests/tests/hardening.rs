@@ -44,7 +44,7 @@ fn with_header(header: serde_json::Value, c: &Claims) -> anyhow::Result<String> 
 }
 
 /// The code and message a refused connection got.
-fn refusal(r: Result<petrel_client::Client, ClientError>) -> (String, String) {
+fn refusal(r: Result<petrel_client::Connection, ClientError>) -> (String, String) {
     match r {
         Err(ClientError::Refused { code, message }) => (code, message),
         Err(other) => panic!("expected a refusal, got error {other}"),
@@ -358,7 +358,7 @@ async fn silent_sockets_cannot_lock_out_real_clients() -> anyhow::Result<()> {
     for transport in [Quic, WebSocket] {
         let mut endpoint = t.endpoint(0, transport);
         endpoint.local_ip = Some("127.0.0.2".parse()?);
-        let client = petrel_client::Client::connect(petrel_client::ConnectOptions::new(
+        let client = petrel_client::Connection::connect(petrel_client::ConnectOptions::new(
             endpoint,
             t.token("alice"),
             "phone",
@@ -412,7 +412,7 @@ async fn one_address_connecting_in_a_loop_is_refused_past_its_rate_and_others_ar
     // Another address is not held to 127.0.0.1's rate.
     let mut endpoint = t.endpoint(0, Quic);
     endpoint.local_ip = Some("127.0.0.3".parse()?);
-    let other = petrel_client::Client::connect(petrel_client::ConnectOptions::new(
+    let other = petrel_client::Connection::connect(petrel_client::ConnectOptions::new(
         endpoint,
         t.token("bob"),
         "phone",

@@ -9,7 +9,7 @@ use petrel_client::{ClientError, TransportKind::*};
 use petrel_tests::issuer::{JwksServer, SigningKey, jwks};
 use petrel_tests::{TestTopology, Topology};
 
-fn refused(r: Result<petrel_client::Client, ClientError>) -> anyhow::Result<(String, String)> {
+fn refused(r: Result<petrel_client::Connection, ClientError>) -> anyhow::Result<(String, String)> {
     match r {
         Err(ClientError::Refused { code, message }) => Ok((code, message)),
         Err(other) => anyhow::bail!("expected a refusal, got error {other}"),

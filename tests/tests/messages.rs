@@ -6,7 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use petrel_client::{Client, Conversation, Event, SendOptions, SendResult, To, TransportKind::*};
+use petrel_client::{
+    Connection, Conversation, Event, SendOptions, SendResult, To, TransportKind::*,
+};
 use petrel_devkit::messages::MessageService;
 use petrel_tests::{TestTopology, Topology};
 
@@ -21,7 +23,13 @@ async fn start(window_secs: u64) -> anyhow::Result<(Topology, MessageService, te
     Ok((topo, svc, dir))
 }
 
-async fn send(c: &Client, to: To<'_>, id: &str, text: &str, o: SendOptions) -> anyhow::Result<u64> {
+async fn send(
+    c: &Connection,
+    to: To<'_>,
+    id: &str,
+    text: &str,
+    o: SendOptions,
+) -> anyhow::Result<u64> {
     let rx = c
         .sender()
         .start_send_with(to, id, text.as_bytes().to_vec(), "text/plain", o)
@@ -42,7 +50,7 @@ fn text(c: &Conversation) -> String {
 /// Polls `c`'s conversation list until `ok` holds (the archive catches up within
 /// milliseconds; 15 s is the bound).
 async fn list_until(
-    c: &Client,
+    c: &Connection,
     ok: impl Fn(&[Conversation]) -> bool,
 ) -> anyhow::Result<Vec<Conversation>> {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -246,7 +254,7 @@ async fn a_pin_or_mute_on_one_device_shows_on_every_device_and_pinned_comes_firs
 
 /// Waits for a ConversationUpdate on `client` that `ok` accepts.
 async fn wait_update(
-    client: &mut petrel_client::Client,
+    client: &mut petrel_client::Connection,
     ok: impl Fn(&petrel_client::Conversation) -> bool,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -504,7 +512,7 @@ async fn history_pages_past_the_streams_retention_into_the_archive_without_a_gap
 
 /// Every page of bob's inbox history in one direction until an empty one: the
 /// sequences of alice's messages.
-async fn all_pages(bob: &Client, newest_first: bool, size: u32) -> anyhow::Result<Vec<u64>> {
+async fn all_pages(bob: &Connection, newest_first: bool, size: u32) -> anyhow::Result<Vec<u64>> {
     let mut out = Vec::new();
     let mut from = 0;
     for _ in 0..100 {
@@ -546,7 +554,7 @@ async fn archive_counts(url: &str) -> anyhow::Result<(i64, i64)> {
 }
 
 /// `n` sends from alice to bob, `per_tick` at a time, ids `{tag}{i}`.
-async fn load(alice: &Client, tag: &str, n: usize) -> anyhow::Result<()> {
+async fn load(alice: &Connection, tag: &str, n: usize) -> anyhow::Result<()> {
     let mut answers = Vec::new();
     for i in 0..n {
         answers.push(

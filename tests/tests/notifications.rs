@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use petrel_client::{Client, ConnectOptions, Event, TransportKind::*};
+use petrel_client::{ConnectOptions, Connection, Event, TransportKind::*};
 use petrel_core::wire::Notification;
 use petrel_tests::{TestTopology, Topology};
 
@@ -36,7 +36,7 @@ async fn publish(
     Ok(ack.sequence)
 }
 
-async fn next_notification(c: &mut Client) -> anyhow::Result<petrel_client::Message> {
+async fn next_notification(c: &mut Connection) -> anyhow::Result<petrel_client::Message> {
     loop {
         match tokio::time::timeout(Duration::from_secs(10), c.next_event()).await {
             Ok(Some(Event::Message(m))) if m.notification.is_some() => return Ok(m),
@@ -97,7 +97,7 @@ async fn a_notification_reaches_every_device_and_is_resumed() -> anyhow::Result<
         ],
         ..ConnectOptions::new(topo.endpoint(0, Quic), topo.token("bob"), "phone")
     };
-    let mut phone = Client::connect(opts).await?;
+    let mut phone = Connection::connect(opts).await?;
     let mut got = vec![
         next_notification(&mut phone).await?.client_msg_id,
         next_notification(&mut phone).await?.client_msg_id,

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use petrel_client::{Client, ConnectOptions, Event, SendResult, TransportKind::*};
+use petrel_client::{ConnectOptions, Connection, Event, SendResult, TransportKind::*};
 use petrel_tests::{GatewayProcess, TestTopology, Topology, next_message_on};
 
 const INBOX: &str = "msg.private.bob";
@@ -145,7 +145,7 @@ async fn gateway_killed_with_5000_in_flight_loses_nothing_it_answered_for() -> a
             cursors,
             ..ConnectOptions::new(endpoint.clone(), topo.token(user), device)
         };
-        Client::connect(opts)
+        Connection::connect(opts)
     };
     let mut bob = connect("bob", "phone", vec![]).await?;
     let alice = connect("alice", "laptop", vec![]).await?;

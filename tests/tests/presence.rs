@@ -2,11 +2,11 @@
 //! device is; watchers get the state and then every change; with Redis down messages
 //! still flow and presence is unknown; when Redis returns the directory is rebuilt.
 
-use petrel_client::{Client, SendResult, To, TransportKind::*};
+use petrel_client::{Connection, SendResult, To, TransportKind::*};
 use petrel_tests::{TestTopology, Topology, next_message_on, next_presence, next_typing};
 
 /// Watches bob and returns the state reported now.
-async fn state_of_bob(alice: &mut Client) -> anyhow::Result<String> {
+async fn state_of_bob(alice: &mut Connection) -> anyhow::Result<String> {
     alice.watch(&["bob"]).await?;
     match next_presence(alice, 5_000).await {
         Some((u, s)) if u == "bob" => Ok(s),
@@ -74,7 +74,7 @@ async fn online_while_any_device_is_and_redis_down_only_makes_it_unknown() -> an
 }
 
 /// The next `n` states reported (each within 5 s), in order.
-async fn presence_answers(c: &mut Client, n: usize) -> Vec<(String, String)> {
+async fn presence_answers(c: &mut Connection, n: usize) -> Vec<(String, String)> {
     let mut out = Vec::new();
     while out.len() < n
         && let Some(p) = next_presence(c, 5_000).await

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use petrel_client::{Client, ConnectOptions, Event, ReceiptKind, TransportKind::*};
+use petrel_client::{ConnectOptions, Connection, Event, ReceiptKind, TransportKind::*};
 use petrel_tests::{TestTopology, Topology, next_message_on};
 
-async fn next_receipt(c: &mut Client) -> anyhow::Result<petrel_client::Message> {
+async fn next_receipt(c: &mut Connection) -> anyhow::Result<petrel_client::Message> {
     loop {
         match tokio::time::timeout(Duration::from_secs(10), c.next_event()).await {
             Ok(Some(Event::Message(m))) if m.receipt.is_some() => return Ok(m),
@@ -74,7 +74,7 @@ async fn receipts_reach_the_sender_also_after_it_reconnects() -> anyhow::Result<
         cursors: vec![("msg.private.alice".into(), cursor)],
         ..ConnectOptions::new(topo.endpoint(0, Quic), topo.token("alice"), "phone")
     };
-    let mut alice = Client::connect(opts).await?;
+    let mut alice = Connection::connect(opts).await?;
     let r = next_receipt(&mut alice).await?;
     let rc = r.receipt.as_ref().unwrap();
     anyhow::ensure!(

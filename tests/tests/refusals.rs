@@ -14,7 +14,7 @@ fn now() -> u64 {
     petrel_core::time::unix_secs()
 }
 
-fn refused_code(r: Result<petrel_client::Client, ClientError>) -> String {
+fn refused_code(r: Result<petrel_client::Connection, ClientError>) -> String {
     match r {
         Err(ClientError::Refused { code, .. }) => code,
         Err(other) => panic!("expected a refusal, got error {other}"),

@@ -2,14 +2,14 @@
 //! exactly what it missed, in order, then live traffic; a reader too slow for its
 //! live queue is caught up from the hub instead of being disconnected.
 
-use petrel_client::{Client, ConnectOptions, SendResult, TransportKind::*};
+use petrel_client::{ConnectOptions, Connection, SendResult, TransportKind::*};
 use petrel_tests::{TestTopology, Topology, next_message_on};
 
 const INBOX: &str = "msg.private.bob";
 
 /// Sends `n` messages alice → bob, pipelined; returns bob's-inbox sequences in order.
 async fn send_many(
-    alice: &Client,
+    alice: &Connection,
     prefix: &str,
     n: usize,
     size: usize,
@@ -70,7 +70,7 @@ async fn flood_on_the_hub(t: &Topology, n: usize, size: usize) -> anyhow::Result
 /// Reads `n` messages on bob's inbox and checks they are `prefix-0..n` in order with
 /// strictly increasing sequences.
 async fn expect_in_order(
-    bob: &mut Client,
+    bob: &mut Connection,
     prefix: &str,
     n: usize,
     secs: u64,
@@ -108,7 +108,7 @@ async fn a_returning_device_gets_exactly_what_it_missed_then_live() -> anyhow::R
 
     let mut opts = ConnectOptions::new(t.endpoint(1, Quic), t.token("bob"), "laptop");
     opts.cursors = vec![(INBOX.to_string(), cursor)];
-    let mut bob = Client::connect(opts).await?;
+    let mut bob = Connection::connect(opts).await?;
     let got = expect_in_order(&mut bob, "missed", 500, 10).await?;
     assert_eq!(
         got, sent,
@@ -210,7 +210,7 @@ async fn a_resume_is_served_from_the_edge_cache_and_from_the_hub_without_it() ->
     let resume = |edge: usize, device: &str| {
         let mut opts = ConnectOptions::new(t.endpoint(edge, Quic), t.token("bob"), device);
         opts.cursors = vec![(INBOX.to_string(), cursor)];
-        Client::connect(opts)
+        Connection::connect(opts)
     };
     let mut phone = resume(0, "phone").await?;
     assert_eq!(expect_in_order(&mut phone, "away", 500, 10).await?, sent);
@@ -238,7 +238,7 @@ async fn a_cursor_beyond_the_stream_is_moved_back_and_hides_nothing() -> anyhow:
     let sent = send_many(&alice, "first", 2, 10).await?;
     let mut opts = ConnectOptions::new(t.endpoint(0, WebSocket), t.token("bob"), "old-phone");
     opts.cursors = vec![(INBOX.to_string(), 1_000_000)];
-    let mut bob = Client::connect(opts).await?;
+    let mut bob = Connection::connect(opts).await?;
     assert_eq!(
         bob.welcome().cursors,
         vec![(INBOX.to_string(), *sent.last().unwrap_or(&0))],

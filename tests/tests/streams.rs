@@ -37,6 +37,7 @@ fn kind_name(k: &pb::server_frame::Kind) -> &'static str {
         PushRegistered(_) => "push_registered",
         ConversationList(_) => "conversation_list",
         ConversationUpdate(_) => "conversation_update",
+        GoAway(_) => "go_away",
     }
 }
 

@@ -305,6 +305,8 @@ export class PetrelClient extends EventTarget {
   private readonly seen = new Set<string>();
   private readonly seenOrder: string[] = [];
   private backoff = 0;
+  /** Set by a GoAway: the delay before the reconnect it asks for. */
+  private goAwayAfterMs: number | null = null;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
   private _retryAt: number | null = null;
   private wakeRetry: (() => void) | null = null;
@@ -1059,6 +1061,10 @@ export class PetrelClient extends EventTarget {
     for (const [, w] of this.pushes) w.reject(new PetrelError("CLOSED", "connection lost before the push registration was answered"));
     this.pushes.clear();
     if (this.closing) return;
+    if (this.goAwayAfterMs !== null && this.opts.reconnect) {
+      void this.reconnectLoop();
+      return;
+    }
     const why =
       fatal ??
       new PetrelError(
@@ -1066,7 +1072,7 @@ export class PetrelClient extends EventTarget {
         `connection lost${info.reason ? `: ${info.reason}` : ""}`,
       );
     this.dispatchEvent(new CustomEvent("error", { detail: why }));
-    const permanent = ["UNAUTHENTICATED", "INVALID_ID", "PROTOCOL"].includes(why.code) ||
+    const permanent = ["UNAUTHENTICATED", "INVALID_ID", "UNSUPPORTED_VERSION", "PROTOCOL"].includes(why.code) ||
       (why.code === "TOKEN_EXPIRED" && typeof this.opts.token === "string");
     if (!this.opts.reconnect || permanent) {
       for (const [, p] of this.pending) p.reject(why);
@@ -1112,6 +1118,11 @@ export class PetrelClient extends EventTarget {
         if (c) this.dispatchEvent(new CustomEvent("conversation", { detail: this.toConversation(c) }));
         return null;
       }
+      case "goAway":
+        // Draining: reconnect (elsewhere) after its delay, resume and re-send; not an
+        // error for the app.
+        this.goAwayAfterMs = f.kind.value.reconnectAfterMs;
+        return new PetrelError("GOING_AWAY", f.kind.value.reason);
       case "error": {
         const e = new PetrelError(errorCodeName(f.kind.value.code), f.kind.value.message);
         if (f.kind.value.fatal) return e;
@@ -1268,8 +1279,10 @@ export class PetrelClient extends EventTarget {
     this.setState("reconnecting");
     while (!this.closing) {
       const ceiling = Math.min(this.opts.maxBackoffMs, this.opts.initialBackoffMs * 2 ** this.backoff);
-      const delay = Math.random() * ceiling; // full jitter
-      this.backoff = Math.min(this.backoff + 1, 30);
+      // A GoAway says how long to wait; otherwise full jitter.
+      const delay = this.goAwayAfterMs ?? Math.random() * ceiling;
+      if (this.goAwayAfterMs === null) this.backoff = Math.min(this.backoff + 1, 30);
+      this.goAwayAfterMs = null;
       this._retryAt = Date.now() + delay;
       await new Promise<void>((r) => {
         this.wakeRetry = r;

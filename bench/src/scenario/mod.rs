@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::StreamExt;
-use petrel_client::{Client, ConnectOptions, Event, TransportKind};
+use petrel_client::{ConnectOptions, Connection, Event, TransportKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::hist::Latency;
@@ -374,7 +374,7 @@ impl Ctx<'_> {
         user: &str,
         i: usize,
         cursors: Vec<(String, u64)>,
-    ) -> anyhow::Result<Client> {
+    ) -> anyhow::Result<Connection> {
         let mut endpoint = self.target.endpoint(
             edge,
             self.transport,
@@ -385,7 +385,7 @@ impl Ctx<'_> {
         }
         let mut opts = ConnectOptions::new(endpoint, self.target.token(user)?, "bench");
         opts.cursors = cursors;
-        Client::connect(opts)
+        Connection::connect(opts)
             .await
             .with_context(|| format!("connecting {user}"))
     }
@@ -413,9 +413,9 @@ impl Ctx<'_> {
         edge: usize,
         n: usize,
         name: impl Fn(usize) -> String,
-    ) -> anyhow::Result<Vec<Client>> {
+    ) -> anyhow::Result<Vec<Connection>> {
         let pb = progress(n as u64, "connecting");
-        let clients: Vec<anyhow::Result<Client>> = futures::stream::iter(0..n)
+        let clients: Vec<anyhow::Result<Connection>> = futures::stream::iter(0..n)
             .map(|i| {
                 let user = name(i);
                 let pb = pb.clone();
@@ -464,13 +464,13 @@ impl ConnectSpec {
         &self,
         cursors: Vec<(String, u64)>,
         stop: &CancellationToken,
-    ) -> Option<Client> {
+    ) -> Option<Connection> {
         loop {
             let mut opts = ConnectOptions::new(self.endpoint.clone(), self.token.clone(), "bench");
             opts.cursors = cursors.clone();
             tokio::select! {
                 _ = stop.cancelled() => return None,
-                c = Client::connect(opts) => match c {
+                c = Connection::connect(opts) => match c {
                     Ok(c) => return Some(c),
                     Err(e) => tracing::debug!(error = %e, "reconnect failed; trying again"),
                 },
@@ -487,7 +487,7 @@ impl ConnectSpec {
 /// connects again with its cursors, counting in `reconnects`.
 pub(crate) fn receive_resilient(
     spec: ConnectSpec,
-    first: Client,
+    first: Connection,
     keep: impl Fn(&petrel_client::Message) -> bool + Send + 'static,
     count: Arc<AtomicU64>,
     reconnects: Arc<AtomicU64>,
@@ -574,7 +574,7 @@ impl Tally {
 /// `count` goes up by one per new one. Everything else is drained (a client whose
 /// events are not read stalls).
 pub(crate) fn receive(
-    mut client: Client,
+    mut client: Connection,
     keep: impl Fn(&petrel_client::Message) -> bool + Send + 'static,
     count: Arc<AtomicU64>,
     stop: CancellationToken,

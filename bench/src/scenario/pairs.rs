@@ -117,7 +117,7 @@ pub(crate) async fn run(
 #[allow(clippy::too_many_arguments)]
 async fn send_resilient(
     spec: ConnectSpec,
-    first: petrel_client::Client,
+    first: petrel_client::Connection,
     to: String,
     period: Duration,
     end: Instant,

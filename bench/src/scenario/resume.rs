@@ -41,7 +41,7 @@ pub(crate) async fn run(
         if let Some(p) = &ctx.proxies {
             endpoint.address = p.address(0, &endpoint.address);
         }
-        let c = petrel_client::Client::connect(petrel_client::ConnectOptions::new(
+        let c = petrel_client::Connection::connect(petrel_client::ConnectOptions::new(
             endpoint,
             ctx.target.token(&me)?,
             "laptop",

@@ -18,7 +18,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file petrel/v1/petrel.proto.
  */
 export const file_petrel_v1_petrel: GenFile = /*@__PURE__*/
-  fileDesc("ChZwZXRyZWwvdjEvcGV0cmVsLnByb3RvEglwZXRyZWwudjEinAQKC0NsaWVudEZyYW1lEiEKBWhlbGxvGAEgASgLMhAucGV0cmVsLnYxLkhlbGxvSAASHwoEc2VuZBgCIAEoCzIPLnBldHJlbC52MS5TZW5kSAASHQoDYWNrGAMgASgLMg4ucGV0cmVsLnYxLkFja0gAEh8KBHBpbmcYBCABKAsyDy5wZXRyZWwudjEuUGluZ0gAEh8KBHN5bmMYBSABKAsyDy5wZXRyZWwudjEuU3luY0gAEiMKBnR5cGluZxgGIAEoCzIRLnBldHJlbC52MS5UeXBpbmdIABIlCgdyZWNlaXB0GAcgASgLMhIucGV0cmVsLnYxLlJlY2VpcHRIABIwCg1yZWdpc3Rlcl9wdXNoGAggASgLMhcucGV0cmVsLnYxLlJlZ2lzdGVyUHVzaEgAEiEKBXdhdGNoGAkgASgLMhAucGV0cmVsLnYxLldhdGNoSAASIQoFYW1lbmQYCiABKAsyEC5wZXRyZWwudjEuQW1lbmRIABIoCgltYXJrX3JlYWQYCyABKAsyEy5wZXRyZWwudjEuTWFya1JlYWRIABI6ChJsaXN0X2NvbnZlcnNhdGlvbnMYDCABKAsyHC5wZXRyZWwudjEuTGlzdENvbnZlcnNhdGlvbnNIABI2ChBzZXRfY29udmVyc2F0aW9uGA0gASgLMhoucGV0cmVsLnYxLlNldENvbnZlcnNhdGlvbkgAQgYKBGtpbmQiZQoFQW1lbmQSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIOCgZ0YXJnZXQYAiABKAkSDgoGcmVjYWxsGAMgASgIEg8KB2NvbnRlbnQYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJIkgKCE1hcmtSZWFkEg4KBHVzZXIYASABKAlIABIPCgVncm91cBgCIAEoCUgAEgsKA3NlcRgDIAEoBEIOCgxjb252ZXJzYXRpb24iVgoRTGlzdENvbnZlcnNhdGlvbnMSEgoKcmVxdWVzdF9pZBgBIAEoBBIOCgZvZmZzZXQYAiABKA0SDQoFbGltaXQYAyABKA0SDgoGZm9sbG93GAQgASgIIpQBCg9TZXRDb252ZXJzYXRpb24SEgoKcmVxdWVzdF9pZBgBIAEoBBIOCgR1c2VyGAIgASgJSAASDwoFZ3JvdXAYAyABKAlIABITCgZwaW5uZWQYBCABKAhIAYgBARISCgVtdXRlZBgFIAEoCEgCiAEBQg4KDGNvbnZlcnNhdGlvbkIJCgdfcGlubmVkQggKBl9tdXRlZCKrAgoMUmVnaXN0ZXJQdXNoEhIKCnJlcXVlc3RfaWQYASABKAQSJQoEYXBucxgCIAEoCzIVLnBldHJlbC52MS5BcG5zVGFyZ2V0SAASIwoDZmNtGAMgASgLMhQucGV0cmVsLnYxLkZjbVRhcmdldEgAEisKB3dlYnB1c2gYBCABKAsyGC5wZXRyZWwudjEuV2ViUHVzaFRhcmdldEgAEg4KBmxvY2FsZRgFIAEoCRIwCgdwcmV2aWV3GAYgASgOMh8ucGV0cmVsLnYxLlJlZ2lzdGVyUHVzaC5QcmV2aWV3IkIKB1ByZXZpZXcSEwoPUFJFVklFV19ERUZBVUxUEAASEAoMUFJFVklFV19TSE9XEAESEAoMUFJFVklFV19ISURFEAJCCAoGdGFyZ2V0IkIKCkFwbnNUYXJnZXQSFAoMZGV2aWNlX3Rva2VuGAEgASgJEg0KBXRvcGljGAIgASgJEg8KB3NhbmRib3gYAyABKAgiGgoJRmNtVGFyZ2V0Eg0KBXRva2VuGAEgASgJIj8KDVdlYlB1c2hUYXJnZXQSEAoIZW5kcG9pbnQYASABKAkSDgoGcDI1NmRoGAIgASgJEgwKBGF1dGgYAyABKAkiWQoOUHVzaFJlZ2lzdGVyZWQSEgoKcmVxdWVzdF9pZBgBIAEoBBIjCgVlcnJvchgCIAEoDjIULnBldHJlbC52MS5FcnJvckNvZGUSDgoGZGV0YWlsGAMgASgJIhYKBVdhdGNoEg0KBXVzZXJzGAEgAygJIoMBCghQcmVzZW5jZRIMCgR1c2VyGAEgASgJEigKBXN0YXRlGAIgASgOMhkucGV0cmVsLnYxLlByZXNlbmNlLlN0YXRlIj8KBVN0YXRlEhEKDVNUQVRFX1VOS05PV04QABIQCgxTVEFURV9PTkxJTkUQARIRCg1TVEFURV9PRkZMSU5FEAIiPwoGVHlwaW5nEg4KBHVzZXIYASABKAlIABIPCgVncm91cBgCIAEoCUgAEg4KBnR5cGluZxgDIAEoCEIECgJ0byI6CgtUeXBpbmdFdmVudBIMCgRmcm9tGAEgASgJEg0KBWdyb3VwGAIgASgJEg4KBnR5cGluZxgDIAEoCCK2AQoHUmVjZWlwdBIlCgRraW5kGAEgASgOMhcucGV0cmVsLnYxLlJlY2VpcHQuS2luZBIPCgdzdWJqZWN0GAIgASgJEgsKA3NlcRgDIAEoBBIOCgZzZW5kZXIYBCABKAkSFQoNY2xpZW50X21zZ19pZBgFIAEoCSI/CgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABISCg5LSU5EX0RFTElWRVJFRBABEg0KCUtJTkRfUkVBRBACIn0KBFN5bmMSEgoKcmVxdWVzdF9pZBgBIAEoBBIPCgdzdWJqZWN0GAIgASgJEhQKDG5ld2VzdF9maXJzdBgDIAEoCBIOCgZiZWZvcmUYBCABKAQSDQoFYWZ0ZXIYBSABKAQSDQoFbGltaXQYBiABKA0SDAoEd2l0aBgHIAEoCSKZAQoJU3luY0JhdGNoEhIKCnJlcXVlc3RfaWQYASABKAQSDwoHc3ViamVjdBgCIAEoCRIkCghtZXNzYWdlcxgDIAMoCzISLnBldHJlbC52MS5NZXNzYWdlEgwKBG1vcmUYBCABKAgSIwoFZXJyb3IYBSABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg4KBmRldGFpbBgGIAEoCSJ+CgVIZWxsbxINCgV0b2tlbhgBIAEoCRIOCgZkZXZpY2UYAiABKAkSIgoHY3Vyc29ycxgDIAMoCzIRLnBldHJlbC52MS5DdXJzb3ISGAoQcHJvdG9jb2xfdmVyc2lvbhgEIAEoDRIYChBkZWxpdmVyeV9zdHJlYW1zGAUgASgNIiYKBkN1cnNvchIPCgdzdWJqZWN0GAEgASgJEgsKA3NlcRgCIAEoBCKmAQoEU2VuZBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEg4KBHVzZXIYAiABKAlIABIPCgVncm91cBgDIAEoCUgAEg8KB2NvbnRlbnQYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJEicKCHJlcGx5X3RvGAYgASgLMhUucGV0cmVsLnYxLk1lc3NhZ2VSZWYSEAoIbWVudGlvbnMYByADKAlCBAoCdG8iKgoKTWVzc2FnZVJlZhIPCgdzdWJqZWN0GAEgASgJEgsKA3NlcRgCIAEoBCIpCgNBY2sSIgoHY3Vyc29ycxgBIAMoCzIRLnBldHJlbC52MS5DdXJzb3IiFQoEUGluZxINCgVub25jZRgBIAEoBCKCBAoLU2VydmVyRnJhbWUSJQoHd2VsY29tZRgBIAEoCzISLnBldHJlbC52MS5XZWxjb21lSAASLAoLc2VuZF9yZXN1bHQYAiABKAsyFS5wZXRyZWwudjEuU2VuZFJlc3VsdEgAEiUKB2RlbGl2ZXIYAyABKAsyEi5wZXRyZWwudjEuRGVsaXZlckgAEh8KBHBvbmcYBCABKAsyDy5wZXRyZWwudjEuUG9uZ0gAEiEKBWVycm9yGAUgASgLMhAucGV0cmVsLnYxLkVycm9ySAASKgoKc3luY19iYXRjaBgJIAEoCzIULnBldHJlbC52MS5TeW5jQmF0Y2hIABIoCgZ0eXBpbmcYCCABKAsyFi5wZXRyZWwudjEuVHlwaW5nRXZlbnRIABInCghwcmVzZW5jZRgHIAEoCzITLnBldHJlbC52MS5QcmVzZW5jZUgAEjQKD3B1c2hfcmVnaXN0ZXJlZBgLIAEoCzIZLnBldHJlbC52MS5QdXNoUmVnaXN0ZXJlZEgAEjgKEWNvbnZlcnNhdGlvbl9saXN0GAwgASgLMhsucGV0cmVsLnYxLkNvbnZlcnNhdGlvbkxpc3RIABI8ChNjb252ZXJzYXRpb25fdXBkYXRlGA0gASgLMh0ucGV0cmVsLnYxLkNvbnZlcnNhdGlvblVwZGF0ZUgAQgYKBGtpbmQixwEKDENvbnZlcnNhdGlvbhIOCgR1c2VyGAEgASgJSAASDwoFZ3JvdXAYAiABKAlIABIgCgRsYXN0GAMgASgLMhIucGV0cmVsLnYxLk1lc3NhZ2USDgoGdW5yZWFkGAQgASgNEhcKD3VucmVhZF9tZW50aW9ucxgFIAEoDRIQCghyZWFkX3NlcRgGIAEoBBIOCgZwaW5uZWQYByABKAgSDQoFbXV0ZWQYCCABKAgSEgoKdXBkYXRlZF9tcxgJIAEoBEIGCgR3aXRoIpkBChBDb252ZXJzYXRpb25MaXN0EhIKCnJlcXVlc3RfaWQYASABKAQSLgoNY29udmVyc2F0aW9ucxgCIAMoCzIXLnBldHJlbC52MS5Db252ZXJzYXRpb24SDAoEbW9yZRgDIAEoCBIjCgVlcnJvchgEIAEoDjIULnBldHJlbC52MS5FcnJvckNvZGUSDgoGZGV0YWlsGAUgASgJIkMKEkNvbnZlcnNhdGlvblVwZGF0ZRItCgxjb252ZXJzYXRpb24YASABKAsyFy5wZXRyZWwudjEuQ29udmVyc2F0aW9uIsEBCgdXZWxjb21lEgwKBHVzZXIYASABKAkSDgoGZGV2aWNlGAIgASgJEhUKDWNvbm5lY3Rpb25faWQYAyABKAkSFwoPbWF4X2ZyYW1lX2J5dGVzGAQgASgNEhYKDnNlcnZlcl90aW1lX21zGAUgASgEEhIKCmdhdGV3YXlfaWQYBiABKAkSIgoHY3Vyc29ycxgHIAMoCzIRLnBldHJlbC52MS5DdXJzb3ISGAoQZGVsaXZlcnlfc3RyZWFtcxgIIAEoDSKlAgoKU2VuZFJlc3VsdBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEiwKBnN0YXR1cxgCIAEoDjIcLnBldHJlbC52MS5TZW5kUmVzdWx0LlN0YXR1cxIPCgdzdWJqZWN0GAMgASgJEgsKA3NlcRgEIAEoBBIOCgZtc2dfaWQYBSABKAkSJAoGcmVhc29uGAYgASgOMhQucGV0cmVsLnYxLkVycm9yQ29kZRIOCgZkZXRhaWwYByABKAkSEQoJZHVwbGljYXRlGAggASgIIlsKBlN0YXR1cxIWChJTVEFUVVNfVU5TUEVDSUZJRUQQABIRCg1TVEFUVVNfU1RPUkVEEAESEQoNU1RBVFVTX1FVRVVFRBACEhMKD1NUQVRVU19SRUpFQ1RFRBADIi8KB0RlbGl2ZXISJAoIbWVzc2FnZXMYASADKAsyEi5wZXRyZWwudjEuTWVzc2FnZSLDAwoHTWVzc2FnZRIPCgdzdWJqZWN0GAEgASgJEgsKA3NlcRgCIAEoBBIMCgRmcm9tGAMgASgJEgoKAnRvGAQgASgJEg8KB3RpbWVfbXMYBSABKAQSFQoNY2xpZW50X21zZ19pZBgGIAEoCRIPCgdjb250ZW50GAcgASgMEhQKDGNvbnRlbnRfdHlwZRgIIAEoCRITCgtmcm9tX2RldmljZRgJIAEoCRIQCghwcmV2X3NlcRgKIAEoBBINCgVncm91cBgLIAEoCRItCgxub3RpZmljYXRpb24YDCABKAsyFy5wZXRyZWwudjEuTm90aWZpY2F0aW9uEiMKB3JlY2VpcHQYDSABKAsyEi5wZXRyZWwudjEuUmVjZWlwdBInCghyZXBseV90bxgOIAEoCzIVLnBldHJlbC52MS5NZXNzYWdlUmVmEhAKCG1lbnRpb25zGA8gAygJEiQKBmFtZW5kcxgQIAEoCzIULnBldHJlbC52MS5BbWVuZG1lbnQSIQoEcmVhZBgRIAEoCzITLnBldHJlbC52MS5SZWFkTWFyaxIRCgllZGl0ZWRfbXMYEiABKAQSEAoIcmVjYWxsZWQYEyABKAgiKwoJQW1lbmRtZW50Eg4KBnRhcmdldBgBIAEoCRIOCgZyZWNhbGwYAiABKAgiSAoIUmVhZE1hcmsSDgoEdXNlchgBIAEoCUgAEg8KBWdyb3VwGAIgASgJSAASCwoDc2VxGAMgASgEQg4KDGNvbnZlcnNhdGlvbiK/AgoMTm90aWZpY2F0aW9uEgoKAmlkGAEgASgJEg0KBXRpdGxlGAIgASgJEgwKBGJvZHkYAyABKAkSDgoGYWN0aW9uGAQgASgJEjIKCHByaW9yaXR5GAUgASgOMiAucGV0cmVsLnYxLk5vdGlmaWNhdGlvbi5Qcmlvcml0eRINCgViYWRnZRgGIAEoDRIvCgRkYXRhGAcgAygLMiEucGV0cmVsLnYxLk5vdGlmaWNhdGlvbi5EYXRhRW50cnkSDwoHdGltZV9tcxgIIAEoBBorCglEYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJECghQcmlvcml0eRITCg9QUklPUklUWV9OT1JNQUwQABIQCgxQUklPUklUWV9MT1cQARIRCg1QUklPUklUWV9ISUdIEAIiLQoEUG9uZxINCgVub25jZRgBIAEoBBIWCg5zZXJ2ZXJfdGltZV9tcxgCIAEoBCJLCgVFcnJvchIiCgRjb2RlGAEgASgOMhQucGV0cmVsLnYxLkVycm9yQ29kZRIPCgdtZXNzYWdlGAIgASgJEg0KBWZhdGFsGAMgASgIItkCCg1TdG9yZWRNZXNzYWdlEgwKBGZyb20YASABKAkSCgoCdG8YAiABKAkSFQoNY2xpZW50X21zZ19pZBgDIAEoCRIPCgdjb250ZW50GAQgASgMEhQKDGNvbnRlbnRfdHlwZRgFIAEoCRIPCgd0aW1lX21zGAYgASgEEhMKC2Zyb21fZGV2aWNlGAcgASgJEhIKCmdhdGV3YXlfaWQYCCABKAkSDQoFZ3JvdXAYCSABKAkSIwoHcmVjZWlwdBgKIAEoCzISLnBldHJlbC52MS5SZWNlaXB0EicKCHJlcGx5X3RvGAsgASgLMhUucGV0cmVsLnYxLk1lc3NhZ2VSZWYSEAoIbWVudGlvbnMYDCADKAkSJAoGYW1lbmRzGA0gASgLMhQucGV0cmVsLnYxLkFtZW5kbWVudBIhCgRyZWFkGA4gASgLMhMucGV0cmVsLnYxLlJlYWRNYXJrIn8KDEhpc3RvcnlRdWVyeRIMCgR1c2VyGAEgASgJEg8KB3N1YmplY3QYAiABKAkSDAoEd2l0aBgDIAEoCRIUCgxuZXdlc3RfZmlyc3QYBCABKAgSDgoGYmVmb3JlGAUgASgEEg0KBWFmdGVyGAYgASgEEg0KBWxpbWl0GAcgASgNIowBCg9BcmNoaXZlZE1lc3NhZ2USDwoHc3ViamVjdBgBIAEoCRILCgNzZXEYAiABKAQSDwoHcGF5bG9hZBgDIAEoDBIRCgllZGl0ZWRfbXMYBCABKAQSEAoIcmVjYWxsZWQYBSABKAgSDwoHY29udGVudBgGIAEoDBIUCgxjb250ZW50X3R5cGUYByABKAkiWAoLSGlzdG9yeVBhZ2USLAoIbWVzc2FnZXMYASADKAsyGi5wZXRyZWwudjEuQXJjaGl2ZWRNZXNzYWdlEgwKBG1vcmUYAiABKAgSDQoFZXJyb3IYAyABKAkiUQoSQ29udmVyc2F0aW9uc1F1ZXJ5EgwKBHVzZXIYASABKAkSDgoGZ3JvdXBzGAIgAygJEg4KBm9mZnNldBgDIAEoDRINCgVsaW1pdBgEIAEoDSKmAQoNU2V0dGluZ3NRdWVyeRIMCgR1c2VyGAEgASgJEg4KBmdyb3VwcxgCIAMoCRITCgl3aXRoX3VzZXIYAyABKAlIABIUCgp3aXRoX2dyb3VwGAQgASgJSAASEwoGcGlubmVkGAUgASgISAGIAQESEgoFbXV0ZWQYBiABKAhIAogBAUIOCgxjb252ZXJzYXRpb25CCQoHX3Bpbm5lZEIICgZfbXV0ZWQiNAoNT3JpZ2luYWxRdWVyeRIMCgR1c2VyGAEgASgJEhUKDWNsaWVudF9tc2dfaWQYAiABKAkiZgoIT3JpZ2luYWwSDQoFZm91bmQYASABKAgSCgoCdG8YAiABKAkSDQoFZ3JvdXAYAyABKAkSDwoHdGltZV9tcxgEIAEoBBIQCghyZWNhbGxlZBgFIAEoCBINCgVlcnJvchgGIAEoCSIrCgtVbnJlYWRUb3RhbBINCgV0b3RhbBgBIAEoDRINCgVlcnJvchgCIAEoCSr8AwoJRXJyb3JDb2RlEhoKFkVSUk9SX0NPREVfVU5TUEVDSUZJRUQQABIYChRFUlJPUl9DT0RFX0JBRF9GUkFNRRABEh4KGkVSUk9SX0NPREVfRlJBTUVfVE9PX0xBUkdFEAISHAoYRVJST1JfQ09ERV9VTktOT1dOX0ZSQU1FEAMSFwoTRVJST1JfQ09ERV9QUk9UT0NPTBAEEh4KGkVSUk9SX0NPREVfVU5BVVRIRU5USUNBVEVEEAUSHAoYRVJST1JfQ09ERV9UT0tFTl9FWFBJUkVEEAYSGQoVRVJST1JfQ09ERV9JTlZBTElEX0lEEAcSIAocRVJST1JfQ09ERV9IQU5EU0hBS0VfVElNRU9VVBAIEh4KGkVSUk9SX0NPREVfSU5WQUxJRF9NRVNTQUdFEAkSGgoWRVJST1JfQ09ERV9VTkFWQUlMQUJMRRAKEhwKGEVSUk9SX0NPREVfU0xPV19DT05TVU1FUhALEhkKFUVSUk9SX0NPREVfR09JTkdfQVdBWRAMEhsKF0VSUk9SX0NPREVfUkFURV9MSU1JVEVEEA0SFwoTRVJST1JfQ09ERV9JTlRFUk5BTBAOEhgKFEVSUk9SX0NPREVfRk9SQklEREVOEA8SIgoeRVJST1JfQ09ERV9VTlNVUFBPUlRFRF9WRVJTSU9OEBBiBnByb3RvMw");
+  fileDesc("ChZwZXRyZWwvdjEvcGV0cmVsLnByb3RvEglwZXRyZWwudjEinAQKC0NsaWVudEZyYW1lEiEKBWhlbGxvGAEgASgLMhAucGV0cmVsLnYxLkhlbGxvSAASHwoEc2VuZBgCIAEoCzIPLnBldHJlbC52MS5TZW5kSAASHQoDYWNrGAMgASgLMg4ucGV0cmVsLnYxLkFja0gAEh8KBHBpbmcYBCABKAsyDy5wZXRyZWwudjEuUGluZ0gAEh8KBHN5bmMYBSABKAsyDy5wZXRyZWwudjEuU3luY0gAEiMKBnR5cGluZxgGIAEoCzIRLnBldHJlbC52MS5UeXBpbmdIABIlCgdyZWNlaXB0GAcgASgLMhIucGV0cmVsLnYxLlJlY2VpcHRIABIwCg1yZWdpc3Rlcl9wdXNoGAggASgLMhcucGV0cmVsLnYxLlJlZ2lzdGVyUHVzaEgAEiEKBXdhdGNoGAkgASgLMhAucGV0cmVsLnYxLldhdGNoSAASIQoFYW1lbmQYCiABKAsyEC5wZXRyZWwudjEuQW1lbmRIABIoCgltYXJrX3JlYWQYCyABKAsyEy5wZXRyZWwudjEuTWFya1JlYWRIABI6ChJsaXN0X2NvbnZlcnNhdGlvbnMYDCABKAsyHC5wZXRyZWwudjEuTGlzdENvbnZlcnNhdGlvbnNIABI2ChBzZXRfY29udmVyc2F0aW9uGA0gASgLMhoucGV0cmVsLnYxLlNldENvbnZlcnNhdGlvbkgAQgYKBGtpbmQiZQoFQW1lbmQSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIOCgZ0YXJnZXQYAiABKAkSDgoGcmVjYWxsGAMgASgIEg8KB2NvbnRlbnQYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJIkgKCE1hcmtSZWFkEg4KBHVzZXIYASABKAlIABIPCgVncm91cBgCIAEoCUgAEgsKA3NlcRgDIAEoBEIOCgxjb252ZXJzYXRpb24iVgoRTGlzdENvbnZlcnNhdGlvbnMSEgoKcmVxdWVzdF9pZBgBIAEoBBIOCgZvZmZzZXQYAiABKA0SDQoFbGltaXQYAyABKA0SDgoGZm9sbG93GAQgASgIIpQBCg9TZXRDb252ZXJzYXRpb24SEgoKcmVxdWVzdF9pZBgBIAEoBBIOCgR1c2VyGAIgASgJSAASDwoFZ3JvdXAYAyABKAlIABITCgZwaW5uZWQYBCABKAhIAYgBARISCgVtdXRlZBgFIAEoCEgCiAEBQg4KDGNvbnZlcnNhdGlvbkIJCgdfcGlubmVkQggKBl9tdXRlZCKrAgoMUmVnaXN0ZXJQdXNoEhIKCnJlcXVlc3RfaWQYASABKAQSJQoEYXBucxgCIAEoCzIVLnBldHJlbC52MS5BcG5zVGFyZ2V0SAASIwoDZmNtGAMgASgLMhQucGV0cmVsLnYxLkZjbVRhcmdldEgAEisKB3dlYnB1c2gYBCABKAsyGC5wZXRyZWwudjEuV2ViUHVzaFRhcmdldEgAEg4KBmxvY2FsZRgFIAEoCRIwCgdwcmV2aWV3GAYgASgOMh8ucGV0cmVsLnYxLlJlZ2lzdGVyUHVzaC5QcmV2aWV3IkIKB1ByZXZpZXcSEwoPUFJFVklFV19ERUZBVUxUEAASEAoMUFJFVklFV19TSE9XEAESEAoMUFJFVklFV19ISURFEAJCCAoGdGFyZ2V0IkIKCkFwbnNUYXJnZXQSFAoMZGV2aWNlX3Rva2VuGAEgASgJEg0KBXRvcGljGAIgASgJEg8KB3NhbmRib3gYAyABKAgiGgoJRmNtVGFyZ2V0Eg0KBXRva2VuGAEgASgJIj8KDVdlYlB1c2hUYXJnZXQSEAoIZW5kcG9pbnQYASABKAkSDgoGcDI1NmRoGAIgASgJEgwKBGF1dGgYAyABKAkiWQoOUHVzaFJlZ2lzdGVyZWQSEgoKcmVxdWVzdF9pZBgBIAEoBBIjCgVlcnJvchgCIAEoDjIULnBldHJlbC52MS5FcnJvckNvZGUSDgoGZGV0YWlsGAMgASgJIhYKBVdhdGNoEg0KBXVzZXJzGAEgAygJIoMBCghQcmVzZW5jZRIMCgR1c2VyGAEgASgJEigKBXN0YXRlGAIgASgOMhkucGV0cmVsLnYxLlByZXNlbmNlLlN0YXRlIj8KBVN0YXRlEhEKDVNUQVRFX1VOS05PV04QABIQCgxTVEFURV9PTkxJTkUQARIRCg1TVEFURV9PRkZMSU5FEAIiPwoGVHlwaW5nEg4KBHVzZXIYASABKAlIABIPCgVncm91cBgCIAEoCUgAEg4KBnR5cGluZxgDIAEoCEIECgJ0byI6CgtUeXBpbmdFdmVudBIMCgRmcm9tGAEgASgJEg0KBWdyb3VwGAIgASgJEg4KBnR5cGluZxgDIAEoCCK2AQoHUmVjZWlwdBIlCgRraW5kGAEgASgOMhcucGV0cmVsLnYxLlJlY2VpcHQuS2luZBIPCgdzdWJqZWN0GAIgASgJEgsKA3NlcRgDIAEoBBIOCgZzZW5kZXIYBCABKAkSFQoNY2xpZW50X21zZ19pZBgFIAEoCSI/CgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABISCg5LSU5EX0RFTElWRVJFRBABEg0KCUtJTkRfUkVBRBACIn0KBFN5bmMSEgoKcmVxdWVzdF9pZBgBIAEoBBIPCgdzdWJqZWN0GAIgASgJEhQKDG5ld2VzdF9maXJzdBgDIAEoCBIOCgZiZWZvcmUYBCABKAQSDQoFYWZ0ZXIYBSABKAQSDQoFbGltaXQYBiABKA0SDAoEd2l0aBgHIAEoCSKZAQoJU3luY0JhdGNoEhIKCnJlcXVlc3RfaWQYASABKAQSDwoHc3ViamVjdBgCIAEoCRIkCghtZXNzYWdlcxgDIAMoCzISLnBldHJlbC52MS5NZXNzYWdlEgwKBG1vcmUYBCABKAgSIwoFZXJyb3IYBSABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg4KBmRldGFpbBgGIAEoCSJ+CgVIZWxsbxINCgV0b2tlbhgBIAEoCRIOCgZkZXZpY2UYAiABKAkSIgoHY3Vyc29ycxgDIAMoCzIRLnBldHJlbC52MS5DdXJzb3ISGAoQcHJvdG9jb2xfdmVyc2lvbhgEIAEoDRIYChBkZWxpdmVyeV9zdHJlYW1zGAUgASgNIiYKBkN1cnNvchIPCgdzdWJqZWN0GAEgASgJEgsKA3NlcRgCIAEoBCKmAQoEU2VuZBIVCg1jbGllbnRfbXNnX2lkGAEgASgJEg4KBHVzZXIYAiABKAlIABIPCgVncm91cBgDIAEoCUgAEg8KB2NvbnRlbnQYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJEicKCHJlcGx5X3RvGAYgASgLMhUucGV0cmVsLnYxLk1lc3NhZ2VSZWYSEAoIbWVudGlvbnMYByADKAlCBAoCdG8iKgoKTWVzc2FnZVJlZhIPCgdzdWJqZWN0GAEgASgJEgsKA3NlcRgCIAEoBCIpCgNBY2sSIgoHY3Vyc29ycxgBIAMoCzIRLnBldHJlbC52MS5DdXJzb3IiFQoEUGluZxINCgVub25jZRgBIAEoBCKuBAoLU2VydmVyRnJhbWUSJQoHd2VsY29tZRgBIAEoCzISLnBldHJlbC52MS5XZWxjb21lSAASLAoLc2VuZF9yZXN1bHQYAiABKAsyFS5wZXRyZWwudjEuU2VuZFJlc3VsdEgAEiUKB2RlbGl2ZXIYAyABKAsyEi5wZXRyZWwudjEuRGVsaXZlckgAEh8KBHBvbmcYBCABKAsyDy5wZXRyZWwudjEuUG9uZ0gAEiEKBWVycm9yGAUgASgLMhAucGV0cmVsLnYxLkVycm9ySAASKgoKc3luY19iYXRjaBgJIAEoCzIULnBldHJlbC52MS5TeW5jQmF0Y2hIABIoCgZ0eXBpbmcYCCABKAsyFi5wZXRyZWwudjEuVHlwaW5nRXZlbnRIABInCghwcmVzZW5jZRgHIAEoCzITLnBldHJlbC52MS5QcmVzZW5jZUgAEjQKD3B1c2hfcmVnaXN0ZXJlZBgLIAEoCzIZLnBldHJlbC52MS5QdXNoUmVnaXN0ZXJlZEgAEjgKEWNvbnZlcnNhdGlvbl9saXN0GAwgASgLMhsucGV0cmVsLnYxLkNvbnZlcnNhdGlvbkxpc3RIABI8ChNjb252ZXJzYXRpb25fdXBkYXRlGA0gASgLMh0ucGV0cmVsLnYxLkNvbnZlcnNhdGlvblVwZGF0ZUgAEiQKB2dvX2F3YXkYCiABKAsyES5wZXRyZWwudjEuR29Bd2F5SABCBgoEa2luZEoECAYQByI0CgZHb0F3YXkSDgoGcmVhc29uGAEgASgJEhoKEnJlY29ubmVjdF9hZnRlcl9tcxgCIAEoDSLHAQoMQ29udmVyc2F0aW9uEg4KBHVzZXIYASABKAlIABIPCgVncm91cBgCIAEoCUgAEiAKBGxhc3QYAyABKAsyEi5wZXRyZWwudjEuTWVzc2FnZRIOCgZ1bnJlYWQYBCABKA0SFwoPdW5yZWFkX21lbnRpb25zGAUgASgNEhAKCHJlYWRfc2VxGAYgASgEEg4KBnBpbm5lZBgHIAEoCBINCgVtdXRlZBgIIAEoCBISCgp1cGRhdGVkX21zGAkgASgEQgYKBHdpdGgimQEKEENvbnZlcnNhdGlvbkxpc3QSEgoKcmVxdWVzdF9pZBgBIAEoBBIuCg1jb252ZXJzYXRpb25zGAIgAygLMhcucGV0cmVsLnYxLkNvbnZlcnNhdGlvbhIMCgRtb3JlGAMgASgIEiMKBWVycm9yGAQgASgOMhQucGV0cmVsLnYxLkVycm9yQ29kZRIOCgZkZXRhaWwYBSABKAkiQwoSQ29udmVyc2F0aW9uVXBkYXRlEi0KDGNvbnZlcnNhdGlvbhgBIAEoCzIXLnBldHJlbC52MS5Db252ZXJzYXRpb24iwQEKB1dlbGNvbWUSDAoEdXNlchgBIAEoCRIOCgZkZXZpY2UYAiABKAkSFQoNY29ubmVjdGlvbl9pZBgDIAEoCRIXCg9tYXhfZnJhbWVfYnl0ZXMYBCABKA0SFgoOc2VydmVyX3RpbWVfbXMYBSABKAQSEgoKZ2F0ZXdheV9pZBgGIAEoCRIiCgdjdXJzb3JzGAcgAygLMhEucGV0cmVsLnYxLkN1cnNvchIYChBkZWxpdmVyeV9zdHJlYW1zGAggASgNIqUCCgpTZW5kUmVzdWx0EhUKDWNsaWVudF9tc2dfaWQYASABKAkSLAoGc3RhdHVzGAIgASgOMhwucGV0cmVsLnYxLlNlbmRSZXN1bHQuU3RhdHVzEg8KB3N1YmplY3QYAyABKAkSCwoDc2VxGAQgASgEEg4KBm1zZ19pZBgFIAEoCRIkCgZyZWFzb24YBiABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg4KBmRldGFpbBgHIAEoCRIRCglkdXBsaWNhdGUYCCABKAgiWwoGU3RhdHVzEhYKElNUQVRVU19VTlNQRUNJRklFRBAAEhEKDVNUQVRVU19TVE9SRUQQARIRCg1TVEFUVVNfUVVFVUVEEAISEwoPU1RBVFVTX1JFSkVDVEVEEAMiLwoHRGVsaXZlchIkCghtZXNzYWdlcxgBIAMoCzISLnBldHJlbC52MS5NZXNzYWdlIsMDCgdNZXNzYWdlEg8KB3N1YmplY3QYASABKAkSCwoDc2VxGAIgASgEEgwKBGZyb20YAyABKAkSCgoCdG8YBCABKAkSDwoHdGltZV9tcxgFIAEoBBIVCg1jbGllbnRfbXNnX2lkGAYgASgJEg8KB2NvbnRlbnQYByABKAwSFAoMY29udGVudF90eXBlGAggASgJEhMKC2Zyb21fZGV2aWNlGAkgASgJEhAKCHByZXZfc2VxGAogASgEEg0KBWdyb3VwGAsgASgJEi0KDG5vdGlmaWNhdGlvbhgMIAEoCzIXLnBldHJlbC52MS5Ob3RpZmljYXRpb24SIwoHcmVjZWlwdBgNIAEoCzISLnBldHJlbC52MS5SZWNlaXB0EicKCHJlcGx5X3RvGA4gASgLMhUucGV0cmVsLnYxLk1lc3NhZ2VSZWYSEAoIbWVudGlvbnMYDyADKAkSJAoGYW1lbmRzGBAgASgLMhQucGV0cmVsLnYxLkFtZW5kbWVudBIhCgRyZWFkGBEgASgLMhMucGV0cmVsLnYxLlJlYWRNYXJrEhEKCWVkaXRlZF9tcxgSIAEoBBIQCghyZWNhbGxlZBgTIAEoCCIrCglBbWVuZG1lbnQSDgoGdGFyZ2V0GAEgASgJEg4KBnJlY2FsbBgCIAEoCCJICghSZWFkTWFyaxIOCgR1c2VyGAEgASgJSAASDwoFZ3JvdXAYAiABKAlIABILCgNzZXEYAyABKARCDgoMY29udmVyc2F0aW9uIr8CCgxOb3RpZmljYXRpb24SCgoCaWQYASABKAkSDQoFdGl0bGUYAiABKAkSDAoEYm9keRgDIAEoCRIOCgZhY3Rpb24YBCABKAkSMgoIcHJpb3JpdHkYBSABKA4yIC5wZXRyZWwudjEuTm90aWZpY2F0aW9uLlByaW9yaXR5Eg0KBWJhZGdlGAYgASgNEi8KBGRhdGEYByADKAsyIS5wZXRyZWwudjEuTm90aWZpY2F0aW9uLkRhdGFFbnRyeRIPCgd0aW1lX21zGAggASgEGisKCURhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkQKCFByaW9yaXR5EhMKD1BSSU9SSVRZX05PUk1BTBAAEhAKDFBSSU9SSVRZX0xPVxABEhEKDVBSSU9SSVRZX0hJR0gQAiItCgRQb25nEg0KBW5vbmNlGAEgASgEEhYKDnNlcnZlcl90aW1lX21zGAIgASgEIksKBUVycm9yEiIKBGNvZGUYASABKA4yFC5wZXRyZWwudjEuRXJyb3JDb2RlEg8KB21lc3NhZ2UYAiABKAkSDQoFZmF0YWwYAyABKAgi2QIKDVN0b3JlZE1lc3NhZ2USDAoEZnJvbRgBIAEoCRIKCgJ0bxgCIAEoCRIVCg1jbGllbnRfbXNnX2lkGAMgASgJEg8KB2NvbnRlbnQYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJEg8KB3RpbWVfbXMYBiABKAQSEwoLZnJvbV9kZXZpY2UYByABKAkSEgoKZ2F0ZXdheV9pZBgIIAEoCRINCgVncm91cBgJIAEoCRIjCgdyZWNlaXB0GAogASgLMhIucGV0cmVsLnYxLlJlY2VpcHQSJwoIcmVwbHlfdG8YCyABKAsyFS5wZXRyZWwudjEuTWVzc2FnZVJlZhIQCghtZW50aW9ucxgMIAMoCRIkCgZhbWVuZHMYDSABKAsyFC5wZXRyZWwudjEuQW1lbmRtZW50EiEKBHJlYWQYDiABKAsyEy5wZXRyZWwudjEuUmVhZE1hcmsifwoMSGlzdG9yeVF1ZXJ5EgwKBHVzZXIYASABKAkSDwoHc3ViamVjdBgCIAEoCRIMCgR3aXRoGAMgASgJEhQKDG5ld2VzdF9maXJzdBgEIAEoCBIOCgZiZWZvcmUYBSABKAQSDQoFYWZ0ZXIYBiABKAQSDQoFbGltaXQYByABKA0ijAEKD0FyY2hpdmVkTWVzc2FnZRIPCgdzdWJqZWN0GAEgASgJEgsKA3NlcRgCIAEoBBIPCgdwYXlsb2FkGAMgASgMEhEKCWVkaXRlZF9tcxgEIAEoBBIQCghyZWNhbGxlZBgFIAEoCBIPCgdjb250ZW50GAYgASgMEhQKDGNvbnRlbnRfdHlwZRgHIAEoCSJYCgtIaXN0b3J5UGFnZRIsCghtZXNzYWdlcxgBIAMoCzIaLnBldHJlbC52MS5BcmNoaXZlZE1lc3NhZ2USDAoEbW9yZRgCIAEoCBINCgVlcnJvchgDIAEoCSJRChJDb252ZXJzYXRpb25zUXVlcnkSDAoEdXNlchgBIAEoCRIOCgZncm91cHMYAiADKAkSDgoGb2Zmc2V0GAMgASgNEg0KBWxpbWl0GAQgASgNIqYBCg1TZXR0aW5nc1F1ZXJ5EgwKBHVzZXIYASABKAkSDgoGZ3JvdXBzGAIgAygJEhMKCXdpdGhfdXNlchgDIAEoCUgAEhQKCndpdGhfZ3JvdXAYBCABKAlIABITCgZwaW5uZWQYBSABKAhIAYgBARISCgVtdXRlZBgGIAEoCEgCiAEBQg4KDGNvbnZlcnNhdGlvbkIJCgdfcGlubmVkQggKBl9tdXRlZCI0Cg1PcmlnaW5hbFF1ZXJ5EgwKBHVzZXIYASABKAkSFQoNY2xpZW50X21zZ19pZBgCIAEoCSJmCghPcmlnaW5hbBINCgVmb3VuZBgBIAEoCBIKCgJ0bxgCIAEoCRINCgVncm91cBgDIAEoCRIPCgd0aW1lX21zGAQgASgEEhAKCHJlY2FsbGVkGAUgASgIEg0KBWVycm9yGAYgASgJIisKC1VucmVhZFRvdGFsEg0KBXRvdGFsGAEgASgNEg0KBWVycm9yGAIgASgJKvwDCglFcnJvckNvZGUSGgoWRVJST1JfQ09ERV9VTlNQRUNJRklFRBAAEhgKFEVSUk9SX0NPREVfQkFEX0ZSQU1FEAESHgoaRVJST1JfQ09ERV9GUkFNRV9UT09fTEFSR0UQAhIcChhFUlJPUl9DT0RFX1VOS05PV05fRlJBTUUQAxIXChNFUlJPUl9DT0RFX1BST1RPQ09MEAQSHgoaRVJST1JfQ09ERV9VTkFVVEhFTlRJQ0FURUQQBRIcChhFUlJPUl9DT0RFX1RPS0VOX0VYUElSRUQQBhIZChVFUlJPUl9DT0RFX0lOVkFMSURfSUQQBxIgChxFUlJPUl9DT0RFX0hBTkRTSEFLRV9USU1FT1VUEAgSHgoaRVJST1JfQ09ERV9JTlZBTElEX01FU1NBR0UQCRIaChZFUlJPUl9DT0RFX1VOQVZBSUxBQkxFEAoSHAoYRVJST1JfQ09ERV9TTE9XX0NPTlNVTUVSEAsSGQoVRVJST1JfQ09ERV9HT0lOR19BV0FZEAwSGwoXRVJST1JfQ09ERV9SQVRFX0xJTUlURUQQDRIXChNFUlJPUl9DT0RFX0lOVEVSTkFMEA4SGAoURVJST1JfQ09ERV9GT1JCSURERU4QDxIiCh5FUlJPUl9DT0RFX1VOU1VQUE9SVEVEX1ZFUlNJT04QEGIGcHJvdG8z");
 
 /**
  * @generated from message petrel.v1.ClientFrame
@@ -1079,12 +1079,16 @@ export type ServerFrame = Message$1<"petrel.v1.ServerFrame"> & {
     case: "conversationList";
   } | {
     /**
-     * 6: (notifications travel in Deliver), 10: reserved (GoAway).
-     *
      * @generated from field: petrel.v1.ConversationUpdate conversation_update = 13;
      */
     value: ConversationUpdate;
     case: "conversationUpdate";
+  } | {
+    /**
+     * @generated from field: petrel.v1.GoAway go_away = 10;
+     */
+    value: GoAway;
+    case: "goAway";
   } | { case: undefined; value?: undefined };
 };
 
@@ -1094,6 +1098,35 @@ export type ServerFrame = Message$1<"petrel.v1.ServerFrame"> & {
  */
 export const ServerFrameSchema: GenMessage<ServerFrame> = /*@__PURE__*/
   messageDesc(file_petrel_v1_petrel, 23);
+
+/**
+ * The gateway is going away (draining): reconnect, to another gateway where there is
+ * one, after `reconnect_after_ms`, resume and re-send what was not answered. Not an
+ * error for the app. The gateway closes the connection after it (GOING_AWAY).
+ *
+ * @generated from message petrel.v1.GoAway
+ */
+export type GoAway = Message$1<"petrel.v1.GoAway"> & {
+  /**
+   * @generated from field: string reason = 1;
+   */
+  reason: string;
+
+  /**
+   * Wait this long before reconnecting (the gateway spreads its clients over its drain
+   * window this way).
+   *
+   * @generated from field: uint32 reconnect_after_ms = 2;
+   */
+  reconnectAfterMs: number;
+};
+
+/**
+ * Describes the message petrel.v1.GoAway.
+ * Use `create(GoAwaySchema)` to create a new message.
+ */
+export const GoAwaySchema: GenMessage<GoAway> = /*@__PURE__*/
+  messageDesc(file_petrel_v1_petrel, 24);
 
 /**
  * One conversation of the user, as the message service keeps it.
@@ -1169,7 +1202,7 @@ export type Conversation = Message$1<"petrel.v1.Conversation"> & {
  * Use `create(ConversationSchema)` to create a new message.
  */
 export const ConversationSchema: GenMessage<Conversation> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 24);
+  messageDesc(file_petrel_v1_petrel, 25);
 
 /**
  * The answer to ListConversations: one page; `more` when there are more after it.
@@ -1208,7 +1241,7 @@ export type ConversationList = Message$1<"petrel.v1.ConversationList"> & {
  * Use `create(ConversationListSchema)` to create a new message.
  */
 export const ConversationListSchema: GenMessage<ConversationList> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 25);
+  messageDesc(file_petrel_v1_petrel, 26);
 
 /**
  * A followed conversation changed (a new message, a read position moved on another
@@ -1228,7 +1261,7 @@ export type ConversationUpdate = Message$1<"petrel.v1.ConversationUpdate"> & {
  * Use `create(ConversationUpdateSchema)` to create a new message.
  */
 export const ConversationUpdateSchema: GenMessage<ConversationUpdate> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 26);
+  messageDesc(file_petrel_v1_petrel, 27);
 
 /**
  * @generated from message petrel.v1.Welcome
@@ -1295,7 +1328,7 @@ export type Welcome = Message$1<"petrel.v1.Welcome"> & {
  * Use `create(WelcomeSchema)` to create a new message.
  */
 export const WelcomeSchema: GenMessage<Welcome> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 27);
+  messageDesc(file_petrel_v1_petrel, 28);
 
 /**
  * @generated from message petrel.v1.SendResult
@@ -1351,7 +1384,7 @@ export type SendResult = Message$1<"petrel.v1.SendResult"> & {
  * Use `create(SendResultSchema)` to create a new message.
  */
 export const SendResultSchema: GenMessage<SendResult> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 28);
+  messageDesc(file_petrel_v1_petrel, 29);
 
 /**
  * @generated from enum petrel.v1.SendResult.Status
@@ -1388,7 +1421,7 @@ export enum SendResult_Status {
  * Describes the enum petrel.v1.SendResult.Status.
  */
 export const SendResult_StatusSchema: GenEnum<SendResult_Status> = /*@__PURE__*/
-  enumDesc(file_petrel_v1_petrel, 28, 0);
+  enumDesc(file_petrel_v1_petrel, 29, 0);
 
 /**
  * One or more delivered messages, in order per subject.
@@ -1407,7 +1440,7 @@ export type Deliver = Message$1<"petrel.v1.Deliver"> & {
  * Use `create(DeliverSchema)` to create a new message.
  */
 export const DeliverSchema: GenMessage<Deliver> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 29);
+  messageDesc(file_petrel_v1_petrel, 30);
 
 /**
  * @generated from message petrel.v1.Message
@@ -1535,7 +1568,7 @@ export type Message = Message$1<"petrel.v1.Message"> & {
  * Use `create(MessageSchema)` to create a new message.
  */
 export const MessageSchema: GenMessage<Message> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 30);
+  messageDesc(file_petrel_v1_petrel, 31);
 
 /**
  * What an Amend changed: the target's client_msg_id, and whether it is recalled.
@@ -1559,7 +1592,7 @@ export type Amendment = Message$1<"petrel.v1.Amendment"> & {
  * Use `create(AmendmentSchema)` to create a new message.
  */
 export const AmendmentSchema: GenMessage<Amendment> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 31);
+  messageDesc(file_petrel_v1_petrel, 32);
 
 /**
  * @generated from message petrel.v1.ReadMark
@@ -1593,7 +1626,7 @@ export type ReadMark = Message$1<"petrel.v1.ReadMark"> & {
  * Use `create(ReadMarkSchema)` to create a new message.
  */
 export const ReadMarkSchema: GenMessage<ReadMark> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 32);
+  messageDesc(file_petrel_v1_petrel, 33);
 
 /**
  * A system notification. Business services publish it (this protobuf, binary) to
@@ -1657,7 +1690,7 @@ export type Notification = Message$1<"petrel.v1.Notification"> & {
  * Use `create(NotificationSchema)` to create a new message.
  */
 export const NotificationSchema: GenMessage<Notification> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 33);
+  messageDesc(file_petrel_v1_petrel, 34);
 
 /**
  * @generated from enum petrel.v1.Notification.Priority
@@ -1683,7 +1716,7 @@ export enum Notification_Priority {
  * Describes the enum petrel.v1.Notification.Priority.
  */
 export const Notification_PrioritySchema: GenEnum<Notification_Priority> = /*@__PURE__*/
-  enumDesc(file_petrel_v1_petrel, 33, 0);
+  enumDesc(file_petrel_v1_petrel, 34, 0);
 
 /**
  * @generated from message petrel.v1.Pong
@@ -1705,7 +1738,7 @@ export type Pong = Message$1<"petrel.v1.Pong"> & {
  * Use `create(PongSchema)` to create a new message.
  */
 export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 34);
+  messageDesc(file_petrel_v1_petrel, 35);
 
 /**
  * @generated from message petrel.v1.Error
@@ -1734,7 +1767,7 @@ export type Error = Message$1<"petrel.v1.Error"> & {
  * Use `create(ErrorSchema)` to create a new message.
  */
 export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 35);
+  messageDesc(file_petrel_v1_petrel, 36);
 
 /**
  * What the gateway stores in JetStream (msg.private.*). Business services and the
@@ -1825,7 +1858,7 @@ export type StoredMessage = Message$1<"petrel.v1.StoredMessage"> & {
  * Use `create(StoredMessageSchema)` to create a new message.
  */
 export const StoredMessageSchema: GenMessage<StoredMessage> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 36);
+  messageDesc(file_petrel_v1_petrel, 37);
 
 /**
  * A page of the archive: `subject`'s messages (with `with`: only the inbox's direct
@@ -1875,7 +1908,7 @@ export type HistoryQuery = Message$1<"petrel.v1.HistoryQuery"> & {
  * Use `create(HistoryQuerySchema)` to create a new message.
  */
 export const HistoryQuerySchema: GenMessage<HistoryQuery> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 37);
+  messageDesc(file_petrel_v1_petrel, 38);
 
 /**
  * One archived message: the stored payload as the hub stored it, and what amendments
@@ -1927,7 +1960,7 @@ export type ArchivedMessage = Message$1<"petrel.v1.ArchivedMessage"> & {
  * Use `create(ArchivedMessageSchema)` to create a new message.
  */
 export const ArchivedMessageSchema: GenMessage<ArchivedMessage> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 38);
+  messageDesc(file_petrel_v1_petrel, 39);
 
 /**
  * @generated from message petrel.v1.HistoryPage
@@ -1954,7 +1987,7 @@ export type HistoryPage = Message$1<"petrel.v1.HistoryPage"> & {
  * Use `create(HistoryPageSchema)` to create a new message.
  */
 export const HistoryPageSchema: GenMessage<HistoryPage> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 39);
+  messageDesc(file_petrel_v1_petrel, 40);
 
 /**
  * The user's conversation list: its direct conversations and those of `groups` (the
@@ -1989,7 +2022,7 @@ export type ConversationsQuery = Message$1<"petrel.v1.ConversationsQuery"> & {
  * Use `create(ConversationsQuerySchema)` to create a new message.
  */
 export const ConversationsQuerySchema: GenMessage<ConversationsQuery> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 40);
+  messageDesc(file_petrel_v1_petrel, 41);
 
 /**
  * SetConversation for `user` (whose `groups` are as in ConversationsQuery); answered
@@ -2041,7 +2074,7 @@ export type SettingsQuery = Message$1<"petrel.v1.SettingsQuery"> & {
  * Use `create(SettingsQuerySchema)` to create a new message.
  */
 export const SettingsQuerySchema: GenMessage<SettingsQuery> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 41);
+  messageDesc(file_petrel_v1_petrel, 42);
 
 /**
  * Where the sender's message `client_msg_id` went and when, for an Amend.
@@ -2065,7 +2098,7 @@ export type OriginalQuery = Message$1<"petrel.v1.OriginalQuery"> & {
  * Use `create(OriginalQuerySchema)` to create a new message.
  */
 export const OriginalQuerySchema: GenMessage<OriginalQuery> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 42);
+  messageDesc(file_petrel_v1_petrel, 43);
 
 /**
  * @generated from message petrel.v1.Original
@@ -2107,7 +2140,7 @@ export type Original = Message$1<"petrel.v1.Original"> & {
  * Use `create(OriginalSchema)` to create a new message.
  */
 export const OriginalSchema: GenMessage<Original> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 43);
+  messageDesc(file_petrel_v1_petrel, 44);
 
 /**
  * The user's unread messages over all its conversations (the push badge). Asked with a
@@ -2132,7 +2165,7 @@ export type UnreadTotal = Message$1<"petrel.v1.UnreadTotal"> & {
  * Use `create(UnreadTotalSchema)` to create a new message.
  */
 export const UnreadTotalSchema: GenMessage<UnreadTotal> = /*@__PURE__*/
-  messageDesc(file_petrel_v1_petrel, 44);
+  messageDesc(file_petrel_v1_petrel, 45);
 
 /**
  * One code per client-facing error. On WebSocket the close code is 4000 + code;

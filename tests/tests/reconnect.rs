@@ -1,0 +1,155 @@
+//! The reconnecting client on the real topology: a gateway killed with SIGKILL and
+//! started again while a listener (QUIC) and a sender (WebSocket) run. Nobody acts:
+//! the listener notices the dead path by its probe, both reconnect, unanswered sends
+//! go again with their ids, and every message reaches the listener once, in order.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure};
+use petrel_client::{
+    Client, ClientOptions, Event, SendOptions, SendResult, To, TransportKind::*, session,
+};
+use petrel_devkit::Topology;
+use petrel_tests::{GatewayProcess, TestTopology};
+
+/// Waits for `Connected` on `c`, failing on anything that says it will not come.
+async fn connected(c: &mut Client) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout_at(deadline, c.next_event()).await {
+            Ok(Some(Event::Connected { .. })) => return Ok(()),
+            Ok(Some(Event::Disconnected {
+                retry_in: None,
+                reason,
+            })) => bail!("stopped: {reason}"),
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("client stopped"),
+            Err(_) => bail!("not connected within 20 s"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_and_a_sender_ride_out_a_gateway_killed_with_sigkill() -> anyhow::Result<()> {
+    const N: usize = 300;
+    const KILL_AT: usize = 100;
+    let topo = Topology::start(0).await?;
+    let dir = topo.dir().join("edgep");
+    let leaf = topo.start_extra_leaf(&dir.join("leaf"), "leafp").await?;
+    let mut gw = GatewayProcess::start(&dir, &leaf.client_url, topo.leaf_auth(), &[]).await?;
+    // Short probes so the test is quick; the defaults (20 s + 5 s) are for batteries.
+    let timers = session::Config {
+        keepalive: Duration::from_secs(1),
+        probe_timeout: Duration::from_secs(1),
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(500),
+        ..session::Config::default()
+    };
+    let options = |transport, user: &str| {
+        let mut o = ClientOptions::new(vec![gw.endpoint(transport)], topo.token(user), "phone");
+        o.session = timers.clone();
+        o
+    };
+    let mut bob = Client::start(options(Quic, "bob"))?;
+    let mut alice = Client::start(options(WebSocket, "alice"))?;
+    connected(&mut bob).await?;
+    connected(&mut alice).await?;
+    let sender = alice.handle();
+    // alice's events are drained (a client whose events are not read stalls).
+    let alice_connects = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let alice_events = tokio::spawn({
+        let connects = alice_connects.clone();
+        async move {
+            while let Some(ev) = alice.next_event().await {
+                if matches!(ev, Event::Connected { .. }) {
+                    connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    });
+
+    // bob reads everything: messages, and when the connection went and came back.
+    let reader = tokio::spawn(async move {
+        let mut ids = Vec::new();
+        let mut seen = HashSet::new();
+        let mut lost_at = None;
+        let mut connects = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        while ids.len() < N {
+            match tokio::time::timeout_at(deadline, bob.next_event()).await {
+                Ok(Some(Event::Message(m))) => {
+                    ensure!(seen.insert((m.subject.clone(), m.seq)), "seen twice: {m:?}");
+                    ids.push(m.client_msg_id);
+                }
+                Ok(Some(Event::Disconnected {
+                    retry_in: Some(_), ..
+                })) => {
+                    lost_at.get_or_insert_with(Instant::now);
+                }
+                Ok(Some(Event::Connected { .. })) => connects += 1,
+                Ok(Some(Event::Disconnected { reason, .. })) => bail!("bob stopped: {reason}"),
+                Ok(Some(_)) => {}
+                Ok(None) => bail!("bob's client stopped"),
+                Err(_) => bail!("bob got {} of {N} messages within 90 s", ids.len()),
+            }
+        }
+        bob.close().await;
+        Ok((ids, lost_at, connects))
+    });
+
+    // alice sends every 10 ms, each answer awaited in the background.
+    let mut answers = Vec::new();
+    let mut killed_at = None;
+    for i in 0..N {
+        if i == KILL_AT {
+            gw.kill().await;
+            killed_at = Some(Instant::now());
+            println!("gateway killed with SIGKILL after {i} sends");
+        }
+        if i == KILL_AT + 50 {
+            gw.restart().await?;
+            println!("gateway started again");
+        }
+        let id = format!("a{i:04}");
+        let pending = sender
+            .start_send(
+                To::User("bob"),
+                &id,
+                format!("message {i}"),
+                "text/plain",
+                SendOptions::default(),
+            )
+            .await?;
+        answers.push(tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_secs(90), pending.result()).await
+        }));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (i, a) in answers.into_iter().enumerate() {
+        match a.await? {
+            Ok(Ok(SendResult::Stored { .. } | SendResult::Queued { .. })) => {}
+            other => bail!("send {i}: {other:?}"),
+        }
+    }
+    let (ids, lost_at, connects) = reader.await??;
+    let expected: Vec<String> = (0..N).map(|i| format!("a{i:04}")).collect();
+    ensure!(
+        ids == expected,
+        "bob's messages out of order or missing: {ids:?}"
+    );
+    ensure!(connects >= 1, "bob never reconnected");
+    let (Some(killed), Some(lost)) = (killed_at, lost_at) else {
+        bail!("bob never noticed the gateway was gone");
+    };
+    println!(
+        "bob (QUIC) noticed the dead gateway {:.2} s after the kill (keepalive {:?}, probe {:?}); \
+         bob reconnected {connects} time(s), alice {} time(s); {N} messages once each, in order",
+        lost.duration_since(killed).as_secs_f64(),
+        timers.keepalive,
+        timers.probe_timeout,
+        alice_connects.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    alice_events.abort();
+    Ok(())
+}
