@@ -737,8 +737,14 @@ async fn reconnecting(args: &ClientArgs) -> anyhow::Result<ExitCode> {
         _ => bail!("not a reconnecting action"),
     };
     // Read the events meanwhile: a client whose events are not read stalls.
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let events = tokio::spawn(async move {
-        while let Some(ev) = client.next_event().await {
+        loop {
+            let ev = tokio::select! {
+                _ = &mut stopped => break,
+                ev = client.next_event() => ev,
+            };
+            let Some(ev) = ev else { break };
             match ev {
                 Event::Disconnected { reason, retry_in } => match retry_in {
                     Some(d) => eprintln!(
@@ -756,7 +762,10 @@ async fn reconnecting(args: &ClientArgs) -> anyhow::Result<ExitCode> {
         client
     });
     let code = print_send_result(&id, pending.result(), timeout).await;
-    events.abort();
+    let _ = stop.send(());
+    if let Ok(client) = events.await {
+        client.close().await;
+    }
     code
 }
 

@@ -104,6 +104,7 @@ enum Cmd {
     Frame(Bytes),
     Watch(Bytes),
     NetworkChanged,
+    Close,
 }
 
 impl Client {
@@ -173,9 +174,10 @@ impl Client {
         &self.handle.stats
     }
 
-    /// Stops: what is in the outbox stays unsent.
+    /// Stops (also while [`Handle`]s are still around): what is in the outbox stays
+    /// unsent.
     pub async fn close(self) {
-        drop(self.handle);
+        let _ = self.handle.cmd(Cmd::Close).await;
         drop(self.events);
         let _ = self.driver.await;
     }
@@ -258,7 +260,8 @@ impl Handle {
         self.cmd(Cmd::Frame(frames::receipt(kind, message))).await
     }
 
-    /// Marks a conversation read up to `seq` (0: its newest) on every device.
+    /// Marks a conversation read up to `seq` (0: its newest) on every device
+    /// (dropped while disconnected: mark again after [`Event::Connected`]).
     pub async fn mark_read(&self, conversation: To<'_>, seq: u64) -> Result<(), ClientError> {
         self.cmd(Cmd::Frame(frames::mark_read(conversation, seq)))
             .await
@@ -336,12 +339,17 @@ impl Driver {
                     Err(e) => self.ended(e),
                 },
                 cmd = self.cmds.recv() => match cmd {
-                    Some(c) => self.command(c),
-                    None => {
+                    Some(Cmd::Close) | None => {
+                        // Closed properly, so the gateway frees the connection now
+                        // rather than after its idle timeout.
+                        if let Some(live) = self.live.take() {
+                            close(live).await;
+                        }
                         self.session.close();
                         self.apply().await;
                         break;
                     }
+                    Some(c) => self.command(c),
                 },
             }
         }
@@ -410,6 +418,7 @@ impl Driver {
                 self.write(f);
             }
             Cmd::NetworkChanged => self.session.network_up(Instant::now()),
+            Cmd::Close => {}
         }
     }
 

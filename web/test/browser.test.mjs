@@ -340,8 +340,13 @@ test("when the gateway ends a session (token expired) the SDK reconnects with a 
   assert.equal(transport, "webtransport");
   // Messages sent across the next expiries, some while kate is between connections,
   // all arrive once and in order: each reconnect resumes from the SDK's cursor.
+  // At least 25, and on until the sends have spanned two more reconnects (each token
+  // lives 2 s; how many sends that takes depends on the machine).
   const texts = [];
-  for (let i = 0; i < 25; i++) {
+  const reconnectsAtStart = await page.evaluate(() => window.kate.client.stats.reconnects);
+  const until = Date.now() + 60_000;
+  for (let i = 0; texts.length < 25 || (await page.evaluate(() => window.kate.client.stats.reconnects)) < reconnectsAtStart + 2; i++) {
+    assert.ok(Date.now() < until, `the sends did not span two reconnects within 60 s (${texts.length} sent)`);
     const sent = await cli(["--user", "leo", "--transport", "quic", "send", "--to", "kate", `m${i}`]).done;
     assert.equal(JSON.parse(sent[0]).status, "stored");
     texts.push(`m${i}`);
