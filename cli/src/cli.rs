@@ -327,16 +327,8 @@ pub enum ClientAction {
     /// Mark a conversation read on every device of the user, up to --seq (by default
     /// up to its newest message).
     MarkRead {
-        /// The user of a direct conversation.
-        #[arg(
-            long = "with",
-            required_unless_present = "group",
-            conflicts_with = "group"
-        )]
-        with: Option<String>,
-        /// A group.
-        #[arg(long)]
-        group: Option<String>,
+        #[command(flatten)]
+        which: WhichConversation,
         /// Up to this sequence on the conversation's subject.
         #[arg(long)]
         seq: Option<u64>,
@@ -821,13 +813,8 @@ async fn one_connection(args: &ClientArgs) -> anyhow::Result<ExitCode> {
         ClientAction::Unpin(w) => set_conversation(client, w, Some(false), None).await,
         ClientAction::Mute(w) => set_conversation(client, w, None, Some(true)).await,
         ClientAction::Unmute(w) => set_conversation(client, w, None, Some(false)).await,
-        ClientAction::MarkRead { with, group, seq } => {
-            let target = match (with, group) {
-                (_, Some(g)) => petrel_client::To::Group(g),
-                (Some(u), None) => petrel_client::To::User(u),
-                (None, None) => bail!("pass --with USER or --group GROUP"),
-            };
-            client.mark_read(target, seq.unwrap_or(0)).await?;
+        ClientAction::MarkRead { which, seq } => {
+            client.mark_read(which.to()?, seq.unwrap_or(0)).await?;
             // A read mark is not answered: a request after it makes sure the gateway
             // has taken it before the connection closes.
             let _ = client.conversations(0, 1, false).await;
@@ -1038,7 +1025,6 @@ fn message_json(m: &petrel_client::Message) -> serde_json::Value {
     })
 }
 
-/// One conversation as the CLI prints it.
 /// One conversation: with a user or a group.
 #[derive(Debug, clap::Args)]
 pub struct WhichConversation {

@@ -776,6 +776,17 @@ impl Connection {
                 follow,
             },
         ));
+        self.conversation_request(id, frame, "the conversation list")
+            .await
+    }
+
+    /// Sends a request answered by a ConversationList and waits for it.
+    async fn conversation_request(
+        &self,
+        id: u64,
+        frame: Bytes,
+        what: &str,
+    ) -> Result<ConversationPage, ClientError> {
         let (tx, rx) = oneshot::channel();
         self.cmd
             .send(Cmd::Conversations {
@@ -785,9 +796,8 @@ impl Connection {
             })
             .await
             .map_err(|_| ClientError::Closed("client stopped".into()))?;
-        rx.await.map_err(|_| {
-            ClientError::Closed("connection closed before the conversation list".into())
-        })?
+        rx.await
+            .map_err(|_| ClientError::Closed(format!("connection closed before {what}")))?
     }
 
     /// Pins or unpins (`pinned`), mutes or unmutes (`muted`) the conversation with a
@@ -812,18 +822,9 @@ impl Connection {
                 muted,
             },
         ));
-        let (tx, rx) = oneshot::channel();
-        self.cmd
-            .send(Cmd::Conversations {
-                id,
-                frame,
-                reply: tx,
-            })
-            .await
-            .map_err(|_| ClientError::Closed("client stopped".into()))?;
-        let page = rx.await.map_err(|_| {
-            ClientError::Closed("connection closed before the conversation's settings".into())
-        })??;
+        let page = self
+            .conversation_request(id, frame, "the conversation's settings")
+            .await?;
         Ok(page.conversations.into_iter().next())
     }
 

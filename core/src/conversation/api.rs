@@ -199,11 +199,7 @@ impl ConversationsQuery {
         let q = pb::ConversationsQuery::decode(bytes).map_err(decode_err)?;
         Ok(Self {
             user: UserId::parse(q.user)?,
-            groups: q
-                .groups
-                .into_iter()
-                .map(GroupId::parse)
-                .collect::<Result<_, _>>()?,
+            groups: parse_groups(q.groups)?,
             offset: q.offset,
             limit: q.limit.clamp(1, crate::wire::MAX_CONVERSATIONS_LIMIT),
         })
@@ -262,11 +258,7 @@ impl SettingsQuery {
         };
         Ok(Self {
             user: UserId::parse(q.user)?,
-            groups: q
-                .groups
-                .into_iter()
-                .map(GroupId::parse)
-                .collect::<Result<_, _>>()?,
+            groups: parse_groups(q.groups)?,
             settings: Settings {
                 with,
                 pinned: q.pinned,
@@ -393,6 +385,14 @@ impl OriginalQuery {
             client_msg_id: ClientMsgId::parse(q.client_msg_id)?,
         })
     }
+}
+
+/// The asker's groups, as the gateway sent them.
+fn parse_groups(groups: Vec<String>) -> Result<Vec<GroupId>, PayloadError> {
+    Ok(groups
+        .into_iter()
+        .map(GroupId::parse)
+        .collect::<Result<_, _>>()?)
 }
 
 /// The answer to an [`OriginalQuery`]: found or not, or the service's error.
