@@ -244,6 +244,11 @@ pub struct ClientArgs {
     /// SHA-256 of the gateway certificate to pin (with --endpoint).
     #[arg(long)]
     pub cert_sha256: Option<String>,
+    /// The device's state file (SQLite; created when missing, a new device starting
+    /// from now): resume cursors and the outbox of sends not answered yet, kept across
+    /// runs. For send, edit, recall, flush and listen.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub state: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub action: ClientAction,
@@ -275,6 +280,11 @@ pub enum ClientAction {
         /// Seconds to wait for the gateway's answer.
         #[arg(long, default_value_t = 15.0)]
         timeout: f64,
+        /// Only put it in the state file's outbox (needs --state) and exit, printing
+        /// `pending`: `flush` or `listen` sends it later, whether the gateway is up now
+        /// or not.
+        #[arg(long)]
+        queue: bool,
     },
     /// Edit one of your messages (found by its client message id) to TEXT, on every
     /// device and in history; refused outside the gateway's amend window. Prints the
@@ -401,13 +411,16 @@ pub enum ClientAction {
     },
     /// Remove this device's push target (what an app does on logout).
     PushUnregister,
-    /// Print one JSON object per delivered message.
+    /// Send what the state file's outbox holds (sends made with --queue or cut off
+    /// earlier), in order with their ids; one JSON object per answer.
+    Flush {
+        /// Seconds to wait for every answer.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+    },
+    /// Print one JSON object per delivered message, across reconnects (with --state,
+    /// resuming from its cursors: exactly what was missed, in order).
     Listen {
-        /// Resume state: the last processed sequence per subject, read before
-        /// connecting (missing = a new device, starting from now) and written after
-        /// each message. Reconnecting with the same file gets exactly what was missed.
-        #[arg(long, value_name = "FILE")]
-        state: Option<PathBuf>,
         /// Exit after this many messages.
         #[arg(long)]
         count: Option<u64>,
@@ -635,13 +648,10 @@ async fn connect(args: &ClientArgs, cursors: Vec<(String, u64)>) -> anyhow::Resu
 }
 
 /// The reconnecting client: QUIC and WebSocket of the gateway, `--transport` first.
-async fn start_client(
-    args: &ClientArgs,
-    cursors: Vec<(String, u64)>,
-) -> anyhow::Result<petrel_client::Client> {
+async fn start_client(args: &ClientArgs) -> anyhow::Result<petrel_client::Client> {
     let (endpoints, token) = endpoints(args).await?;
     let mut opts = petrel_client::ClientOptions::new(endpoints, token, args.device.clone());
-    opts.cursors = cursors;
+    opts.state = args.state.clone();
     opts.delivery_streams = args.delivery_streams;
     Ok(petrel_client::Client::start(opts)?)
 }
@@ -655,6 +665,7 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
         ClientAction::Send { .. }
         | ClientAction::Edit { .. }
         | ClientAction::Recall { .. }
+        | ClientAction::Flush { .. }
         | ClientAction::Listen { .. } => reconnecting(&args).await,
         _ => one_connection(&args).await,
     }
@@ -663,14 +674,11 @@ async fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
 /// Sends and listening ride the reconnecting client: a send waits out a lost
 /// connection (re-sent with its id), a listener survives gateway restarts.
 async fn reconnecting(args: &ClientArgs) -> anyhow::Result<ExitCode> {
-    let mut state_file = match &args.action {
-        ClientAction::Listen {
-            state: Some(path), ..
-        } => Some(petrel_client::state::CursorFile::load(path)?),
-        _ => None,
-    };
-    let cursors = state_file.as_ref().map(|s| s.cursors()).unwrap_or_default();
-    let mut client = start_client(args, cursors).await?;
+    let queue_only = matches!(args.action, ClientAction::Send { queue: true, .. });
+    if (queue_only || matches!(args.action, ClientAction::Flush { .. })) && args.state.is_none() {
+        bail!("--queue and flush keep the outbox in a state file: pass --state FILE");
+    }
+    let mut client = start_client(args).await?;
     let (id, pending, timeout) = match &args.action {
         ClientAction::Send {
             to,
@@ -680,6 +688,7 @@ async fn reconnecting(args: &ClientArgs) -> anyhow::Result<ExitCode> {
             reply_to,
             mentions,
             timeout,
+            queue,
         } => {
             let id = id.clone().unwrap_or_else(random_id);
             let target = match (to, group) {
@@ -695,6 +704,12 @@ async fn reconnecting(args: &ClientArgs) -> anyhow::Result<ExitCode> {
             let pending = client
                 .start_send(target, &id, text, "text/plain", options)
                 .await?;
+            if *queue {
+                // In the state file now: that is all --queue asks for.
+                println!("{}", json!({"status": "pending", "id": id}));
+                client.close().await;
+                return Ok(ExitCode::SUCCESS);
+            }
             (id, pending, *timeout)
         }
         ClientAction::Edit {
@@ -721,8 +736,13 @@ async fn reconnecting(args: &ClientArgs) -> anyhow::Result<ExitCode> {
                 *timeout,
             )
         }
+        ClientAction::Flush { timeout } => {
+            let code = flush(&mut client, *timeout).await?;
+            client.close().await;
+            return Ok(code);
+        }
         ClientAction::Listen { count, timeout, .. } => {
-            let code = listen(&mut client, state_file.as_mut(), *count, *timeout).await?;
+            let code = listen(&mut client, *count, *timeout).await?;
             client.close().await;
             return Ok(code);
         }
@@ -767,6 +787,7 @@ async fn one_connection(args: &ClientArgs) -> anyhow::Result<ExitCode> {
         ClientAction::Send { .. }
         | ClientAction::Edit { .. }
         | ClientAction::Recall { .. }
+        | ClientAction::Flush { .. }
         | ClientAction::Listen { .. } => bail!("this action needs the reconnecting client"),
         ClientAction::Conversations {
             offset,
@@ -935,7 +956,6 @@ async fn one_connection(args: &ClientArgs) -> anyhow::Result<ExitCode> {
 /// Prints every message once, across reconnects, until `count` or `timeout`.
 async fn listen(
     client: &mut petrel_client::Client,
-    mut state_file: Option<&mut petrel_client::state::CursorFile>,
     count: Option<u64>,
     timeout: Option<f64>,
 ) -> anyhow::Result<ExitCode> {
@@ -963,10 +983,6 @@ async fn listen(
                 transport,
                 welcome: w,
             }) => {
-                if let Some(s) = state_file.as_deref_mut() {
-                    s.rebase(&w.cursors);
-                    s.save()?;
-                }
                 eprintln!(
                     "{} as {}/{} over {transport} on gateway {} (connection {})",
                     if connected_before {
@@ -991,10 +1007,6 @@ async fn listen(
             Some(Event::Message(m)) => {
                 got += 1;
                 println!("{}", message_json(&m));
-                if let Some(s) = state_file.as_deref_mut() {
-                    s.advance(&m.subject, m.seq);
-                    s.save()?;
-                }
             }
             Some(Event::Error { code, message }) => eprintln!("warning: {code}: {message}"),
             Some(_) => {}
@@ -1109,35 +1121,73 @@ async fn print_send_result<E>(
             )
         })?
         .map_err(|_| anyhow::anyhow!("the connection closed before the gateway answered"))?;
-    Ok(match &result {
+    let (line, code) = result_json(id, &result);
+    println!("{line}");
+    Ok(code)
+}
+
+/// One send's answer as the CLI prints it, and the exit code it means.
+fn result_json(id: &str, result: &SendResult) -> (serde_json::Value, ExitCode) {
+    match result {
         SendResult::Stored {
             subject,
             seq,
             msg_id,
             duplicate,
-        } => {
-            println!(
-                "{}",
-                json!({"status": "stored", "subject": subject, "seq": seq, "id": id, "msg_id": msg_id, "duplicate": duplicate})
-            );
-            ExitCode::SUCCESS
-        }
-        SendResult::Queued { msg_id } => {
-            println!(
-                "{}",
-                json!({"status": "queued", "id": id, "msg_id": msg_id})
-            );
-            ExitCode::SUCCESS
-        }
+        } => (
+            json!({"status": "stored", "subject": subject, "seq": seq, "id": id, "msg_id": msg_id, "duplicate": duplicate}),
+            ExitCode::SUCCESS,
+        ),
+        SendResult::Queued { msg_id } => (
+            json!({"status": "queued", "id": id, "msg_id": msg_id}),
+            ExitCode::SUCCESS,
+        ),
         SendResult::Rejected { code, detail } => {
-            println!(
-                "{}",
-                json!({"status": "rejected", "id": id, "code": code, "detail": detail})
-            );
-            eprintln!("error: message rejected: {code}: {detail}");
-            ExitCode::FAILURE
+            eprintln!("error: message {id} rejected: {code}: {detail}");
+            (
+                json!({"status": "rejected", "id": id, "code": code, "detail": detail}),
+                ExitCode::FAILURE,
+            )
         }
-    })
+    }
+}
+
+/// Sends what the outbox holds and prints each answer, in the order they come.
+async fn flush(client: &mut petrel_client::Client, timeout: f64) -> anyhow::Result<ExitCode> {
+    let mut waiting: std::collections::HashSet<String> =
+        client.pending_sends().await?.into_iter().collect();
+    eprintln!("{} send(s) in the outbox", waiting.len());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+    let mut code = ExitCode::SUCCESS;
+    while !waiting.is_empty() {
+        let ev = match tokio::time::timeout_at(deadline, client.next_event()).await {
+            Ok(ev) => ev,
+            Err(_) => bail!(
+                "{} send(s) not answered within {timeout} s; they stay in the outbox: {:?}",
+                waiting.len(),
+                waiting
+            ),
+        };
+        match ev {
+            Some(Event::SendResult { id, result }) if waiting.remove(&id) => {
+                let (line, c) = result_json(&id, &result);
+                println!("{line}");
+                if c != ExitCode::SUCCESS {
+                    code = c;
+                }
+            }
+            Some(Event::Disconnected { reason, retry_in }) => match retry_in {
+                Some(d) => eprintln!(
+                    "warning: connection lost ({reason}); retrying in {:.1} s",
+                    d.as_secs_f64()
+                ),
+                None => bail!("{reason}"),
+            },
+            Some(_) => {}
+            None => bail!("the client stopped"),
+        }
+    }
+    Ok(code)
 }
 
 /// `petrel impair`.

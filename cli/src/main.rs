@@ -15,7 +15,9 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PETREL_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,async_nats=warn,quinn=warn")
+                tracing_subscriber::EnvFilter::new(
+                    "info,async_nats=warn,quinn=warn,refinery_core=warn",
+                )
             }),
         )
         .init();

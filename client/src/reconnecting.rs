@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::link::{Ended, Link};
 use crate::session::{self, Action, Incoming, Notice, Outgoing, Route, SendStatus, Session};
+use crate::state::DeviceState;
 use crate::transport::{RawReader, RawWriter};
 use crate::{
     ClientError, Endpoint, Event, Message, ReceiptKind, SendOptions, SendResult, Stats, To,
@@ -43,6 +44,10 @@ pub struct ClientOptions {
     /// Acknowledge each message once it is handed to the app (the default); with
     /// `false` the app calls [`Handle::ack`] after processing.
     pub auto_ack: bool,
+    /// The device's state file ([`crate::state::DeviceState`]): cursors, the outbox
+    /// and transport memory survive an app restart. Its cursors, when it has any, win
+    /// over `cursors`.
+    pub state: Option<std::path::PathBuf>,
 }
 
 impl ClientOptions {
@@ -61,6 +66,7 @@ impl ClientOptions {
             max_frame_bytes: 1024 * 1024,
             delivery_streams: crate::DEFAULT_DELIVERY_STREAMS,
             auto_ack: true,
+            state: None,
         }
     }
 }
@@ -104,6 +110,7 @@ enum Cmd {
     Frame(Bytes),
     Watch(Bytes),
     NetworkChanged,
+    Outbox(oneshot::Sender<Vec<String>>),
     Close,
 }
 
@@ -127,14 +134,28 @@ impl Client {
         if routes.is_empty() {
             return Err(ClientError::Config("no gateway endpoint given".into()));
         }
-        let session = Session::new(
+        let state = opts.state.as_ref().map(DeviceState::open).transpose()?;
+        let (mut cursors, mut outbox, mut skip_quic) = (opts.cursors.clone(), Vec::new(), None);
+        if let Some(s) = &state {
+            let saved = s.cursors()?;
+            if !saved.is_empty() {
+                cursors = saved;
+            }
+            outbox = s.outbox()?;
+            skip_quic = s.quic_skipped_for()?;
+        }
+        let now = Instant::now();
+        let mut session = Session::new(
             opts.session.clone(),
             routes.iter().map(|(r, _)| *r).collect(),
-            opts.cursors.clone(),
-            Vec::new(),
+            cursors,
+            outbox,
             Box::new(rand::random::<f64>),
-            Instant::now(),
+            now,
         );
+        if let Some(d) = skip_quic {
+            session.skip_quic_until(now + d);
+        }
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let (ev_tx, ev_rx) = mpsc::channel(1024);
         let stats = Arc::new(Stats::default());
@@ -151,6 +172,7 @@ impl Client {
             watch: None,
             current: None,
             stats: stats.clone(),
+            state,
         };
         Ok(Self {
             handle: Handle { cmd: cmd_tx, stats },
@@ -277,6 +299,14 @@ impl Handle {
         self.cmd(Cmd::Watch(frames::watch(users))).await
     }
 
+    /// Ids of the sends in the outbox (not answered yet), in order.
+    pub async fn pending_sends(&self) -> Result<Vec<String>, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd(Cmd::Outbox(tx)).await?;
+        rx.await
+            .map_err(|_| ClientError::Closed("the client stopped".into()))
+    }
+
     /// The device's network changed or came back: reconnect now if waiting, and
     /// start the backoff over.
     pub async fn network_changed(&self) -> Result<(), ClientError> {
@@ -315,6 +345,7 @@ struct Driver {
     /// The message being handed to the session.
     current: Option<Message>,
     stats: Arc<Stats>,
+    state: Option<DeviceState>,
 }
 
 impl Driver {
@@ -349,7 +380,11 @@ impl Driver {
                         self.apply().await;
                         break;
                     }
-                    Some(c) => self.command(c),
+                    Some(c) => {
+                        if !self.command(c).await {
+                            break;
+                        }
+                    }
                 },
             }
         }
@@ -392,7 +427,8 @@ impl Driver {
         }
     }
 
-    fn command(&mut self, c: Cmd) {
+    /// Carries out an app command; false once the app dropped its events.
+    async fn command(&mut self, c: Cmd) -> bool {
         match c {
             Cmd::Send {
                 id,
@@ -410,7 +446,10 @@ impl Driver {
                         message: refused.to_string(),
                     }),
                 };
+                // The outbox entry is saved before the app hears it was taken.
+                let alive = self.apply().await;
                 let _ = accepted.send(answer);
+                return alive;
             }
             Cmd::Frame(f) => self.write(f),
             Cmd::Watch(f) => {
@@ -418,8 +457,12 @@ impl Driver {
                 self.write(f);
             }
             Cmd::NetworkChanged => self.session.network_up(Instant::now()),
+            Cmd::Outbox(reply) => {
+                let _ = reply.send(self.session.outbox().map(str::to_string).collect());
+            }
             Cmd::Close => {}
         }
+        true
     }
 
     /// Writes on the connection if it has reached Welcome.
@@ -560,7 +603,18 @@ impl Driver {
                         return false;
                     }
                 }
-                Action::Save(_) => {}
+                Action::Save(change) => {
+                    if let Some(Err(e)) = self.state.as_mut().map(|s| s.apply(&change)) {
+                        // The app must know: what it does now may not survive a restart.
+                        let ev = Event::Error {
+                            code: "STATE".into(),
+                            message: e.to_string(),
+                        };
+                        if self.events.send(ev).await.is_err() {
+                            return false;
+                        }
+                    }
+                }
             }
         }
         true

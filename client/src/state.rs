@@ -1,116 +1,137 @@
-//! A device's resume state on disk: the last sequence it processed per subject.
+//! A device's state on disk, in one SQLite file: the resume cursors, the outbox of
+//! sends not answered yet (they survive an app restart and go out, in order and with
+//! their ids, once connected), and what the session remembers about transports.
 //!
-//! Load it before connecting and pass [`CursorFile::cursors`] in
-//! `ConnectOptions::cursors`; [`CursorFile::advance`] after the app has processed a
-//! message, and [`CursorFile::save`] (atomic: written aside, synced, renamed). The
-//! gateway then resumes from exactly there. The format is one `subject seq` line per
-//! subject, readable and editable by hand.
+//! The schema is versioned in `client/migrations/` and brought up to date on open.
+//! [`DeviceState::apply`] saves each [`Change`] the session core asks for; an
+//! outbox entry is committed before the app hears its send is pending.
 
-use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rusqlite::{OptionalExtension, params};
 
 use crate::ClientError;
+use crate::session::Change;
 
-/// Cursors kept in a file.
-#[derive(Debug, Clone)]
-pub struct CursorFile {
-    path: PathBuf,
-    cursors: BTreeMap<String, u64>,
-    dirty: bool,
+mod embedded {
+    refinery::embed_migrations!("migrations");
 }
 
-impl CursorFile {
-    /// Reads `path`; a missing file is an empty state (a new device).
-    pub fn load(path: impl AsRef<Path>) -> Result<Self, ClientError> {
+/// The state file of one device.
+pub struct DeviceState {
+    db: rusqlite::Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for DeviceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceState")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl DeviceState {
+    /// Opens (or creates) the state file at `path` and migrates it.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, ClientError> {
         let path = path.as_ref().to_path_buf();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => {
-                return Err(ClientError::Config(format!(
-                    "reading state file {}: {e}",
-                    path.display()
-                )));
-            }
+        let err = |what: &str, e: &dyn std::fmt::Display| {
+            ClientError::Config(format!("state file {}: {what}: {e}", path.display()))
         };
-        let mut cursors = BTreeMap::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let parsed = line
-                .split_once(' ')
-                .and_then(|(s, q)| Some((s.to_string(), q.trim().parse::<u64>().ok()?)));
-            let Some((subject, seq)) = parsed else {
-                return Err(ClientError::Config(format!(
-                    "state file {} line {}: expected `subject seq`, found {line:?}",
-                    path.display(),
-                    n + 1
-                )));
-            };
-            cursors.insert(subject, seq);
-        }
-        Ok(Self {
-            path,
-            cursors,
-            dirty: false,
-        })
+        let mut db = rusqlite::Connection::open(&path).map_err(|e| err("open", &e))?;
+        // WAL: a commit is one append; NORMAL: synced at checkpoints, so a power cut can
+        // lose the last commits but never corrupt the file (a send lost that way was
+        // never answered, and the app re-sends it with its id).
+        db.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+            .map_err(|e| err("not a Petrel state file (or unreadable)", &e))?;
+        embedded::migrations::runner()
+            .run(&mut db)
+            .map_err(|e| err("migrating", &e))?;
+        Ok(Self { db, path })
     }
 
-    /// The cursors, for `ConnectOptions::cursors`.
-    pub fn cursors(&self) -> Vec<(String, u64)> {
-        self.cursors.iter().map(|(s, q)| (s.clone(), *q)).collect()
+    fn err(&self, e: rusqlite::Error) -> ClientError {
+        ClientError::Config(format!("state file {}: {e}", self.path.display()))
     }
 
-    /// Records that everything up to `seq` on `subject` was processed; returns whether
-    /// that moved the cursor.
-    pub fn advance(&mut self, subject: &str, seq: u64) -> bool {
-        let cur = self.cursors.entry(subject.to_string()).or_default();
-        if seq <= *cur {
-            return false;
-        }
-        *cur = seq;
-        self.dirty = true;
-        true
+    /// The resume cursors.
+    pub fn cursors(&self) -> Result<Vec<(String, u64)>, ClientError> {
+        let mut q = self
+            .db
+            .prepare("SELECT subject, seq FROM cursors ORDER BY subject")
+            .map_err(|e| self.err(e))?;
+        let rows = q
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(|e| self.err(e))?;
+        rows.map(|r| r.map(|(s, q)| (s, q.max(0) as u64)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))
     }
 
-    /// Takes the gateway's word for where delivery resumes (Welcome's cursors): a cursor
-    /// above it belonged to a recreated stream and moves back.
-    pub fn rebase(&mut self, resume_from: &[(String, u64)]) {
-        for (subject, seq) in resume_from {
-            if let Some(cur) = self.cursors.get_mut(subject)
-                && *cur > *seq
-            {
-                *cur = *seq;
-                self.dirty = true;
-            }
-        }
+    /// The sends in the outbox, in order: (id, encoded frame).
+    pub fn outbox(&self) -> Result<Vec<(String, Bytes)>, ClientError> {
+        let mut q = self
+            .db
+            .prepare("SELECT id, frame FROM outbox ORDER BY position")
+            .map_err(|e| self.err(e))?;
+        let rows = q
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, Bytes::from(r.get::<_, Vec<u8>>(1)?)))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// Writes the file if anything changed.
-    pub fn save(&mut self) -> Result<(), ClientError> {
-        if !self.dirty {
-            return Ok(());
-        }
-        let err = |e: std::io::Error| {
-            ClientError::Config(format!("writing state file {}: {e}", self.path.display()))
+    /// How much longer QUIC is to be skipped (it did not answer where WebSocket did).
+    pub fn quic_skipped_for(&self) -> Result<Option<Duration>, ClientError> {
+        let until: Option<String> = self
+            .db
+            .query_row(
+                "SELECT value FROM memory WHERE key = 'quic_skipped_until_ms'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let until = until.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        Ok(until
+            .checked_sub(now_ms())
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis))
+    }
+
+    /// Saves one change the session asked for.
+    pub fn apply(&mut self, change: &Change) -> Result<(), ClientError> {
+        let r = match change {
+            Change::Cursor { subject, seq } => self.db.execute(
+                "INSERT INTO cursors (subject, seq) VALUES (?1, ?2)
+                 ON CONFLICT (subject) DO UPDATE SET seq = excluded.seq",
+                params![subject, i64::try_from(*seq).unwrap_or(i64::MAX)],
+            ),
+            Change::OutboxAdded { id, frame } => self.db.execute(
+                "INSERT INTO outbox (id, frame, created_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO NOTHING",
+                params![id, frame.as_ref(), now_ms() as i64],
+            ),
+            Change::OutboxRemoved { id } => self
+                .db
+                .execute("DELETE FROM outbox WHERE id = ?1", params![id]),
+            Change::QuicSkipped { for_ } => self.db.execute(
+                "INSERT INTO memory (key, value) VALUES ('quic_skipped_until_ms', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![(now_ms() + for_.as_millis() as u64).to_string()],
+            ),
         };
-        let tmp = self.path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        writeln!(
-            f,
-            "# petrel resume cursors: subject, last processed sequence"
-        )
-        .map_err(err)?;
-        for (s, q) in &self.cursors {
-            writeln!(f, "{s} {q}").map_err(err)?;
-        }
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, &self.path).map_err(err)?;
-        self.dirty = false;
-        Ok(())
+        r.map(|_| ()).map_err(|e| self.err(e))
     }
 }
 
@@ -119,21 +140,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trip_only_forward_and_clear_errors() {
-        let dir = std::env::temp_dir().join(format!("petrel-state-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("bob.state");
-        let _ = std::fs::remove_file(&path);
-        let mut s = CursorFile::load(&path).unwrap();
-        assert!(s.cursors().is_empty());
-        assert!(s.advance("msg.private.bob", 7));
-        assert!(!s.advance("msg.private.bob", 5), "cursors never go back");
-        s.save().unwrap();
-        let s = CursorFile::load(&path).unwrap();
-        assert_eq!(s.cursors(), vec![("msg.private.bob".to_string(), 7)]);
-        std::fs::write(&path, "msg.private.bob seven\n").unwrap();
-        let err = CursorFile::load(&path).unwrap_err().to_string();
-        assert!(err.contains("line 1"), "{err}");
-        let _ = std::fs::remove_dir_all(&dir);
+    fn cursors_and_the_outbox_survive_a_reopen_in_order_and_garbage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bob.db");
+        let mut s = DeviceState::open(&path).unwrap();
+        assert!(s.cursors().unwrap().is_empty());
+        for (id, f) in [("m2", "b"), ("m1", "a"), ("m3", "c")] {
+            let frame = Bytes::from(f);
+            s.apply(&Change::OutboxAdded {
+                id: id.into(),
+                frame,
+            })
+            .unwrap();
+        }
+        s.apply(&Change::OutboxRemoved { id: "m1".into() }).unwrap();
+        s.apply(&Change::Cursor {
+            subject: "msg.private.bob".into(),
+            seq: 7,
+        })
+        .unwrap();
+        s.apply(&Change::QuicSkipped {
+            for_: Duration::from_secs(600),
+        })
+        .unwrap();
+        drop(s);
+        let s = DeviceState::open(&path).unwrap();
+        assert_eq!(s.cursors().unwrap(), [("msg.private.bob".to_string(), 7)]);
+        let ids: Vec<String> = s.outbox().unwrap().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, ["m2", "m3"], "in the order the app made them");
+        assert!(s.quic_skipped_for().unwrap().is_some());
+        let garbage = dir.path().join("garbage.db");
+        std::fs::write(&garbage, "msg.private.bob 7\n".repeat(100)).unwrap();
+        let err = DeviceState::open(&garbage).unwrap_err().to_string();
+        assert!(err.contains("not a Petrel state file"), "{err}");
     }
 }

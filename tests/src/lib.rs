@@ -292,6 +292,11 @@ impl GatewayProcess {
         }
     }
 
+    /// The SHA-256 of its certificate, hex (what `petrel client --cert-sha256` pins).
+    pub fn cert_sha256(&self) -> &str {
+        &self.cert_sha256
+    }
+
     /// A `name=value` counter from `/readyz`.
     pub async fn counter(&self, name: &str) -> anyhow::Result<u64> {
         let (_, body) = petrel_devkit::http_get(&self.http.to_string(), "/readyz").await?;

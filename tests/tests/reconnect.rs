@@ -153,3 +153,101 @@ async fn a_listener_and_a_sender_ride_out_a_gateway_killed_with_sigkill() -> any
     alice_events.abort();
     Ok(())
 }
+
+/// `petrel client --state FILE …` as its own process: each run is an app start.
+fn cli(
+    gw: &GatewayProcess,
+    token: &str,
+    state: &std::path::Path,
+    args: &[&str],
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let out = std::process::Command::new(petrel_tests::petrel_bin()?)
+        .args(["client", "--user", "alice", "--transport", "quic"])
+        .args([
+            "--endpoint",
+            &gw.quic.to_string(),
+            "--cert-sha256",
+            gw.cert_sha256(),
+        ])
+        .args(["--token", token])
+        .arg("--state")
+        .arg(state)
+        .args(args)
+        .env("PETREL_LOG", "warn")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "petrel client {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)?
+        .lines()
+        .map(|l| Ok(serde_json::from_str(l)?))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_made_offline_survive_app_restarts_and_are_stored_once_in_order() -> anyhow::Result<()>
+{
+    let topo = Topology::start(0).await?;
+    let dir = topo.dir().join("edgep");
+    let leaf = topo.start_extra_leaf(&dir.join("leaf"), "leafp").await?;
+    let mut gw = GatewayProcess::start(&dir, &leaf.client_url, topo.leaf_auth(), &[]).await?;
+    let token = topo.token("alice");
+    let state = dir.join("alice.db");
+    gw.kill().await;
+    // Five app runs while the gateway is down: each puts one send in the outbox.
+    for i in 0..5 {
+        let out = cli(
+            &gw,
+            &token,
+            &state,
+            &[
+                "send",
+                "--queue",
+                "--to",
+                "bob",
+                "--id",
+                &format!("q{i}"),
+                &format!("offline {i}"),
+            ],
+        )?;
+        ensure!(out.len() == 1 && out[0]["status"] == "pending", "{out:?}");
+    }
+    gw.restart().await?;
+    let answers = cli(&gw, &token, &state, &["flush", "--timeout", "30"])?;
+    let ids: Vec<&str> = answers.iter().filter_map(|a| a["id"].as_str()).collect();
+    ensure!(
+        ids == ["q0", "q1", "q2", "q3", "q4"],
+        "answers: {answers:?}"
+    );
+    ensure!(
+        answers.iter().all(|a| a["status"] == "stored"),
+        "{answers:?}"
+    );
+    let seqs: Vec<u64> = answers.iter().filter_map(|a| a["seq"].as_u64()).collect();
+    ensure!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "stored out of order: {seqs:?}"
+    );
+    // Nothing is left to send, and nothing goes twice.
+    ensure!(cli(&gw, &token, &state, &["flush", "--timeout", "10"])?.is_empty());
+    let bob = petrel_client::Connection::connect(petrel_client::ConnectOptions::new(
+        gw.endpoint(Quic),
+        topo.token("bob"),
+        "phone",
+    ))
+    .await?;
+    let page = bob.history("msg.private.bob", false, 0, 100).await?;
+    let got: Vec<&str> = page
+        .messages
+        .iter()
+        .map(|m| m.client_msg_id.as_str())
+        .collect();
+    ensure!(
+        got == ["q0", "q1", "q2", "q3", "q4"],
+        "bob's inbox: {got:?}"
+    );
+    bob.close().await;
+    Ok(())
+}
