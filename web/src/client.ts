@@ -9,6 +9,7 @@
 // delivered message once: ids already seen or at/below the acknowledged cursor are
 // dropped.
 
+import { backoffCeilingMs, isPermanent } from "./policy.js";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import {
   ClientFrameSchema,
@@ -1047,7 +1048,9 @@ export class PetrelClient extends EventTarget {
         decoder.push(next.value);
       }
     } catch (e) {
-      fatal = new PetrelError("PROTOCOL", e instanceof Error ? e.message : String(e));
+      // The gateway's bytes did not decode: BAD_FRAME, as the gateway names the same
+      // fault from its side (retried, unlike the gateway's PROTOCOL verdict).
+      fatal = new PetrelError("BAD_FRAME", e instanceof Error ? e.message : String(e));
     }
     if (fatal) conn.close();
     const info: CloseInfo = await conn.closed;
@@ -1072,8 +1075,7 @@ export class PetrelClient extends EventTarget {
         `connection lost${info.reason ? `: ${info.reason}` : ""}`,
       );
     this.dispatchEvent(new CustomEvent("error", { detail: why }));
-    const permanent = ["UNAUTHENTICATED", "INVALID_ID", "UNSUPPORTED_VERSION", "PROTOCOL"].includes(why.code) ||
-      (why.code === "TOKEN_EXPIRED" && typeof this.opts.token === "string");
+    const permanent = isPermanent(why.code, typeof this.opts.token !== "string");
     if (!this.opts.reconnect || permanent) {
       for (const [, p] of this.pending) p.reject(why);
       this.pending.clear();
@@ -1278,7 +1280,7 @@ export class PetrelClient extends EventTarget {
   private async reconnectLoop(): Promise<void> {
     this.setState("reconnecting");
     while (!this.closing) {
-      const ceiling = Math.min(this.opts.maxBackoffMs, this.opts.initialBackoffMs * 2 ** this.backoff);
+      const ceiling = backoffCeilingMs(this.backoff, this.opts.initialBackoffMs, this.opts.maxBackoffMs);
       // A GoAway says how long to wait; otherwise full jitter.
       const delay = this.goAwayAfterMs ?? Math.random() * ceiling;
       if (this.goAwayAfterMs === null) this.backoff = Math.min(this.backoff + 1, 30);
@@ -1298,7 +1300,7 @@ export class PetrelClient extends EventTarget {
       } catch (e) {
         const err = e instanceof PetrelError ? e : new PetrelError("CONNECT_FAILED", String(e));
         this.dispatchEvent(new CustomEvent("error", { detail: err }));
-        if (err.code === "UNAUTHENTICATED" || (err.code === "TOKEN_EXPIRED" && typeof this.opts.token === "string")) {
+        if (isPermanent(err.code, typeof this.opts.token !== "string")) {
           for (const [, p] of this.pending) p.reject(err);
           this.pending.clear();
           this.setState("closed");

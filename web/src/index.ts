@@ -19,6 +19,7 @@
  */
 export { PetrelClient } from "./client.js";
 export { PetrelError, errorCodeName, errorCodeOfClose } from "./errors.js";
+export { PERMANENT_CODES, backoffCeilingMs, isPermanent } from "./policy.js";
 export type { PetrelOptions, PetrelMessage, SendResult, Welcome, State, Stats, HistoryPage, PushTarget, PushOptions, PetrelConversation, ConversationPage, SendOptions } from "./client.js";
 export type { TransportKind, CloseInfo } from "./transport.js";
 export { webTransportAvailable } from "./transport.js";

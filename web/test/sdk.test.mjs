@@ -10,7 +10,7 @@ import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { WebSocketServer } from "ws";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { proto, encodeFrame, FrameDecoder, errorCodeName, errorCodeOfClose } from "../dist/petrel.js";
+import { proto, encodeFrame, FrameDecoder, errorCodeName, errorCodeOfClose, isPermanent, backoffCeilingMs } from "../dist/petrel.js";
 import { HOOK_MS, TEST_MS, launchChromium, pageWait, within } from "./topology.mjs";
 
 /** A test with its own time limit. */
@@ -401,3 +401,108 @@ test("a WebSocket close 4000 + N and a WebTransport close N are the same error c
   }, `ws://${base}/ws`);
   assert.deepEqual(r, { refused: "UNAUTHENTICATED", errors: ["SLOW_CONSUMER", "GOING_AWAY", "UNKNOWN_999", "CLOSED", "CLOSED"] });
 });
+
+// ---- the conformance vectors shared with the Rust SDK (proto/conformance/session.json)
+
+const vectors = JSON.parse(
+  readFileSync(join(dirname(fileURLToPath(import.meta.url)), "../../proto/conformance/session.json"), "utf8"),
+);
+const sortedPairs = (ps) => ps.map(([s, q]) => [s, Number(q)]).sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : a[1] - b[1]));
+
+test("conformance: error codes, close codes, permanent refusals and backoff ceilings", () => {
+  for (const [n, name] of vectors.error_codes) assert.equal(errorCodeName(n), name);
+  for (const c of vectors.close_codes) {
+    const kind = c.transport === "websocket" ? "websocket" : "webtransport";
+    assert.equal(errorCodeOfClose(kind, c.close), c.code, JSON.stringify(c));
+  }
+  for (const code of vectors.permanent) assert.ok(isPermanent(code), code);
+  for (const code of vectors.retried) assert.ok(!isPermanent(code), code);
+  const b = vectors.backoff;
+  vectors.backoff.ceilings_ms.forEach((c, n) => assert.equal(backoffCeilingMs(n, b.initial_ms, b.max_ms), c, `attempt ${n}`));
+});
+
+for (const [i, v] of vectors.resume.entries()) {
+  test(`conformance (resume): ${v.name}`, async (t) => {
+    const hellos = [];
+    const conns = [];
+    const device = `cr${i}`;
+    onConnection = async (c) => {
+      const k = conns.length;
+      conns.push(c);
+      const hello = await c.next();
+      assert.equal(hello.kind.case, "hello");
+      hellos.push(sortedPairs(hello.kind.value.cursors.map((x) => [x.subject, x.seq])));
+      const conn = v.connections[k];
+      if (!conn) return;
+      const cursors = conn.welcome.map(([subject, seq]) => create(proto.CursorSchema, { subject, seq: BigInt(seq) }));
+      c.send("welcome", create(proto.WelcomeSchema, { user: "bob", device, connectionId: String(k), gatewayId: "fake", cursors }));
+      const messages = conn.deliver.map(([subject, seq]) =>
+        create(proto.MessageSchema, { subject, seq: BigInt(seq), from: "alice", to: "bob", clientMsgId: `${subject}-${seq}`, content: new TextEncoder().encode("x"), contentType: "text/plain" }),
+      );
+      c.send("deliver", create(proto.DeliverSchema, { messages }));
+    };
+    // The device's saved state: its cursors (as the SDK keeps them in storage).
+    const saved = JSON.stringify({ cursors: Object.fromEntries(v.cursors.map(([s, q]) => [s, String(q)])) });
+    const page = await sdkPage(t);
+    await page.evaluate(({ url, device, saved }) => {
+      const storage = { getItem: () => saved, setItem() {}, removeItem() {}, clear() {}, key: () => null, length: 0 };
+      window.seen = [];
+      window.client = new window.sdk.PetrelClient({ webSocketUrl: url, token: "t", device, initialBackoffMs: 20, maxBackoffMs: 50, storage });
+      window.client.addEventListener("message", (e) => window.seen.push([e.detail.subject, Number(e.detail.seq)]));
+      return window.client.connect();
+    }, { url: `ws://${base}/ws`, device, saved });
+    let expected = [];
+    for (const [k, conn] of v.connections.entries()) {
+      expected = expected.concat(conn.app);
+      await pageWait(page, `connection ${k}'s messages to reach the app`, (n) => window.seen.length >= n, expected.length);
+      // Drop it as a gateway would; the SDK reconnects by itself.
+      conns[k].close(4012, "going away");
+      if (k + 1 < v.connections.length) await within(10_000, (async () => { while (conns.length < k + 2) await new Promise((r) => setTimeout(r, 10)); })(), "the reconnect");
+    }
+    await new Promise((r) => setTimeout(r, 100)); // a stray repeat would show up now
+    const seen = await page.evaluate(() => { window.client.close(); return window.seen; });
+    assert.deepEqual(seen, expected.map(([s, q]) => [s, q]), "what reached the app");
+    assert.deepEqual(hellos.slice(0, v.hellos.length), v.hellos.map(sortedPairs), "the Hellos' cursors");
+  });
+}
+
+for (const [i, v] of vectors.resend.entries()) {
+  test(`conformance (resend): ${v.name}`, async (t) => {
+    const conns = [];
+    const got = [];
+    onConnection = async (c) => {
+      const k = conns.length;
+      conns.push(c);
+      await c.welcome();
+      const conn = v.connections[k];
+      if (!conn) return;
+      const ids = [];
+      while (ids.length < conn.expect.length) {
+        const f = await c.next();
+        if (f.kind.case === "send") ids.push(f.kind.value.clientMsgId);
+      }
+      got.push(ids);
+      for (const [id, status] of conn.answers) {
+        c.send("sendResult", create(proto.SendResultSchema, {
+          clientMsgId: id,
+          status: proto.SendResult_Status[status],
+          subject: "msg.private.carol",
+          seq: 1n,
+          reason: status === "REJECTED" ? proto.ErrorCode.FORBIDDEN : 0,
+        }));
+      }
+      if (k + 1 < v.connections.length) c.close(4012, "going away");
+    };
+    const page = await sdkPage(t);
+    const results = await evaluateWithin(page, 20_000, "every send to be answered", async ({ url, device, sends }) => {
+      const client = new window.sdk.PetrelClient({ webSocketUrl: url, token: "t", device, initialBackoffMs: 20, maxBackoffMs: 50, storage: null });
+      await client.connect();
+      const results = {};
+      await Promise.all(sends.map((id) => client.send("carol", "x", { clientMsgId: id }).then((r) => (results[id] = r.status), (e) => (results[id] = `error ${e.code}`))));
+      client.close();
+      return results;
+    }, { url: `ws://${base}/ws`, device: `cs${i}`, sends: v.sends });
+    assert.deepEqual(got, v.connections.map((c) => c.expect), "the sends each connection saw");
+    assert.deepEqual(results, v.results, "the app's results");
+  });
+}
