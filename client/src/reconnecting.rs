@@ -111,6 +111,7 @@ enum Cmd {
     Watch(Bytes),
     NetworkChanged,
     Outbox(oneshot::Sender<Vec<String>>),
+    LocalAddress(oneshot::Sender<Option<std::net::SocketAddr>>),
     Close,
 }
 
@@ -307,6 +308,15 @@ impl Handle {
             .map_err(|_| ClientError::Closed("the client stopped".into()))
     }
 
+    /// The local UDP address QUIC sends from now (`None` off QUIC): it changes with
+    /// [`Handle::network_changed`].
+    pub async fn local_address(&self) -> Result<Option<std::net::SocketAddr>, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd(Cmd::LocalAddress(tx)).await?;
+        rx.await
+            .map_err(|_| ClientError::Closed("the client stopped".into()))
+    }
+
     /// The device's network changed or came back: reconnect now if waiting, and
     /// start the backoff over.
     pub async fn network_changed(&self) -> Result<(), ClientError> {
@@ -324,6 +334,8 @@ struct Live {
     writer: mpsc::Sender<Bytes>,
     write_task: tokio::task::JoinHandle<Result<(), ClientError>>,
     transport: TransportKind,
+    /// QUIC: the endpoint, moved to a new socket when the network changes.
+    endpoint: Option<quinn::Endpoint>,
 }
 
 type Opened = Result<(RawReader, RawWriter), ClientError>;
@@ -405,7 +417,9 @@ impl Driver {
                     RawReader::Ws(_) => TransportKind::WebSocket,
                 };
                 let (wtx, wrx) = mpsc::channel(WRITE_QUEUE);
+                let endpoint = writer.quic_endpoint();
                 self.live = Some(Live {
+                    endpoint,
                     attempt,
                     link: Link::new(reader, self.opts.max_frame_bytes),
                     writer: wtx,
@@ -456,9 +470,26 @@ impl Driver {
                 self.watch = Some(f.clone());
                 self.write(f);
             }
-            Cmd::NetworkChanged => self.session.network_up(Instant::now()),
+            Cmd::NetworkChanged => {
+                // QUIC moves to a new socket (a new local address and port, as after a
+                // switch from Wi-Fi to cellular): the connection migrates, no new
+                // session. A waiting reconnect starts now, with the backoff reset.
+                if let Some(e) = self.live.as_ref().and_then(|l| l.endpoint.clone())
+                    && let Err(err) = rebind(&e)
+                {
+                    tracing::warn!(error = %err, "could not move QUIC to a new socket");
+                }
+                self.session.network_up(Instant::now());
+            }
             Cmd::Outbox(reply) => {
                 let _ = reply.send(self.session.outbox().map(str::to_string).collect());
+            }
+            Cmd::LocalAddress(reply) => {
+                let addr = self
+                    .live
+                    .as_ref()
+                    .and_then(|l| l.endpoint.as_ref()?.local_addr().ok());
+                let _ = reply.send(addr);
             }
             Cmd::Close => {}
         }
@@ -681,6 +712,23 @@ impl Driver {
         };
         self.put(frame);
     }
+}
+
+/// Moves a QUIC endpoint to a fresh UDP socket on the same kind of local address.
+fn rebind(endpoint: &quinn::Endpoint) -> std::io::Result<()> {
+    let local = endpoint.local_addr()?;
+    let any: std::net::IpAddr = if local.is_ipv6() {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    let ip = if local.ip().is_unspecified() {
+        any
+    } else {
+        local.ip()
+    };
+    let socket = std::net::UdpSocket::bind((ip, 0))?;
+    endpoint.rebind(socket)
 }
 
 async fn write_all(

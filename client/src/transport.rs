@@ -285,6 +285,17 @@ impl RawWriter {
     }
 }
 
+impl RawWriter {
+    /// The QUIC endpoint (to move it to a new socket when the network changes), or
+    /// `None` on WebSocket.
+    pub fn quic_endpoint(&self) -> Option<quinn::Endpoint> {
+        match self {
+            Self::Quic(_, _, endpoint) => Some(endpoint.clone()),
+            _ => None,
+        }
+    }
+}
+
 impl RawReader {
     /// The QUIC connection (for datagrams), or `None` on WebSocket.
     pub fn datagram_connection(&self) -> Option<quinn::Connection> {

@@ -251,3 +251,109 @@ async fn sends_made_offline_survive_app_restarts_and_are_stored_once_in_order() 
     bob.close().await;
     Ok(())
 }
+
+/// The next message on `c`, failing on a reconnect (nothing here may cause one).
+async fn next_message_no_reconnect(c: &mut Client) -> anyhow::Result<petrel_client::Message> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), c.next_event()).await {
+            Ok(Some(Event::Message(m))) => return Ok(m),
+            Ok(Some(e @ (Event::Disconnected { .. } | Event::Connected { .. }))) => {
+                bail!("unexpected {e:?}")
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("client stopped"),
+            Err(_) => bail!("no message within 10 s"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_change_moves_quic_to_a_new_socket_and_the_session_goes_on() -> anyhow::Result<()>
+{
+    let topo = Topology::start(1).await?;
+    let mut bob = Client::start(ClientOptions::new(
+        vec![topo.endpoint(0, Quic)],
+        topo.token("bob"),
+        "phone",
+    ))?;
+    connected(&mut bob).await?;
+    let alice = topo.connect(0, Quic, "alice", "laptop").await?;
+    let mut ports = vec![bob.local_address().await?.map(|a| a.port())];
+    for round in 0..3 {
+        bob.network_changed().await?;
+        let port = bob.local_address().await?.map(|a| a.port());
+        ensure!(
+            port.is_some() && !ports.contains(&port),
+            "round {round}: still on {port:?} ({ports:?})"
+        );
+        ports.push(port);
+        for i in 0..10 {
+            let id = format!("n{round}-{i}");
+            ensure!(matches!(
+                alice.send("bob", &id, "after a switch").await?,
+                SendResult::Stored { .. }
+            ));
+            let m = next_message_no_reconnect(&mut bob).await?;
+            ensure!(
+                m.client_msg_id == id,
+                "expected {id}, got {}",
+                m.client_msg_id
+            );
+        }
+    }
+    println!(
+        "bob's QUIC moved through local ports {ports:?} with no reconnect; 30 messages once each, in order"
+    );
+    alice.close().await;
+    bob.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_udp_blocked_the_client_is_on_websocket_within_its_quic_timeout_and_loses_nothing()
+-> anyhow::Result<()> {
+    let topo = Topology::start(1).await?;
+    // UDP blocked: QUIC packets go to a socket that never answers.
+    let blackhole = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let mut quic = topo.endpoint(0, Quic);
+    quic.address = blackhole.local_addr()?.to_string();
+    let mut opts = ClientOptions::new(
+        vec![quic, topo.endpoint(0, WebSocket)],
+        topo.token("bob"),
+        "phone",
+    );
+    opts.session.quic_timeout = Duration::from_secs(1);
+    let started = Instant::now();
+    let mut bob = Client::start(opts)?;
+    let transport = loop {
+        match tokio::time::timeout(Duration::from_secs(10), bob.next_event()).await {
+            Ok(Some(Event::Connected { transport, .. })) => break transport,
+            Ok(Some(_)) => {}
+            other => bail!("not connected: {other:?}"),
+        }
+    };
+    let took = started.elapsed();
+    ensure!(transport == WebSocket, "connected over {transport}");
+    let alice = topo.connect(0, Quic, "alice", "laptop").await?;
+    for i in 0..50 {
+        let id = format!("u{i}");
+        ensure!(matches!(
+            alice.send("bob", &id, "while UDP is blocked").await?,
+            SendResult::Stored { .. }
+        ));
+        let m = next_message_no_reconnect(&mut bob).await?;
+        ensure!(
+            m.client_msg_id == id,
+            "expected {id}, got {}",
+            m.client_msg_id
+        );
+    }
+    println!(
+        "UDP blocked: on WebSocket {:.2} s after start (QUIC timeout 1 s); 50 messages once each, in order",
+        took.as_secs_f64()
+    );
+    drop(blackhole);
+    alice.close().await;
+    bob.close().await;
+    Ok(())
+}
