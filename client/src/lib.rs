@@ -540,6 +540,8 @@ pub struct Stats {
     pub wire_messages: AtomicU64,
     /// Deliveries dropped because the app had seen them.
     pub duplicates_dropped: AtomicU64,
+    /// ([`Client`]) QUIC connections that went out in 0-RTT.
+    pub zero_rtt_connects: AtomicU64,
 }
 
 /// A connected client.

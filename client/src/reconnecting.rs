@@ -48,6 +48,9 @@ pub struct ClientOptions {
     /// and transport memory survive an app restart. Its cursors, when it has any, win
     /// over `cursors`.
     pub state: Option<std::path::PathBuf>,
+    /// Reconnect in 0-RTT where a session ticket from an earlier connection to the
+    /// same gateway allows (only Hello goes early; see docs/decisions.md).
+    pub zero_rtt: bool,
 }
 
 impl ClientOptions {
@@ -67,6 +70,7 @@ impl ClientOptions {
             delivery_streams: crate::DEFAULT_DELIVERY_STREAMS,
             auto_ack: true,
             state: None,
+            zero_rtt: true,
         }
     }
 }
@@ -112,6 +116,7 @@ enum Cmd {
     NetworkChanged,
     Outbox(oneshot::Sender<Vec<String>>),
     LocalAddress(oneshot::Sender<Option<std::net::SocketAddr>>),
+    Reconnect,
     Close,
 }
 
@@ -174,6 +179,7 @@ impl Client {
             current: None,
             stats: stats.clone(),
             state,
+            quic: crate::transport::QuicContext::default(),
         };
         Ok(Self {
             handle: Handle { cmd: cmd_tx, stats },
@@ -317,6 +323,12 @@ impl Handle {
             .map_err(|_| ClientError::Closed("the client stopped".into()))
     }
 
+    /// Drops the connection and connects again at once (say, after the app's
+    /// settings changed); unanswered sends go again with their ids.
+    pub async fn reconnect(&self) -> Result<(), ClientError> {
+        self.cmd(Cmd::Reconnect).await
+    }
+
     /// The device's network changed or came back: reconnect now if waiting, and
     /// start the backoff over.
     pub async fn network_changed(&self) -> Result<(), ClientError> {
@@ -358,6 +370,8 @@ struct Driver {
     current: Option<Message>,
     stats: Arc<Stats>,
     state: Option<DeviceState>,
+    /// One UDP endpoint and the session tickets, across QUIC connections.
+    quic: crate::transport::QuicContext,
 }
 
 impl Driver {
@@ -490,6 +504,13 @@ impl Driver {
                     .as_ref()
                     .and_then(|l| l.endpoint.as_ref()?.local_addr().ok());
                 let _ = reply.send(addr);
+            }
+            Cmd::Reconnect => {
+                self.ended(Ended {
+                    code: None,
+                    reason: "reconnect asked for by the app".into(),
+                });
+                self.session.network_up(Instant::now());
             }
             Cmd::Close => {}
         }
@@ -695,7 +716,21 @@ impl Driver {
             task.abort();
         }
         let ep = self.endpoints[route].clone();
-        self.opening = Some((attempt, tokio::spawn(async move { connect_raw(&ep).await })));
+        let task = match ep.transport {
+            TransportKind::Quic => {
+                let connect = self.quic.connect(&ep, self.opts.zero_rtt);
+                let stats = self.stats.clone();
+                tokio::spawn(async move {
+                    let (r, w, early) = connect.await?;
+                    if early {
+                        stats.zero_rtt_connects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok((r, w))
+                })
+            }
+            TransportKind::WebSocket => tokio::spawn(async move { connect_raw(&ep).await }),
+        };
+        self.opening = Some((attempt, task));
     }
 
     fn write_out(&mut self, o: Outgoing) {

@@ -159,6 +159,126 @@ async fn resolve(hostport: &str) -> Result<SocketAddr, ClientError> {
         .ok_or_else(|| ClientError::Connect(format!("{hostport} resolves to no address")))
 }
 
+/// A UDP endpoint for QUIC connections to `addr`, bound as `ep` asks.
+fn quic_endpoint(ep: &Endpoint, addr: SocketAddr) -> Result<quinn::Endpoint, ClientError> {
+    let bind = SocketAddr::new(
+        ep.local_ip.unwrap_or(if addr.is_ipv6() {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        }),
+        0,
+    );
+    quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))
+}
+
+/// The QUIC client config for `ep`; `early_data` lets a resumed session send its
+/// first bytes in 0-RTT.
+fn quic_client_config(ep: &Endpoint, early_data: bool) -> Result<quinn::ClientConfig, ClientError> {
+    let mut tls = client_config(&ep.trust, &[petrel_proto::ALPN_QUIC])?;
+    tls.enable_early_data = early_data;
+    let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| ClientError::Config(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic_tls));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(10)));
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
+}
+
+/// A QUIC connection and its control stream; `true` when it went out in 0-RTT (a
+/// resumed session: the stream's first bytes leave with the handshake).
+async fn connect_quic(
+    endpoint: &quinn::Endpoint,
+    cfg: quinn::ClientConfig,
+    addr: SocketAddr,
+    server_name: &str,
+) -> Result<(RawReader, RawWriter, bool), ClientError> {
+    let connecting = endpoint
+        .connect_with(cfg, addr, server_name)
+        .map_err(|e| ClientError::Connect(e.to_string()))?;
+    let (conn, early) = match connecting.into_0rtt() {
+        Ok((conn, _accepted)) => (conn, true),
+        Err(connecting) => (
+            connecting
+                .await
+                .map_err(|e| ClientError::Connect(format!("QUIC handshake with {addr}: {e}")))?,
+            false,
+        ),
+    };
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| ClientError::Connect(format!("open stream: {e}")))?;
+    Ok((
+        RawReader::Quic(recv, conn.clone()),
+        RawWriter::Quic(send, conn, endpoint.clone()),
+        early,
+    ))
+}
+
+/// What a long-lived client keeps across its QUIC connections: one UDP endpoint (so a
+/// network change moves every later connection too) and, per gateway address, one TLS
+/// config whose session store keeps the tickets that let a reconnect go out in 0-RTT.
+/// Tickets live as long as the client: rustls offers no stable way to write them to
+/// disk.
+#[derive(Default)]
+pub struct QuicContext {
+    endpoint: Option<quinn::Endpoint>,
+    configs: std::collections::HashMap<String, quinn::ClientConfig>,
+}
+
+impl QuicContext {
+    /// Opens a QUIC connection to `ep`, in 0-RTT when `zero_rtt` and a ticket from an
+    /// earlier connection allow; the `bool` says whether it did.
+    pub fn connect(
+        &mut self,
+        ep: &Endpoint,
+        zero_rtt: bool,
+    ) -> impl std::future::Future<Output = Result<(RawReader, RawWriter, bool), ClientError>> + use<>
+    {
+        let prepared = self.prepare(ep, zero_rtt);
+        let ep = ep.clone();
+        async move {
+            let (endpoint, cfg) = prepared?;
+            let (host, hostport) = host_port(&ep.address)?;
+            let server_name = ep.server_name.clone().unwrap_or(host);
+            let addr = resolve(&hostport).await?;
+            tokio::time::timeout(
+                ep.connect_timeout,
+                connect_quic(&endpoint, cfg, addr, &server_name),
+            )
+            .await
+            .map_err(|_| ClientError::Connect(format!("timed out connecting to {}", ep.address)))?
+        }
+    }
+
+    fn prepare(
+        &mut self,
+        ep: &Endpoint,
+        zero_rtt: bool,
+    ) -> Result<(quinn::Endpoint, quinn::ClientConfig), ClientError> {
+        let endpoint = match &self.endpoint {
+            Some(e) => e.clone(),
+            None => {
+                let any = SocketAddr::from(([0, 0, 0, 0], 0));
+                let e = quic_endpoint(ep, any)?;
+                self.endpoint = Some(e.clone());
+                e
+            }
+        };
+        let cfg = match self.configs.get(&ep.address) {
+            Some(c) => c.clone(),
+            None => {
+                let c = quic_client_config(ep, zero_rtt)?;
+                self.configs.insert(ep.address.clone(), c.clone());
+                c
+            }
+        };
+        Ok((endpoint, cfg))
+    }
+}
+
 /// Opens a transport connection to the gateway.
 pub async fn connect_raw(ep: &Endpoint) -> Result<(RawReader, RawWriter), ClientError> {
     tokio::time::timeout(ep.connect_timeout, connect_inner(ep))
@@ -172,37 +292,10 @@ async fn connect_inner(ep: &Endpoint) -> Result<(RawReader, RawWriter), ClientEr
     let addr = resolve(&hostport).await?;
     match ep.transport {
         TransportKind::Quic => {
-            let tls = client_config(&ep.trust, &[petrel_proto::ALPN_QUIC])?;
-            let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-                .map_err(|e| ClientError::Config(e.to_string()))?;
-            let mut cfg = quinn::ClientConfig::new(Arc::new(quic_tls));
-            let mut transport = quinn::TransportConfig::default();
-            transport.keep_alive_interval(Some(Duration::from_secs(10)));
-            cfg.transport_config(Arc::new(transport));
-            let bind = SocketAddr::new(
-                ep.local_ip.unwrap_or(if addr.is_ipv6() {
-                    std::net::Ipv6Addr::UNSPECIFIED.into()
-                } else {
-                    std::net::Ipv4Addr::UNSPECIFIED.into()
-                }),
-                0,
-            );
-            let mut endpoint =
-                quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
-            endpoint.set_default_client_config(cfg);
-            let conn = endpoint
-                .connect(addr, &server_name)
-                .map_err(|e| ClientError::Connect(e.to_string()))?
-                .await
-                .map_err(|e| ClientError::Connect(format!("QUIC handshake with {addr}: {e}")))?;
-            let (send, recv) = conn
-                .open_bi()
-                .await
-                .map_err(|e| ClientError::Connect(format!("open stream: {e}")))?;
-            Ok((
-                RawReader::Quic(recv, conn.clone()),
-                RawWriter::Quic(send, conn, endpoint),
-            ))
+            let endpoint = quic_endpoint(ep, addr)?;
+            let cfg = quic_client_config(ep, false)?;
+            let (r, w, _) = connect_quic(&endpoint, cfg, addr, &server_name).await?;
+            Ok((r, w))
         }
         TransportKind::WebSocket => {
             let tls = client_config(&ep.trust, &[b"http/1.1"])?;

@@ -31,6 +31,9 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// How often each edge asks the hub a question, to notice its return after an outage of
 /// the leaf → hub link (see `Live::resync_when_hub_returns`).
 const HUB_CHECK: Duration = Duration::from_secs(1);
+/// Resumable TLS sessions the QUIC listener keeps (a few hundred bytes each): a client
+/// whose session is still here reconnects in 0-RTT.
+const QUIC_SESSION_CACHE: usize = 16_384;
 
 /// Where the gateway actually listens (ports resolved when the config said 0).
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -272,7 +275,14 @@ impl Gateway {
 impl Sockets {
     /// Binds every listener of `cfg`, serving `certs`.
     async fn bind(cfg: &Config, certs: &Arc<tls::CertStore>) -> anyhow::Result<Self> {
-        let quic_tls = certs.server_config(&[petrel_proto::ALPN_QUIC, webtransport::ALPN_H3])?;
+        let mut quic_tls =
+            certs.server_config(&[petrel_proto::ALPN_QUIC, webtransport::ALPN_H3])?;
+        // 0-RTT for resumed sessions (quinn takes all or nothing). Early data is read
+        // only once the handshake has completed, so a replayed first flight never
+        // reaches a connection: it cannot finish the handshake.
+        quic_tls.max_early_data_size = u32::MAX;
+        quic_tls.session_storage =
+            rustls::server::ServerSessionMemoryCache::new(QUIC_SESSION_CACHE);
         let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(quic_tls)
             .context("QUIC TLS config")?;
         let mut server_cfg = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));

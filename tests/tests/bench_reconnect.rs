@@ -87,6 +87,38 @@ async fn set_up_at_200_ms_rtt_and_dead_gateway_detection() -> anyhow::Result<()>
             "set-up to Welcome, {transport}, 200 ms RTT: {}",
             summary(times)
         );
+        // Reconnects of one client (`Handle::reconnect`): QUIC with and without 0-RTT.
+        let variants: &[bool] = match transport {
+            TransportKind::Quic => &[false, true],
+            TransportKind::WebSocket => &[false],
+        };
+        for &zero_rtt in variants {
+            let mut opts = ClientOptions::new(vec![ep.clone()], topo.token("bob"), "phone");
+            opts.zero_rtt = zero_rtt;
+            let mut c = Client::start(opts)?;
+            until_connected(&mut c).await?;
+            let mut times = Vec::new();
+            for _ in 0..RUNS {
+                let started = Instant::now();
+                c.reconnect().await?;
+                until_connected(&mut c).await?;
+                times.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+            let early = c
+                .stats()
+                .zero_rtt_connects
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let label = match (transport, zero_rtt) {
+                (TransportKind::Quic, true) => " 0-RTT allowed",
+                (TransportKind::Quic, false) => " 1-RTT",
+                _ => "",
+            };
+            println!(
+                "reconnect to Welcome, {transport}{label}, 200 ms RTT: {} ({early} in 0-RTT)",
+                summary(times)
+            );
+            c.close().await;
+        }
     }
     stop.cancel();
 

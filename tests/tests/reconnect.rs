@@ -357,3 +357,44 @@ async fn with_udp_blocked_the_client_is_on_websocket_within_its_quic_timeout_and
     bob.close().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_to_the_same_gateway_goes_out_in_0_rtt_and_the_session_is_whole()
+-> anyhow::Result<()> {
+    let topo = Topology::start(1).await?;
+    let mut bob = Client::start(ClientOptions::new(
+        vec![topo.endpoint(0, Quic)],
+        topo.token("bob"),
+        "phone",
+    ))?;
+    connected(&mut bob).await?;
+    let early = |c: &Client| {
+        c.stats()
+            .zero_rtt_connects
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    ensure!(
+        early(&bob) == 0,
+        "a first connection has no ticket to resume"
+    );
+    let alice = topo.connect(0, Quic, "alice", "laptop").await?;
+    for round in 0..2 {
+        bob.reconnect().await?;
+        connected(&mut bob).await?;
+        ensure!(early(&bob) == round + 1, "reconnect {round} was not 0-RTT");
+        let id = format!("z{round}");
+        ensure!(matches!(
+            alice.send("bob", &id, "after a 0-RTT reconnect").await?,
+            SendResult::Stored { .. }
+        ));
+        let m = next_message_no_reconnect(&mut bob).await?;
+        ensure!(
+            m.client_msg_id == id,
+            "expected {id}, got {}",
+            m.client_msg_id
+        );
+    }
+    alice.close().await;
+    bob.close().await;
+    Ok(())
+}
