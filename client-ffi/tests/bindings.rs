@@ -9,14 +9,15 @@ use anyhow::{Context, ensure};
 use petrel_devkit::Topology;
 use petrel_tests::TestTopology;
 
-/// The built library, next to this test's binary (`target/debug/deps/..`).
+/// The built library, next to this test's binary (`target/debug/deps/`).
 fn library() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let debug = exe
         .parent()
         .and_then(Path::parent)
         .context("the test binary's target directory")?;
-    for dir in [debug.to_path_buf(), debug.join("deps")] {
+    // `deps/` first: that is the one built with this test.
+    for dir in [debug.join("deps"), debug.to_path_buf()] {
         let lib = dir.join("libpetrel_client_ffi.so");
         if lib.exists() {
             return Ok(lib);
