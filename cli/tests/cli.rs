@@ -50,9 +50,15 @@ fn start_dev_cmd(dir: &Path, mut cmd: Command) -> Dev {
         .stderr(std::fs::File::create(dir.with_extension("log")).unwrap())
         .spawn()
         .expect("spawn petrel dev");
-    let dev = Dev { child };
+    let mut dev = Dev { child };
     let started = Instant::now();
     while !dir.join("endpoints.json").exists() {
+        if let Ok(Some(status)) = dev.child.try_wait() {
+            panic!(
+                "petrel dev exited ({status}) before writing endpoints.json: {}",
+                std::fs::read_to_string(dir.with_extension("log")).unwrap_or_default()
+            );
+        }
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "petrel dev did not write endpoints.json: {}",

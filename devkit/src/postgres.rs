@@ -138,8 +138,20 @@ impl Postgres {
         // Development data is throwaway: every start begins from an empty cluster.
         let _ = std::fs::remove_dir_all(&pg.data);
         pg.initdb().await?;
-        pg.resume().await?;
-        Ok(pg)
+        // Another process may take the chosen port before the server binds it: choose
+        // again a few times rather than fail a start over a race.
+        let mut attempts = 0;
+        loop {
+            match pg.resume().await {
+                Ok(()) => return Ok(pg),
+                Err(e) if attempts < 4 && format!("{e:#}").contains("Address already in use") => {
+                    attempts += 1;
+                    pg.port = crate::process::free_port()?;
+                    pg.url = format!("postgres://{USER}@127.0.0.1:{}/postgres", pg.port);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn command(&self, program: &str) -> Command {
@@ -211,11 +223,14 @@ impl Postgres {
             .stdout(log.try_clone()?)
             .stderr(log);
         crate::process::guard(&mut cmd);
+        // What this start writes to the log, not an earlier one's.
+        let from = std::fs::metadata(&self.log).map_or(0, |m| m.len());
         let mut child = cmd.spawn().context("starting postgres")?;
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait()? {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let log = std::fs::read(&self.log).unwrap_or_default();
+                let log = String::from_utf8_lossy(log.get(from as usize..).unwrap_or_default());
                 bail!("postgres exited with {status}:\n{log}");
             }
             if tokio_postgres::connect(&self.url, tokio_postgres::NoTls)

@@ -34,10 +34,40 @@ pub fn signal(pid: u32, signal: i32) {
 }
 
 /// A free TCP port on loopback (for servers that cannot report the one they bound).
+///
+/// Chosen below the kernel's ephemeral range: a port the kernel hands out for port 0
+/// is also handed to outgoing connections, and on a busy machine one of those can
+/// take it between the choice and the server's bind. Falls back to port 0 when no
+/// port below the range is free.
 pub fn free_port() -> anyhow::Result<u16> {
+    use rand::Rng;
+    let (low, _) = ephemeral_range();
+    let floor = 10_000u16;
+    if low > floor + 1_000 {
+        let mut rng = rand::rng();
+        for _ in 0..64 {
+            let port = rng.random_range(floor..low);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            {
+                return Ok(port);
+            }
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// The kernel's ephemeral port range (Linux's default when it cannot be read).
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|n| n.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32_768, 60_999))
 }
 
 /// Waits until something accepts TCP connections on loopback `port`, at most 20 s.
