@@ -110,8 +110,8 @@ enum Cmd {
         frame: Bytes,
         accepted: oneshot::Sender<Result<PendingSend, ClientError>>,
     },
-    /// Written when connected; dropped otherwise (acks go in the next Hello).
-    Frame(Bytes),
+    /// A control frame, and the key it is kept by while disconnected (none: dropped).
+    Frame(Option<String>, Bytes),
     Watch(Bytes),
     NetworkChanged,
     Outbox(oneshot::Sender<Vec<String>>),
@@ -278,27 +278,36 @@ impl Handle {
             .map_err(|_| ClientError::Closed("the client stopped".into()))?
     }
 
-    /// Acknowledges everything up to `seq` on `subject` (with `auto_ack` off).
+    /// Acknowledges everything up to `seq` on `subject` (with `auto_ack` off;
+    /// dropped while disconnected: the next Hello's cursors say as much).
     pub async fn ack(&self, subject: &str, seq: u64) -> Result<(), ClientError> {
-        self.cmd(Cmd::Frame(frames::ack([(subject.to_string(), seq)])))
+        let frame = frames::ack([(subject.to_string(), seq)]);
+        self.cmd(Cmd::Frame(None, frame)).await
+    }
+
+    /// A delivered or read receipt for `message` (kept while disconnected, written
+    /// after the next Welcome).
+    pub async fn receipt(&self, kind: ReceiptKind, message: &Message) -> Result<(), ClientError> {
+        let key = format!("receipt {kind:?} {} {}", message.subject, message.seq);
+        self.cmd(Cmd::Frame(Some(key), frames::receipt(kind, message)))
             .await
     }
 
-    /// A delivered or read receipt for `message` (dropped while disconnected).
-    pub async fn receipt(&self, kind: ReceiptKind, message: &Message) -> Result<(), ClientError> {
-        self.cmd(Cmd::Frame(frames::receipt(kind, message))).await
-    }
-
-    /// Marks a conversation read up to `seq` (0: its newest) on every device
-    /// (dropped while disconnected: mark again after [`Event::Connected`]).
+    /// Marks a conversation read up to `seq` (0: its newest) on every device (kept
+    /// while disconnected, the latest mark per conversation, written after the next
+    /// Welcome).
     pub async fn mark_read(&self, conversation: To<'_>, seq: u64) -> Result<(), ClientError> {
-        self.cmd(Cmd::Frame(frames::mark_read(conversation, seq)))
+        let key = match conversation {
+            To::User(u) => format!("read user {u}"),
+            To::Group(g) => format!("read group {g}"),
+        };
+        self.cmd(Cmd::Frame(Some(key), frames::mark_read(conversation, seq)))
             .await
     }
 
     /// Says this user is (no longer) typing (live only; dropped while disconnected).
     pub async fn typing(&self, to: To<'_>, typing: bool) -> Result<(), ClientError> {
-        self.cmd(Cmd::Frame(frames::typing(to, typing))).await
+        self.cmd(Cmd::Frame(None, frames::typing(to, typing))).await
     }
 
     /// Follows these users' presence, now and after every reconnect.
@@ -479,7 +488,7 @@ impl Driver {
                 let _ = accepted.send(answer);
                 return alive;
             }
-            Cmd::Frame(f) => self.write(f),
+            Cmd::Frame(key, f) => self.session.control(key, f),
             Cmd::Watch(f) => {
                 self.watch = Some(f.clone());
                 self.write(f);
@@ -744,6 +753,7 @@ impl Driver {
             }
             Outgoing::Send { frame, .. } => frame,
             Outgoing::Ping { nonce } => frames::ping(nonce),
+            Outgoing::Control(frame) => frame,
         };
         self.put(frame);
     }

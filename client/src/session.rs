@@ -52,10 +52,17 @@ pub struct Config {
     pub keepalive: Duration,
     /// A probe unanswered for this long means the path is dead.
     pub probe_timeout: Duration,
+    /// With a send waiting for its answer and nothing heard for this long, a Ping
+    /// probes the path (sooner than `keepalive`: an app that sends learns of a dead
+    /// path in seconds).
+    pub send_probe_after: Duration,
     /// Sends written and not yet answered, at most (the gateway reads 64).
     pub send_window: usize,
     /// Sends kept in the outbox, at most; more are refused `OUTBOX_FULL`.
     pub max_outbox: usize,
+    /// Read marks and receipts kept while not connected, at most (the oldest give
+    /// way).
+    pub max_deferred: usize,
 }
 
 impl Default for Config {
@@ -68,8 +75,10 @@ impl Default for Config {
             remember_fallback: Duration::from_secs(600),
             keepalive: Duration::from_secs(20),
             probe_timeout: Duration::from_secs(5),
+            send_probe_after: Duration::from_secs(3),
             send_window: 48,
             max_outbox: 10_000,
+            max_deferred: 1_024,
         }
     }
 }
@@ -155,6 +164,8 @@ pub enum Outgoing {
         /// Echoed in the Pong.
         nonce: u64,
     },
+    /// An app frame other than a send (read mark, receipt, typing, ack), as encoded.
+    Control(Bytes),
 }
 
 /// A change of the device's state, for the shell to save.
@@ -344,6 +355,8 @@ pub struct Session {
     /// Highest sequence handed to the app, per subject.
     cursors: BTreeMap<String, u64>,
     outbox: VecDeque<Queued>,
+    /// Control frames made while not connected, by key, for the next Welcome.
+    deferred: VecDeque<(String, Bytes)>,
     /// The first this many of the outbox are written on the current connection and
     /// not answered yet (sends are written in order, so they are a prefix).
     written: usize,
@@ -392,6 +405,7 @@ impl Session {
                 .into_iter()
                 .map(|(id, frame)| Queued { id, frame })
                 .collect(),
+            deferred: VecDeque::new(),
             written: 0,
             failures: 0,
             next_attempt: 1,
@@ -426,7 +440,7 @@ impl Session {
                 last_heard, probe, ..
             } => Some(match probe {
                 Some((_, sent)) => *sent + self.config.probe_timeout,
-                None => *last_heard + self.config.keepalive,
+                None => *last_heard + self.quiet_before_probe(),
             }),
             State::Stopped => None,
         }
@@ -452,6 +466,7 @@ impl Session {
 
     /// The clock moved to `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let quiet = self.quiet_before_probe();
         match &mut self.state {
             State::Waiting { at } if now >= *at => self.start_round(now),
             State::Opening {
@@ -475,7 +490,7 @@ impl Session {
                     });
                     self.lost(reason, now);
                 }
-                None if now >= *last_heard + self.config.keepalive => {
+                None if now >= *last_heard + quiet => {
                     self.nonce += 1;
                     *probe = Some((self.nonce, now));
                     self.actions
@@ -610,6 +625,31 @@ impl Session {
         }
         self.write_sends();
         Ok(())
+    }
+
+    /// The app's control frame (read mark, receipt, typing, ack): written at once when
+    /// connected. While not, one with a `key` waits for the next Welcome, a later one
+    /// with the same key taking its place (a read mark moves on); one without a key
+    /// is dropped, as typing and acks mean nothing later.
+    pub fn control(&mut self, key: Option<String>, frame: Bytes) {
+        match self.state {
+            State::Connected { .. } => {
+                self.actions
+                    .push_back(Action::Write(Outgoing::Control(frame)));
+            }
+            State::Stopped => {}
+            _ => {
+                let Some(key) = key else { return };
+                if let Some(slot) = self.deferred.iter_mut().find(|(k, _)| *k == key) {
+                    slot.1 = frame;
+                    return;
+                }
+                if self.deferred.len() >= self.config.max_deferred {
+                    self.deferred.pop_front();
+                }
+                self.deferred.push_back((key, frame));
+            }
+        }
     }
 
     /// The app closes the client: no more attempts.
@@ -755,6 +795,10 @@ impl Session {
             transport: self.routes[route].transport,
         });
         self.write_sends();
+        for (_, frame) in std::mem::take(&mut self.deferred) {
+            self.actions
+                .push_back(Action::Write(Outgoing::Control(frame)));
+        }
     }
 
     fn message(&mut self, subject: String, seq: u64) {
@@ -815,6 +859,15 @@ impl Session {
     }
 
     /// Writes unwritten sends in order while the window has room.
+    /// How long the path may stay quiet before a probe: shorter while a send waits.
+    fn quiet_before_probe(&self) -> Duration {
+        if self.written > 0 {
+            self.config.send_probe_after.min(self.config.keepalive)
+        } else {
+            self.config.keepalive
+        }
+    }
+
     fn write_sends(&mut self) {
         if !matches!(self.state, State::Connected { .. }) {
             return;

@@ -424,6 +424,85 @@ fn a_silent_path_is_probed_after_the_keepalive_and_given_up_after_the_probe_time
 }
 
 #[test]
+fn a_send_waiting_for_its_answer_probes_a_quiet_path_sooner_than_the_keepalive() {
+    let mut sc = Script::new(vec![QUIC], vec![]);
+    sc.connect(vec![]);
+    sc.send("m1");
+    sc.actions();
+    sc.tick(Duration::from_secs(2));
+    assert!(sc.actions().is_empty());
+    sc.tick(Duration::from_secs(1));
+    assert!(matches!(
+        sc.actions()[..],
+        [Action::Write(Outgoing::Ping { .. })]
+    ));
+    sc.tick(Duration::from_secs(5));
+    let a = sc.actions();
+    assert!(matches!(&a[0], Action::Close { reason } if reason == "no answer from the gateway"));
+    // Answered sends leave the keepalive alone.
+    sc.run_to_timer();
+    let a = sc.connect(vec![]);
+    assert_eq!(sends_written(&a), ["m1"]);
+    sc.recv(Incoming::SendResult {
+        id: "m1".into(),
+        answer: stored(1),
+    });
+    sc.actions();
+    sc.tick(Duration::from_secs(19));
+    assert!(sc.actions().is_empty());
+}
+
+fn controls_written(a: &[Action]) -> Vec<Bytes> {
+    a.iter()
+        .filter_map(|a| match a {
+            Action::Write(Outgoing::Control(f)) => Some(f.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn read_marks_and_receipts_made_offline_are_written_after_welcome_and_typing_is_not() {
+    let config = Config {
+        max_deferred: 3,
+        ..Config::default()
+    };
+    let mut sc = Script::with(config, vec![QUIC], vec![], 0.5);
+    let frame = |s: &'static str| Bytes::from_static(s.as_bytes());
+    // Not connected yet: kept by key, the latest read mark of a conversation wins.
+    sc.s.control(Some("read group g".into()), frame("read g 5"));
+    sc.s.control(None, frame("typing"));
+    sc.s.control(Some("receipt read s 1".into()), frame("receipt 1"));
+    sc.s.control(Some("read group g".into()), frame("read g 9"));
+    assert!(controls_written(&sc.actions()).is_empty());
+    let a = sc.connect(vec![]);
+    assert_eq!(
+        controls_written(&a),
+        [frame("read g 9"), frame("receipt 1")]
+    );
+    // Connected: written at once, typing too.
+    sc.s.control(None, frame("typing"));
+    assert_eq!(controls_written(&sc.actions()), [frame("typing")]);
+    // Bounded while offline: the oldest give way, and nothing is written twice.
+    sc.drop_connection("reset");
+    for i in 0..5 {
+        sc.s.control(
+            Some(format!("receipt read s {i}")),
+            Bytes::from(format!("r{i}")),
+        );
+    }
+    sc.run_to_timer();
+    let a = sc.connect(vec![]);
+    assert_eq!(
+        controls_written(&a),
+        [Bytes::from("r2"), Bytes::from("r3"), Bytes::from("r4")]
+    );
+    sc.drop_connection("reset");
+    sc.run_to_timer();
+    assert!(controls_written(&sc.connect(vec![])).is_empty());
+}
+
+#[test]
 fn a_permanent_refusal_stops_reconnecting_and_a_passing_one_does_not() {
     let mut sc = Script::new(vec![QUIC], vec![]);
     sc.actions();

@@ -86,7 +86,10 @@ impl Worker {
 
     /// Archives until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let consumer = self.consumer().await?;
+        let consumer = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            c = self.consumer() => c?,
+        };
         info!(consumer = %self.cfg.consumer, batch = self.cfg.batch, "archiving");
         let pending = tokio::spawn(
             self.clone()
@@ -116,18 +119,28 @@ impl Worker {
                 Err(e) => {
                     debug!(error = %e, "pulling a batch");
                     self.metrics.error("hub");
-                    tokio::time::sleep(RETRY_PAUSE).await;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(RETRY_PAUSE) => {}
+                    }
                     continue;
                 }
             };
             let mut msgs = Vec::with_capacity(self.cfg.batch);
-            while let Some(m) = batch.next().await {
+            // The batch ends at its expiry as the hub sees it; a slow hub must not
+            // hold up a shutdown meanwhile.
+            loop {
+                let m = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    m = batch.next() => m,
+                };
                 match m {
-                    Ok(m) => msgs.push(m),
-                    Err(e) => {
+                    Some(Ok(m)) => msgs.push(m),
+                    Some(Err(e)) => {
                         debug!(error = %e, "a batch ended early");
                         break;
                     }
+                    None => break,
                 }
             }
             if msgs.is_empty() {

@@ -62,6 +62,8 @@ const PROTOCOL_VERSION = 1;
 const MAX_SERVER_FRAME = 1024 * 1024;
 /** How many delivered message ids are remembered for duplicate suppression. */
 const SEEN_LIMIT = 5000;
+/** Read marks and receipts kept while reconnecting, at most (Rust: `Config::max_deferred`). */
+const MAX_DEFERRED = 1024;
 /** How long a failed WebTransport attempt sends later connects straight to WebSocket. */
 const REMEMBER_FALLBACK_MS = 10 * 60 * 1000;
 
@@ -298,6 +300,8 @@ export class PetrelClient extends EventTarget {
   private _transport: TransportKind | null = null;
   private _welcome: Welcome | null = null;
   private readonly pending = new Map<string, PendingSend>();
+  /** Read marks and receipts made while reconnecting, by key, written after Welcome. */
+  private readonly deferred = new Map<string, Uint8Array>();
   private readonly syncs = new Map<bigint, { resolve: (p: HistoryPage) => void; reject: (e: PetrelError) => void }>();
   private readonly lists = new Map<bigint, { resolve: (p: ConversationPage) => void; reject: (e: PetrelError) => void }>();
   private nextSync = 1n;
@@ -470,22 +474,45 @@ export class PetrelClient extends EventTarget {
     return this.sendFrame(clientMsgId, frame);
   }
 
-  /** Marks the conversation with a user (or `{ group }`) read up to `seq` (default: its newest) on every device of this user. */
+  /**
+   * Marks the conversation with a user (or `{ group }`) read up to `seq` (default: its
+   * newest) on every device of this user. While reconnecting, the latest mark per
+   * conversation is kept and written after Welcome.
+   */
   async markRead(conversation: string | { group: string }, seq = 0n): Promise<void> {
-    const conn = this.conn;
-    if (!conn || this._state !== "open") throw new PetrelError("CLOSED", "not connected");
     const c =
       typeof conversation === "string"
         ? ({ case: "user", value: conversation } as const)
         : ({ case: "group", value: conversation.group } as const);
-    await conn.write(
-      encodeFrame(
-        toBinary(
-          ClientFrameSchema,
-          create(ClientFrameSchema, { kind: { case: "markRead", value: create(MarkReadSchema, { conversation: c, seq }) } }),
-        ),
+    const frame = encodeFrame(
+      toBinary(
+        ClientFrameSchema,
+        create(ClientFrameSchema, { kind: { case: "markRead", value: create(MarkReadSchema, { conversation: c, seq }) } }),
       ),
     );
+    await this.control(`read ${c.case} ${c.value}`, frame);
+  }
+
+  /**
+   * Writes a control frame now when open; while reconnecting keeps it by `key` (the
+   * latest per key, at most {@link MAX_DEFERRED}, the oldest giving way) for the next
+   * Welcome, as the Rust SDK does.
+   */
+  private async control(key: string, frame: Uint8Array): Promise<void> {
+    const conn = this.conn;
+    if (conn && this._state === "open") {
+      await conn.write(frame);
+      return;
+    }
+    if (this._state !== "connecting" && this._state !== "reconnecting") {
+      throw new PetrelError("CLOSED", "not connected");
+    }
+    this.deferred.delete(key);
+    if (this.deferred.size >= MAX_DEFERRED) {
+      const oldest = this.deferred.keys().next().value;
+      if (oldest !== undefined) this.deferred.delete(oldest);
+    }
+    this.deferred.set(key, frame);
   }
 
   /**
@@ -579,11 +606,12 @@ export class PetrelClient extends EventTarget {
   }
 
   /**
-   * Says this user is (no longer) typing to `to` (a user, or `{ group }`). Live only;
-   * the gateway drops more than 5 a second. Others get a `typing` event.
+   * Says this user is (no longer) typing to `to` (a user, or `{ group }`). Live only
+   * (dropped while reconnecting); the gateway drops more than 5 a second. Others get a `typing` event.
    */
   async typing(to: string | { group: string }, typing = true): Promise<void> {
     const conn = this.conn;
+    if (this._state === "connecting" || this._state === "reconnecting") return; // live only: dropped
     if (!conn || this._state !== "open") throw new PetrelError("CLOSED", "not connected");
     const target =
       typeof to === "string" ? ({ case: "user", value: to } as const) : ({ case: "group", value: to.group } as const);
@@ -601,11 +629,9 @@ export class PetrelClient extends EventTarget {
   /**
    * Tells the sender of `message` (a direct message in this user's inbox) that it was
    * delivered or read. Stored in the sender's inbox; not answered. Resolves once
-   * written (or rejects when not connected).
+   * written, or kept for the next Welcome while reconnecting (rejects when closed).
    */
   async receipt(kind: "delivered" | "read", message: PetrelMessage): Promise<void> {
-    const conn = this.conn;
-    if (!conn || this._state !== "open") throw new PetrelError("CLOSED", "not connected");
     const frame = encodeFrame(
       toBinary(
         ClientFrameSchema,
@@ -623,7 +649,7 @@ export class PetrelClient extends EventTarget {
         }),
       ),
     );
-    await conn.write(frame);
+    await this.control(`receipt ${kind} ${message.subject} ${message.seq}`, frame);
   }
 
   /**
@@ -827,6 +853,8 @@ export class PetrelClient extends EventTarget {
       // Unanswered sends go out again, in their original order; the gateway
       // answers a repeated id with the stored result.
       for (const [, p] of this.pending) conn.write(p.frame).catch(() => {});
+      for (const [, frame] of this.deferred) conn.write(frame).catch(() => {});
+      this.deferred.clear();
       return welcome;
     } catch (e) {
       conn.close();

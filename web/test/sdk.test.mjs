@@ -215,6 +215,39 @@ test("a send cut off by a drop is sent again with the same id and resolves once"
   assert.deepEqual(r, { status: "stored", seq: "7", duplicate: true, reconnects: 1 });
 });
 
+test("read marks and receipts made while reconnecting are written after Welcome, the latest mark per conversation", async (t) => {
+  const after = [];
+  let first = true;
+  onConnection = async (c) => {
+    await c.welcome();
+    if (first) {
+      first = false;
+      c.close(4012, "going away");
+      return;
+    }
+    for (;;) {
+      const f = await c.next().catch(() => null);
+      if (!f) return;
+      after.push(f.kind.case === "markRead" ? `read ${f.kind.value.conversation.value} ${f.kind.value.seq}` : `${f.kind.case} ${f.kind.value.seq}`);
+    }
+  };
+  const page = await sdkPage(t);
+  await evaluateWithin(page, 15_000, "the marks to be made while reconnecting", async (url) => {
+    const client = new window.sdk.PetrelClient({ webSocketUrl: url, token: "t", device: "d3", initialBackoffMs: 2000, storage: null });
+    window.client = client;
+    await client.connect();
+    while (client.state === "open") await new Promise((r) => setTimeout(r, 10));
+    await client.markRead({ group: "g" }, 5n);
+    await client.markRead({ group: "g" }, 9n);
+    await client.receipt("read", { subject: "msg.private.bob", seq: 3n, from: "alice", clientMsgId: "m3" });
+    await client.typing("alice");
+  }, `ws://${base}/ws`);
+  await pageWait(page, "the reconnect", () => window.client.state === "open", null, 10_000);
+  await within(5_000, (async () => { while (after.length < 2) await new Promise((r) => setTimeout(r, 20)); })(), "the kept frames");
+  await page.evaluate(() => window.client.close());
+  assert.deepEqual(after, ["read g 9", "receipt 3"]);
+});
+
 test("a queued send resolves as queued, its late stored result is an event, and it is not re-sent", async (t) => {
   const seen = [];
   onConnection = async (c) => {
