@@ -125,3 +125,16 @@ pub(crate) fn mark_read(conversation: To<'_>, seq: u64) -> Bytes {
         seq,
     }))
 }
+
+/// A request for a page of the conversation list (no live follow: the list is asked
+/// again after a reconnect).
+pub(crate) fn list_conversations(request_id: u64, offset: u32, limit: u32) -> Bytes {
+    client_frame(pb::client_frame::Kind::ListConversations(
+        pb::ListConversations {
+            request_id,
+            offset,
+            limit,
+            follow: false,
+        },
+    ))
+}

@@ -185,6 +185,9 @@ pub struct ConversationPage {
     pub conversations: Vec<Conversation>,
     /// More after this page.
     pub more: bool,
+    /// ([`Client`] only) Read from the device's state file while not connected: the
+    /// list as last heard, not the service's answer.
+    pub cached: bool,
 }
 
 /// What a send may carry besides its content.
@@ -1158,6 +1161,7 @@ fn conversation_page(l: pb::ConversationList) -> Result<ConversationPage, Client
     Ok(ConversationPage {
         conversations: l.conversations.into_iter().map(to_conversation).collect(),
         more: l.more,
+        cached: false,
     })
 }
 

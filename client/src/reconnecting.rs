@@ -17,8 +17,8 @@ use crate::session::{self, Action, Incoming, Notice, Outgoing, Route, SendStatus
 use crate::state::DeviceState;
 use crate::transport::{RawReader, RawWriter};
 use crate::{
-    ClientError, Endpoint, Event, Message, ReceiptKind, SendOptions, SendResult, Stats, To,
-    TransportKind, Welcome, code_name, connect_raw, frames, plain_event, send_result_of,
+    ClientError, ConversationPage, Endpoint, Event, Message, ReceiptKind, SendOptions, SendResult,
+    Stats, To, TransportKind, Welcome, code_name, connect_raw, frames, plain_event, send_result_of,
     to_message, welcome_of,
 };
 
@@ -118,6 +118,18 @@ enum Cmd {
     LocalAddress(oneshot::Sender<Option<std::net::SocketAddr>>),
     Reconnect,
     Close,
+    Conversations {
+        offset: u32,
+        limit: u32,
+        reply: oneshot::Sender<Result<ConversationPage, ClientError>>,
+    },
+}
+
+/// An app waiting for a page of the conversation list.
+struct ListWaiter {
+    offset: u32,
+    limit: u32,
+    reply: oneshot::Sender<Result<ConversationPage, ClientError>>,
 }
 
 impl Client {
@@ -180,6 +192,8 @@ impl Client {
             stats: stats.clone(),
             state,
             quic: crate::transport::QuicContext::default(),
+            lists: HashMap::new(),
+            next_request: 0,
         };
         Ok(Self {
             handle: Handle { cmd: cmd_tx, stats },
@@ -315,6 +329,27 @@ impl Handle {
         self.cmd(Cmd::Watch(frames::watch(users))).await
     }
 
+    /// A page of the conversation list (pinned first, then the most recent; `offset`
+    /// skips that many), from the message service when connected. Kept in the state
+    /// file; while not connected (or when the connection drops before the answer) the
+    /// kept list answers, marked [`ConversationPage::cached`]. Without a state file
+    /// that is `CLOSED`.
+    pub async fn conversations(
+        &self,
+        offset: u32,
+        limit: u32,
+    ) -> Result<ConversationPage, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd(Cmd::Conversations {
+            offset,
+            limit,
+            reply: tx,
+        })
+        .await?;
+        rx.await
+            .map_err(|_| ClientError::Closed("the client stopped".into()))?
+    }
+
     /// Ids of the sends in the outbox (not answered yet), in order.
     pub async fn pending_sends(&self) -> Result<Vec<String>, ClientError> {
         let (tx, rx) = oneshot::channel();
@@ -381,6 +416,9 @@ struct Driver {
     state: Option<DeviceState>,
     /// One UDP endpoint and the session tickets, across QUIC connections.
     quic: crate::transport::QuicContext,
+    /// Conversation list requests on the current connection, by request id.
+    lists: HashMap<u64, ListWaiter>,
+    next_request: u64,
 }
 
 impl Driver {
@@ -456,6 +494,7 @@ impl Driver {
     }
 
     fn ended(&mut self, e: Ended) {
+        self.lists_from_cache();
         if let Some(live) = self.live.take() {
             let attempt = live.attempt;
             tokio::spawn(close(live));
@@ -489,6 +528,27 @@ impl Driver {
                 return alive;
             }
             Cmd::Frame(key, f) => self.session.control(key, f),
+            Cmd::Conversations {
+                offset,
+                limit,
+                reply,
+            } => {
+                if self.session.connected().is_some() && self.live.is_some() {
+                    self.next_request += 1;
+                    let id = self.next_request;
+                    self.put(frames::list_conversations(id, offset, limit));
+                    self.lists.insert(
+                        id,
+                        ListWaiter {
+                            offset,
+                            limit,
+                            reply,
+                        },
+                    );
+                } else {
+                    let _ = reply.send(self.cached_conversations(offset, limit));
+                }
+            }
             Cmd::Watch(f) => {
                 self.watch = Some(f.clone());
                 self.write(f);
@@ -573,6 +633,10 @@ impl Driver {
                 self.results.insert(id.clone(), result.clone());
                 Incoming::SendResult { id, answer: result }
             }
+            Kind::ConversationList(l) => {
+                self.listed(l);
+                Incoming::Other
+            }
             Kind::GoAway(g) => Incoming::GoAway {
                 reason: g.reason,
                 reconnect_after: Duration::from_millis(u64::from(g.reconnect_after_ms)),
@@ -646,6 +710,7 @@ impl Driver {
                 Action::Open { attempt, route } => self.open(attempt, route),
                 Action::Write(o) => self.write_out(o),
                 Action::Close { .. } => {
+                    self.lists_from_cache();
                     if let Some(live) = self.live.take() {
                         tokio::spawn(close(live));
                     }
@@ -756,6 +821,48 @@ impl Driver {
             Outgoing::Control(frame) => frame,
         };
         self.put(frame);
+    }
+}
+
+impl Driver {
+    /// A page of the conversation list arrived: kept, and handed to its waiter.
+    fn listed(&mut self, l: pb::ConversationList) {
+        let Some(w) = self.lists.remove(&l.request_id) else {
+            return;
+        };
+        if l.error == 0
+            && let Some(state) = self.state.as_mut()
+            && let Err(e) = state.save_conversations(&l.conversations, w.offset == 0 && !l.more)
+        {
+            tracing::warn!(error = %e, "could not keep the conversation list");
+        }
+        let _ = w.reply.send(crate::conversation_page(l));
+    }
+
+    /// The kept conversation list, for an app asking while not connected.
+    fn cached_conversations(
+        &self,
+        offset: u32,
+        limit: u32,
+    ) -> Result<ConversationPage, ClientError> {
+        let Some(state) = &self.state else {
+            return Err(ClientError::Closed(
+                "not connected, and no state file keeps the conversation list".into(),
+            ));
+        };
+        let (page, more) = state.conversations(offset, limit)?;
+        Ok(ConversationPage {
+            conversations: page.into_iter().map(crate::to_conversation).collect(),
+            more,
+            cached: true,
+        })
+    }
+
+    /// The connection is gone before the answers: the kept list answers instead.
+    fn lists_from_cache(&mut self) {
+        for (_, w) in std::mem::take(&mut self.lists) {
+            let _ = w.reply.send(self.cached_conversations(w.offset, w.limit));
+        }
     }
 }
 

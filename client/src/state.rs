@@ -1,6 +1,7 @@
 //! A device's state on disk, in one SQLite file: the resume cursors, the outbox of
 //! sends not answered yet (they survive an app restart and go out, in order and with
-//! their ids, once connected), and what the session remembers about transports.
+//! their ids, once connected), what the session remembers about transports, and the
+//! conversation list as last heard (shown while offline).
 //!
 //! The schema is versioned in `client/migrations/` and brought up to date on open.
 //! [`DeviceState::apply`] saves each [`Change`] the session core asks for; an
@@ -10,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
+use petrel_proto::pb;
+use prost::Message as _;
 use rusqlite::{OptionalExtension, params};
 
 use crate::ClientError;
@@ -109,6 +112,69 @@ impl DeviceState {
             .map(Duration::from_millis))
     }
 
+    /// Keeps a page of the conversation list as the service sent it. A first page
+    /// with nothing after it is the whole list: conversations not on it are dropped.
+    pub fn save_conversations(
+        &mut self,
+        page: &[pb::Conversation],
+        whole: bool,
+    ) -> Result<(), ClientError> {
+        let path = self.path.display().to_string();
+        let err = |e: rusqlite::Error| ClientError::Config(format!("state file {path}: {e}"));
+        let tx = self.db.transaction().map_err(err)?;
+        if whole {
+            tx.execute("DELETE FROM conversations", []).map_err(err)?;
+        }
+        for c in page {
+            let key = match &c.with {
+                Some(pb::conversation::With::User(u)) => format!("user:{u}"),
+                Some(pb::conversation::With::Group(g)) => format!("group:{g}"),
+                None => continue,
+            };
+            tx.execute(
+                "INSERT INTO conversations (key, pinned, updated_ms, data) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (key) DO UPDATE SET pinned = excluded.pinned,
+                     updated_ms = excluded.updated_ms, data = excluded.data",
+                params![
+                    key,
+                    c.pinned,
+                    i64::try_from(c.updated_ms).unwrap_or(i64::MAX),
+                    c.encode_to_vec()
+                ],
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// A page of the kept conversation list (pinned first, then the most recent) and
+    /// whether more follow. Rows that do not decode are skipped.
+    pub fn conversations(
+        &self,
+        offset: u32,
+        limit: u32,
+    ) -> Result<(Vec<pb::Conversation>, bool), ClientError> {
+        let mut q = self
+            .db
+            .prepare(
+                "SELECT data FROM conversations ORDER BY pinned DESC, updated_ms DESC, key
+                 LIMIT ?1 OFFSET ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = q
+            .query_map(params![i64::from(limit) + 1, i64::from(offset)], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })
+            .map_err(|e| self.err(e))?;
+        let mut page: Vec<pb::Conversation> = rows
+            .filter_map(|r| r.ok())
+            .filter_map(|b| pb::Conversation::decode(b.as_slice()).ok())
+            .collect();
+        let more = page.len() > limit as usize;
+        page.truncate(limit as usize);
+        Ok((page, more))
+    }
+
     /// Saves one change the session asked for.
     pub fn apply(&mut self, change: &Change) -> Result<(), ClientError> {
         let r = match change {
@@ -173,5 +239,58 @@ mod tests {
         std::fs::write(&garbage, "msg.private.bob 7\n".repeat(100)).unwrap();
         let err = DeviceState::open(&garbage).unwrap_err().to_string();
         assert!(err.contains("not a Petrel state file"), "{err}");
+    }
+
+    fn conversation(
+        with: pb::conversation::With,
+        pinned: bool,
+        updated_ms: u64,
+    ) -> pb::Conversation {
+        pb::Conversation {
+            with: Some(with),
+            pinned,
+            updated_ms,
+            unread: 2,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_conversation_list_is_kept_in_the_services_order_and_a_whole_list_replaces_it() {
+        use pb::conversation::With::{Group, User};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bob.db");
+        let mut s = DeviceState::open(&path).unwrap();
+        let page = [
+            conversation(Group("g".into()), true, 1),
+            conversation(User("alice".into()), false, 30),
+            conversation(User("carol".into()), false, 20),
+        ];
+        s.save_conversations(&page, true).unwrap();
+        // A later page updates what it holds and leaves the rest.
+        s.save_conversations(&[conversation(User("carol".into()), false, 40)], false)
+            .unwrap();
+        drop(s);
+        let s = DeviceState::open(&path).unwrap();
+        let keys = |p: &[pb::Conversation]| -> Vec<String> {
+            p.iter()
+                .map(|c| match &c.with {
+                    Some(User(u)) => u.clone(),
+                    Some(Group(g)) => format!("#{g}"),
+                    None => String::new(),
+                })
+                .collect()
+        };
+        let (first, more) = s.conversations(0, 2).unwrap();
+        assert_eq!(
+            (keys(&first), more),
+            (vec!["#g".into(), "carol".into()], true)
+        );
+        let (rest, more) = s.conversations(2, 2).unwrap();
+        assert_eq!((keys(&rest), more), (vec!["alice".into()], false));
+        let mut s = s;
+        s.save_conversations(&[conversation(User("dave".into()), false, 50)], true)
+            .unwrap();
+        assert_eq!(keys(&s.conversations(0, 10).unwrap().0), ["dave"]);
     }
 }

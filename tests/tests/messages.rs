@@ -738,3 +738,53 @@ async fn the_alerts_use_only_message_metrics_that_exist() -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconnecting_client_keeps_the_conversation_list_and_shows_it_offline()
+-> anyhow::Result<()> {
+    use petrel_client::{Client, ClientOptions};
+    let (topo, _svc, dir) = start(900).await?;
+    let alice = topo.connect(0, Quic, "alice", "phone").await?;
+    for i in 0..2 {
+        send(
+            &alice,
+            To::User("bob"),
+            &format!("c{i}"),
+            "see you",
+            SendOptions::default(),
+        )
+        .await?;
+    }
+    let state = dir.path().join("bob-phone.db");
+    let mut opts = ClientOptions::new(vec![topo.endpoint(0, Quic)], topo.token("bob"), "phone");
+    opts.state = Some(state.clone());
+    let bob = Client::start(opts)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let online = loop {
+        // Answered from the state file until connected; then by the service.
+        let page = bob.conversations(0, 50).await?;
+        if !page.cached && with_user(&page.conversations, "alice").is_some_and(|c| c.unread == 2) {
+            break page;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "never listed: {page:#?}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    };
+    bob.close().await;
+    // The app opened again with no network: the gateway's address leads nowhere.
+    let nowhere = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let mut ep = topo.endpoint(0, Quic);
+    ep.address = nowhere.local_addr()?.to_string();
+    let mut opts = ClientOptions::new(vec![ep], topo.token("bob"), "phone");
+    opts.state = Some(state);
+    let bob = Client::start(opts)?;
+    let offline = bob.conversations(0, 50).await?;
+    anyhow::ensure!(offline.cached, "answered by a service it cannot reach");
+    anyhow::ensure!(
+        offline.conversations == online.conversations,
+        "offline {:#?} online {:#?}",
+        offline.conversations,
+        online.conversations
+    );
+    bob.close().await;
+    Ok(())
+}
