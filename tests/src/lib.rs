@@ -134,6 +134,28 @@ pub async fn next_message_on(
     }
 }
 
+/// Waits for `Connected` on a reconnecting client, at most `within`, failing on
+/// anything that says it will not come (a final `Disconnected`, the client stopping).
+pub async fn until_connected(
+    c: &mut petrel_client::Client,
+    within: Duration,
+) -> anyhow::Result<()> {
+    use petrel_client::Event;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, c.next_event()).await {
+            Ok(Some(Event::Connected { .. })) => return Ok(()),
+            Ok(Some(Event::Disconnected {
+                retry_in: None,
+                reason,
+            })) => anyhow::bail!("stopped: {reason}"),
+            Ok(Some(_)) => {}
+            Ok(None) => anyhow::bail!("client stopped"),
+            Err(_) => anyhow::bail!("not connected within {within:?}"),
+        }
+    }
+}
+
 /// The `petrel` binary built alongside the tests (`target/<profile>/petrel`).
 pub fn petrel_bin() -> anyhow::Result<std::path::PathBuf> {
     let exe = std::env::current_exe()?;

@@ -13,21 +13,8 @@ use petrel_client::{
 use petrel_devkit::Topology;
 use petrel_tests::{GatewayProcess, TestTopology};
 
-/// Waits for `Connected` on `c`, failing on anything that says it will not come.
 async fn connected(c: &mut Client) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        match tokio::time::timeout_at(deadline, c.next_event()).await {
-            Ok(Some(Event::Connected { .. })) => return Ok(()),
-            Ok(Some(Event::Disconnected {
-                retry_in: None,
-                reason,
-            })) => bail!("stopped: {reason}"),
-            Ok(Some(_)) => {}
-            Ok(None) => bail!("client stopped"),
-            Err(_) => bail!("not connected within 20 s"),
-        }
-    }
+    petrel_tests::until_connected(c, Duration::from_secs(20)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,19 +21,7 @@ const RUN: Duration = Duration::from_secs(62);
 const SWITCH_EVERY: Duration = Duration::from_secs(30);
 
 async fn connected(c: &mut Client) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match tokio::time::timeout_at(deadline, c.next_event()).await {
-            Ok(Some(Event::Connected { .. })) => return Ok(()),
-            Ok(Some(Event::Disconnected {
-                retry_in: None,
-                reason,
-            })) => bail!("stopped: {reason}"),
-            Ok(Some(_)) => {}
-            Ok(None) => bail!("client stopped"),
-            Err(_) => bail!("not connected within 30 s"),
-        }
-    }
+    petrel_tests::until_connected(c, Duration::from_secs(30)).await
 }
 
 /// Sends `count` messages from `from` to `to`, one every `every`, through the outbox
